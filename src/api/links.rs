@@ -1,0 +1,498 @@
+//! `/v1/links`: mint one or many, list (JSON pages or a CSV export), read, patch, delete.
+
+use std::collections::HashMap;
+use std::future::Future;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use super::{
+    ApiResult, MAX_BODY_BYTES, MAX_BULK_BODY_BYTES, ok_json, parse_object, query_pairs, read_body,
+    require,
+};
+use crate::config::{ApiKey, Scope};
+use crate::error::{ApiError, ErrorCode, FieldError};
+use crate::link::code::is_code_shaped;
+use crate::link::input::{Errors, LinkPatch, Rules, merged, parse_new};
+use crate::link::{Link, short_url};
+use crate::server::router::json;
+use crate::server::{App, Body};
+use crate::store::{Invalidation, LinkFilter, Minted, StoreError};
+use crate::time::now_secs;
+
+/// Most links in one bulk call.
+pub const MAX_BULK_ITEMS: usize = 100_000;
+/// Most field errors listed in one answer.
+pub const MAX_ERROR_DETAILS: usize = 1000;
+/// Page size of link lists: default and maximum.
+pub const DEFAULT_PAGE: usize = 100;
+pub const MAX_PAGE: usize = 1000;
+/// Longest accepted `Idempotency-Key`.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+fn rules(app: &App) -> Rules<'_> {
+    Rules {
+        allowlist: &app.config.dest_allowlist,
+        now: now_secs(),
+    }
+}
+
+pub async fn create<B>(app: &App, key: &ApiKey, req: Request<B>) -> ApiResult
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<crate::server::BoxError>,
+{
+    require(key, Scope::LinksWrite)?;
+    let idem = idempotency_key(req.headers())?;
+    let body = read_body(req, MAX_BODY_BYTES).await?;
+    with_idempotency(app, key, "POST /v1/links", idem, &body, || async {
+        let obj = parse_object(&body)?;
+        let mut list = Vec::new();
+        let Some(link) = parse_new(
+            &obj,
+            &rules(app),
+            &mut Errors {
+                index: None,
+                list: &mut list,
+            },
+        ) else {
+            return Err(ApiError::validation(list));
+        };
+        let custom = !link.code.is_empty();
+        let minted = app.store.mint(vec![link]).await.map_err(|e| match e {
+            StoreError::CodesTaken(taken) => ApiError::code_taken(&taken[0].1),
+            other => other.into(),
+        })?;
+        let minted = minted
+            .into_iter()
+            .next()
+            .ok_or_else(ApiError::unavailable)?;
+        let status = match &minted {
+            Minted::Created(link) => {
+                app.resolver.prime(link);
+                if custom {
+                    publish(app, &link.code).await;
+                }
+                StatusCode::CREATED
+            }
+            Minted::Existing(_) => StatusCode::OK,
+        };
+        Ok((
+            status,
+            serde_json::to_vec(&minted.link().to_api_json(&app.config.public_base_url))
+                .unwrap_or_default(),
+        ))
+    })
+    .await
+}
+
+/// One item of a bulk answer.
+#[derive(Serialize)]
+struct BulkItem<'a> {
+    code: &'a str,
+    short_url: String,
+    destination: &'a str,
+    campaign_id: Option<&'a str>,
+    owner_id: Option<&'a str>,
+    recipient_id: Option<&'a str>,
+    /// False when the `(campaign_id, recipient_id)` pair already had this link.
+    created: bool,
+}
+
+pub async fn bulk<B>(app: &App, key: &ApiKey, req: Request<B>) -> ApiResult
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<crate::server::BoxError>,
+{
+    require(key, Scope::LinksWrite)?;
+    let idem = idempotency_key(req.headers())?;
+    let body = read_body(req, MAX_BULK_BODY_BYTES).await?;
+    with_idempotency(app, key, "POST /v1/links/bulk", idem, &body, || {
+        mint_bulk(app, &body)
+    })
+    .await
+}
+
+async fn mint_bulk(app: &App, body: &[u8]) -> Result<(StatusCode, Vec<u8>), ApiError> {
+    let obj = parse_object(body)?;
+    let (links, alias) = validate_bulk(app, &obj)?;
+    let custom: Vec<String> = links
+        .iter()
+        .filter(|l| !l.code.is_empty())
+        .map(|l| l.code.clone())
+        .collect();
+    let unique_to_request: Vec<usize> = (0..alias.len()).filter(|&i| alias[i].is_none()).collect();
+    let minted = app.store.mint(links).await.map_err(|e| match e {
+        StoreError::CodesTaken(taken) => {
+            let taken = taken
+                .into_iter()
+                .map(|(u, code)| (unique_to_request[u], code))
+                .collect();
+            ApiError::from(StoreError::CodesTaken(taken))
+        }
+        other => other.into(),
+    })?;
+    for code in &custom {
+        publish(app, code).await;
+    }
+    let mut by_request: Vec<Option<&Minted>> = vec![None; alias.len()];
+    for (u, m) in unique_to_request.iter().zip(&minted) {
+        by_request[*u] = Some(m);
+    }
+    let base = &app.config.public_base_url;
+    let items: Vec<BulkItem> = (0..alias.len())
+        .map(|i| {
+            let (m, dup) = match alias[i] {
+                Some(first) => (by_request[first], true),
+                None => (by_request[i], false),
+            };
+            let m = m.expect("every unique item was minted");
+            let l = m.link();
+            BulkItem {
+                code: &l.code,
+                short_url: short_url(base, &l.code),
+                destination: &l.destination,
+                campaign_id: l.campaign_id.as_deref(),
+                owner_id: l.owner_id.as_deref(),
+                recipient_id: l.recipient_id.as_deref(),
+                created: matches!(m, Minted::Created(_)) && !dup,
+            }
+        })
+        .collect();
+    let out = serde_json::to_vec(&json!({ "links": items })).unwrap_or_default();
+    Ok((StatusCode::CREATED, out))
+}
+
+/// Validates every item before anything is written. Returns the distinct links to mint and, per
+/// request item, the earlier item it repeats (same `(campaign_id, recipient_id)`), if any.
+fn validate_bulk(
+    app: &App,
+    obj: &Map<String, Value>,
+) -> Result<(Vec<Link>, Vec<Option<usize>>), ApiError> {
+    let mut errors = Vec::new();
+    for k in obj.keys().filter(|k| *k != "defaults" && *k != "links") {
+        errors.push(FieldError::new(
+            k.as_str(),
+            "unknown field (expected defaults, links)",
+        ));
+    }
+    let empty = Map::new();
+    let defaults = match obj.get("defaults") {
+        None | Some(Value::Null) => &empty,
+        Some(Value::Object(m)) => m,
+        Some(_) => return Err(ApiError::field("defaults", "must be an object")),
+    };
+    let items = match obj.get("links") {
+        Some(Value::Array(a)) if a.is_empty() => {
+            return Err(ApiError::field("links", "must not be empty"));
+        }
+        Some(Value::Array(a)) if a.len() > MAX_BULK_ITEMS => {
+            return Err(ApiError::field(
+                "links",
+                format!("at most {MAX_BULK_ITEMS} links per call"),
+            ));
+        }
+        Some(Value::Array(a)) => a,
+        _ => {
+            return Err(ApiError::field(
+                "links",
+                "is required: an array of link objects",
+            ));
+        }
+    };
+    let rules = rules(app);
+    let mut links = Vec::with_capacity(items.len());
+    let mut alias = Vec::with_capacity(items.len());
+    let mut codes: HashMap<String, usize> = HashMap::new();
+    let mut pairs: HashMap<(String, String), usize> = HashMap::new();
+    for (i, item) in items.iter().enumerate() {
+        let Some(item) = item.as_object() else {
+            errors.push(FieldError {
+                index: Some(i),
+                field: "links".into(),
+                message: "each item must be an object".into(),
+            });
+            alias.push(None);
+            continue;
+        };
+        let fields = merged(defaults, item);
+        let Some(link) = parse_new(
+            &fields,
+            &rules,
+            &mut Errors {
+                index: Some(i),
+                list: &mut errors,
+            },
+        ) else {
+            alias.push(None);
+            continue;
+        };
+        if let Some((c, r)) = link.recipient_key() {
+            if let Some(&first) = pairs.get(&(c.to_string(), r.to_string())) {
+                alias.push(Some(first));
+                continue;
+            }
+            pairs.insert((c.to_string(), r.to_string()), i);
+        }
+        if !link.code.is_empty() {
+            if let Some(&first) = codes.get(&link.code) {
+                errors.push(FieldError {
+                    index: Some(i),
+                    field: "code".into(),
+                    message: format!("duplicates the code of item {first}"),
+                });
+                alias.push(None);
+                continue;
+            }
+            codes.insert(link.code.clone(), i);
+        }
+        alias.push(None);
+        links.push(link);
+    }
+    if errors.is_empty() {
+        return Ok((links, alias));
+    }
+    let total = errors.len();
+    errors.truncate(MAX_ERROR_DETAILS);
+    let mut e = ApiError::validation(errors);
+    e.message = format!("{total} invalid field(s); nothing was created");
+    Err(e)
+}
+
+pub async fn list<B>(app: &App, key: &ApiKey, req: &Request<B>) -> ApiResult {
+    require(key, Scope::LinksRead)?;
+    let mut filter = LinkFilter::default();
+    let (mut cursor, mut limit, mut csv) = (0u64, DEFAULT_PAGE, false);
+    let mut errors = Vec::new();
+    for (k, v) in query_pairs(req.uri().query()) {
+        match k.as_str() {
+            "campaign_id" => filter.campaign_id = Some(v),
+            "owner_id" => filter.owner_id = Some(v),
+            "cursor" => match v.parse() {
+                Ok(c) => cursor = c,
+                Err(_) => errors.push(FieldError::new(
+                    "cursor",
+                    "is not a cursor this API returned",
+                )),
+            },
+            "limit" => match v.parse::<usize>() {
+                Ok(n) if (1..=MAX_PAGE).contains(&n) => limit = n,
+                _ => errors.push(FieldError::new(
+                    "limit",
+                    format!("must be an integer from 1 to {MAX_PAGE}"),
+                )),
+            },
+            "format" => match v.as_str() {
+                "json" => csv = false,
+                "csv" => csv = true,
+                _ => errors.push(FieldError::new("format", "must be json or csv")),
+            },
+            other => errors.push(FieldError::new(other, "unknown query parameter")),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    if csv {
+        return Ok(csv_export(app, filter));
+    }
+    let page = app.store.list_links(&filter, cursor, limit).await?;
+    let base = &app.config.public_base_url;
+    let links: Vec<Value> = page.links.iter().map(|l| l.to_api_json(base)).collect();
+    ok_json(
+        StatusCode::OK,
+        &json!({"links": links, "next_cursor": page.next_cursor.map(|c| c.to_string())}),
+    )
+}
+
+/// Streams `recipient_id,code,short_url` rows of every link matching `filter`, page by page.
+fn csv_export(app: &App, filter: LinkFilter) -> Response<Body> {
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    let store = app.store.clone();
+    let base = app.config.public_base_url.clone();
+    tokio::spawn(async move {
+        let _ = tx
+            .send(Bytes::from_static(b"recipient_id,code,short_url\n"))
+            .await;
+        let mut cursor = 0;
+        loop {
+            let page = match store.list_links(&filter, cursor, MAX_PAGE).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "CSV export stopped: store read failed");
+                    return;
+                }
+            };
+            let mut chunk = String::with_capacity(page.links.len() * 64);
+            for l in &page.links {
+                chunk.push_str(&csv_cell(l.recipient_id.as_deref().unwrap_or("")));
+                chunk.push(',');
+                chunk.push_str(&l.code);
+                chunk.push(',');
+                chunk.push_str(&short_url(&base, &l.code));
+                chunk.push('\n');
+            }
+            if tx.send(Bytes::from(chunk)).await.is_err() {
+                return;
+            }
+            match page.next_cursor {
+                Some(c) => cursor = c,
+                None => return,
+            }
+        }
+    });
+    let mut r = Response::new(Body::Channel(rx));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/csv; charset=utf-8"),
+    );
+    r.headers_mut().insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_static("attachment; filename=\"links.csv\""),
+    );
+    r
+}
+
+/// Quotes a CSV cell when needed, and defuses spreadsheet formulas (`=`, `+`, `-`, `@` first).
+fn csv_cell(s: &str) -> String {
+    let s = if s.starts_with(['=', '+', '-', '@']) {
+        format!("'{s}")
+    } else {
+        s.to_string()
+    };
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s
+    }
+}
+
+pub async fn get(app: &App, key: &ApiKey, code: &str) -> ApiResult {
+    require(key, Scope::LinksRead)?;
+    let link = load(app, code).await?;
+    ok_json(
+        StatusCode::OK,
+        &link.to_api_json(&app.config.public_base_url),
+    )
+}
+
+async fn load(app: &App, code: &str) -> Result<Link, ApiError> {
+    if !is_code_shaped(code) {
+        return Err(ApiError::not_found("link"));
+    }
+    app.store
+        .get_link(code)
+        .await?
+        .ok_or_else(|| ApiError::not_found("link"))
+}
+
+pub async fn patch<B>(app: &App, key: &ApiKey, code: &str, req: Request<B>) -> ApiResult
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<crate::server::BoxError>,
+{
+    require(key, Scope::LinksWrite)?;
+    let body = read_body(req, MAX_BODY_BYTES).await?;
+    let obj = parse_object(&body)?;
+    let patch = LinkPatch::parse(&obj, &rules(app)).map_err(ApiError::validation)?;
+    if !is_code_shaped(code) {
+        return Err(ApiError::not_found("link"));
+    }
+    let link = app
+        .store
+        .update_link(code, &patch, now_secs())
+        .await?
+        .ok_or_else(|| ApiError::not_found("link"))?;
+    publish(app, code).await;
+    ok_json(
+        StatusCode::OK,
+        &link.to_api_json(&app.config.public_base_url),
+    )
+}
+
+pub async fn delete(app: &App, key: &ApiKey, code: &str) -> ApiResult {
+    require(key, Scope::LinksWrite)?;
+    if !is_code_shaped(code) || !app.store.delete_link(code).await? {
+        return Err(ApiError::not_found("link"));
+    }
+    publish(app, code).await;
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    Ok(r)
+}
+
+/// Drops `code` from this replica's cache and tells the others.
+async fn publish(app: &App, code: &str) {
+    app.resolver
+        .invalidate(&Invalidation::Code(code.to_string()));
+    if let Err(e) = app.store.publish_invalidation(code).await {
+        tracing::warn!(error = %e, "could not publish a cache invalidation; other replicas may serve stale data until they reconnect");
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match v.to_str() {
+        Ok(s) if !s.is_empty() && s.len() <= MAX_IDEMPOTENCY_KEY_LEN => Ok(Some(s.to_string())),
+        _ => Err(ApiError::field(
+            "Idempotency-Key",
+            format!("must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"),
+        )),
+    }
+}
+
+/// Runs `f` once per `(API key, route, Idempotency-Key)`: a retry gets the first answer back. A
+/// retry with a different body is refused. Only successful answers are stored.
+async fn with_idempotency<F, Fut>(
+    app: &App,
+    key: &ApiKey,
+    route: &str,
+    idem: Option<String>,
+    body: &[u8],
+    f: F,
+) -> ApiResult
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<(StatusCode, Vec<u8>), ApiError>>,
+{
+    let Some(idem) = idem else {
+        let (status, out) = f().await?;
+        return Ok(json(status, out));
+    };
+    let mut h = Sha256::new();
+    h.update(key.hash);
+    h.update(route.as_bytes());
+    h.update([0]);
+    h.update(idem.as_bytes());
+    let id: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let body_hash: [u8; 32] = Sha256::digest(body).into();
+    if let Some(stored) = app.store.idempotency_get(&id).await? {
+        if stored.len() < 34 || stored[2..34] != body_hash {
+            return Err(ApiError::new(
+                ErrorCode::ValidationFailed,
+                "this Idempotency-Key was used with a different request body",
+            ));
+        }
+        let status = StatusCode::from_u16(u16::from_be_bytes([stored[0], stored[1]]))
+            .unwrap_or(StatusCode::OK);
+        let mut r = json(status, stored[34..].to_vec());
+        r.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+        return Ok(r);
+    }
+    let (status, out) = f().await?;
+    let mut record = Vec::with_capacity(34 + out.len());
+    record.extend_from_slice(&status.as_u16().to_be_bytes());
+    record.extend_from_slice(&body_hash);
+    record.extend_from_slice(&out);
+    if let Err(e) = app.store.idempotency_put(&id, &record).await {
+        tracing::warn!(error = %e, "could not store an idempotent answer");
+    }
+    Ok(json(status, out))
+}

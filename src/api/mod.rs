@@ -1,0 +1,175 @@
+//! The `/v1` API: authentication, request bodies, and dispatch to the handlers.
+//!
+//! Keys arrive as `Authorization: Bearer <key>`. The presented key is hashed (SHA-256) and compared
+//! with every configured key's hash in constant time, without stopping at the first match, so the
+//! comparison leaks neither which key nor how much of it matched. Keys are never logged.
+
+pub mod links;
+pub mod qr;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::{ApiKey, Scope};
+use crate::error::ApiError;
+use crate::server::router::{json, json_error};
+use crate::server::{App, Body};
+
+/// Largest body of a single-link call.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Largest body of a bulk call (100,000 links).
+pub const MAX_BULK_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+pub type ApiResult = Result<Response<Body>, ApiError>;
+
+pub async fn handle<B>(app: &App, req: Request<B>) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<crate::server::BoxError>,
+{
+    dispatch(app, req).await.unwrap_or_else(|e| json_error(&e))
+}
+
+async fn dispatch<B>(app: &App, req: Request<B>) -> ApiResult
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<crate::server::BoxError>,
+{
+    let key = authenticate(app, req.headers())?;
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path
+        .trim_start_matches("/v1")
+        .trim_matches('/')
+        .split('/')
+        .collect();
+    let method = req.method().clone();
+    match (&method, segments.as_slice()) {
+        (&Method::POST, ["links"]) => links::create(app, key, req).await,
+        (&Method::POST, ["links", "bulk"]) => links::bulk(app, key, req).await,
+        (&Method::GET, ["links"]) => links::list(app, key, &req).await,
+        (&Method::GET, ["links", code]) => links::get(app, key, code).await,
+        (&Method::PATCH, ["links", code]) => links::patch(app, key, code, req).await,
+        (&Method::DELETE, ["links", code]) => links::delete(app, key, code).await,
+        (&Method::GET, ["links", code, "qr"]) => qr::get(app, key, code, req.uri().query()).await,
+        (_, ["links"] | ["links", "bulk"] | ["links", _] | ["links", _, "qr"]) => {
+            Err(ApiError::method_not_allowed())
+        }
+        _ => Err(ApiError::not_found("API route")),
+    }
+}
+
+/// Finds the key behind `Authorization: Bearer …`.
+pub fn authenticate<'a>(app: &'a App, headers: &HeaderMap) -> Result<&'a ApiKey, ApiError> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .ok_or_else(ApiError::unauthorized)?;
+    let hash: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+    let mut found = None;
+    for key in &app.api_keys {
+        if bool::from(key.hash.ct_eq(&hash)) {
+            found = Some(key);
+        }
+    }
+    found.ok_or_else(ApiError::unauthorized)
+}
+
+pub fn require(key: &ApiKey, scope: Scope) -> Result<(), ApiError> {
+    if key.allows(scope) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(scope.as_str()))
+    }
+}
+
+/// Reads a body of at most `limit` bytes (413 beyond it, before reading when Content-Length says so).
+pub async fn read_body<B>(req: Request<B>, limit: usize) -> Result<Bytes, ApiError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<crate::server::BoxError>,
+{
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::payload_too_large(limit));
+    }
+    match http_body_util::Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+    {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::payload_too_large(limit))
+        }
+        Err(e) => Err(ApiError::invalid_json(format!(
+            "could not read the body: {e}"
+        ))),
+    }
+}
+
+/// Parses a body that must be a JSON object.
+pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ApiError::field("body", "must be a JSON object")),
+        Err(e) => Err(ApiError::invalid_json(format!(
+            "the body is not valid JSON: {e}"
+        ))),
+    }
+}
+
+pub fn ok_json(status: StatusCode, v: &Value) -> ApiResult {
+    Ok(json(status, serde_json::to_vec(v).unwrap_or_default()))
+}
+
+/// Parses `a=1&b=2` into pairs, percent-decoded.
+pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+                {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -1,0 +1,386 @@
+//! Typed configuration, read from environment variables (or `linkgate serve` flags) and validated
+//! before any port is bound. A bad value is reported as one line naming the variable.
+//!
+//! The environment is read through a lookup function, so tests pass a map instead of mutating the
+//! process environment.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+/// API scopes. `admin` implies every other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    LinksWrite,
+    LinksRead,
+    ConversionsWrite,
+    StatsRead,
+    Admin,
+}
+
+impl Scope {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "links:write" => Self::LinksWrite,
+            "links:read" => Self::LinksRead,
+            "conversions:write" => Self::ConversionsWrite,
+            "stats:read" => Self::StatsRead,
+            "admin" => Self::Admin,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::LinksWrite => "links:write",
+            Self::LinksRead => "links:read",
+            Self::ConversionsWrite => "conversions:write",
+            Self::StatsRead => "stats:read",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+/// A configured API key. Only its SHA-256 is kept, so the secret itself is never in memory dumps
+/// of the config, never printed by `Debug`, and compared in constant time by hash.
+#[derive(Clone)]
+pub struct ApiKey {
+    pub hash: [u8; 32],
+    pub scopes: Vec<Scope>,
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("scopes", &self.scopes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApiKey {
+    pub fn new(secret: &str, scopes: Vec<Scope>) -> Self {
+        Self {
+            hash: Sha256::digest(secret.as_bytes()).into(),
+            scopes,
+        }
+    }
+
+    pub fn allows(&self, scope: Scope) -> bool {
+        self.scopes
+            .iter()
+            .any(|s| *s == scope || *s == Scope::Admin)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub public_base_url: String,
+    pub redis_url: Option<String>,
+    pub data_dir: PathBuf,
+    /// Empty means "not configured": embedded mode then provisions an admin key file.
+    pub api_keys: Vec<ApiKey>,
+    /// `None` in embedded mode means "generate and keep one in the data directory".
+    pub click_secret: Option<String>,
+    pub stream: String,
+    pub not_found_url: Option<String>,
+    pub dest_allowlist: Vec<String>,
+    pub synthetic_token: Option<String>,
+    pub drain_timeout: Duration,
+    pub log_format: LogFormat,
+}
+
+/// A configuration error: names the variable and says what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{var}: {message}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub message: String,
+}
+
+fn bad(var: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        message: message.into(),
+    }
+}
+
+/// Every variable `Config` reads, with its default.
+pub const VARS: &[(&str, Option<&str>)] = &[
+    ("LINKGATE_LISTEN", Some("0.0.0.0:8080")),
+    ("LINKGATE_ADMIN_LISTEN", Some("127.0.0.1:9090")),
+    ("LINKGATE_PUBLIC_BASE_URL", Some("http://localhost:8080")),
+    ("LINKGATE_REDIS_URL", None),
+    ("LINKGATE_DATA_DIR", Some("./data")),
+    ("LINKGATE_API_KEYS", None),
+    ("LINKGATE_CLICK_SECRET", None),
+    ("LINKGATE_STREAM", Some("linkgate:events")),
+    ("LINKGATE_NOT_FOUND_URL", None),
+    ("LINKGATE_DEST_ALLOWLIST", None),
+    ("LINKGATE_SYNTHETIC_TOKEN", None),
+    ("LINKGATE_DRAIN_TIMEOUT", Some("20s")),
+    ("LINKGATE_LOG_FORMAT", Some("text")),
+];
+
+/// Shortest accepted click secret, in bytes.
+pub const MIN_CLICK_SECRET_LEN: usize = 16;
+
+impl Config {
+    /// Builds the config from a lookup (`std::env::var` in production, a map in tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |var: &'static str| -> Option<String> {
+            lookup(var).filter(|v| !v.trim().is_empty()).or_else(|| {
+                VARS.iter()
+                    .find(|(n, _)| *n == var)
+                    .and_then(|(_, d)| d.map(str::to_string))
+            })
+        };
+        let addr = |var: &'static str| -> Result<SocketAddr, ConfigError> {
+            let v = get(var).unwrap_or_default();
+            v.parse().map_err(|_| {
+                bad(
+                    var,
+                    format!("`{v}` is not a socket address like 0.0.0.0:8080"),
+                )
+            })
+        };
+        let public_base_url = get("LINKGATE_PUBLIC_BASE_URL").unwrap_or_default();
+        crate::link::dest::validate(&public_base_url, &[]).map_err(|m| {
+            bad(
+                "LINKGATE_PUBLIC_BASE_URL",
+                format!("must be an http(s) URL: {m}"),
+            )
+        })?;
+        if public_base_url.contains(['?', '#']) {
+            return Err(bad(
+                "LINKGATE_PUBLIC_BASE_URL",
+                "must not have a query or fragment",
+            ));
+        }
+        let public_base_url = public_base_url.trim_end_matches('/').to_string();
+
+        let redis_url = get("LINKGATE_REDIS_URL");
+        if let Some(u) = &redis_url {
+            if u.starts_with("rediss://") {
+                return Err(bad(
+                    "LINKGATE_REDIS_URL",
+                    "rediss:// (TLS) is not built into this binary; use redis:// on a private network or a TLS sidecar",
+                ));
+            }
+            if !u.starts_with("redis://")
+                && !u.starts_with("redis+unix://")
+                && !u.starts_with("unix://")
+            {
+                return Err(bad("LINKGATE_REDIS_URL", "must start with redis://"));
+            }
+            redis::Client::open(u.as_str())
+                .map_err(|e| bad("LINKGATE_REDIS_URL", format!("invalid URL: {e}")))?;
+        }
+
+        let api_keys = match get("LINKGATE_API_KEYS") {
+            None => Vec::new(),
+            Some(v) => parse_api_keys(&v)?,
+        };
+        if redis_url.is_some() && api_keys.is_empty() {
+            return Err(bad(
+                "LINKGATE_API_KEYS",
+                "is required with LINKGATE_REDIS_URL, so every replica accepts the same keys",
+            ));
+        }
+
+        let click_secret = get("LINKGATE_CLICK_SECRET");
+        match (&click_secret, &redis_url) {
+            (Some(s), _) if s.len() < MIN_CLICK_SECRET_LEN => {
+                return Err(bad(
+                    "LINKGATE_CLICK_SECRET",
+                    format!("must be at least {MIN_CLICK_SECRET_LEN} bytes"),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(bad(
+                    "LINKGATE_CLICK_SECRET",
+                    "is required with LINKGATE_REDIS_URL, so replicas sign click ids alike",
+                ));
+            }
+            _ => {}
+        }
+
+        let stream = get("LINKGATE_STREAM").unwrap_or_default();
+        if stream.is_empty() || stream.len() > 256 || stream.chars().any(char::is_whitespace) {
+            return Err(bad(
+                "LINKGATE_STREAM",
+                "must be a non-empty key without whitespace",
+            ));
+        }
+        let not_found_url = get("LINKGATE_NOT_FOUND_URL")
+            .map(|u| {
+                crate::link::dest::validate(&u, &[]).map_err(|m| bad("LINKGATE_NOT_FOUND_URL", m))
+            })
+            .transpose()?;
+        let dest_allowlist = get("LINKGATE_DEST_ALLOWLIST")
+            .map(|v| {
+                v.split(',')
+                    .map(|s| s.trim().trim_start_matches('.').to_ascii_lowercase())
+                    .filter(|s| !s.is_empty())
+                    .map(|s| {
+                        if s.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+                        {
+                            Ok(s)
+                        } else {
+                            Err(bad(
+                                "LINKGATE_DEST_ALLOWLIST",
+                                format!("`{s}` is not a host suffix"),
+                            ))
+                        }
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?
+            .unwrap_or_default();
+        let drain = get("LINKGATE_DRAIN_TIMEOUT").unwrap_or_default();
+        let drain_timeout = crate::time::parse_duration_secs(&drain)
+            .map(Duration::from_secs)
+            .ok_or_else(|| {
+                bad(
+                    "LINKGATE_DRAIN_TIMEOUT",
+                    format!("`{drain}` is not a duration like 20s"),
+                )
+            })?;
+        let log_format = match get("LINKGATE_LOG_FORMAT").as_deref() {
+            Some("json") => LogFormat::Json,
+            Some("text") | None => LogFormat::Text,
+            Some(other) => {
+                return Err(bad(
+                    "LINKGATE_LOG_FORMAT",
+                    format!("`{other}` is not text or json"),
+                ));
+            }
+        };
+        Ok(Self {
+            listen: addr("LINKGATE_LISTEN")?,
+            admin_listen: addr("LINKGATE_ADMIN_LISTEN")?,
+            public_base_url,
+            redis_url,
+            data_dir: PathBuf::from(get("LINKGATE_DATA_DIR").unwrap_or_default()),
+            api_keys,
+            click_secret,
+            stream,
+            not_found_url,
+            dest_allowlist,
+            synthetic_token: get("LINKGATE_SYNTHETIC_TOKEN"),
+            drain_timeout,
+            log_format,
+        })
+    }
+
+    /// Builds the config from a map (tests).
+    pub fn from_map(map: &HashMap<&str, &str>) -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| map.get(k).map(|v| v.to_string()))
+    }
+}
+
+/// Parses `secret` or `secret:scope+scope`, comma-separated.
+pub fn parse_api_keys(v: &str) -> Result<Vec<ApiKey>, ConfigError> {
+    const VAR: &str = "LINKGATE_API_KEYS";
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .enumerate()
+        .map(|(i, entry)| {
+            let (secret, scopes) = match entry.split_once(':') {
+                Some((s, scopes)) => {
+                    let scopes = scopes
+                        .split('+')
+                        .map(|sc| {
+                            Scope::parse(sc).ok_or_else(|| {
+                                bad(VAR, format!("key #{} has unknown scope `{sc}`", i + 1))
+                            })
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
+                    (s, scopes)
+                }
+                None => (entry, vec![Scope::Admin]),
+            };
+            if secret.len() < 16 {
+                // The secret itself is never echoed, only its position.
+                return Err(bad(
+                    VAR,
+                    format!("key #{} is shorter than 16 characters", i + 1),
+                ));
+            }
+            Ok(ApiKey::new(secret, scopes))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_make_an_embedded_config() {
+        let c = Config::from_map(&HashMap::new()).unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.public_base_url, "http://localhost:8080");
+        assert!(c.redis_url.is_none() && c.api_keys.is_empty());
+        assert_eq!(c.stream, "linkgate:events");
+        assert_eq!(c.drain_timeout, Duration::from_secs(20));
+    }
+
+    #[test]
+    fn each_bad_value_names_its_variable() {
+        let secret = "0123456789abcdef0123";
+        for (var, value) in [
+            ("LINKGATE_LISTEN", "nope"),
+            ("LINKGATE_ADMIN_LISTEN", "1.2.3.4"),
+            ("LINKGATE_PUBLIC_BASE_URL", "ftp://x"),
+            ("LINKGATE_REDIS_URL", "http://localhost"),
+            ("LINKGATE_API_KEYS", "short"),
+            ("LINKGATE_API_KEYS", "0123456789abcdef:links:fly"),
+            ("LINKGATE_CLICK_SECRET", "tiny"),
+            ("LINKGATE_NOT_FOUND_URL", "javascript:alert(1)"),
+            ("LINKGATE_DEST_ALLOWLIST", "a b"),
+            ("LINKGATE_DRAIN_TIMEOUT", "soon"),
+            ("LINKGATE_LOG_FORMAT", "xml"),
+        ] {
+            let map = HashMap::from([(var, value)]);
+            let err = Config::from_map(&map).unwrap_err();
+            assert_eq!(err.var, var, "{value}");
+            assert!(!err.to_string().contains(secret));
+        }
+    }
+
+    #[test]
+    fn redis_mode_requires_shared_secrets() {
+        let map = HashMap::from([("LINKGATE_REDIS_URL", "redis://127.0.0.1:6379")]);
+        assert_eq!(Config::from_map(&map).unwrap_err().var, "LINKGATE_API_KEYS");
+        let map = HashMap::from([
+            ("LINKGATE_REDIS_URL", "redis://127.0.0.1:6379"),
+            ("LINKGATE_API_KEYS", "0123456789abcdef"),
+        ]);
+        assert_eq!(
+            Config::from_map(&map).unwrap_err().var,
+            "LINKGATE_CLICK_SECRET"
+        );
+    }
+
+    #[test]
+    fn api_keys_parse_scopes() {
+        let keys =
+            parse_api_keys("0123456789abcdef, reader-0123456789:links:read+stats:read").unwrap();
+        assert!(keys[0].allows(Scope::LinksWrite));
+        assert!(keys[1].allows(Scope::LinksRead) && !keys[1].allows(Scope::LinksWrite));
+        assert!(!format!("{keys:?}").contains("0123456789abcdef"));
+    }
+}

@@ -1,0 +1,141 @@
+//! The Link model and its rules: codes ([`code`]), destinations ([`dest`]), click ids ([`click_id`])
+//! and the validation of API input into links ([`input`]).
+
+pub mod click_id;
+pub mod code;
+pub mod dest;
+pub mod input;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::time::format_rfc3339;
+
+/// What the code is printed on or sent in; drives reporting, not behaviour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkKind {
+    Sms,
+    QrOrder,
+    QrService,
+    QrReceipt,
+    QrLead,
+    QrProduct,
+    #[default]
+    Web,
+}
+
+impl LinkKind {
+    pub const ALL: [LinkKind; 7] = [
+        Self::Sms,
+        Self::QrOrder,
+        Self::QrService,
+        Self::QrReceipt,
+        Self::QrLead,
+        Self::QrProduct,
+        Self::Web,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sms => "sms",
+            Self::QrOrder => "qr_order",
+            Self::QrService => "qr_service",
+            Self::QrReceipt => "qr_receipt",
+            Self::QrLead => "qr_lead",
+            Self::QrProduct => "qr_product",
+            Self::Web => "web",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// A short link as stored. Times are Unix seconds; the API shows them as RFC 3339.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Link {
+    pub code: String,
+    pub destination: String,
+    #[serde(default)]
+    pub kind: LinkKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaign_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_clicks: Option<u32>,
+    #[serde(default = "default_status")]
+    pub redirect_status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ios_destination: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub android_destination: Option<String>,
+    #[serde(default = "yes")]
+    pub track_conversions: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub disabled: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// Creation order, used as the paging cursor of link lists.
+    #[serde(default)]
+    pub seq: u64,
+}
+
+fn default_status() -> u16 {
+    302
+}
+fn yes() -> bool {
+    true
+}
+
+impl Link {
+    /// The link as the API shows it, with its `short_url`.
+    pub fn to_api_json(&self, public_base_url: &str) -> Value {
+        let mut v = json!({
+            "code": self.code,
+            "short_url": short_url(public_base_url, &self.code),
+            "destination": self.destination,
+            "kind": self.kind.as_str(),
+            "campaign_id": self.campaign_id,
+            "owner_id": self.owner_id,
+            "recipient_id": self.recipient_id,
+            "expires_at": self.expires_at.map(format_rfc3339),
+            "max_clicks": self.max_clicks,
+            "redirect_status": self.redirect_status,
+            "fallback_url": self.fallback_url,
+            "ios_destination": self.ios_destination,
+            "android_destination": self.android_destination,
+            "track_conversions": self.track_conversions,
+            "tags": self.tags,
+            "metadata": self.metadata,
+            "disabled": self.disabled,
+            "created_at": format_rfc3339(self.created_at),
+            "updated_at": format_rfc3339(self.updated_at),
+        });
+        if let Value::Object(m) = &mut v {
+            m.retain(|_, v| !v.is_null());
+        }
+        v
+    }
+
+    /// `(campaign_id, recipient_id)` when both are set: the pair that has at most one link.
+    pub fn recipient_key(&self) -> Option<(&str, &str)> {
+        Some((self.campaign_id.as_deref()?, self.recipient_id.as_deref()?))
+    }
+}
+
+pub fn short_url(public_base_url: &str, code: &str) -> String {
+    format!("{public_base_url}/{code}")
+}

@@ -1,0 +1,164 @@
+//! Redirect: a resolved link becomes the answer to a tap.
+//!
+//! - Active link: its `redirect_status` (302 by default) to the destination (or the iOS / Android
+//!   override), with the short URL's own query string appended and, when the link tracks
+//!   conversions, `lg_click=<signed click id>`; a `#fragment` stays last.
+//! - Disabled or expired link (including `max_clicks` spent): 302 to its `fallback_url`, or 410.
+//! - Unknown code: 302 to `LINKGATE_NOT_FOUND_URL`, or 404.
+//!
+//! Every answer carries `Cache-Control: private, no-store` so each tap reaches the server. On a cache
+//! hit this module does no I/O and awaits nothing.
+
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, LOCATION, USER_AGENT};
+use http::{Method, Request, Response, StatusCode};
+
+use crate::click::{Agent, classify};
+use crate::link::code::is_code_shaped;
+use crate::resolve::{CachedLink, LinkState, Lookup};
+use crate::server::{App, Body};
+use crate::time::now_secs;
+
+const NOT_FOUND_PAGE: &[u8] = b"<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><title>Link not found</title></head><body><h1>Link not found</h1><p>This link does not exist. Check that it was copied completely.</p></body></html>\n";
+const GONE_PAGE: &[u8] = b"<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><title>Link expired</title></head><body><h1>This link has expired</h1><p>The offer behind it is no longer available.</p></body></html>\n";
+
+const NO_STORE: HeaderValue = HeaderValue::from_static("private, no-store");
+
+/// What the redirect needs from the request.
+struct Tap<'a> {
+    query: Option<&'a str>,
+    user_agent: Option<&'a [u8]>,
+    agent: Agent,
+    head: bool,
+    now: i64,
+}
+
+pub async fn handle<B>(app: &App, req: &Request<B>) -> Response<Body> {
+    let code = &req.uri().path()[1..];
+    if !is_code_shaped(code) {
+        return not_found(app);
+    }
+    let head = req.method() == Method::HEAD;
+    let user_agent = req.headers().get(USER_AGENT).map(HeaderValue::as_bytes);
+    let tap = Tap {
+        query: req.uri().query(),
+        user_agent,
+        agent: classify(head, user_agent),
+        head,
+        now: now_secs(),
+    };
+    match app.resolver.lookup(code, |link| respond(app, link, &tap)) {
+        Lookup::Hit(resp) => resp,
+        Lookup::Unknown => not_found(app),
+        Lookup::Miss => match app.resolver.fill(code).await {
+            Ok(None) => not_found(app),
+            Ok(Some(link)) => match app
+                .resolver
+                .lookup(code, |cached| respond(app, cached, &tap))
+            {
+                Lookup::Hit(resp) => resp,
+                // Invalidated while we read it: serve what the store said, uncached.
+                _ => respond(
+                    app,
+                    &CachedLink::from_link(&link, app.resolver.interner()),
+                    &tap,
+                ),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "store read failed on a cache miss");
+                let mut r = crate::server::router::text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily unavailable\n",
+                );
+                r.headers_mut().insert(CACHE_CONTROL, NO_STORE);
+                r
+            }
+        },
+    }
+}
+
+fn respond(app: &App, link: &CachedLink, tap: &Tap) -> Response<Body> {
+    let state = link.state(tap.now);
+    if state == LinkState::Active && tap.agent == Agent::Human && !tap.head {
+        link.count_human_click();
+    }
+    if state != LinkState::Active {
+        return match link.extras().and_then(|e| e.fallback_url.as_deref()) {
+            Some(fallback) => redirect(StatusCode::FOUND, fallback.to_string()),
+            None => page(StatusCode::GONE, GONE_PAGE),
+        };
+    }
+    let dest = pick_destination(link, tap.user_agent);
+    let mut location = String::with_capacity(dest.len() + tap.query.map_or(0, str::len) + 48);
+    let (base, fragment) = match dest.find('#') {
+        Some(i) => dest.split_at(i),
+        None => (dest, ""),
+    };
+    location.push_str(base);
+    let mut sep = if base.contains('?') { '&' } else { '?' };
+    if let Some(q) = tap.query.filter(|q| !q.is_empty()) {
+        location.push(sep);
+        location.push_str(q);
+        sep = '&';
+    }
+    if link.track_conversions() {
+        location.push(sep);
+        location.push_str("lg_click=");
+        app.signer.issue_into(link.code(), tap.now, &mut location);
+    }
+    location.push_str(fragment);
+    let status = StatusCode::from_u16(link.redirect_status()).unwrap_or(StatusCode::FOUND);
+    redirect(status, location)
+}
+
+fn pick_destination<'l>(link: &'l CachedLink, user_agent: Option<&[u8]>) -> &'l str {
+    if let (Some(extras), Some(ua)) = (link.extras(), user_agent) {
+        let has = |needle: &[u8]| ua.windows(needle.len()).any(|w| w == needle);
+        if let Some(ios) = extras
+            .ios_destination
+            .as_deref()
+            .filter(|_| has(b"iPhone") || has(b"iPad") || has(b"iPod"))
+        {
+            return ios;
+        }
+        if let Some(android) = extras
+            .android_destination
+            .as_deref()
+            .filter(|_| has(b"Android"))
+        {
+            return android;
+        }
+    }
+    link.destination()
+}
+
+fn redirect(status: StatusCode, location: String) -> Response<Body> {
+    let mut r = Response::new(Body::empty());
+    match HeaderValue::try_from(location) {
+        Ok(v) => {
+            *r.status_mut() = status;
+            r.headers_mut().insert(LOCATION, v);
+        }
+        // Destinations are validated ASCII; only a hostile query string can get here.
+        Err(_) => *r.status_mut() = StatusCode::BAD_REQUEST,
+    }
+    r.headers_mut().insert(CACHE_CONTROL, NO_STORE);
+    r
+}
+
+fn page(status: StatusCode, html: &'static [u8]) -> Response<Body> {
+    let mut r = Response::new(Body::from_static(html));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    r.headers_mut().insert(CACHE_CONTROL, NO_STORE);
+    r
+}
+
+fn not_found(app: &App) -> Response<Body> {
+    match &app.config.not_found_url {
+        Some(url) => redirect(StatusCode::FOUND, url.clone()),
+        None => page(StatusCode::NOT_FOUND, NOT_FOUND_PAGE),
+    }
+}

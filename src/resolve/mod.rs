@@ -1,0 +1,144 @@
+//! Resolve: which link does a code name?
+//!
+//! Answered from memory whenever possible: [`ShardedCache`] holds every link seen, and a negative
+//! cache remembers unknown codes for [`NEGATIVE_TTL`] so a scanner trying random codes cannot hammer
+//! the store. A miss reads the store once, however many requests miss on the same code at the same
+//! time (they wait on one shared read). Replicas stay coherent through [`Store::watch_invalidations`]:
+//! a PATCH or DELETE anywhere removes the code here within a pub/sub round trip.
+
+pub mod cache;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use tokio::sync::OnceCell;
+
+pub use self::cache::{CachedLink, Interner, LinkState, ShardedCache, code_hash};
+use crate::link::Link;
+use crate::store::{Invalidation, Store, StoreError};
+
+/// How long an unknown code is answered from memory.
+pub const NEGATIVE_TTL: Duration = Duration::from_secs(5);
+/// Most unknown codes remembered; past this the negative cache starts over.
+pub const NEGATIVE_MAX: usize = 100_000;
+
+/// The answer of a memory-only lookup.
+pub enum Lookup<R> {
+    Hit(R),
+    /// Known to be unknown (negative cache).
+    Unknown,
+    /// Not in memory: call [`Resolver::fill`].
+    Miss,
+}
+
+type Inflight = Arc<OnceCell<Option<Arc<Link>>>>;
+
+pub struct Resolver {
+    cache: ShardedCache,
+    negative: DashMap<u64, Instant, cache::PassThrough>,
+    inflight: DashMap<Box<str>, Inflight>,
+    interner: Interner,
+    /// Bumped by every invalidation, so a store read that raced one is not cached.
+    epoch: AtomicU64,
+    store: Arc<dyn Store>,
+}
+
+impl Resolver {
+    pub fn new(store: Arc<dyn Store>) -> Arc<Self> {
+        let resolver = Arc::new(Self {
+            cache: ShardedCache::new(),
+            negative: DashMap::with_hasher(Default::default()),
+            inflight: DashMap::new(),
+            interner: Interner::default(),
+            epoch: AtomicU64::new(0),
+            store: store.clone(),
+        });
+        let weak = Arc::downgrade(&resolver);
+        store.watch_invalidations(Arc::new(move |inv| {
+            if let Some(r) = weak.upgrade() {
+                r.invalidate(&inv);
+            }
+        }));
+        resolver
+    }
+
+    pub fn interner(&self) -> &Interner {
+        &self.interner
+    }
+
+    pub fn cached_links(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Memory-only lookup: runs `f` on the cached link. Never awaits, never does I/O.
+    #[inline]
+    pub fn lookup<R>(&self, code: &str, f: impl FnOnce(&CachedLink) -> R) -> Lookup<R> {
+        let hash = code_hash(code);
+        if let Some(r) = self.cache.with(hash, code, f) {
+            return Lookup::Hit(r);
+        }
+        match self.negative.get(&hash) {
+            Some(until) if *until > Instant::now() => Lookup::Unknown,
+            _ => Lookup::Miss,
+        }
+    }
+
+    /// Reads `code` from the store (once for all concurrent callers) and caches the answer.
+    pub async fn fill(&self, code: &str) -> Result<Option<Arc<Link>>, StoreError> {
+        let cell = self.inflight.entry(Box::from(code)).or_default().clone();
+        let result = cell
+            .get_or_try_init(|| async {
+                let epoch = self.epoch.load(Ordering::Acquire);
+                let link = self.store.get_link(code).await?;
+                if self.epoch.load(Ordering::Acquire) == epoch {
+                    self.remember(code, link.as_ref());
+                }
+                Ok::<_, StoreError>(link.map(Arc::new))
+            })
+            .await
+            .cloned();
+        self.inflight.remove_if(code, |_, v| Arc::ptr_eq(v, &cell));
+        result
+    }
+
+    fn remember(&self, code: &str, link: Option<&Link>) {
+        let hash = code_hash(code);
+        match link {
+            Some(link) => {
+                self.negative.remove(&hash);
+                self.cache
+                    .insert(hash, CachedLink::from_link(link, &self.interner));
+            }
+            None => {
+                if self.negative.len() >= NEGATIVE_MAX {
+                    self.negative.clear();
+                }
+                self.negative.insert(hash, Instant::now() + NEGATIVE_TTL);
+            }
+        }
+    }
+
+    /// Drops cached state for a code (or everything).
+    pub fn invalidate(&self, inv: &Invalidation) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        match inv {
+            Invalidation::Code(code) => {
+                let hash = code_hash(code);
+                self.cache.remove(hash);
+                self.negative.remove(&hash);
+            }
+            Invalidation::All => {
+                self.cache.clear();
+                self.negative.clear();
+            }
+        }
+    }
+
+    /// Puts a link the API just wrote straight into the cache.
+    pub fn prime(&self, link: &Link) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.remember(&link.code, Some(link));
+    }
+}

@@ -1,0 +1,135 @@
+//! Request: the accept loop, the application state every handler shares, and the router.
+//!
+//! [`run`] takes an already bound listener and a shutdown future, so `main` binds the configured
+//! address and tests bind port 0 and run the very same server.
+
+pub mod body;
+mod provision;
+pub mod router;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+pub use self::body::Body;
+use crate::config::{ApiKey, Config};
+use crate::link::click_id::ClickSigner;
+use crate::resolve::Resolver;
+use crate::shutdown::Readiness;
+use crate::store::{EmbeddedStore, RedisStore, Store};
+
+/// The error type request bodies convert into.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Largest request head (request line + headers) accepted, in bytes.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Most headers in one request.
+pub const MAX_HEADERS: usize = 64;
+/// A client has this long to send its request head (slowloris guard).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything a handler needs, built once at start-up.
+pub struct App {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub resolver: Arc<Resolver>,
+    pub signer: ClickSigner,
+    pub api_keys: Vec<ApiKey>,
+    pub readiness: Readiness,
+}
+
+impl App {
+    /// Opens the store named by the config and provisions embedded-mode secrets.
+    pub async fn build(config: Config) -> anyhow::Result<Arc<Self>> {
+        let store: Arc<dyn Store> = match &config.redis_url {
+            Some(url) => Arc::new(RedisStore::connect(url).await?),
+            None => Arc::new(EmbeddedStore::open(&config.data_dir)?),
+        };
+        let api_keys = provision::api_keys(&config)?;
+        let click_secret = provision::click_secret(&config)?;
+        Ok(Self::with_store(config, store, api_keys, &click_secret))
+    }
+
+    pub fn with_store(
+        config: Config,
+        store: Arc<dyn Store>,
+        api_keys: Vec<ApiKey>,
+        click_secret: &[u8],
+    ) -> Arc<Self> {
+        let app = Arc::new(Self {
+            resolver: Resolver::new(store.clone()),
+            store,
+            signer: ClickSigner::new(click_secret),
+            api_keys,
+            readiness: Readiness::default(),
+            config,
+        });
+        app.readiness.set(true);
+        app
+    }
+}
+
+/// Serves `listener` until `shutdown` resolves, then drains: readiness off, stop accepting, let
+/// in-flight requests finish within the configured drain deadline.
+pub async fn run(
+    listener: TcpListener,
+    app: Arc<App>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_headers(MAX_HEADERS)
+        .keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let app = app.clone();
+                let svc = service_fn(move |req| {
+                    let app = app.clone();
+                    async move { Ok::<_, std::convert::Infallible>(router::route(&app, req).await) }
+                });
+                let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    app.readiness.set(false);
+    drop(listener);
+    let deadline = app.config.drain_timeout;
+    if tokio::time::timeout(deadline, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?deadline,
+            "drain deadline passed with connections still open"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! Where links live: one narrow trait, two backends with the same behaviour.
+//!
+//! - [`RedisStore`]: production; every replica shares it and pub/sub keeps their caches coherent.
+//! - [`EmbeddedStore`]: a redb file in the data directory; the default when no Redis URL is given.
+//!
+//! The redirect hot path never calls the store on a cache hit; the store is read once per miss and
+//! written by the API. Minting is one call for one link or 100,000: custom codes already taken abort
+//! the whole call before anything is written, and a `(campaign_id, recipient_id)` pair that already
+//! has a link gets that link back instead of a second one.
+
+mod embedded;
+mod redis;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+pub use self::embedded::EmbeddedStore;
+pub use self::redis::RedisStore;
+use crate::link::Link;
+use crate::link::input::LinkPatch;
+
+/// How long an `Idempotency-Key` answer is kept.
+pub const IDEMPOTENCY_TTL_SECS: u64 = 24 * 3600;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("code `{0}` is taken")]
+    CodeTaken(String),
+    /// Custom codes already taken in a mint call: `(item index, code)`.
+    #[error("{} codes are taken", .0.len())]
+    CodesTaken(Vec<(usize, String)>),
+    #[error("redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    #[error("embedded store: {0}")]
+    Embedded(#[from] redb::Error),
+    #[error("corrupt record for `{0}`: {1}")]
+    Corrupt(String, serde_json::Error),
+    #[error("store task failed: {0}")]
+    Task(String),
+}
+
+/// The outcome of minting one link.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Minted {
+    Created(Link),
+    /// The `(campaign_id, recipient_id)` pair already had this link.
+    Existing(Link),
+}
+
+impl Minted {
+    pub fn link(&self) -> &Link {
+        match self {
+            Minted::Created(l) | Minted::Existing(l) => l,
+        }
+    }
+}
+
+/// Which links a list call pages through.
+#[derive(Debug, Clone, Default)]
+pub struct LinkFilter {
+    pub campaign_id: Option<String>,
+    pub owner_id: Option<String>,
+}
+
+/// One page of links, oldest first; `next_cursor` is `None` on the last page.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub links: Vec<Link>,
+    pub next_cursor: Option<u64>,
+}
+
+/// A message telling replicas to drop cached state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalidation {
+    Code(String),
+    /// The subscription was lost and re-established: some messages may be missing.
+    All,
+}
+
+pub type InvalidationHandler = Arc<dyn Fn(Invalidation) + Send + Sync>;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Whether the store answers (readiness).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    async fn get_link(&self, code: &str) -> Result<Option<Link>, StoreError>;
+
+    /// Mints `links` in order. An empty `code` gets a generated one. Pairs must be unique within the
+    /// call and custom codes distinct (the API checks both). Returns one outcome per input.
+    async fn mint(&self, links: Vec<Link>) -> Result<Vec<Minted>, StoreError>;
+
+    /// Applies `patch`; `None` when the code is unknown.
+    async fn update_link(
+        &self,
+        code: &str,
+        patch: &LinkPatch,
+        now: i64,
+    ) -> Result<Option<Link>, StoreError>;
+
+    /// Deletes the link and its indexes; `false` when the code is unknown.
+    async fn delete_link(&self, code: &str) -> Result<bool, StoreError>;
+
+    /// Links created after cursor `after` (0 = from the start), at most `limit`.
+    async fn list_links(
+        &self,
+        filter: &LinkFilter,
+        after: u64,
+        limit: usize,
+    ) -> Result<Page, StoreError>;
+
+    async fn idempotency_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    async fn idempotency_put(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
+
+    /// Tells every replica (this one included) that `code` changed.
+    async fn publish_invalidation(&self, code: &str) -> Result<(), StoreError>;
+
+    /// Starts delivering invalidations from other replicas to `handler`. Single-node stores deliver
+    /// nothing: their own changes are invalidated locally by the caller.
+    fn watch_invalidations(&self, handler: InvalidationHandler);
+}
+
+/// The index names a link appears under, for paging by filter.
+pub(crate) fn index_names(campaign: Option<&str>, owner: Option<&str>) -> Vec<IndexName> {
+    let mut v = vec![IndexName::All];
+    if let Some(c) = campaign {
+        v.push(IndexName::Campaign(c.to_string()));
+    }
+    if let Some(o) = owner {
+        v.push(IndexName::Owner(o.to_string()));
+    }
+    if let (Some(c), Some(o)) = (campaign, owner) {
+        v.push(IndexName::CampaignOwner(c.to_string(), o.to_string()));
+    }
+    v
+}
+
+/// The single index a filter pages through.
+pub(crate) fn index_for(filter: &LinkFilter) -> IndexName {
+    match (&filter.campaign_id, &filter.owner_id) {
+        (Some(c), Some(o)) => IndexName::CampaignOwner(c.clone(), o.clone()),
+        (Some(c), None) => IndexName::Campaign(c.clone()),
+        (None, Some(o)) => IndexName::Owner(o.clone()),
+        (None, None) => IndexName::All,
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum IndexName {
+    All,
+    Campaign(String),
+    Owner(String),
+    CampaignOwner(String, String),
+}
+
+pub(crate) fn decode_link(code: &str, bytes: &[u8]) -> Result<Link, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(code.to_string(), e))
+}
+
+pub(crate) fn encode_link(link: &Link) -> Vec<u8> {
+    serde_json::to_vec(link).expect("a Link always serialises")
+}
