@@ -91,7 +91,12 @@ pub fn require(key: &ApiKey, scope: Scope) -> Result<(), ApiError> {
     }
 }
 
-/// Reads a body of at most `limit` bytes (413 beyond it, before reading when Content-Length says so).
+/// Bytes past the limit that are still read (and dropped) before answering 413, within
+/// [`DRAIN_TIMEOUT`], so the client reads our answer instead of a connection reset.
+pub const DRAIN_EXTRA_BYTES: u64 = 8 * 1024 * 1024;
+pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads a body of at most `limit` bytes; 413 beyond it.
 pub async fn read_body<B>(req: Request<B>, limit: usize) -> Result<Bytes, ApiError>
 where
     B: http_body::Body<Data = Bytes>,
@@ -102,24 +107,43 @@ where
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let body = req.into_body();
     if declared.is_some_and(|n| n > limit as u64) {
+        if declared.is_some_and(|n| n <= limit as u64 + DRAIN_EXTRA_BYTES) {
+            drain(body).await;
+        }
         return Err(ApiError::payload_too_large(limit));
     }
-    match http_body_util::Limited::new(req.into_body(), limit)
-        .collect()
-        .await
-    {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(ApiError::payload_too_large(limit))
+    tokio::pin!(body);
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::invalid_json(format!("could not read the body: {}", e.into()))
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                drain(body).await;
+                return Err(ApiError::payload_too_large(limit));
+            }
+            buf.extend_from_slice(&data);
         }
-        Err(e) => Err(ApiError::invalid_json(format!(
-            "could not read the body: {e}"
-        ))),
     }
+    Ok(buf.freeze())
+}
+
+/// Reads and drops what is left of a refused body, bounded in bytes and time.
+async fn drain<B: http_body::Body<Data = Bytes>>(body: B) {
+    let mut left = DRAIN_EXTRA_BYTES as i64;
+    let read = async {
+        tokio::pin!(body);
+        while let Some(Ok(frame)) = body.frame().await {
+            left -= frame.data_ref().map_or(0, |d| d.len() as i64);
+            if left < 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, read).await;
 }
 
 /// Parses a body that must be a JSON object.

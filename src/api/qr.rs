@@ -123,14 +123,17 @@ pub fn render(data: &str, p: &QrParams) -> Result<(Vec<u8>, &'static str), ApiEr
         Format::Svg => {
             let mut path = String::with_capacity(colors.len() * 8);
             for y in 0..width {
-                for x in 0..width {
-                    if dark(x, y) {
-                        path.push_str(&format!(
-                            "M{},{}h{px}v{px}h-{px}z",
-                            offset + x * px,
-                            offset + y * px
-                        ));
+                let mut x = 0;
+                while x < width {
+                    if !dark(x, y) {
+                        x += 1;
+                        continue;
                     }
+                    let run = (x..width).take_while(|&x| dark(x, y)).count() as u32;
+                    let w = run * px;
+                    let (left, top) = (offset + x * px, offset + y * px);
+                    path.push_str(&format!("M{left},{top}h{w}v{px}h-{w}z"));
+                    x += run;
                 }
             }
             let svg = format!(

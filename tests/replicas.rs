@@ -1,0 +1,100 @@
+//! Two replicas on one Redis: a change made through one is served by the other within 1 second.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use serde_json::json;
+use support::{Backend, Env, TestServer, eventually};
+
+const COHERENCE: Duration = Duration::from_secs(1);
+
+#[tokio::test]
+async fn patch_and_delete_on_one_replica_reach_the_other_within_a_second() {
+    let env = Env::new(Backend::Redis);
+    let a = TestServer::start(&env).await;
+    let b = TestServer::start(&env).await;
+
+    let r = a.api("POST", "/v1/links", Some(json!({"destination": "https://v1.example/", "code": "shared", "track_conversions": false}))).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(
+        b.get("/shared").await.location(),
+        "https://v1.example/",
+        "B reads the link A minted"
+    );
+
+    let r = a
+        .api(
+            "PATCH",
+            "/v1/links/shared",
+            Some(json!({"destination": "https://v2.example/"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let patched = Instant::now();
+    eventually(COHERENCE, "B serving the patched destination", || async {
+        (b.get("/shared").await.header("location") == Some("https://v2.example/")).then_some(())
+    })
+    .await;
+    assert!(patched.elapsed() < COHERENCE);
+
+    assert_eq!(
+        a.api("DELETE", "/v1/links/shared", None).await.status,
+        StatusCode::NO_CONTENT
+    );
+    eventually(COHERENCE, "B forgetting the deleted link", || async {
+        (b.get("/shared").await.status == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_custom_code_minted_on_one_replica_clears_the_others_negative_cache() {
+    let env = Env::new(Backend::Redis);
+    let a = TestServer::start(&env).await;
+    let b = TestServer::start(&env).await;
+    assert_eq!(
+        b.get("/later-code").await.status,
+        StatusCode::NOT_FOUND,
+        "B now remembers it as unknown"
+    );
+    let r = a.api("POST", "/v1/links", Some(json!({"destination": "https://late.example/", "code": "later-code", "track_conversions": false}))).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    eventually(COHERENCE, "B serving the new code", || async {
+        (b.get("/later-code").await.header("location") == Some("https://late.example/"))
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_replica_that_loses_redis_resubscribes_and_drops_its_cache() {
+    let mut env = Env::new(Backend::Redis);
+    let port = env.redis.as_ref().unwrap().port;
+    let a = TestServer::start(&env).await;
+    let b = TestServer::start(&env).await;
+    a.api("POST", "/v1/links", Some(json!({"destination": "https://v1.example/", "code": "blip", "track_conversions": false}))).await;
+    assert_eq!(b.get("/blip").await.location(), "https://v1.example/");
+
+    env.redis.as_mut().unwrap().kill();
+    assert_eq!(
+        b.get("/blip").await.location(),
+        "https://v1.example/",
+        "a cached link redirects without Redis"
+    );
+    assert_eq!(
+        b.get("/readyz").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    env.redis = Some(support::RedisGuard::start_on(port));
+
+    // The restarted Redis is empty: once B has re-subscribed it must stop serving its stale copy.
+    eventually(
+        Duration::from_secs(10),
+        "B dropping its cache after re-subscribing",
+        || async { (b.get("/blip").await.status == StatusCode::NOT_FOUND).then_some(()) },
+    )
+    .await;
+    assert_eq!(b.get("/readyz").await.status, StatusCode::OK);
+}

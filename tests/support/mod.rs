@@ -1,0 +1,356 @@
+//! Test harness: a real redis-server on a free loopback port ([`RedisGuard`]), the real server on
+//! port 0 ([`TestServer`]), and a small HTTP/1.1 client over real sockets ([`send`]).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use linkgate::config::Config;
+use linkgate::server::{self, App};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
+pub const READ_KEY: &str = "test-read-key-0123456789";
+pub const CLICK_SECRET: &str = "test-click-secret-0123456789";
+
+/// A loopback port nobody is listening on right now.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A redis-server child process on a free port, killed on drop.
+pub struct RedisGuard {
+    child: Child,
+    pub port: u16,
+}
+
+impl RedisGuard {
+    pub fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    pub fn start_on(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start redis-server ({e}): install it, e.g. `apt-get install -y redis-server`")
+            });
+        let guard = Self { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                use std::io::{Read, Write};
+                let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+                let mut buf = [0u8; 16];
+                if s.write_all(b"PING\r\n").is_ok()
+                    && s.read(&mut buf)
+                        .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+                {
+                    return guard;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer on port {port} within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILLs the server (fault tests).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "linkgate-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Which store a test server uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Embedded,
+    Redis,
+}
+
+pub const BACKENDS: [Backend; 2] = [Backend::Embedded, Backend::Redis];
+
+/// What a test server needs from outside: a Redis (redis backend) and a data directory.
+pub struct Env {
+    pub backend: Backend,
+    pub redis: Option<RedisGuard>,
+    pub dir: TempDir,
+}
+
+impl Env {
+    pub fn new(backend: Backend) -> Self {
+        let redis = (backend == Backend::Redis).then(RedisGuard::start);
+        Self {
+            backend,
+            redis,
+            dir: TempDir::new(),
+        }
+    }
+
+    pub fn config(&self, extra: &[(&str, &str)]) -> Config {
+        let redis_url = self.redis.as_ref().map(RedisGuard::url);
+        let data_dir = self.dir.0.to_string_lossy().to_string();
+        let keys = format!("{ADMIN_KEY},{READ_KEY}:links:read+stats:read");
+        let mut map: HashMap<&str, &str> = HashMap::from([
+            ("LINKGATE_LISTEN", "127.0.0.1:0"),
+            ("LINKGATE_PUBLIC_BASE_URL", "https://go.brand.test"),
+            ("LINKGATE_DATA_DIR", data_dir.as_str()),
+            ("LINKGATE_API_KEYS", keys.as_str()),
+            ("LINKGATE_CLICK_SECRET", CLICK_SECRET),
+            ("LINKGATE_DRAIN_TIMEOUT", "5s"),
+        ]);
+        if let Some(u) = &redis_url {
+            map.insert("LINKGATE_REDIS_URL", u.as_str());
+        }
+        for (k, v) in extra {
+            map.insert(k, v);
+        }
+        Config::from_map(&map).expect("test config is valid")
+    }
+}
+
+/// The real server on an ephemeral port, stopped on drop.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start(env: &Env) -> Self {
+        Self::start_with(env, &[]).await
+    }
+
+    pub async fn start_with(env: &Env, extra: &[(&str, &str)]) -> Self {
+        let app = App::build(env.config(extra)).await.expect("app builds");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn({
+            let app = app.clone();
+            async move {
+                server::run(listener, app, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("server runs");
+            }
+        });
+        Self {
+            addr,
+            app,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stops accepting, drains, and waits for the server task.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap();
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        send(self.addr, "GET", path, &[], Vec::new()).await
+    }
+
+    pub async fn get_ua(&self, path: &str, ua: &str) -> Resp {
+        send(self.addr, "GET", path, &[("user-agent", ua)], Vec::new()).await
+    }
+
+    /// An API call with the admin key.
+    pub async fn api(&self, method: &str, path: &str, body: Option<Value>) -> Resp {
+        self.api_as(ADMIN_KEY, method, path, body).await
+    }
+
+    pub async fn api_as(&self, key: &str, method: &str, path: &str, body: Option<Value>) -> Resp {
+        let auth = format!("Bearer {key}");
+        let body = body
+            .map(|b| serde_json::to_vec(&b).unwrap())
+            .unwrap_or_default();
+        send(
+            self.addr,
+            method,
+            path,
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            body,
+        )
+        .await
+    }
+
+    /// Every link the list API returns for `query` (all pages).
+    pub async fn all_links(&self, query: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let path = match &cursor {
+                Some(c) => format!("/v1/links?{query}&limit=1000&cursor={c}"),
+                None => format!("/v1/links?{query}&limit=1000"),
+            };
+            let r = self.api("GET", &path, None).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+            let v = r.json();
+            out.extend(v["links"].as_array().unwrap().iter().cloned());
+            match v["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => return out,
+            }
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// A received response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    pub fn location(&self) -> &str {
+        self.header("location")
+            .unwrap_or_else(|| panic!("no Location header; status {}", self.status))
+    }
+    /// The JSON error code of an error answer.
+    pub fn error_code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("not an error body: {}", self.text()))
+            .to_string()
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection.
+pub async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Resp {
+    let stream = TcpStream::connect(addr)
+        .await
+        .expect("connect to the test server");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "go.brand.test");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = sender
+        .send_request(req.body(Full::new(Bytes::from(body))).unwrap())
+        .await
+        .expect("a response");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("the whole body").to_bytes();
+    Resp {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// Polls `f` until it returns `Some`, failing after `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
