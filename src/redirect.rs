@@ -77,12 +77,15 @@ pub async fn handle<B>(app: &App, req: &Request<B>) -> Response<Body> {
 }
 
 fn respond(app: &App, link: &CachedLink, tap: &Tap) -> Response<Body> {
-    let state = link.state(tap.now);
-    if state == LinkState::Active && tap.agent == Agent::Human && !tap.head {
-        link.count_human_click();
+    let mut state = link.state(tap.now);
+    if state == LinkState::Active && link.max_clicks() != 0 {
+        let counts = tap.agent == Agent::Human && !tap.head;
+        if app.resolver.clicks_spent(link, counts) {
+            state = LinkState::Expired;
+        }
     }
     if state != LinkState::Active {
-        return match link.extras().and_then(|e| e.fallback_url.as_deref()) {
+        return match link.fallback_url() {
             Some(fallback) => redirect(StatusCode::FOUND, fallback.to_string()),
             None => page(StatusCode::GONE, GONE_PAGE),
         };
@@ -111,20 +114,15 @@ fn respond(app: &App, link: &CachedLink, tap: &Tap) -> Response<Body> {
 }
 
 fn pick_destination<'l>(link: &'l CachedLink, user_agent: Option<&[u8]>) -> &'l str {
-    if let (Some(extras), Some(ua)) = (link.extras(), user_agent) {
+    if let Some(ua) = user_agent {
         let has = |needle: &[u8]| ua.windows(needle.len()).any(|w| w == needle);
-        if let Some(ios) = extras
-            .ios_destination
-            .as_deref()
+        if let Some(ios) = link
+            .ios_destination()
             .filter(|_| has(b"iPhone") || has(b"iPad") || has(b"iPod"))
         {
             return ios;
         }
-        if let Some(android) = extras
-            .android_destination
-            .as_deref()
-            .filter(|_| has(b"Android"))
-        {
+        if let Some(android) = link.android_destination().filter(|_| has(b"Android")) {
             return android;
         }
     }

@@ -9,7 +9,6 @@
 //! Rarely used fields (fallback and device overrides) live behind one optional box.
 
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 
 use dashmap::DashMap;
@@ -84,33 +83,22 @@ impl Interner {
 const DISABLED: u8 = 1;
 const TRACK_CONVERSIONS: u8 = 2;
 
-/// Fields most links never set.
-#[derive(Debug, Clone, Default)]
-pub struct LinkExtras {
-    pub fallback_url: Option<Box<str>>,
-    pub ios_destination: Option<Box<str>>,
-    pub android_destination: Option<Box<str>>,
-}
+// Layout of a packed link: a fixed header, then the strings back to back.
+const STATUS: usize = 0; // u16
+const FLAGS: usize = 2; // u8
+const KIND: usize = 3; // u8
+const CAMPAIGN: usize = 4; // u32
+const OWNER: usize = 8; // u32
+const EXPIRES: usize = 12; // u32, 0 = never
+const MAX_CLICKS: usize = 16; // u32, 0 = unlimited
+const LENS: usize = 20; // 6 × u16: code, destination, recipient, fallback, ios, android
+const HEADER: usize = LENS + 12;
 
-/// One cached link, packed.
-pub struct CachedLink {
-    /// `code`, `destination` and `recipient_id`, concatenated.
-    text: Box<str>,
-    dest_start: u8,
-    dest_len: u16,
-    status: u16,
-    flags: u8,
-    kind: u8,
-    pub campaign: u32,
-    pub owner: u32,
-    expires_at: u32,
-    max_clicks: u32,
-    /// Human clicks this replica has counted (max_clicks is enforced per replica; SPEC allows it to be approximate).
-    clicks: AtomicU32,
-    extras: Option<Box<LinkExtras>>,
-}
+/// One cached link, packed into a single allocation: on a 50-byte SMS destination that is about
+/// 100 bytes, and a lookup touches one heap line after the map's own.
+pub struct CachedLink(Box<[u8]>);
 
-/// What a link's state is at a given instant.
+/// What a link's state is at a given instant (before `max_clicks`, which the resolver counts).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkState {
     Active,
@@ -120,22 +108,16 @@ pub enum LinkState {
 
 impl CachedLink {
     pub fn from_link(link: &Link, interner: &Interner) -> Self {
-        let recipient = link.recipient_id.as_deref().unwrap_or("");
-        let mut text =
-            String::with_capacity(link.code.len() + link.destination.len() + recipient.len());
-        text.push_str(&link.code);
-        text.push_str(&link.destination);
-        text.push_str(recipient);
-        let extras = (link.fallback_url.is_some()
-            || link.ios_destination.is_some()
-            || link.android_destination.is_some())
-        .then(|| {
-            Box::new(LinkExtras {
-                fallback_url: link.fallback_url.as_deref().map(Box::from),
-                ios_destination: link.ios_destination.as_deref().map(Box::from),
-                android_destination: link.android_destination.as_deref().map(Box::from),
-            })
-        });
+        let strings: [&str; 6] = [
+            &link.code,
+            &link.destination,
+            link.recipient_id.as_deref().unwrap_or(""),
+            link.fallback_url.as_deref().unwrap_or(""),
+            link.ios_destination.as_deref().unwrap_or(""),
+            link.android_destination.as_deref().unwrap_or(""),
+        ];
+        let mut b = Vec::with_capacity(HEADER + strings.iter().map(|s| s.len()).sum::<usize>());
+        b.extend_from_slice(&link.redirect_status.to_le_bytes());
         let mut flags = 0;
         if link.disabled {
             flags |= DISABLED;
@@ -143,76 +125,112 @@ impl CachedLink {
         if link.track_conversions {
             flags |= TRACK_CONVERSIONS;
         }
-        Self {
-            text: text.into_boxed_str(),
-            dest_start: link.code.len() as u8,
-            dest_len: link.destination.len() as u16,
-            status: link.redirect_status,
-            flags,
-            kind: LinkKind::ALL
+        b.push(flags);
+        b.push(
+            LinkKind::ALL
                 .iter()
                 .position(|k| *k == link.kind)
                 .unwrap_or(6) as u8,
-            campaign: interner.intern(link.campaign_id.as_deref()),
-            owner: interner.intern(link.owner_id.as_deref()),
-            expires_at: link
-                .expires_at
-                .map(|t| t.clamp(1, u32::MAX as i64) as u32)
-                .unwrap_or(0),
-            max_clicks: link.max_clicks.unwrap_or(0),
-            clicks: AtomicU32::new(0),
-            extras,
+        );
+        b.extend_from_slice(&interner.intern(link.campaign_id.as_deref()).to_le_bytes());
+        b.extend_from_slice(&interner.intern(link.owner_id.as_deref()).to_le_bytes());
+        let expires = link
+            .expires_at
+            .map(|t| t.clamp(1, u32::MAX as i64) as u32)
+            .unwrap_or(0);
+        b.extend_from_slice(&expires.to_le_bytes());
+        b.extend_from_slice(&link.max_clicks.unwrap_or(0).to_le_bytes());
+        for s in &strings {
+            // Validation bounds every string far below 64 KiB (URLs: 2,048 bytes).
+            b.extend_from_slice(&(s.len().min(u16::MAX as usize) as u16).to_le_bytes());
         }
+        for s in &strings {
+            b.extend_from_slice(&s.as_bytes()[..s.len().min(u16::MAX as usize)]);
+        }
+        Self(b.into_boxed_slice())
+    }
+
+    fn u16_at(&self, at: usize) -> u16 {
+        u16::from_le_bytes([self.0[at], self.0[at + 1]])
+    }
+    fn u32_at(&self, at: usize) -> u32 {
+        u32::from_le_bytes([self.0[at], self.0[at + 1], self.0[at + 2], self.0[at + 3]])
+    }
+
+    /// The `i`-th string (0 code, 1 destination, 2 recipient, 3 fallback, 4 ios, 5 android).
+    fn string(&self, i: usize) -> &str {
+        let start = HEADER
+            + (0..i)
+                .map(|j| self.u16_at(LENS + 2 * j) as usize)
+                .sum::<usize>();
+        let len = self.u16_at(LENS + 2 * i) as usize;
+        // Built from `&str`s whose lengths are the offsets, so the range is on char boundaries.
+        std::str::from_utf8(&self.0[start..start + len]).unwrap_or("")
+    }
+
+    fn non_empty(&self, i: usize) -> Option<&str> {
+        Some(self.string(i)).filter(|s| !s.is_empty())
     }
 
     pub fn code(&self) -> &str {
-        &self.text[..self.dest_start as usize]
+        self.string(0)
     }
     pub fn destination(&self) -> &str {
-        let s = self.dest_start as usize;
-        &self.text[s..s + self.dest_len as usize]
+        self.string(1)
     }
     pub fn recipient(&self) -> Option<&str> {
-        let r = &self.text[self.dest_start as usize + self.dest_len as usize..];
-        (!r.is_empty()).then_some(r)
+        self.non_empty(2)
+    }
+    pub fn fallback_url(&self) -> Option<&str> {
+        self.non_empty(3)
+    }
+    pub fn ios_destination(&self) -> Option<&str> {
+        self.non_empty(4)
+    }
+    pub fn android_destination(&self) -> Option<&str> {
+        self.non_empty(5)
     }
     pub fn redirect_status(&self) -> u16 {
-        self.status
+        self.u16_at(STATUS)
     }
     pub fn track_conversions(&self) -> bool {
-        self.flags & TRACK_CONVERSIONS != 0
+        self.0[FLAGS] & TRACK_CONVERSIONS != 0
     }
     pub fn kind(&self) -> LinkKind {
-        LinkKind::ALL[self.kind as usize]
+        LinkKind::ALL[(self.0[KIND] as usize).min(6)]
     }
-    pub fn extras(&self) -> Option<&LinkExtras> {
-        self.extras.as_deref()
+    pub fn campaign(&self) -> u32 {
+        self.u32_at(CAMPAIGN)
+    }
+    pub fn owner(&self) -> u32 {
+        self.u32_at(OWNER)
+    }
+    /// `max_clicks`, 0 when unlimited.
+    pub fn max_clicks(&self) -> u32 {
+        self.u32_at(MAX_CLICKS)
     }
 
-    /// The state at `now`, before counting this click.
+    /// Disabled, or past `expires_at` at `now`.
     pub fn state(&self, now: i64) -> LinkState {
-        if self.flags & DISABLED != 0 {
+        let expires = self.u32_at(EXPIRES);
+        if self.0[FLAGS] & DISABLED != 0 {
             LinkState::Disabled
-        } else if (self.expires_at != 0 && now >= self.expires_at as i64)
-            || (self.max_clicks != 0 && self.clicks.load(Ordering::Relaxed) >= self.max_clicks)
-        {
+        } else if expires != 0 && now >= expires as i64 {
             LinkState::Expired
         } else {
             LinkState::Active
         }
     }
 
-    /// Counts one human click toward `max_clicks`.
-    pub fn count_human_click(&self) {
-        if self.max_clicks != 0 {
-            self.clicks.fetch_add(1, Ordering::Relaxed);
-        }
+    /// Heap bytes of this entry (for memory accounting).
+    pub fn heap_len(&self) -> usize {
+        self.0.len()
     }
 }
 
 /// The cache proper: code hash → packed link.
 pub struct ShardedCache {
-    map: DashMap<u64, Box<CachedLink>, PassThrough>,
+    map: DashMap<u64, CachedLink, PassThrough>,
 }
 
 impl Default for ShardedCache {
@@ -236,7 +254,7 @@ impl ShardedCache {
     }
 
     pub fn insert(&self, hash: u64, link: CachedLink) {
-        self.map.insert(hash, Box::new(link));
+        self.map.insert(hash, link);
     }
 
     pub fn remove(&self, hash: u64) {

@@ -9,7 +9,7 @@
 pub mod cache;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -39,6 +39,8 @@ pub struct Resolver {
     cache: ShardedCache,
     negative: DashMap<u64, Instant, cache::PassThrough>,
     inflight: DashMap<Box<str>, Inflight>,
+    /// Human taps counted here, for links with `max_clicks` only.
+    human_clicks: DashMap<u64, AtomicU32, cache::PassThrough>,
     interner: Interner,
     /// Bumped by every invalidation, so a store read that raced one is not cached.
     epoch: AtomicU64,
@@ -51,6 +53,7 @@ impl Resolver {
             cache: ShardedCache::new(),
             negative: DashMap::with_hasher(Default::default()),
             inflight: DashMap::new(),
+            human_clicks: DashMap::with_hasher(Default::default()),
             interner: Interner::default(),
             epoch: AtomicU64::new(0),
             store: store.clone(),
@@ -83,6 +86,19 @@ impl Resolver {
             Some(until) if *until > Instant::now() => Lookup::Unknown,
             _ => Lookup::Miss,
         }
+    }
+
+    /// For a link with `max_clicks`: whether its clicks are spent; if not and `count` is set, counts
+    /// this tap. `max_clicks` is enforced per replica (see the README).
+    pub fn clicks_spent(&self, link: &CachedLink, count: bool) -> bool {
+        let entry = self.human_clicks.entry(code_hash(link.code())).or_default();
+        if entry.load(Ordering::Relaxed) >= link.max_clicks() {
+            return true;
+        }
+        if count {
+            entry.fetch_add(1, Ordering::Relaxed);
+        }
+        false
     }
 
     /// Reads `code` from the store (once for all concurrent callers) and caches the answer.
@@ -128,10 +144,12 @@ impl Resolver {
                 let hash = code_hash(code);
                 self.cache.remove(hash);
                 self.negative.remove(&hash);
+                self.human_clicks.remove(&hash);
             }
             Invalidation::All => {
                 self.cache.clear();
                 self.negative.clear();
+                self.human_clicks.clear();
             }
         }
     }

@@ -1,7 +1,8 @@
 //! `EmbeddedStore`: a redb database file in the data directory.
 //!
 //! Tables:
-//! - `links`: code → link JSON
+//! - `codes`: code → seq (small entries: random codes make random inserts, so they are kept small)
+//! - `links`: seq → link JSON (appended in order, so a bulk mint writes sequential pages)
 //! - `recipients`: (campaign_id, recipient_id) → code
 //! - `link_index`: (index name, seq) → code, where the index name is `a` (all links),
 //!   `c\x1f<campaign>`, `o\x1f<owner>` or `co\x1f<campaign>\x1f<owner>`
@@ -26,7 +27,8 @@ use crate::link::code::generate_codes;
 use crate::link::input::LinkPatch;
 use crate::time::now_secs;
 
-const LINKS: TableDefinition<&str, &[u8]> = TableDefinition::new("links");
+const CODES: TableDefinition<&str, u64> = TableDefinition::new("codes");
+const LINKS: TableDefinition<u64, &[u8]> = TableDefinition::new("links");
 const RECIPIENTS: TableDefinition<(&str, &str), &str> = TableDefinition::new("recipients");
 const LINK_INDEX: TableDefinition<(&str, u64), &str> = TableDefinition::new("link_index");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -56,6 +58,7 @@ impl EmbeddedStore {
         let db = Database::create(data_dir.join("linkgate.redb")).map_err(err)?;
         let txn = db.begin_write().map_err(err)?;
         {
+            txn.open_table(CODES).map_err(err)?;
             txn.open_table(LINKS).map_err(err)?;
             txn.open_table(RECIPIENTS).map_err(err)?;
             txn.open_table(LINK_INDEX).map_err(err)?;
@@ -77,10 +80,24 @@ impl EmbeddedStore {
     }
 }
 
-fn mint_in(db: &Database, mut links: Vec<Link>) -> Result<Vec<Minted>, StoreError> {
+/// Reads the link stored under `code`, if any.
+fn read_link(
+    codes: &impl ReadableTable<&'static str, u64>,
+    links: &impl ReadableTable<u64, &'static [u8]>,
+    code: &str,
+) -> Result<Option<Link>, StoreError> {
+    let Some(seq) = codes.get(code).map_err(err)?.map(|g| g.value()) else {
+        return Ok(None);
+    };
+    let bytes = links.get(seq).map_err(err)?;
+    bytes.map(|b| decode_link(code, b.value())).transpose()
+}
+
+fn mint_in(db: &Database, links: Vec<Link>) -> Result<Vec<Minted>, StoreError> {
     let txn = db.begin_write().map_err(err)?;
     let mut out = Vec::with_capacity(links.len());
     {
+        let mut codes = txn.open_table(CODES).map_err(err)?;
         let mut table = txn.open_table(LINKS).map_err(err)?;
         let mut rcpt = txn.open_table(RECIPIENTS).map_err(err)?;
         let mut index = txn.open_table(LINK_INDEX).map_err(err)?;
@@ -88,7 +105,7 @@ fn mint_in(db: &Database, mut links: Vec<Link>) -> Result<Vec<Minted>, StoreErro
 
         let mut taken = Vec::new();
         for (i, l) in links.iter().enumerate() {
-            if !l.code.is_empty() && table.get(l.code.as_str()).map_err(err)?.is_some() {
+            if !l.code.is_empty() && codes.get(l.code.as_str()).map_err(err)?.is_some() {
                 taken.push((i, l.code.clone()));
             }
         }
@@ -102,34 +119,43 @@ fn mint_in(db: &Database, mut links: Vec<Link>) -> Result<Vec<Minted>, StoreErro
             .unwrap_or(0);
         let mut fresh =
             generate_codes(links.iter().filter(|l| l.code.is_empty()).count()).into_iter();
-        for mut link in links.drain(..) {
+        for mut link in links {
             if let Some((c, r)) = link.recipient_key() {
                 let existing = rcpt
                     .get((c, r))
                     .map_err(err)?
                     .map(|g| g.value().to_string());
-                if let Some(code) = existing {
-                    let bytes = table
-                        .get(code.as_str())
-                        .map_err(err)?
-                        .map(|g| g.value().to_vec());
-                    if let Some(bytes) = bytes {
-                        out.push(Minted::Existing(decode_link(&code, &bytes)?));
-                        continue;
-                    }
+                if let Some(link) = existing
+                    .map(|code| read_link(&codes, &table, &code))
+                    .transpose()?
+                    .flatten()
+                {
+                    out.push(Minted::Existing(link));
+                    continue;
                 }
             }
-            if link.code.is_empty() {
-                let mut code = fresh.next().unwrap_or_default();
-                while code.is_empty() || table.get(code.as_str()).map_err(err)?.is_some() {
-                    code = generate_codes(1).remove(0);
-                }
-                link.code = code;
+            let generated = link.code.is_empty();
+            if generated {
+                link.code = fresh.next().unwrap_or_else(|| generate_codes(1).remove(0));
             }
             seq += 1;
             link.seq = seq;
+            // Claim the code by inserting and looking at what was there: a generated code that
+            // collides (about once in 10^7 mints at ten million links) is put back and drawn again.
+            loop {
+                let previous = codes
+                    .insert(link.code.as_str(), seq)
+                    .map_err(err)?
+                    .map(|g| g.value());
+                let Some(old) = previous else { break };
+                codes.insert(link.code.as_str(), old).map_err(err)?;
+                if !generated {
+                    return Err(StoreError::CodesTaken(vec![(out.len(), link.code.clone())]));
+                }
+                link.code = generate_codes(1).remove(0);
+            }
             table
-                .insert(link.code.as_str(), encode_link(&link).as_slice())
+                .insert(seq, encode_link(&link).as_slice())
                 .map_err(err)?;
             if let Some((c, r)) = link.recipient_key() {
                 rcpt.insert((c, r), link.code.as_str()).map_err(err)?;
@@ -162,9 +188,11 @@ impl Store for EmbeddedStore {
         let code = code.to_string();
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(err)?;
-            let table = txn.open_table(LINKS).map_err(err)?;
-            let bytes = table.get(code.as_str()).map_err(err)?;
-            bytes.map(|b| decode_link(&code, b.value())).transpose()
+            read_link(
+                &txn.open_table(CODES).map_err(err)?,
+                &txn.open_table(LINKS).map_err(err)?,
+                &code,
+            )
         })
         .await
     }
@@ -183,18 +211,14 @@ impl Store for EmbeddedStore {
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(err)?;
             let updated = {
+                let codes = txn.open_table(CODES).map_err(err)?;
                 let mut table = txn.open_table(LINKS).map_err(err)?;
-                let current = table
-                    .get(code.as_str())
-                    .map_err(err)?
-                    .map(|g| g.value().to_vec());
-                match current {
+                match read_link(&codes, &table, &code)? {
                     None => None,
-                    Some(bytes) => {
-                        let mut link = decode_link(&code, &bytes)?;
+                    Some(mut link) => {
                         patch.apply(&mut link, now);
                         table
-                            .insert(code.as_str(), encode_link(&link).as_slice())
+                            .insert(link.seq, encode_link(&link).as_slice())
                             .map_err(err)?;
                         Some(link)
                     }
@@ -211,15 +235,13 @@ impl Store for EmbeddedStore {
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(err)?;
             let found = {
+                let mut codes = txn.open_table(CODES).map_err(err)?;
                 let mut table = txn.open_table(LINKS).map_err(err)?;
-                let removed = table
-                    .remove(code.as_str())
-                    .map_err(err)?
-                    .map(|g| g.value().to_vec());
-                match removed {
+                match read_link(&codes, &table, &code)? {
                     None => false,
-                    Some(bytes) => {
-                        let link = decode_link(&code, &bytes)?;
+                    Some(link) => {
+                        codes.remove(code.as_str()).map_err(err)?;
+                        table.remove(link.seq).map_err(err)?;
                         let mut rcpt = txn.open_table(RECIPIENTS).map_err(err)?;
                         if let Some((c, r)) = link.recipient_key() {
                             let owned = rcpt
@@ -267,11 +289,11 @@ impl Store for EmbeddedStore {
                 .map_err(err)?
             {
                 let (k, code) = entry.map_err(err)?;
-                let code = code.value();
-                if let Some(bytes) = table.get(code).map_err(err)? {
-                    links.push(decode_link(code, bytes.value())?);
+                let seq = k.value().1;
+                if let Some(bytes) = table.get(seq).map_err(err)? {
+                    links.push(decode_link(code.value(), bytes.value())?);
                 }
-                last = Some(k.value().1);
+                last = Some(seq);
                 if links.len() == limit {
                     break;
                 }

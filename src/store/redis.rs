@@ -30,6 +30,8 @@ use crate::link::code::generate_codes;
 use crate::link::input::LinkPatch;
 
 pub const PIPELINE_CHUNK: usize = 10_000;
+/// Most members added by one `ZADD`.
+pub const ZADD_MEMBERS: usize = 5_000;
 pub const INVALIDATE_CHANNEL: &str = "lg:invalidate";
 
 pub struct RedisStore {
@@ -67,10 +69,11 @@ impl RedisStore {
     /// Runs `cmds` in pipelines of at most [`PIPELINE_CHUNK`] commands, returning every reply.
     async fn run_chunked(&self, cmds: Vec<redis::Cmd>) -> Result<Vec<Value>, StoreError> {
         let mut out = Vec::with_capacity(cmds.len());
-        for chunk in cmds.chunks(PIPELINE_CHUNK) {
-            let mut p = Pipeline::with_capacity(chunk.len());
-            for c in chunk {
-                p.add_command(c.clone());
+        let mut cmds = cmds.into_iter().peekable();
+        while cmds.peek().is_some() {
+            let mut p = Pipeline::with_capacity(PIPELINE_CHUNK);
+            for c in cmds.by_ref().take(PIPELINE_CHUNK) {
+                p.add_command(c);
             }
             let replies: Vec<Value> = p.query_async(&mut self.conn.clone()).await?;
             out.extend(replies);
@@ -229,19 +232,25 @@ impl Store for RedisStore {
 
         // 5. Index the links that were created.
         let lost: std::collections::HashSet<usize> = lost.into_iter().collect();
+        // One ZADD per index key and chunk of members: a bulk call of one campaign is a few commands.
+        let mut by_index: std::collections::HashMap<String, (redis::Cmd, usize)> =
+            std::collections::HashMap::new();
         let mut cmds = Vec::new();
         for &i in written.iter().filter(|i| !lost.contains(i)) {
             let l = &links[i];
             for name in index_names(l.campaign_id.as_deref(), l.owner_id.as_deref()) {
-                cmds.push(
-                    redis::cmd("ZADD")
-                        .arg(index_key(&name))
-                        .arg(l.seq)
-                        .arg(&l.code)
-                        .clone(),
-                );
+                let key = index_key(&name);
+                let (cmd, members) = by_index
+                    .entry(key.clone())
+                    .or_insert_with(|| (redis::cmd("ZADD").arg(&key).clone(), 0));
+                cmd.arg(l.seq).arg(&l.code);
+                *members += 1;
+                if *members == ZADD_MEMBERS {
+                    cmds.extend(by_index.remove(&key).map(|(c, _)| c));
+                }
             }
         }
+        cmds.extend(by_index.into_values().map(|(c, _)| c));
         self.run_chunked(cmds).await?;
         let mut links = links.into_iter().map(Some).collect::<Vec<_>>();
         Ok(out
