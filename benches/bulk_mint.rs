@@ -115,5 +115,6 @@ fn main() {
     vars.insert("LINKGATE_REDIS_URL", url.as_str());
     rt.block_on(measure("redis", vars));
     let _ = redis.kill();
+    let _ = redis.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
