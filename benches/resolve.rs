@@ -176,7 +176,7 @@ fn bench_redirect(c: &mut Criterion) {
     ]))
     .unwrap();
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir).unwrap());
-    let app = App::with_store(config, store, Vec::new(), b"bench-click-secret-0123456789");
+    let app = App::assemble(config, store, Vec::new(), b"bench-click-secret-0123456789");
     let codes = generate_codes(1_000_000);
     for (i, code) in codes.iter().enumerate() {
         app.resolver.prime(&sms_link(code.clone(), i));

@@ -19,6 +19,7 @@
 //! place that turns errors into JSON HTTP answers; [`shutdown`] owns the drain order.
 
 pub mod api;
+pub mod attribution;
 pub mod click;
 pub mod config;
 pub mod error;
@@ -27,5 +28,6 @@ pub mod redirect;
 pub mod resolve;
 pub mod server;
 pub mod shutdown;
+pub mod stream;
 pub mod store;
 pub mod time;

@@ -9,8 +9,13 @@
 //! Every answer carries `Cache-Control: private, no-store` so each tap reaches the server. On a cache
 //! hit this module does no I/O and awaits nothing.
 
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, LOCATION, USER_AGENT};
-use http::{Method, Request, Response, StatusCode};
+use std::net::IpAddr;
+
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, LOCATION, REFERER, USER_AGENT};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use subtle::ConstantTimeEq;
+
+use crate::click::{ClickRecord, Queued};
 
 use crate::click::{Agent, classify};
 use crate::link::code::is_code_shaped;
@@ -21,30 +26,38 @@ use crate::time::now_secs;
 const NOT_FOUND_PAGE: &[u8] = b"<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><title>Link not found</title></head><body><h1>Link not found</h1><p>This link does not exist. Check that it was copied completely.</p></body></html>\n";
 const GONE_PAGE: &[u8] = b"<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><title>Link expired</title></head><body><h1>This link has expired</h1><p>The offer behind it is no longer available.</p></body></html>\n";
 
+/// Marks load-test traffic when its value equals `LINKGATE_SYNTHETIC_TOKEN`.
+pub const SYNTHETIC_HEADER: &str = "x-linkgate-synthetic";
+
 const NO_STORE: HeaderValue = HeaderValue::from_static("private, no-store");
 
 /// What the redirect needs from the request.
 struct Tap<'a> {
     query: Option<&'a str>,
+    headers: &'a HeaderMap,
     user_agent: Option<&'a [u8]>,
     agent: Agent,
     head: bool,
     now: i64,
+    peer: Option<IpAddr>,
 }
 
-pub async fn handle<B>(app: &App, req: &Request<B>) -> Response<Body> {
+pub async fn handle<B>(app: &App, req: &Request<B>, peer: Option<IpAddr>) -> Response<Body> {
     let code = &req.uri().path()[1..];
     if !is_code_shaped(code) {
         return not_found(app);
     }
     let head = req.method() == Method::HEAD;
-    let user_agent = req.headers().get(USER_AGENT).map(HeaderValue::as_bytes);
+    let headers = req.headers();
+    let user_agent = headers.get(USER_AGENT).map(HeaderValue::as_bytes);
     let tap = Tap {
         query: req.uri().query(),
+        headers,
         user_agent,
         agent: classify(head, user_agent),
         head,
         now: now_secs(),
+        peer,
     };
     match app.resolver.lookup(code, |link| respond(app, link, &tap)) {
         Lookup::Hit(resp) => resp,
@@ -84,6 +97,12 @@ fn respond(app: &App, link: &CachedLink, tap: &Tap) -> Response<Body> {
             state = LinkState::Expired;
         }
     }
+    // HEAD is never a click. Every GET is, whatever the link's state (a late tap on an expired
+    // reactivation link is still a warm lead).
+    let click_id = (!tap.head).then(|| app.signer.issue(link.code(), tap.now));
+    if let (Some(events), Some(click_id)) = (&app.events, &click_id) {
+        events.try_send(Queued::Click(click_record(app, link, tap, state, click_id.clone())));
+    }
     if state != LinkState::Active {
         return match link.fallback_url() {
             Some(fallback) => redirect(StatusCode::FOUND, fallback.to_string()),
@@ -106,11 +125,47 @@ fn respond(app: &App, link: &CachedLink, tap: &Tap) -> Response<Body> {
     if link.track_conversions() {
         location.push(sep);
         location.push_str("lg_click=");
-        app.signer.issue_into(link.code(), tap.now, &mut location);
+        match &click_id {
+            Some(id) => location.push_str(id),
+            None => app.signer.issue_into(link.code(), tap.now, &mut location),
+        }
     }
     location.push_str(fragment);
     let status = StatusCode::from_u16(link.redirect_status()).unwrap_or(StatusCode::FOUND);
     redirect(status, location)
+}
+
+fn click_record(app: &App, link: &CachedLink, tap: &Tap, state: LinkState, click_id: String) -> ClickRecord {
+    let synthetic = match (&app.config.synthetic_token, tap.headers.get(SYNTHETIC_HEADER)) {
+        (Some(token), Some(v)) => bool::from(token.as_bytes().ct_eq(v.as_bytes())),
+        _ => false,
+    };
+    ClickRecord {
+        code_len: link.code().len() as u8,
+        click_id,
+        campaign: link.campaign(),
+        owner: link.owner(),
+        recipient: link.recipient().map(Box::from),
+        kind: link.kind(),
+        agent: tap.agent,
+        state,
+        synthetic,
+        ts: tap.now,
+        user_agent: tap.headers.get(USER_AGENT).cloned(),
+        referer: tap.headers.get(REFERER).cloned(),
+        ip: client_ip(tap),
+    }
+}
+
+/// The client: the first `X-Forwarded-For` entry when a proxy set one, else the peer. Only its
+/// salted hash leaves the process.
+fn client_ip(tap: &Tap) -> Option<IpAddr> {
+    tap.headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.trim().parse().ok())
+        .or(tap.peer)
 }
 
 fn pick_destination<'l>(link: &'l CachedLink, user_agent: Option<&[u8]>) -> &'l str {

@@ -14,7 +14,8 @@ use std::sync::LazyLock;
 use aho_corasick::AhoCorasick;
 
 /// The class of a requester.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Agent {
     Human,
     Preview,

@@ -1,6 +1,7 @@
-//! Click: who is tapping? The agent class decides whether a tap counts toward `max_clicks`
-//! (and, with attribution, whether it may open a lead).
+//! Click: who is tapping ([`agent`]), and the record of the tap that goes downstream ([`event`]).
 
 pub mod agent;
+pub mod event;
 
 pub use agent::{Agent, classify};
+pub use event::{ClickRecord, Event, EventType, Queued};

@@ -23,6 +23,9 @@ use crate::link::click_id::ClickSigner;
 use crate::resolve::Resolver;
 use crate::shutdown::Readiness;
 use crate::store::{EmbeddedStore, RedisStore, Store};
+use crate::stream::batcher::BatcherParts;
+use crate::stream::log::{EventLog, LOG_ROTATE_BYTES, Spool};
+use crate::stream::{EventPipeline, EventSink, LogSink, RedisStreamSink};
 
 /// The error type request bodies convert into.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -42,34 +45,53 @@ pub struct App {
     pub signer: ClickSigner,
     pub api_keys: Vec<ApiKey>,
     pub readiness: Readiness,
+    /// Where taps, leads and conversions go; `None` only in benchmarks that measure the redirect
+    /// without recording.
+    pub events: Option<Arc<EventPipeline>>,
 }
 
 impl App {
-    /// Opens the store named by the config and provisions embedded-mode secrets.
+    /// Opens the store and event sink named by the config, provisions embedded-mode secrets and
+    /// starts the batcher. Must run inside a Tokio runtime.
     pub async fn build(config: Config) -> anyhow::Result<Arc<Self>> {
-        let store: Arc<dyn Store> = match &config.redis_url {
-            Some(url) => Arc::new(RedisStore::connect(url).await?),
-            None => Arc::new(EmbeddedStore::open(&config.data_dir)?),
+        let (store, sink): (Arc<dyn Store>, Arc<dyn EventSink>) = match &config.redis_url {
+            Some(url) => {
+                let redis = Arc::new(RedisStore::connect(url).await?);
+                let sink = RedisStreamSink { store: redis.clone(), stream: config.stream.clone() };
+                (redis, Arc::new(sink))
+            }
+            None => {
+                let embedded = Arc::new(EmbeddedStore::open(&config.data_dir)?);
+                let log = EventLog::open(&config.data_dir, LOG_ROTATE_BYTES)?;
+                let sink = LogSink { log: Arc::new(std::sync::Mutex::new(log)), store: embedded.clone() };
+                (embedded, Arc::new(sink))
+            }
         };
         let api_keys = provision::api_keys(&config)?;
         let click_secret = provision::click_secret(&config)?;
-        Ok(Self::with_store(config, store, api_keys, &click_secret))
+        let spool = Spool::open(&config.data_dir)?;
+        let mut app = Self::assemble(config, store, api_keys, &click_secret);
+        app.events = Some(EventPipeline::start(BatcherParts {
+            sink,
+            store: app.store.clone(),
+            resolver: app.resolver.clone(),
+            spool,
+            ip_secret: click_secret,
+        }));
+        Ok(Arc::new(app))
     }
 
-    pub fn with_store(
-        config: Config,
-        store: Arc<dyn Store>,
-        api_keys: Vec<ApiKey>,
-        click_secret: &[u8],
-    ) -> Arc<Self> {
-        let app = Arc::new(Self {
+    /// An app without event recording (benchmarks of the bare redirect).
+    pub fn assemble(config: Config, store: Arc<dyn Store>, api_keys: Vec<ApiKey>, click_secret: &[u8]) -> Self {
+        let app = Self {
             resolver: Resolver::new(store.clone()),
             store,
             signer: ClickSigner::new(click_secret),
             api_keys,
             readiness: Readiness::default(),
+            events: None,
             config,
-        });
+        };
         app.readiness.set(true);
         app
     }
@@ -94,7 +116,7 @@ pub async fn run(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, _peer) = match accepted {
+                let (stream, peer) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
@@ -107,7 +129,7 @@ pub async fn run(
                 let app = app.clone();
                 let svc = service_fn(move |req| {
                     let app = app.clone();
-                    async move { Ok::<_, std::convert::Infallible>(router::route(&app, req).await) }
+                    async move { Ok::<_, std::convert::Infallible>(router::route(&app, req, Some(peer.ip())).await) }
                 });
                 let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
                 tokio::spawn(async move {
@@ -122,14 +144,16 @@ pub async fn run(
     app.readiness.set(false);
     drop(listener);
     let deadline = app.config.drain_timeout;
-    if tokio::time::timeout(deadline, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            ?deadline,
-            "drain deadline passed with connections still open"
-        );
+    let started = std::time::Instant::now();
+    if tokio::time::timeout(deadline, graceful.shutdown()).await.is_err() {
+        tracing::warn!(?deadline, "drain deadline passed with connections still open");
+    }
+    // Every answered request has queued its event by now: flush them to the sink or the spool.
+    if let Some(events) = &app.events {
+        let left = deadline.saturating_sub(started.elapsed()).max(Duration::from_secs(1));
+        if !events.shutdown(left).await {
+            tracing::error!("events were still being flushed at the drain deadline");
+        }
     }
     Ok(())
 }

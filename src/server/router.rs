@@ -12,7 +12,8 @@ use crate::error::ApiError;
 /// How long `/readyz` waits for the store.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(1);
 
-pub async fn route<B>(app: &App, req: Request<B>) -> Response<Body>
+/// Routes one request; `peer` is the client address (hashed into click events, never stored).
+pub async fn route<B>(app: &App, req: Request<B>, peer: Option<std::net::IpAddr>) -> Response<Body>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<crate::server::BoxError>,
@@ -30,7 +31,7 @@ where
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => readyz(app).await,
         "/robots.txt" => text(StatusCode::OK, "User-agent: *\nDisallow: /\n"),
-        _ => crate::redirect::handle(app, &req).await,
+        _ => crate::redirect::handle(app, &req, peer).await,
     };
     if head { strip_body(resp) } else { resp }
 }

@@ -8,6 +8,9 @@
 //!   `c\x1f<campaign>`, `o\x1f<owner>` or `co\x1f<campaign>\x1f<owner>`
 //! - `meta`: `seq` → last link sequence number
 //! - `idempotency`: key → expiry (u64 BE Unix seconds) followed by the stored answer
+//! - `leads`, `lead_claims` (claim key → lead id), `lead_index` (like `link_index`)
+//! - `partners`, `campaigns`, `orders` (order id → first conversion answer): JSON records
+//! - `stats`: (scope, field) → counter, scope `l\x1f<code>`, `c\x1f<campaign>`, `o\x1f<campaign>\x1f<owner>`
 //!
 //! Every mint is one write transaction, so a bulk call is all or nothing; commits are durable
 //! (fsync) before the API answers. redb is synchronous, so every call runs on the blocking pool.
@@ -18,6 +21,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use super::{LeadPage, decode, encode};
+use crate::attribution::model::{Campaign, Conversion, CounterDelta, Lead, LeadClaim, Partner, RankBy, Stats};
 use super::{
     IDEMPOTENCY_TTL_SECS, IndexName, InvalidationHandler, LinkFilter, Minted, Page, Store,
     StoreError, decode_link, encode_link, index_for, index_names,
@@ -32,6 +37,14 @@ const LINKS: TableDefinition<u64, &[u8]> = TableDefinition::new("links");
 const RECIPIENTS: TableDefinition<(&str, &str), &str> = TableDefinition::new("recipients");
 const LINK_INDEX: TableDefinition<(&str, u64), &str> = TableDefinition::new("link_index");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const LEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("leads");
+const LEAD_CLAIMS: TableDefinition<&str, &str> = TableDefinition::new("lead_claims");
+const LEAD_INDEX: TableDefinition<(&str, u64), &str> = TableDefinition::new("lead_index");
+const PARTNERS: TableDefinition<&str, &[u8]> = TableDefinition::new("partners");
+const CAMPAIGNS: TableDefinition<&str, &[u8]> = TableDefinition::new("campaigns");
+const ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("orders");
+/// (scope, field) → counter; scope is `l\x1f<code>`, `c\x1f<campaign>` or `o\x1f<campaign>\x1f<owner>`.
+const STATS: TableDefinition<(&str, &str), i64> = TableDefinition::new("stats");
 const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
 
 pub struct EmbeddedStore {
@@ -64,6 +77,13 @@ impl EmbeddedStore {
             txn.open_table(LINK_INDEX).map_err(err)?;
             txn.open_table(META).map_err(err)?;
             txn.open_table(IDEMPOTENCY).map_err(err)?;
+            txn.open_table(LEADS).map_err(err)?;
+            txn.open_table(LEAD_CLAIMS).map_err(err)?;
+            txn.open_table(LEAD_INDEX).map_err(err)?;
+            txn.open_table(PARTNERS).map_err(err)?;
+            txn.open_table(CAMPAIGNS).map_err(err)?;
+            txn.open_table(ORDERS).map_err(err)?;
+            txn.open_table(STATS).map_err(err)?;
         }
         txn.commit().map_err(err)?;
         Ok(Self { db: Arc::new(db) })
@@ -168,6 +188,92 @@ fn mint_in(db: &Database, links: Vec<Link>) -> Result<Vec<Minted>, StoreError> {
             out.push(Minted::Created(link));
         }
         meta.insert("seq", seq).map_err(err)?;
+    }
+    let mut delta = CounterDelta::default();
+    for m in &out {
+        if let Minted::Created(l) = m {
+            delta.add(None, l.campaign_id.as_deref(), None, Stats { links: 1, ..Stats::default() });
+        }
+    }
+    add_counters(&txn, &delta)?;
+    txn.commit().map_err(err)?;
+    Ok(out)
+}
+
+fn add_counters(txn: &redb::WriteTransaction, delta: &CounterDelta) -> Result<(), StoreError> {
+    let mut stats = txn.open_table(STATS).map_err(err)?;
+    let mut add = |scope: String, s: &Stats| -> Result<(), StoreError> {
+        for (field, v) in s.nonzero() {
+            let cur = stats.get((scope.as_str(), field)).map_err(err)?.map(|g| g.value()).unwrap_or(0);
+            stats.insert((scope.as_str(), field), cur + v).map_err(err)?;
+        }
+        Ok(())
+    };
+    for (code, s) in &delta.links {
+        add(format!("l\x1f{code}"), s)?;
+    }
+    for (c, s) in &delta.campaigns {
+        add(format!("c\x1f{c}"), s)?;
+    }
+    for ((c, o), s) in &delta.owners {
+        add(format!("o\x1f{c}\x1f{o}"), s)?;
+    }
+    Ok(())
+}
+
+fn read_stats(db: &Database, scope: &str) -> Result<Stats, StoreError> {
+    let txn = db.begin_read().map_err(err)?;
+    let stats = txn.open_table(STATS).map_err(err)?;
+    let mut s = Stats::default();
+    for field in Stats::FIELDS {
+        s.set(field, stats.get((scope, field)).map_err(err)?.map(|g| g.value()).unwrap_or(0));
+    }
+    Ok(s)
+}
+
+fn get_json<T: serde::de::DeserializeOwned>(db: &Database, table: TableDefinition<&str, &[u8]>, key: &str) -> Result<Option<T>, StoreError> {
+    let txn = db.begin_read().map_err(err)?;
+    let t = txn.open_table(table).map_err(err)?;
+    let v = t.get(key).map_err(err)?;
+    v.map(|b| decode(key, b.value())).transpose()
+}
+
+fn put_json<T: serde::Serialize>(db: &Database, table: TableDefinition<&str, &[u8]>, key: &str, v: &T) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(err)?;
+    txn.open_table(table).map_err(err)?.insert(key, encode(v).as_slice()).map_err(err)?;
+    txn.commit().map_err(err)?;
+    Ok(())
+}
+
+fn claim_leads_in(db: &Database, leads: Vec<Lead>) -> Result<Vec<LeadClaim>, StoreError> {
+    let txn = db.begin_write().map_err(err)?;
+    let mut out = Vec::with_capacity(leads.len());
+    {
+        let mut claims = txn.open_table(LEAD_CLAIMS).map_err(err)?;
+        let mut table = txn.open_table(LEADS).map_err(err)?;
+        let mut index = txn.open_table(LEAD_INDEX).map_err(err)?;
+        let mut meta = txn.open_table(META).map_err(err)?;
+        let mut seq = meta.get("leadseq").map_err(err)?.map(|g| g.value()).unwrap_or(0);
+        for mut lead in leads {
+            let key = lead.claim_key();
+            let holder = claims.get(key.as_str()).map_err(err)?.map(|g| g.value().to_string());
+            if let Some(id) = holder {
+                let existing = table.get(id.as_str()).map_err(err)?.map(|g| g.value().to_vec());
+                if let Some(bytes) = existing {
+                    out.push(LeadClaim::Existing(decode(&id, &bytes)?));
+                    continue;
+                }
+            }
+            seq += 1;
+            lead.seq = seq;
+            claims.insert(key.as_str(), lead.lead_id.as_str()).map_err(err)?;
+            table.insert(lead.lead_id.as_str(), encode(&lead).as_slice()).map_err(err)?;
+            for name in index_names(lead.campaign_id.as_deref(), lead.owner_id.as_deref()) {
+                index.insert((index_key(&name).as_str(), seq), lead.lead_id.as_str()).map_err(err)?;
+            }
+            out.push(LeadClaim::Won(lead));
+        }
+        meta.insert("leadseq", seq).map_err(err)?;
     }
     txn.commit().map_err(err)?;
     Ok(out)
@@ -342,4 +448,127 @@ impl Store for EmbeddedStore {
     }
 
     fn watch_invalidations(&self, _handler: InvalidationHandler) {}
+
+    async fn claim_leads(&self, leads: Vec<Lead>) -> Result<Vec<LeadClaim>, StoreError> {
+        if leads.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.blocking(move |db| claim_leads_in(db, leads)).await
+    }
+
+    async fn get_lead(&self, lead_id: &str) -> Result<Option<Lead>, StoreError> {
+        let id = lead_id.to_string();
+        self.blocking(move |db| get_json(db, LEADS, &id)).await
+    }
+
+    async fn list_leads(&self, filter: &LinkFilter, after: u64, limit: usize) -> Result<LeadPage, StoreError> {
+        let name = index_key(&index_for(filter));
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(err)?;
+            let index = txn.open_table(LEAD_INDEX).map_err(err)?;
+            let table = txn.open_table(LEADS).map_err(err)?;
+            let mut leads = Vec::with_capacity(limit.min(1024));
+            let mut last = None;
+            for entry in index.range((name.as_str(), after.saturating_add(1))..=(name.as_str(), u64::MAX)).map_err(err)? {
+                let (k, id) = entry.map_err(err)?;
+                if let Some(bytes) = table.get(id.value()).map_err(err)? {
+                    leads.push(decode(id.value(), bytes.value())?);
+                }
+                last = Some(k.value().1);
+                if leads.len() == limit {
+                    break;
+                }
+            }
+            let next_cursor = if leads.len() == limit { last } else { None };
+            Ok(LeadPage { leads, next_cursor })
+        })
+        .await
+    }
+
+    async fn put_partner(&self, partner: &Partner) -> Result<(), StoreError> {
+        let p = partner.clone();
+        self.blocking(move |db| put_json(db, PARTNERS, &p.id, &p)).await
+    }
+
+    async fn get_partner(&self, id: &str) -> Result<Option<Partner>, StoreError> {
+        let id = id.to_string();
+        self.blocking(move |db| get_json(db, PARTNERS, &id)).await
+    }
+
+    async fn put_campaign(&self, campaign: &Campaign) -> Result<(), StoreError> {
+        let c = campaign.clone();
+        self.blocking(move |db| put_json(db, CAMPAIGNS, &c.id, &c)).await
+    }
+
+    async fn get_campaign(&self, id: &str) -> Result<Option<Campaign>, StoreError> {
+        let id = id.to_string();
+        self.blocking(move |db| get_json(db, CAMPAIGNS, &id)).await
+    }
+
+    async fn claim_conversion(&self, conversion: &Conversion) -> Result<Option<Conversion>, StoreError> {
+        let c = conversion.clone();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            let existing = {
+                let mut orders = txn.open_table(ORDERS).map_err(err)?;
+                let existing = orders.get(c.order_id.as_str()).map_err(err)?.map(|g| g.value().to_vec());
+                match existing {
+                    Some(bytes) => Some(decode(&c.order_id, &bytes)?),
+                    None => {
+                        orders.insert(c.order_id.as_str(), encode(&c).as_slice()).map_err(err)?;
+                        None
+                    }
+                }
+            };
+            txn.commit().map_err(err)?;
+            Ok(existing)
+        })
+        .await
+    }
+
+    async fn apply_counters(&self, delta: &CounterDelta) -> Result<(), StoreError> {
+        if delta.is_empty() {
+            return Ok(());
+        }
+        let delta = delta.clone();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            add_counters(&txn, &delta)?;
+            txn.commit().map_err(err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn link_stats(&self, code: &str) -> Result<Stats, StoreError> {
+        let scope = format!("l\x1f{code}");
+        self.blocking(move |db| read_stats(db, &scope)).await
+    }
+
+    async fn campaign_stats(&self, campaign_id: &str) -> Result<Stats, StoreError> {
+        let scope = format!("c\x1f{campaign_id}");
+        self.blocking(move |db| read_stats(db, &scope)).await
+    }
+
+    async fn leaderboard(&self, campaign_id: &str, by: RankBy, limit: usize) -> Result<Vec<(String, Stats)>, StoreError> {
+        let prefix = format!("o\x1f{campaign_id}\x1f");
+        let end = format!("o\x1f{campaign_id}\x20");
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(err)?;
+            let stats = txn.open_table(STATS).map_err(err)?;
+            let mut owners: std::collections::HashMap<String, Stats> = std::collections::HashMap::new();
+            for entry in stats.range((prefix.as_str(), "")..(end.as_str(), "")).map_err(err)? {
+                let (k, v) = entry.map_err(err)?;
+                let (scope, field) = k.value();
+                let owner = scope[prefix.len()..].to_string();
+                owners.entry(owner).or_default().set(field, v.value());
+            }
+            let mut ranked: Vec<(String, Stats)> = owners.into_iter().collect();
+            ranked.sort_by(|a, b| b.1.get(by.as_str()).cmp(&a.1.get(by.as_str())).then_with(|| a.0.cmp(&b.0)));
+            ranked.retain(|(_, s)| s.get(by.as_str()) > 0);
+            ranked.truncate(limit);
+            Ok(ranked)
+        })
+        .await
+    }
 }

@@ -17,6 +17,7 @@ use async_trait::async_trait;
 
 pub use self::embedded::EmbeddedStore;
 pub use self::redis::RedisStore;
+use crate::attribution::model::{Campaign, Conversion, CounterDelta, Lead, LeadClaim, Partner, RankBy, Stats};
 use crate::link::Link;
 use crate::link::input::LinkPatch;
 
@@ -119,6 +120,43 @@ pub trait Store: Send + Sync + 'static {
     /// Starts delivering invalidations from other replicas to `handler`. Single-node stores deliver
     /// nothing: their own changes are invalidated locally by the caller.
     fn watch_invalidations(&self, handler: InvalidationHandler);
+
+    /// Claims each lead atomically by [`Lead::claim_key`]: exactly one lead per key, however many
+    /// replicas try at once. A claim already held answers the lead that holds it.
+    async fn claim_leads(&self, leads: Vec<Lead>) -> Result<Vec<LeadClaim>, StoreError>;
+    async fn get_lead(&self, lead_id: &str) -> Result<Option<Lead>, StoreError>;
+    /// Leads created after cursor `after`, oldest first.
+    async fn list_leads(&self, filter: &LinkFilter, after: u64, limit: usize) -> Result<LeadPage, StoreError>;
+
+    async fn put_partner(&self, partner: &Partner) -> Result<(), StoreError>;
+    async fn get_partner(&self, id: &str) -> Result<Option<Partner>, StoreError>;
+    async fn put_campaign(&self, campaign: &Campaign) -> Result<(), StoreError>;
+    async fn get_campaign(&self, id: &str) -> Result<Option<Campaign>, StoreError>;
+
+    /// Records `conversion` under its `order_id` unless one is recorded already, which is returned.
+    async fn claim_conversion(&self, conversion: &Conversion) -> Result<Option<Conversion>, StoreError>;
+
+    /// Adds a batch of counter increments.
+    async fn apply_counters(&self, delta: &CounterDelta) -> Result<(), StoreError>;
+    async fn link_stats(&self, code: &str) -> Result<Stats, StoreError>;
+    async fn campaign_stats(&self, campaign_id: &str) -> Result<Stats, StoreError>;
+    /// Owners of a campaign ranked by `by`, best first, with their leads, conversions and revenue.
+    async fn leaderboard(&self, campaign_id: &str, by: RankBy, limit: usize) -> Result<Vec<(String, Stats)>, StoreError>;
+}
+
+/// One page of leads.
+#[derive(Debug, Clone)]
+pub struct LeadPage {
+    pub leads: Vec<Lead>,
+    pub next_cursor: Option<u64>,
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(what.to_string(), e))
+}
+
+pub(crate) fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("records always serialise")
 }
 
 /// The index names a link appears under, for paging by filter.
@@ -155,9 +193,9 @@ pub(crate) enum IndexName {
 }
 
 pub(crate) fn decode_link(code: &str, bytes: &[u8]) -> Result<Link, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(code.to_string(), e))
+    decode(code, bytes)
 }
 
 pub(crate) fn encode_link(link: &Link) -> Vec<u8> {
-    serde_json::to_vec(link).expect("a Link always serialises")
+    encode(link)
 }

@@ -9,6 +9,14 @@
 //! | `lg:seq` | string | link sequence counter (`INCRBY`), the paging cursor |
 //! | `lg:idx:all`, `lg:idx:c:{<campaign>}`, `lg:idx:o:{<owner>}`, `lg:idx:co:{<campaign>}:<owner>` | zset | code scored by seq |
 //! | `lg:idem:<sha256>` | string | a stored `Idempotency-Key` answer, `EX` 24 h |
+//! | `lg:lead:{<lead_id>}` | string | a lead as JSON |
+//! | `lg:leadclaim:{link:<code>}`, `lg:leadclaim:{click:<click_id>}` | string | the lead holding that claim (`SET NX`) |
+//! | `lg:leadseq`, `lg:lidx:…` | string, zset | lead sequence and list indexes, laid out like the link ones |
+//! | `lg:partner:{<id>}`, `lg:campaign:{<id>}` | string | partner and campaign JSON |
+//! | `lg:order:{<order_id>}` | string | the first answer for an order (`SET NX`: the conversion's idempotency) |
+//! | `lg:stats:link:{<code>}`, `lg:stats:camp:{<campaign>}` | hash | counters: `links`, `clicks`, `human_clicks`, `bot_clicks`, `leads`, `conversions`, `revenue` |
+//! | `lg:lb:{<campaign>}:leads` (`:conversions`, `:revenue`) | zset | owners scored for the leaderboards |
+//! | `LINKGATE_STREAM` (default `linkgate:events`) | stream | events, fields `type` and `json`, `MAXLEN ~` capped |
 //!
 //! Pub/sub channel `lg:invalidate` carries codes whose link changed; each replica drops them from
 //! its cache. No command touches two keys at once, so the layout works unchanged on Redis Cluster.
@@ -25,6 +33,8 @@ use super::{
     IDEMPOTENCY_TTL_SECS, IndexName, Invalidation, InvalidationHandler, LinkFilter, Minted, Page,
     Store, StoreError, decode_link, encode_link, index_for, index_names,
 };
+use super::{LeadPage, decode, encode};
+use crate::attribution::model::{Campaign, Conversion, CounterDelta, Lead, LeadClaim, Partner, RankBy, Stats};
 use crate::link::Link;
 use crate::link::code::generate_codes;
 use crate::link::input::LinkPatch;
@@ -46,12 +56,63 @@ fn rcpt_key(campaign: &str, recipient: &str) -> String {
     format!("lg:rcpt:{{{campaign}}}:{recipient}")
 }
 fn index_key(name: &IndexName) -> String {
+    named_index_key("idx", name)
+}
+fn named_index_key(prefix: &str, name: &IndexName) -> String {
     match name {
-        IndexName::All => "lg:idx:all".into(),
-        IndexName::Campaign(c) => format!("lg:idx:c:{{{c}}}"),
-        IndexName::Owner(o) => format!("lg:idx:o:{{{o}}}"),
-        IndexName::CampaignOwner(c, o) => format!("lg:idx:co:{{{c}}}:{o}"),
+        IndexName::All => format!("lg:{prefix}:all"),
+        IndexName::Campaign(c) => format!("lg:{prefix}:c:{{{c}}}"),
+        IndexName::Owner(o) => format!("lg:{prefix}:o:{{{o}}}"),
+        IndexName::CampaignOwner(c, o) => format!("lg:{prefix}:co:{{{c}}}:{o}"),
     }
+}
+fn lead_key(id: &str) -> String {
+    format!("lg:lead:{{{id}}}")
+}
+fn lead_claim_key(claim: &str) -> String {
+    format!("lg:leadclaim:{{{claim}}}")
+}
+fn link_stats_key(code: &str) -> String {
+    format!("lg:stats:link:{{{code}}}")
+}
+fn campaign_stats_key(id: &str) -> String {
+    format!("lg:stats:camp:{{{id}}}")
+}
+fn leaderboard_key(campaign: &str, by: RankBy) -> String {
+    format!("lg:lb:{{{campaign}}}:{}", by.as_str())
+}
+
+/// The commands that add `delta` to the stored counters.
+pub(crate) fn counter_commands(delta: &CounterDelta) -> Vec<redis::Cmd> {
+    let mut cmds = Vec::new();
+    let mut hincr = |key: String, s: &Stats| {
+        for (field, v) in s.nonzero() {
+            cmds.push(redis::cmd("HINCRBY").arg(&key).arg(field).arg(v).clone());
+        }
+    };
+    for (code, s) in &delta.links {
+        hincr(link_stats_key(code), s);
+    }
+    for (id, s) in &delta.campaigns {
+        hincr(campaign_stats_key(id), s);
+    }
+    for ((campaign, owner), s) in &delta.owners {
+        for by in [RankBy::Leads, RankBy::Conversions, RankBy::Revenue] {
+            let v = s.get(by.as_str());
+            if v != 0 {
+                cmds.push(redis::cmd("ZINCRBY").arg(leaderboard_key(campaign, by)).arg(v).arg(owner).clone());
+            }
+        }
+    }
+    cmds
+}
+
+fn stats_from(map: std::collections::HashMap<String, i64>) -> Stats {
+    let mut s = Stats::default();
+    for (k, v) in map {
+        s.set(&k, v);
+    }
+    s
 }
 
 impl RedisStore {
@@ -251,6 +312,15 @@ impl Store for RedisStore {
             }
         }
         cmds.extend(by_index.into_values().map(|(c, _)| c));
+        let mut per_campaign: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
+        for &i in written.iter().filter(|i| !lost.contains(i)) {
+            if let Some(c) = links[i].campaign_id.as_deref() {
+                *per_campaign.entry(c).or_default() += 1;
+            }
+        }
+        for (c, n) in per_campaign {
+            cmds.push(redis::cmd("HINCRBY").arg(campaign_stats_key(c)).arg("links").arg(n).clone());
+        }
         self.run_chunked(cmds).await?;
         let mut links = links.into_iter().map(Some).collect::<Vec<_>>();
         Ok(out
@@ -354,6 +424,150 @@ impl Store for RedisStore {
         Ok(())
     }
 
+    async fn claim_leads(&self, mut leads: Vec<Lead>) -> Result<Vec<LeadClaim>, StoreError> {
+        if leads.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The lead record is written before its claim, so whoever loses a claim can always read
+        // the winner's record.
+        let last: u64 = self.conn.clone().incr("lg:leadseq", leads.len() as u64).await?;
+        let first = last + 1 - leads.len() as u64;
+        for (i, l) in leads.iter_mut().enumerate() {
+            l.seq = first + i as u64;
+        }
+        let cmds = leads.iter().map(|l| redis::cmd("SET").arg(lead_key(&l.lead_id)).arg(encode(l)).clone()).collect();
+        self.run_chunked(cmds).await?;
+        let cmds = leads
+            .iter()
+            .map(|l| redis::cmd("SET").arg(lead_claim_key(&l.claim_key())).arg(&l.lead_id).arg("NX").clone())
+            .collect();
+        let won: Vec<bool> = self.run_chunked(cmds).await?.iter().map(is_ok).collect();
+        let mut out = Vec::with_capacity(leads.len());
+        let mut index_cmds = Vec::new();
+        for (l, won) in leads.into_iter().zip(won) {
+            if won {
+                for name in index_names(l.campaign_id.as_deref(), l.owner_id.as_deref()) {
+                    index_cmds.push(redis::cmd("ZADD").arg(named_index_key("lidx", &name)).arg(l.seq).arg(&l.lead_id).clone());
+                }
+                out.push(LeadClaim::Won(l));
+            } else {
+                let _: () = self.conn.clone().del(lead_key(&l.lead_id)).await?;
+                let holder: Option<String> = self.conn.clone().get(lead_claim_key(&l.claim_key())).await?;
+                let existing = match holder {
+                    Some(id) => self.get_lead(&id).await?,
+                    None => None,
+                };
+                out.push(LeadClaim::Existing(existing.unwrap_or(l)));
+            }
+        }
+        self.run_chunked(index_cmds).await?;
+        Ok(out)
+    }
+
+    async fn get_lead(&self, lead_id: &str) -> Result<Option<Lead>, StoreError> {
+        let bytes: Option<Vec<u8>> = self.conn.clone().get(lead_key(lead_id)).await?;
+        bytes.map(|b| decode(lead_id, &b)).transpose()
+    }
+
+    async fn list_leads(&self, filter: &LinkFilter, after: u64, limit: usize) -> Result<LeadPage, StoreError> {
+        let key = named_index_key("lidx", &index_for(filter));
+        let rows: Vec<(String, u64)> = redis::cmd("ZRANGEBYSCORE")
+            .arg(&key)
+            .arg(format!("({after}"))
+            .arg("+inf")
+            .arg("WITHSCORES")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        let cmds = rows.iter().map(|(id, _)| redis::cmd("GET").arg(lead_key(id)).clone()).collect();
+        let mut leads = Vec::with_capacity(rows.len());
+        for ((id, _), v) in rows.iter().zip(self.run_chunked(cmds).await?) {
+            if let Some(b) = bytes_of(v) {
+                leads.push(decode(id, &b)?);
+            }
+        }
+        let next_cursor = if rows.len() == limit { rows.last().map(|r| r.1) } else { None };
+        Ok(LeadPage { leads, next_cursor })
+    }
+
+    async fn put_partner(&self, partner: &Partner) -> Result<(), StoreError> {
+        let _: () = self.conn.clone().set(format!("lg:partner:{{{}}}", partner.id), encode(partner)).await?;
+        Ok(())
+    }
+
+    async fn get_partner(&self, id: &str) -> Result<Option<Partner>, StoreError> {
+        let bytes: Option<Vec<u8>> = self.conn.clone().get(format!("lg:partner:{{{id}}}")).await?;
+        bytes.map(|b| decode(id, &b)).transpose()
+    }
+
+    async fn put_campaign(&self, campaign: &Campaign) -> Result<(), StoreError> {
+        let _: () = self.conn.clone().set(format!("lg:campaign:{{{}}}", campaign.id), encode(campaign)).await?;
+        Ok(())
+    }
+
+    async fn get_campaign(&self, id: &str) -> Result<Option<Campaign>, StoreError> {
+        let bytes: Option<Vec<u8>> = self.conn.clone().get(format!("lg:campaign:{{{id}}}")).await?;
+        bytes.map(|b| decode(id, &b)).transpose()
+    }
+
+    async fn claim_conversion(&self, conversion: &Conversion) -> Result<Option<Conversion>, StoreError> {
+        let key = format!("lg:order:{{{}}}", conversion.order_id);
+        let set: Option<String> =
+            redis::cmd("SET").arg(&key).arg(encode(conversion)).arg("NX").query_async(&mut self.conn.clone()).await?;
+        if set.is_some() {
+            return Ok(None);
+        }
+        let bytes: Option<Vec<u8>> = self.conn.clone().get(&key).await?;
+        bytes.map(|b| decode(&conversion.order_id, &b)).transpose()
+    }
+
+    async fn apply_counters(&self, delta: &CounterDelta) -> Result<(), StoreError> {
+        self.run_chunked(counter_commands(delta)).await?;
+        Ok(())
+    }
+
+    async fn link_stats(&self, code: &str) -> Result<Stats, StoreError> {
+        Ok(stats_from(self.conn.clone().hgetall(link_stats_key(code)).await?))
+    }
+
+    async fn campaign_stats(&self, campaign_id: &str) -> Result<Stats, StoreError> {
+        Ok(stats_from(self.conn.clone().hgetall(campaign_stats_key(campaign_id)).await?))
+    }
+
+    async fn leaderboard(&self, campaign_id: &str, by: RankBy, limit: usize) -> Result<Vec<(String, Stats)>, StoreError> {
+        let top: Vec<(String, f64)> = redis::cmd("ZREVRANGE")
+            .arg(leaderboard_key(campaign_id, by))
+            .arg(0)
+            .arg(limit.saturating_sub(1))
+            .arg("WITHSCORES")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        let mut cmds = Vec::new();
+        for (owner, _) in &top {
+            for b in [RankBy::Leads, RankBy::Conversions, RankBy::Revenue] {
+                cmds.push(redis::cmd("ZSCORE").arg(leaderboard_key(campaign_id, b)).arg(owner).clone());
+            }
+        }
+        let scores = self.run_chunked(cmds).await?;
+        let score = |v: &Value| -> i64 {
+            match v {
+                Value::BulkString(b) => std::str::from_utf8(b).ok().and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0) as i64,
+                Value::Double(d) => *d as i64,
+                Value::Int(i) => *i,
+                _ => 0,
+            }
+        };
+        Ok(top
+            .into_iter()
+            .zip(scores.chunks(3))
+            .map(|((owner, _), s)| {
+                (owner, Stats { leads: score(&s[0]), conversions: score(&s[1]), revenue: score(&s[2]), ..Stats::default() })
+            })
+            .collect())
+    }
+
     fn watch_invalidations(&self, handler: InvalidationHandler) {
         let client = self.client.clone();
         tokio::spawn(async move {
@@ -387,6 +601,30 @@ impl Store for RedisStore {
 }
 
 impl RedisStore {
+    /// Appends `events` (`(type, json)`) to `stream` with `XADD … MAXLEN ~ maxlen` and applies
+    /// `delta`, all in one pipeline.
+    pub async fn deliver(&self, stream: &str, maxlen: usize, events: &[(&str, String)], delta: &CounterDelta) -> Result<(), StoreError> {
+        let mut cmds: Vec<redis::Cmd> = events
+            .iter()
+            .map(|(t, json)| {
+                redis::cmd("XADD")
+                    .arg(stream)
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(maxlen)
+                    .arg("*")
+                    .arg("type")
+                    .arg(*t)
+                    .arg("json")
+                    .arg(json)
+                    .clone()
+            })
+            .collect();
+        cmds.extend(counter_commands(delta));
+        self.run_chunked(cmds).await?;
+        Ok(())
+    }
+
     /// Fills `out[i]` with `Existing` for each pair in `idx` that already has a link.
     async fn resolve_existing(
         &self,

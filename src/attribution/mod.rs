@@ -1,0 +1,3 @@
+//! Attribute: leads on the first human tap, partner chains, campaigns, conversions and commission.
+
+pub mod model;

@@ -1,0 +1,290 @@
+//! The attribution records: leads, partners, campaigns, conversions, and the counters behind stats
+//! and leaderboards.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::time::format_rfc3339;
+
+/// How a lead was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeadSource {
+    /// The first human tap on a personalised link.
+    Click,
+    /// `POST /v1/leads` for an anonymous scan.
+    Api,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lead {
+    pub lead_id: String,
+    pub code: String,
+    pub campaign_id: Option<String>,
+    pub owner_id: Option<String>,
+    pub recipient_id: Option<String>,
+    pub click_id: String,
+    pub source: LeadSource,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attributes: Option<Map<String, Value>>,
+    pub created_at: i64,
+    #[serde(default)]
+    pub seq: u64,
+}
+
+impl Lead {
+    /// The key of the atomic claim: one lead per personalised link, one per click for API leads.
+    pub fn claim_key(&self) -> String {
+        match self.source {
+            LeadSource::Click => format!("link:{}", self.code),
+            LeadSource::Api => format!("click:{}", self.click_id),
+        }
+    }
+
+    pub fn to_api_json(&self) -> Value {
+        let mut v = json!({
+            "lead_id": self.lead_id,
+            "code": self.code,
+            "campaign_id": self.campaign_id,
+            "owner_id": self.owner_id,
+            "recipient_id": self.recipient_id,
+            "click_id": self.click_id,
+            "source": self.source,
+            "created_at": format_rfc3339(self.created_at),
+        });
+        if let (Some(a), Value::Object(m)) = (&self.attributes, &mut v) {
+            m.insert("attributes".into(), Value::Object(a.clone()));
+        }
+        v
+    }
+}
+
+/// The outcome of claiming a lead.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LeadClaim {
+    /// This lead is now the one.
+    Won(Lead),
+    /// Another lead held the claim already.
+    Existing(Lead),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Partner {
+    pub id: String,
+    pub parent_id: Option<String>,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Campaign {
+    pub id: String,
+    pub name: Option<String>,
+    /// Basis points per referral level, level 1 (the owner) first; at most 3.
+    pub commission_bps: Vec<u32>,
+    /// Seconds after a click within which a conversion is attributed.
+    pub attribution_window: u64,
+}
+
+/// Thirty days, SPEC's default attribution window.
+pub const DEFAULT_WINDOW_SECS: u64 = 30 * 86_400;
+
+impl Campaign {
+    pub fn to_api_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "name": self.name,
+            "commission_bps": self.commission_bps,
+            "attribution_window": format!("{}s", self.attribution_window),
+        })
+    }
+}
+
+/// Commission for one level: `floor(amount × bps / 10000)` in minor units.
+pub fn commission(amount: i64, bps: u32) -> i64 {
+    ((amount.max(0) as i128 * bps as i128) / 10_000) as i64
+}
+
+/// One level of a conversion's referral chain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChainLevel {
+    pub partner_id: String,
+    pub level: u8,
+    pub commission: i64,
+}
+
+/// The stored answer of `POST /v1/conversions`, replayed for a repeated `order_id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Conversion {
+    pub conversion_id: String,
+    pub order_id: String,
+    #[serde(rename = "type")]
+    pub conversion_type: String,
+    pub amount: i64,
+    pub currency: Option<String>,
+    pub attributed: bool,
+    pub code: Option<String>,
+    pub campaign_id: Option<String>,
+    pub owner_id: Option<String>,
+    pub recipient_id: Option<String>,
+    pub click_id: Option<String>,
+    pub lead_id: Option<String>,
+    pub chain: Vec<ChainLevel>,
+    pub created_at: i64,
+}
+
+impl Conversion {
+    pub fn to_api_json(&self) -> Value {
+        json!({
+            "conversion_id": self.conversion_id,
+            "order_id": self.order_id,
+            "type": self.conversion_type,
+            "amount": self.amount,
+            "currency": self.currency,
+            "attributed": self.attributed,
+            "code": self.code,
+            "campaign_id": self.campaign_id,
+            "owner_id": self.owner_id,
+            "chain": self.chain,
+            "created_at": format_rfc3339(self.created_at),
+        })
+    }
+}
+
+/// Counters of one link, campaign, or owner within a campaign.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub links: i64,
+    pub clicks: i64,
+    pub human_clicks: i64,
+    pub bot_clicks: i64,
+    pub leads: i64,
+    pub conversions: i64,
+    pub revenue: i64,
+}
+
+impl Stats {
+    pub const FIELDS: [&'static str; 7] =
+        ["links", "clicks", "human_clicks", "bot_clicks", "leads", "conversions", "revenue"];
+
+    pub fn get(&self, field: &str) -> i64 {
+        match field {
+            "links" => self.links,
+            "clicks" => self.clicks,
+            "human_clicks" => self.human_clicks,
+            "bot_clicks" => self.bot_clicks,
+            "leads" => self.leads,
+            "conversions" => self.conversions,
+            "revenue" => self.revenue,
+            _ => 0,
+        }
+    }
+
+    pub fn set(&mut self, field: &str, v: i64) {
+        match field {
+            "links" => self.links = v,
+            "clicks" => self.clicks = v,
+            "human_clicks" => self.human_clicks = v,
+            "bot_clicks" => self.bot_clicks = v,
+            "leads" => self.leads = v,
+            "conversions" => self.conversions = v,
+            "revenue" => self.revenue = v,
+            _ => {}
+        }
+    }
+
+    pub fn add(&mut self, other: &Stats) {
+        for f in Self::FIELDS {
+            self.set(f, self.get(f) + other.get(f));
+        }
+    }
+
+    /// The non-zero fields (what a counter update has to write).
+    pub fn nonzero(&self) -> impl Iterator<Item = (&'static str, i64)> + '_ {
+        Self::FIELDS.into_iter().map(|f| (f, self.get(f))).filter(|(_, v)| *v != 0)
+    }
+}
+
+/// What to rank owners by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RankBy {
+    Leads,
+    Conversions,
+    Revenue,
+}
+
+impl RankBy {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "leads" => Some(Self::Leads),
+            "conversions" => Some(Self::Conversions),
+            "revenue" => Some(Self::Revenue),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Leads => "leads",
+            Self::Conversions => "conversions",
+            Self::Revenue => "revenue",
+        }
+    }
+}
+
+/// Counter increments gathered from one batch of events, applied in one store round trip.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CounterDelta {
+    pub links: HashMap<String, Stats>,
+    pub campaigns: HashMap<String, Stats>,
+    /// `(campaign_id, owner_id)` → increments; the leaderboards.
+    pub owners: HashMap<(String, String), Stats>,
+}
+
+impl CounterDelta {
+    pub fn is_empty(&self) -> bool {
+        self.links.is_empty() && self.campaigns.is_empty() && self.owners.is_empty()
+    }
+
+    /// Adds `s` to the link, its campaign and (for leaderboard fields) its owner.
+    pub fn add(&mut self, code: Option<&str>, campaign: Option<&str>, owner: Option<&str>, s: Stats) {
+        if let Some(code) = code {
+            self.links.entry(code.to_string()).or_default().add(&s);
+        }
+        if let Some(c) = campaign {
+            self.campaigns.entry(c.to_string()).or_default().add(&s);
+            if let Some(o) = owner {
+                let ranked = Stats { leads: s.leads, conversions: s.conversions, revenue: s.revenue, ..Stats::default() };
+                if ranked != Stats::default() {
+                    self.owners.entry((c.to_string(), o.to_string())).or_default().add(&ranked);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commission_floors_in_minor_units() {
+        assert_eq!(commission(1_999_900, 500), 99_995);
+        assert_eq!(commission(1_999_900, 200), 39_998);
+        assert_eq!(commission(1_999_900, 100), 19_999);
+        assert_eq!(commission(999, 333), 33);
+        assert_eq!(commission(i64::MAX, 10_000), i64::MAX);
+    }
+
+    #[test]
+    fn deltas_aggregate_per_link_campaign_and_owner() {
+        let mut d = CounterDelta::default();
+        let click = Stats { clicks: 1, human_clicks: 1, ..Default::default() };
+        d.add(Some("a"), Some("c"), Some("o"), click);
+        d.add(Some("a"), Some("c"), Some("o"), click);
+        d.add(Some("a"), Some("c"), Some("o"), Stats { leads: 1, ..Default::default() });
+        assert_eq!(d.links["a"].clicks, 2);
+        assert_eq!(d.campaigns["c"].leads, 1);
+        assert_eq!(d.owners[&("c".into(), "o".into())], Stats { leads: 1, ..Default::default() });
+    }
+}

@@ -1,0 +1,235 @@
+//! Events: what the redirect path queues ([`ClickRecord`], cheap to build) and what goes downstream
+//! ([`Event`], one JSON object per click, lead or conversion).
+//!
+//! The raw client address travels in the in-process queue only: the batcher turns it into a
+//! salted hash ([`IpHasher`]) before anything is written, so no stream entry, log line or spool
+//! file ever holds an IP address.
+
+use std::net::IpAddr;
+
+use http::HeaderValue;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use siphasher::sip128::{Hasher128, SipHasher13};
+
+use super::Agent;
+use crate::attribution::model::{ChainLevel, LeadSource};
+use crate::link::LinkKind;
+use crate::resolve::LinkState;
+
+/// Longest user agent or referer kept in an event, in bytes.
+pub const MAX_HEADER_IN_EVENT: usize = 256;
+
+/// A tap, as the redirect path records it: no formatting, no hashing, one allocation for the id.
+#[derive(Debug)]
+pub struct ClickRecord {
+    /// `<code>.<signature>`: the code is its prefix.
+    pub click_id: String,
+    pub code_len: u8,
+    pub campaign: u32,
+    pub owner: u32,
+    pub recipient: Option<Box<str>>,
+    pub kind: LinkKind,
+    pub agent: Agent,
+    pub state: LinkState,
+    pub synthetic: bool,
+    pub ts: i64,
+    pub user_agent: Option<HeaderValue>,
+    pub referer: Option<HeaderValue>,
+    pub ip: Option<IpAddr>,
+}
+
+impl ClickRecord {
+    pub fn code(&self) -> &str {
+        &self.click_id[..self.code_len as usize]
+    }
+}
+
+/// Something for the batcher: a tap to turn into an event, or an event built by the API.
+#[derive(Debug)]
+pub enum Queued {
+    Click(ClickRecord),
+    Event(Box<Event>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    Click,
+    Lead,
+    Conversion,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Click => "click",
+            Self::Lead => "lead",
+            Self::Conversion => "conversion",
+        }
+    }
+}
+
+/// One event as consumers see it (stream field `json`, or one line of the event log).
+///
+/// The conversion's own type (`order`, `appointment`, …) is `conversion_type`, because `type` is
+/// the event type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    pub ts: String,
+    pub code: Option<String>,
+    pub campaign_id: Option<String>,
+    pub owner_id: Option<String>,
+    pub recipient_id: Option<String>,
+    pub kind: Option<LinkKind>,
+    pub synthetic: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub click_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<Agent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bot: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub referer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lead_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<LeadSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversion_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversion_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attributed: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<Vec<ChainLevel>>,
+}
+
+impl Event {
+    /// An event with the common fields set and every type-specific field empty.
+    pub fn new(id: String, event_type: EventType, ts: i64) -> Self {
+        Self {
+            id,
+            event_type,
+            ts: crate::time::format_rfc3339(ts),
+            code: None,
+            campaign_id: None,
+            owner_id: None,
+            recipient_id: None,
+            kind: None,
+            synthetic: false,
+            click_id: None,
+            agent: None,
+            bot: None,
+            state: None,
+            user_agent: None,
+            referer: None,
+            ip_hash: None,
+            lead_id: None,
+            source: None,
+            conversion_id: None,
+            order_id: None,
+            conversion_type: None,
+            amount: None,
+            currency: None,
+            attributed: None,
+            chain: None,
+        }
+    }
+}
+
+pub fn state_str(s: LinkState) -> &'static str {
+    match s {
+        LinkState::Active => "active",
+        LinkState::Expired => "expired",
+        LinkState::Disabled => "disabled",
+    }
+}
+
+/// A header value as text, cut to [`MAX_HEADER_IN_EVENT`] bytes on a character boundary.
+pub fn truncated(v: &HeaderValue) -> String {
+    let s = String::from_utf8_lossy(v.as_bytes());
+    let mut end = s.len().min(MAX_HEADER_IN_EVENT);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+/// Salted IP hashes. The salt is derived from the click secret and the UTC day, so replicas agree,
+/// a hash links one visitor's taps within a day, and nobody without the secret can test guesses.
+pub struct IpHasher {
+    secret: Vec<u8>,
+    day: i64,
+    key: [u8; 16],
+}
+
+impl IpHasher {
+    pub fn new(secret: &[u8]) -> Self {
+        let mut h = Self { secret: secret.to_vec(), day: i64::MIN, key: [0; 16] };
+        h.rekey(0);
+        h
+    }
+
+    fn rekey(&mut self, day: i64) {
+        use hmac::{KeyInit, Mac};
+        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&self.secret).expect("any key size");
+        mac.update(b"linkgate ip-hash salt ");
+        mac.update(&day.to_be_bytes());
+        self.key.copy_from_slice(&mac.finalize().into_bytes()[..16]);
+        self.day = day;
+    }
+
+    /// 32 hex characters (SipHash-1-3, 128-bit, keyed by the day's salt).
+    pub fn hash(&mut self, ip: IpAddr, unix_secs: i64) -> String {
+        let day = unix_secs.div_euclid(86_400);
+        if day != self.day {
+            self.rekey(day);
+        }
+        let mut h = SipHasher13::new_with_key(&self.key);
+        match ip {
+            IpAddr::V4(v4) => std::hash::Hasher::write(&mut h, &v4.to_ipv6_mapped().octets()),
+            IpAddr::V6(v6) => std::hash::Hasher::write(&mut h, &v6.octets()),
+        }
+        format!("{:032x}", h.finish128().as_u128())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_hashes_are_stable_per_day_and_hide_the_address() {
+        let mut h = IpHasher::new(b"secret");
+        let ip: IpAddr = "203.0.113.7".parse().unwrap();
+        let a = h.hash(ip, 1_795_507_200);
+        assert_eq!(a, h.hash(ip, 1_795_507_200 + 3600));
+        assert_ne!(a, h.hash(ip, 1_795_507_200 + 86_400), "the salt rotates daily");
+        assert_ne!(a, IpHasher::new(b"other").hash(ip, 1_795_507_200));
+        assert_eq!(a.len(), 32);
+        assert!(!a.contains("203"));
+    }
+
+    #[test]
+    fn headers_are_truncated_on_char_boundaries() {
+        let long = HeaderValue::from_bytes("é".repeat(200).as_bytes()).unwrap();
+        let t = truncated(&long);
+        assert!(t.len() <= MAX_HEADER_IN_EVENT && t.chars().all(|c| c == 'é'));
+    }
+}

@@ -1,0 +1,347 @@
+//! The event pipeline: a bounded queue in front of one batcher task.
+//!
+//! The redirect path calls [`EventPipeline::try_send`], which never waits: when the queue is full
+//! the event is parked in an overflow list that the batcher takes with its next batch, so a burst
+//! costs memory, never an event. The batcher takes whatever has queued up (at most
+//! [`BATCH_MAX`]), turns taps into events (hashing the IP, resolving interned ids), claims leads for
+//! first human taps, adds up the counters, and delivers the batch to the sink. A failed delivery
+//! goes to the spool; while the spool holds events, new batches are appended behind them and the
+//! spool is replayed in order every [`REPLAY_INTERVAL`].
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc, watch};
+
+use super::log::Spool;
+use super::{EventSink, SinkError};
+use crate::attribution::model::{CounterDelta, Lead, LeadClaim, LeadSource, Stats};
+use crate::click::event::{ClickRecord, IpHasher, state_str, truncated};
+use crate::click::{Agent, Event, EventType, Queued};
+use crate::resolve::Resolver;
+use crate::store::Store;
+
+/// Capacity of the queue between the redirect path and the batcher.
+pub const QUEUE_CAPACITY: usize = 65_536;
+/// Most events delivered in one batch.
+pub const BATCH_MAX: usize = 4096;
+/// How often a non-empty spool is retried.
+pub const REPLAY_INTERVAL: Duration = Duration::from_millis(250);
+/// Most spool batches replayed before live events get a turn.
+pub const REPLAY_BATCHES_PER_TURN: usize = 16;
+
+pub struct EventPipeline {
+    tx: mpsc::Sender<Queued>,
+    overflow: Mutex<Vec<Queued>>,
+    stop: Notify,
+    stopping: AtomicBool,
+    done: watch::Receiver<bool>,
+    /// Events parked in the overflow list because the queue was full (a metric).
+    pub overflowed: AtomicU64,
+    /// Batches that went to the spool.
+    pub spooled_batches: AtomicU64,
+    /// Events delivered to the sink (replays included).
+    pub delivered: AtomicU64,
+}
+
+/// What the batcher needs besides its queue.
+pub struct BatcherParts {
+    pub sink: Arc<dyn EventSink>,
+    pub store: Arc<dyn Store>,
+    pub resolver: Arc<Resolver>,
+    pub spool: Spool,
+    pub ip_secret: Vec<u8>,
+}
+
+impl EventPipeline {
+    /// Creates the queue and spawns the batcher on the current runtime.
+    pub fn start(parts: BatcherParts) -> Arc<Self> {
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let (done_tx, done) = watch::channel(false);
+        let pipeline = Arc::new(Self {
+            tx,
+            overflow: Mutex::new(Vec::new()),
+            stop: Notify::new(),
+            stopping: AtomicBool::new(false),
+            done,
+            overflowed: AtomicU64::new(0),
+            spooled_batches: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+        });
+        let batcher = Batcher {
+            rx,
+            pipeline: pipeline.clone(),
+            ip: IpHasher::new(&parts.ip_secret),
+            spool: Arc::new(Mutex::new(parts.spool)),
+            sink: parts.sink,
+            store: parts.store,
+            resolver: parts.resolver,
+        };
+        tokio::spawn(async move {
+            batcher.run().await;
+            let _ = done_tx.send(true);
+        });
+        pipeline
+    }
+
+    /// Queues an event without waiting.
+    #[inline]
+    pub fn try_send(&self, event: Queued) {
+        if let Err(e) = self.tx.try_send(event) {
+            let event = match e {
+                mpsc::error::TrySendError::Full(ev) | mpsc::error::TrySendError::Closed(ev) => ev,
+            };
+            self.overflowed.fetch_add(1, Ordering::Relaxed);
+            self.overflow.lock().unwrap_or_else(|e| e.into_inner()).push(event);
+        }
+    }
+
+    /// Events waiting in the queue.
+    pub fn depth(&self) -> usize {
+        QUEUE_CAPACITY - self.tx.capacity()
+    }
+
+    fn take_overflow(&self) -> Vec<Queued> {
+        std::mem::take(&mut *self.overflow.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Stops the batcher after it has delivered or spooled everything queued; waits at most `deadline`.
+    /// Returns whether it finished in time.
+    pub async fn shutdown(&self, deadline: Duration) -> bool {
+        self.stopping.store(true, Ordering::Release);
+        self.stop.notify_one();
+        let mut done = self.done.clone();
+        tokio::time::timeout(deadline, done.wait_for(|d| *d)).await.is_ok()
+    }
+}
+
+struct Batcher {
+    rx: mpsc::Receiver<Queued>,
+    pipeline: Arc<EventPipeline>,
+    ip: IpHasher,
+    spool: Arc<Mutex<Spool>>,
+    sink: Arc<dyn EventSink>,
+    store: Arc<dyn Store>,
+    resolver: Arc<Resolver>,
+}
+
+impl Batcher {
+    async fn run(mut self) {
+        loop {
+            let spool_pending = self.spool_pending();
+            let first = tokio::select! {
+                q = self.rx.recv() => q,
+                () = self.pipeline.stop.notified() => None,
+                () = tokio::time::sleep(REPLAY_INTERVAL), if spool_pending => {
+                    self.replay().await;
+                    continue;
+                }
+            };
+            let Some(first) = first else { break };
+            let mut batch = Vec::with_capacity(64);
+            batch.push(first);
+            while batch.len() < BATCH_MAX {
+                match self.rx.try_recv() {
+                    Ok(q) => batch.push(q),
+                    Err(_) => break,
+                }
+            }
+            batch.extend(self.pipeline.take_overflow());
+            let events = self.to_events(batch);
+            self.handle(events).await;
+            if self.pipeline.stopping.load(Ordering::Acquire) {
+                break;
+            }
+        }
+        // Shutdown: nothing new can arrive; deliver or spool what is left.
+        self.rx.close();
+        let mut rest = Vec::new();
+        while let Some(q) = self.rx.recv().await {
+            rest.push(q);
+        }
+        rest.extend(self.pipeline.take_overflow());
+        while !rest.is_empty() {
+            let tail = rest.split_off(rest.len().min(BATCH_MAX));
+            let events = self.to_events(rest);
+            self.handle(events).await;
+            rest = tail;
+        }
+        if self.spool_pending() {
+            self.replay().await;
+        }
+    }
+
+    fn spool_pending(&self) -> bool {
+        self.spool.lock().unwrap_or_else(|e| e.into_inner()).pending()
+    }
+
+    fn to_events(&mut self, batch: Vec<Queued>) -> Vec<Event> {
+        batch
+            .into_iter()
+            .map(|q| match q {
+                Queued::Click(c) => self.click_event(c),
+                Queued::Event(e) => *e,
+            })
+            .filter(|e| !e.id.is_empty())
+            .collect()
+    }
+
+    fn click_event(&mut self, c: ClickRecord) -> Event {
+        let interner = self.resolver.interner();
+        let mut e = Event::new(c.click_id.clone(), EventType::Click, c.ts);
+        e.code = Some(c.code().to_string());
+        e.campaign_id = interner.name(c.campaign).map(|s| s.to_string());
+        e.owner_id = interner.name(c.owner).map(|s| s.to_string());
+        e.recipient_id = c.recipient.map(String::from);
+        e.kind = Some(c.kind);
+        e.synthetic = c.synthetic;
+        e.agent = Some(c.agent);
+        e.bot = Some(c.agent != Agent::Human);
+        e.state = Some(state_str(c.state).to_string());
+        e.user_agent = c.user_agent.as_ref().map(truncated);
+        e.referer = c.referer.as_ref().map(truncated);
+        e.ip_hash = c.ip.map(|ip| self.ip.hash(ip, c.ts));
+        e.click_id = Some(c.click_id);
+        e
+    }
+
+    /// Delivers `events`, or spools them when the sink fails or the spool is already behind.
+    async fn handle(&mut self, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
+        if !self.spool_pending() {
+            match self.process(&events).await {
+                Ok(()) => return,
+                Err(e) => tracing::warn!(error = %e, events = events.len(), "delivery failed; spooling"),
+            }
+        }
+        self.to_spool(events).await;
+    }
+
+    async fn to_spool(&self, events: Vec<Event>) {
+        let spool = self.spool.clone();
+        let n = events.len();
+        let r = tokio::task::spawn_blocking(move || spool.lock().unwrap_or_else(|e| e.into_inner()).append(&events)).await;
+        match r {
+            Ok(Ok(())) => {
+                self.pipeline.spooled_batches.fetch_add(1, Ordering::Relaxed);
+            }
+            // The disk is gone too: nothing left to do but say so loudly.
+            Ok(Err(e)) => tracing::error!(error = %e, events = n, "could not write the spool; events lost"),
+            Err(e) => tracing::error!(error = %e, events = n, "spool task failed; events lost"),
+        }
+    }
+
+    /// Replays the spool in order until it is empty, the sink fails, or the turn is used up.
+    async fn replay(&mut self) {
+        for _ in 0..REPLAY_BATCHES_PER_TURN {
+            let spool = self.spool.clone();
+            let read = tokio::task::spawn_blocking(move || spool.lock().unwrap_or_else(|e| e.into_inner()).read(BATCH_MAX)).await;
+            let Ok(Ok((events, pos))) = read else {
+                tracing::error!("could not read the spool");
+                return;
+            };
+            if !events.is_empty() {
+                if let Err(e) = self.process(&events).await {
+                    tracing::debug!(error = %e, "spool replay deferred");
+                    return;
+                }
+            }
+            let spool = self.spool.clone();
+            let advanced = tokio::task::spawn_blocking(move || spool.lock().unwrap_or_else(|e| e.into_inner()).advance(pos)).await;
+            if !matches!(advanced, Ok(Ok(()))) {
+                tracing::error!("could not advance the spool");
+                return;
+            }
+            if events.is_empty() || !self.spool_pending() {
+                tracing::info!("spool replayed");
+                return;
+            }
+        }
+    }
+
+    /// Claims leads for first human taps, adds up the counters and delivers everything.
+    async fn process(&self, events: &[Event]) -> Result<(), SinkError> {
+        let mut delta = CounterDelta::default();
+        let mut candidates = Vec::new();
+        let mut seen = HashSet::new();
+        for e in events.iter().filter(|e| !e.synthetic) {
+            let (code, campaign, owner) = (e.code.as_deref(), e.campaign_id.as_deref(), e.owner_id.as_deref());
+            match e.event_type {
+                EventType::Click => {
+                    let human = e.agent == Some(Agent::Human);
+                    let s = Stats { clicks: 1, human_clicks: human as i64, bot_clicks: !human as i64, ..Stats::default() };
+                    delta.add(code, campaign, owner, s);
+                    if let (true, Some(code), Some(click_id)) = (human && e.recipient_id.is_some(), code, &e.click_id) {
+                        if seen.insert(code) {
+                            candidates.push(Lead {
+                                lead_id: new_lead_id(),
+                                code: code.to_string(),
+                                campaign_id: e.campaign_id.clone(),
+                                owner_id: e.owner_id.clone(),
+                                recipient_id: e.recipient_id.clone(),
+                                click_id: click_id.clone(),
+                                source: LeadSource::Click,
+                                attributes: None,
+                                created_at: crate::time::parse_rfc3339(&e.ts).unwrap_or_else(crate::time::now_secs),
+                                seq: 0,
+                            });
+                        }
+                    }
+                }
+                EventType::Lead => delta.add(code, campaign, owner, Stats { leads: 1, ..Stats::default() }),
+                EventType::Conversion if e.attributed == Some(true) => {
+                    let s = Stats { conversions: 1, revenue: e.amount.unwrap_or(0), ..Stats::default() };
+                    delta.add(code, campaign, owner, s);
+                }
+                EventType::Conversion => {}
+            }
+        }
+        let mut all: Vec<Event> = Vec::with_capacity(events.len() + candidates.len());
+        all.extend_from_slice(events);
+        if !candidates.is_empty() {
+            let kinds: Vec<_> = candidates
+                .iter()
+                .map(|c| events.iter().find(|e| e.click_id.as_deref() == Some(c.click_id.as_str())).and_then(|e| e.kind))
+                .collect();
+            let click_ids: Vec<String> = candidates.iter().map(|c| c.click_id.clone()).collect();
+            let claims = self.store.claim_leads(candidates).await?;
+            for ((claim, click_id), kind) in claims.into_iter().zip(click_ids).zip(kinds) {
+                let lead = match claim {
+                    LeadClaim::Won(l) => l,
+                    // A replayed tap whose lead was opened before the failure: emit it again
+                    // (consumers dedupe on the id).
+                    LeadClaim::Existing(l) if l.click_id == click_id => l,
+                    LeadClaim::Existing(_) => continue,
+                };
+                delta.add(Some(&lead.code), lead.campaign_id.as_deref(), lead.owner_id.as_deref(), Stats { leads: 1, ..Stats::default() });
+                all.push(lead_event(&lead, kind));
+            }
+        }
+        self.sink.deliver(&all, &delta).await?;
+        self.pipeline.delivered.fetch_add(all.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// A fresh lead id: `ld_` and 16 base62 characters from the CSPRNG.
+pub fn new_lead_id() -> String {
+    format!("ld_{}", crate::link::code::generate_codes(2).concat())
+}
+
+/// The `lead` event of a lead.
+pub fn lead_event(lead: &Lead, kind: Option<crate::link::LinkKind>) -> Event {
+    let mut e = Event::new(lead.lead_id.clone(), EventType::Lead, lead.created_at);
+    e.code = Some(lead.code.clone());
+    e.campaign_id = lead.campaign_id.clone();
+    e.owner_id = lead.owner_id.clone();
+    e.recipient_id = lead.recipient_id.clone();
+    e.kind = kind;
+    e.lead_id = Some(lead.lead_id.clone());
+    e.click_id = Some(lead.click_id.clone());
+    e.source = Some(lead.source);
+    e
+}
