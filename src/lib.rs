@@ -28,6 +28,6 @@ pub mod redirect;
 pub mod resolve;
 pub mod server;
 pub mod shutdown;
-pub mod stream;
 pub mod store;
+pub mod stream;
 pub mod time;

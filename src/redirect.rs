@@ -101,7 +101,13 @@ fn respond(app: &App, link: &CachedLink, tap: &Tap) -> Response<Body> {
     // reactivation link is still a warm lead).
     let click_id = (!tap.head).then(|| app.signer.issue(link.code(), tap.now));
     if let (Some(events), Some(click_id)) = (&app.events, &click_id) {
-        events.try_send(Queued::Click(click_record(app, link, tap, state, click_id.clone())));
+        events.try_send(Queued::Click(click_record(
+            app,
+            link,
+            tap,
+            state,
+            click_id.clone(),
+        )));
     }
     if state != LinkState::Active {
         return match link.fallback_url() {
@@ -135,8 +141,17 @@ fn respond(app: &App, link: &CachedLink, tap: &Tap) -> Response<Body> {
     redirect(status, location)
 }
 
-fn click_record(app: &App, link: &CachedLink, tap: &Tap, state: LinkState, click_id: String) -> ClickRecord {
-    let synthetic = match (&app.config.synthetic_token, tap.headers.get(SYNTHETIC_HEADER)) {
+fn click_record(
+    app: &App,
+    link: &CachedLink,
+    tap: &Tap,
+    state: LinkState,
+    click_id: String,
+) -> ClickRecord {
+    let synthetic = match (
+        &app.config.synthetic_token,
+        tap.headers.get(SYNTHETIC_HEADER),
+    ) {
         (Some(token), Some(v)) => bool::from(token.as_bytes().ct_eq(v.as_bytes())),
         _ => false,
     };

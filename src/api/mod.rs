@@ -4,8 +4,13 @@
 //! with every configured key's hash in constant time, without stopping at the first match, so the
 //! comparison leaks neither which key nor how much of it matched. Keys are never logged.
 
+mod conversions;
+mod fields;
+mod leads;
 pub mod links;
+mod partners;
 pub mod qr;
+mod stats;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode, header};
@@ -55,9 +60,27 @@ where
         (&Method::PATCH, ["links", code]) => links::patch(app, key, code, req).await,
         (&Method::DELETE, ["links", code]) => links::delete(app, key, code).await,
         (&Method::GET, ["links", code, "qr"]) => qr::get(app, key, code, req.uri().query()).await,
-        (_, ["links"] | ["links", "bulk"] | ["links", _] | ["links", _, "qr"]) => {
-            Err(ApiError::method_not_allowed())
+        (&Method::GET, ["links", code, "stats"]) => stats::link(app, key, code).await,
+        (&Method::POST, ["partners"]) => partners::put_partner(app, key, req).await,
+        (&Method::GET, ["partners", id]) => partners::get_partner(app, key, id).await,
+        (&Method::POST, ["campaigns"]) => partners::put_campaign(app, key, req).await,
+        (&Method::GET, ["campaigns", id]) => partners::get_campaign(app, key, id).await,
+        (&Method::GET, ["campaigns", id, "stats"]) => stats::campaign(app, key, id).await,
+        (&Method::GET, ["campaigns", id, "leaderboard"]) => {
+            stats::leaderboard(app, key, id, req.uri().query()).await
         }
+        (&Method::POST, ["leads"]) => leads::create(app, key, req).await,
+        (&Method::GET, ["leads"]) => leads::list(app, key, req.uri().query()).await,
+        (&Method::GET, ["leads", id]) => leads::get(app, key, id).await,
+        (&Method::POST, ["conversions"]) => conversions::create(app, key, req).await,
+        (
+            _,
+            ["links" | "partners" | "campaigns" | "leads" | "conversions"]
+            | ["links", "bulk"]
+            | ["links" | "partners" | "campaigns" | "leads", _]
+            | ["links", _, "qr" | "stats"]
+            | ["campaigns", _, "stats" | "leaderboard"],
+        ) => Err(ApiError::method_not_allowed()),
         _ => Err(ApiError::not_found("API route")),
     }
 }

@@ -165,8 +165,15 @@ pub struct Stats {
 }
 
 impl Stats {
-    pub const FIELDS: [&'static str; 7] =
-        ["links", "clicks", "human_clicks", "bot_clicks", "leads", "conversions", "revenue"];
+    pub const FIELDS: [&'static str; 7] = [
+        "links",
+        "clicks",
+        "human_clicks",
+        "bot_clicks",
+        "leads",
+        "conversions",
+        "revenue",
+    ];
 
     pub fn get(&self, field: &str) -> i64 {
         match field {
@@ -202,7 +209,10 @@ impl Stats {
 
     /// The non-zero fields (what a counter update has to write).
     pub fn nonzero(&self) -> impl Iterator<Item = (&'static str, i64)> + '_ {
-        Self::FIELDS.into_iter().map(|f| (f, self.get(f))).filter(|(_, v)| *v != 0)
+        Self::FIELDS
+            .into_iter()
+            .map(|f| (f, self.get(f)))
+            .filter(|(_, v)| *v != 0)
     }
 }
 
@@ -247,16 +257,30 @@ impl CounterDelta {
     }
 
     /// Adds `s` to the link, its campaign and (for leaderboard fields) its owner.
-    pub fn add(&mut self, code: Option<&str>, campaign: Option<&str>, owner: Option<&str>, s: Stats) {
+    pub fn add(
+        &mut self,
+        code: Option<&str>,
+        campaign: Option<&str>,
+        owner: Option<&str>,
+        s: Stats,
+    ) {
         if let Some(code) = code {
             self.links.entry(code.to_string()).or_default().add(&s);
         }
         if let Some(c) = campaign {
             self.campaigns.entry(c.to_string()).or_default().add(&s);
             if let Some(o) = owner {
-                let ranked = Stats { leads: s.leads, conversions: s.conversions, revenue: s.revenue, ..Stats::default() };
+                let ranked = Stats {
+                    leads: s.leads,
+                    conversions: s.conversions,
+                    revenue: s.revenue,
+                    ..Stats::default()
+                };
                 if ranked != Stats::default() {
-                    self.owners.entry((c.to_string(), o.to_string())).or_default().add(&ranked);
+                    self.owners
+                        .entry((c.to_string(), o.to_string()))
+                        .or_default()
+                        .add(&ranked);
                 }
             }
         }
@@ -279,12 +303,30 @@ mod tests {
     #[test]
     fn deltas_aggregate_per_link_campaign_and_owner() {
         let mut d = CounterDelta::default();
-        let click = Stats { clicks: 1, human_clicks: 1, ..Default::default() };
+        let click = Stats {
+            clicks: 1,
+            human_clicks: 1,
+            ..Default::default()
+        };
         d.add(Some("a"), Some("c"), Some("o"), click);
         d.add(Some("a"), Some("c"), Some("o"), click);
-        d.add(Some("a"), Some("c"), Some("o"), Stats { leads: 1, ..Default::default() });
+        d.add(
+            Some("a"),
+            Some("c"),
+            Some("o"),
+            Stats {
+                leads: 1,
+                ..Default::default()
+            },
+        );
         assert_eq!(d.links["a"].clicks, 2);
         assert_eq!(d.campaigns["c"].leads, 1);
-        assert_eq!(d.owners[&("c".into(), "o".into())], Stats { leads: 1, ..Default::default() });
+        assert_eq!(
+            d.owners[&("c".into(), "o".into())],
+            Stats {
+                leads: 1,
+                ..Default::default()
+            }
+        );
     }
 }

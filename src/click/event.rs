@@ -181,7 +181,11 @@ pub struct IpHasher {
 
 impl IpHasher {
     pub fn new(secret: &[u8]) -> Self {
-        let mut h = Self { secret: secret.to_vec(), day: i64::MIN, key: [0; 16] };
+        let mut h = Self {
+            secret: secret.to_vec(),
+            day: i64::MIN,
+            key: [0; 16],
+        };
         h.rekey(0);
         h
     }
@@ -220,7 +224,11 @@ mod tests {
         let ip: IpAddr = "203.0.113.7".parse().unwrap();
         let a = h.hash(ip, 1_795_507_200);
         assert_eq!(a, h.hash(ip, 1_795_507_200 + 3600));
-        assert_ne!(a, h.hash(ip, 1_795_507_200 + 86_400), "the salt rotates daily");
+        assert_ne!(
+            a,
+            h.hash(ip, 1_795_507_200 + 86_400),
+            "the salt rotates daily"
+        );
         assert_ne!(a, IpHasher::new(b"other").hash(ip, 1_795_507_200));
         assert_eq!(a.len(), 32);
         assert!(!a.contains("203"));

@@ -43,11 +43,11 @@ impl Errors<'_> {
     }
 }
 
-fn string(v: &Value) -> Result<&str, String> {
+pub(crate) fn string(v: &Value) -> Result<&str, String> {
     v.as_str().ok_or_else(|| "must be a string".to_string())
 }
 
-fn id(v: &Value) -> Result<Option<String>, String> {
+pub(crate) fn id(v: &Value) -> Result<Option<String>, String> {
     if v.is_null() {
         return Ok(None);
     }
@@ -99,7 +99,7 @@ fn tags(v: &Value) -> Result<Vec<String>, String> {
         .collect()
 }
 
-fn metadata(v: &Value) -> Result<Option<Map<String, Value>>, String> {
+pub(crate) fn metadata(v: &Value) -> Result<Option<Map<String, Value>>, String> {
     match v {
         Value::Null => Ok(None),
         Value::Object(m) => {

@@ -57,13 +57,19 @@ impl App {
         let (store, sink): (Arc<dyn Store>, Arc<dyn EventSink>) = match &config.redis_url {
             Some(url) => {
                 let redis = Arc::new(RedisStore::connect(url).await?);
-                let sink = RedisStreamSink { store: redis.clone(), stream: config.stream.clone() };
+                let sink = RedisStreamSink {
+                    store: redis.clone(),
+                    stream: config.stream.clone(),
+                };
                 (redis, Arc::new(sink))
             }
             None => {
                 let embedded = Arc::new(EmbeddedStore::open(&config.data_dir)?);
                 let log = EventLog::open(&config.data_dir, LOG_ROTATE_BYTES)?;
-                let sink = LogSink { log: Arc::new(std::sync::Mutex::new(log)), store: embedded.clone() };
+                let sink = LogSink {
+                    log: Arc::new(std::sync::Mutex::new(log)),
+                    store: embedded.clone(),
+                };
                 (embedded, Arc::new(sink))
             }
         };
@@ -82,7 +88,12 @@ impl App {
     }
 
     /// An app without event recording (benchmarks of the bare redirect).
-    pub fn assemble(config: Config, store: Arc<dyn Store>, api_keys: Vec<ApiKey>, click_secret: &[u8]) -> Self {
+    pub fn assemble(
+        config: Config,
+        store: Arc<dyn Store>,
+        api_keys: Vec<ApiKey>,
+        click_secret: &[u8],
+    ) -> Self {
         let app = Self {
             resolver: Resolver::new(store.clone()),
             store,
@@ -145,12 +156,20 @@ pub async fn run(
     drop(listener);
     let deadline = app.config.drain_timeout;
     let started = std::time::Instant::now();
-    if tokio::time::timeout(deadline, graceful.shutdown()).await.is_err() {
-        tracing::warn!(?deadline, "drain deadline passed with connections still open");
+    if tokio::time::timeout(deadline, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?deadline,
+            "drain deadline passed with connections still open"
+        );
     }
     // Every answered request has queued its event by now: flush them to the sink or the spool.
     if let Some(events) = &app.events {
-        let left = deadline.saturating_sub(started.elapsed()).max(Duration::from_secs(1));
+        let left = deadline
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_secs(1));
         if !events.shutdown(left).await {
             tracing::error!("events were still being flushed at the drain deadline");
         }

@@ -21,11 +21,13 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{LeadPage, decode, encode};
-use crate::attribution::model::{Campaign, Conversion, CounterDelta, Lead, LeadClaim, Partner, RankBy, Stats};
 use super::{
     IDEMPOTENCY_TTL_SECS, IndexName, InvalidationHandler, LinkFilter, Minted, Page, Store,
     StoreError, decode_link, encode_link, index_for, index_names,
+};
+use super::{LeadPage, decode, encode};
+use crate::attribution::model::{
+    Campaign, Conversion, CounterDelta, Lead, LeadClaim, Partner, RankBy, Stats,
 };
 use crate::link::Link;
 use crate::link::code::generate_codes;
@@ -192,7 +194,15 @@ fn mint_in(db: &Database, links: Vec<Link>) -> Result<Vec<Minted>, StoreError> {
     let mut delta = CounterDelta::default();
     for m in &out {
         if let Minted::Created(l) = m {
-            delta.add(None, l.campaign_id.as_deref(), None, Stats { links: 1, ..Stats::default() });
+            delta.add(
+                None,
+                l.campaign_id.as_deref(),
+                None,
+                Stats {
+                    links: 1,
+                    ..Stats::default()
+                },
+            );
         }
     }
     add_counters(&txn, &delta)?;
@@ -204,8 +214,14 @@ fn add_counters(txn: &redb::WriteTransaction, delta: &CounterDelta) -> Result<()
     let mut stats = txn.open_table(STATS).map_err(err)?;
     let mut add = |scope: String, s: &Stats| -> Result<(), StoreError> {
         for (field, v) in s.nonzero() {
-            let cur = stats.get((scope.as_str(), field)).map_err(err)?.map(|g| g.value()).unwrap_or(0);
-            stats.insert((scope.as_str(), field), cur + v).map_err(err)?;
+            let cur = stats
+                .get((scope.as_str(), field))
+                .map_err(err)?
+                .map(|g| g.value())
+                .unwrap_or(0);
+            stats
+                .insert((scope.as_str(), field), cur + v)
+                .map_err(err)?;
         }
         Ok(())
     };
@@ -226,21 +242,40 @@ fn read_stats(db: &Database, scope: &str) -> Result<Stats, StoreError> {
     let stats = txn.open_table(STATS).map_err(err)?;
     let mut s = Stats::default();
     for field in Stats::FIELDS {
-        s.set(field, stats.get((scope, field)).map_err(err)?.map(|g| g.value()).unwrap_or(0));
+        s.set(
+            field,
+            stats
+                .get((scope, field))
+                .map_err(err)?
+                .map(|g| g.value())
+                .unwrap_or(0),
+        );
     }
     Ok(s)
 }
 
-fn get_json<T: serde::de::DeserializeOwned>(db: &Database, table: TableDefinition<&str, &[u8]>, key: &str) -> Result<Option<T>, StoreError> {
+fn get_json<T: serde::de::DeserializeOwned>(
+    db: &Database,
+    table: TableDefinition<&str, &[u8]>,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
     let txn = db.begin_read().map_err(err)?;
     let t = txn.open_table(table).map_err(err)?;
     let v = t.get(key).map_err(err)?;
     v.map(|b| decode(key, b.value())).transpose()
 }
 
-fn put_json<T: serde::Serialize>(db: &Database, table: TableDefinition<&str, &[u8]>, key: &str, v: &T) -> Result<(), StoreError> {
+fn put_json<T: serde::Serialize>(
+    db: &Database,
+    table: TableDefinition<&str, &[u8]>,
+    key: &str,
+    v: &T,
+) -> Result<(), StoreError> {
     let txn = db.begin_write().map_err(err)?;
-    txn.open_table(table).map_err(err)?.insert(key, encode(v).as_slice()).map_err(err)?;
+    txn.open_table(table)
+        .map_err(err)?
+        .insert(key, encode(v).as_slice())
+        .map_err(err)?;
     txn.commit().map_err(err)?;
     Ok(())
 }
@@ -253,12 +288,22 @@ fn claim_leads_in(db: &Database, leads: Vec<Lead>) -> Result<Vec<LeadClaim>, Sto
         let mut table = txn.open_table(LEADS).map_err(err)?;
         let mut index = txn.open_table(LEAD_INDEX).map_err(err)?;
         let mut meta = txn.open_table(META).map_err(err)?;
-        let mut seq = meta.get("leadseq").map_err(err)?.map(|g| g.value()).unwrap_or(0);
+        let mut seq = meta
+            .get("leadseq")
+            .map_err(err)?
+            .map(|g| g.value())
+            .unwrap_or(0);
         for mut lead in leads {
             let key = lead.claim_key();
-            let holder = claims.get(key.as_str()).map_err(err)?.map(|g| g.value().to_string());
+            let holder = claims
+                .get(key.as_str())
+                .map_err(err)?
+                .map(|g| g.value().to_string());
             if let Some(id) = holder {
-                let existing = table.get(id.as_str()).map_err(err)?.map(|g| g.value().to_vec());
+                let existing = table
+                    .get(id.as_str())
+                    .map_err(err)?
+                    .map(|g| g.value().to_vec());
                 if let Some(bytes) = existing {
                     out.push(LeadClaim::Existing(decode(&id, &bytes)?));
                     continue;
@@ -266,10 +311,16 @@ fn claim_leads_in(db: &Database, leads: Vec<Lead>) -> Result<Vec<LeadClaim>, Sto
             }
             seq += 1;
             lead.seq = seq;
-            claims.insert(key.as_str(), lead.lead_id.as_str()).map_err(err)?;
-            table.insert(lead.lead_id.as_str(), encode(&lead).as_slice()).map_err(err)?;
+            claims
+                .insert(key.as_str(), lead.lead_id.as_str())
+                .map_err(err)?;
+            table
+                .insert(lead.lead_id.as_str(), encode(&lead).as_slice())
+                .map_err(err)?;
             for name in index_names(lead.campaign_id.as_deref(), lead.owner_id.as_deref()) {
-                index.insert((index_key(&name).as_str(), seq), lead.lead_id.as_str()).map_err(err)?;
+                index
+                    .insert((index_key(&name).as_str(), seq), lead.lead_id.as_str())
+                    .map_err(err)?;
             }
             out.push(LeadClaim::Won(lead));
         }
@@ -461,7 +512,12 @@ impl Store for EmbeddedStore {
         self.blocking(move |db| get_json(db, LEADS, &id)).await
     }
 
-    async fn list_leads(&self, filter: &LinkFilter, after: u64, limit: usize) -> Result<LeadPage, StoreError> {
+    async fn list_leads(
+        &self,
+        filter: &LinkFilter,
+        after: u64,
+        limit: usize,
+    ) -> Result<LeadPage, StoreError> {
         let name = index_key(&index_for(filter));
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(err)?;
@@ -469,7 +525,10 @@ impl Store for EmbeddedStore {
             let table = txn.open_table(LEADS).map_err(err)?;
             let mut leads = Vec::with_capacity(limit.min(1024));
             let mut last = None;
-            for entry in index.range((name.as_str(), after.saturating_add(1))..=(name.as_str(), u64::MAX)).map_err(err)? {
+            for entry in index
+                .range((name.as_str(), after.saturating_add(1))..=(name.as_str(), u64::MAX))
+                .map_err(err)?
+            {
                 let (k, id) = entry.map_err(err)?;
                 if let Some(bytes) = table.get(id.value()).map_err(err)? {
                     leads.push(decode(id.value(), bytes.value())?);
@@ -487,7 +546,8 @@ impl Store for EmbeddedStore {
 
     async fn put_partner(&self, partner: &Partner) -> Result<(), StoreError> {
         let p = partner.clone();
-        self.blocking(move |db| put_json(db, PARTNERS, &p.id, &p)).await
+        self.blocking(move |db| put_json(db, PARTNERS, &p.id, &p))
+            .await
     }
 
     async fn get_partner(&self, id: &str) -> Result<Option<Partner>, StoreError> {
@@ -497,7 +557,8 @@ impl Store for EmbeddedStore {
 
     async fn put_campaign(&self, campaign: &Campaign) -> Result<(), StoreError> {
         let c = campaign.clone();
-        self.blocking(move |db| put_json(db, CAMPAIGNS, &c.id, &c)).await
+        self.blocking(move |db| put_json(db, CAMPAIGNS, &c.id, &c))
+            .await
     }
 
     async fn get_campaign(&self, id: &str) -> Result<Option<Campaign>, StoreError> {
@@ -505,17 +566,25 @@ impl Store for EmbeddedStore {
         self.blocking(move |db| get_json(db, CAMPAIGNS, &id)).await
     }
 
-    async fn claim_conversion(&self, conversion: &Conversion) -> Result<Option<Conversion>, StoreError> {
+    async fn claim_conversion(
+        &self,
+        conversion: &Conversion,
+    ) -> Result<Option<Conversion>, StoreError> {
         let c = conversion.clone();
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(err)?;
             let existing = {
                 let mut orders = txn.open_table(ORDERS).map_err(err)?;
-                let existing = orders.get(c.order_id.as_str()).map_err(err)?.map(|g| g.value().to_vec());
+                let existing = orders
+                    .get(c.order_id.as_str())
+                    .map_err(err)?
+                    .map(|g| g.value().to_vec());
                 match existing {
                     Some(bytes) => Some(decode(&c.order_id, &bytes)?),
                     None => {
-                        orders.insert(c.order_id.as_str(), encode(&c).as_slice()).map_err(err)?;
+                        orders
+                            .insert(c.order_id.as_str(), encode(&c).as_slice())
+                            .map_err(err)?;
                         None
                     }
                 }
@@ -550,21 +619,34 @@ impl Store for EmbeddedStore {
         self.blocking(move |db| read_stats(db, &scope)).await
     }
 
-    async fn leaderboard(&self, campaign_id: &str, by: RankBy, limit: usize) -> Result<Vec<(String, Stats)>, StoreError> {
+    async fn leaderboard(
+        &self,
+        campaign_id: &str,
+        by: RankBy,
+        limit: usize,
+    ) -> Result<Vec<(String, Stats)>, StoreError> {
         let prefix = format!("o\x1f{campaign_id}\x1f");
         let end = format!("o\x1f{campaign_id}\x20");
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(err)?;
             let stats = txn.open_table(STATS).map_err(err)?;
-            let mut owners: std::collections::HashMap<String, Stats> = std::collections::HashMap::new();
-            for entry in stats.range((prefix.as_str(), "")..(end.as_str(), "")).map_err(err)? {
+            let mut owners: std::collections::HashMap<String, Stats> =
+                std::collections::HashMap::new();
+            for entry in stats
+                .range((prefix.as_str(), "")..(end.as_str(), ""))
+                .map_err(err)?
+            {
                 let (k, v) = entry.map_err(err)?;
                 let (scope, field) = k.value();
                 let owner = scope[prefix.len()..].to_string();
                 owners.entry(owner).or_default().set(field, v.value());
             }
             let mut ranked: Vec<(String, Stats)> = owners.into_iter().collect();
-            ranked.sort_by(|a, b| b.1.get(by.as_str()).cmp(&a.1.get(by.as_str())).then_with(|| a.0.cmp(&b.0)));
+            ranked.sort_by(|a, b| {
+                b.1.get(by.as_str())
+                    .cmp(&a.1.get(by.as_str()))
+                    .then_with(|| a.0.cmp(&b.0))
+            });
             ranked.retain(|(_, s)| s.get(by.as_str()) > 0);
             ranked.truncate(limit);
             Ok(ranked)

@@ -17,7 +17,9 @@ use async_trait::async_trait;
 
 pub use self::embedded::EmbeddedStore;
 pub use self::redis::RedisStore;
-use crate::attribution::model::{Campaign, Conversion, CounterDelta, Lead, LeadClaim, Partner, RankBy, Stats};
+use crate::attribution::model::{
+    Campaign, Conversion, CounterDelta, Lead, LeadClaim, Partner, RankBy, Stats,
+};
 use crate::link::Link;
 use crate::link::input::LinkPatch;
 
@@ -126,7 +128,12 @@ pub trait Store: Send + Sync + 'static {
     async fn claim_leads(&self, leads: Vec<Lead>) -> Result<Vec<LeadClaim>, StoreError>;
     async fn get_lead(&self, lead_id: &str) -> Result<Option<Lead>, StoreError>;
     /// Leads created after cursor `after`, oldest first.
-    async fn list_leads(&self, filter: &LinkFilter, after: u64, limit: usize) -> Result<LeadPage, StoreError>;
+    async fn list_leads(
+        &self,
+        filter: &LinkFilter,
+        after: u64,
+        limit: usize,
+    ) -> Result<LeadPage, StoreError>;
 
     async fn put_partner(&self, partner: &Partner) -> Result<(), StoreError>;
     async fn get_partner(&self, id: &str) -> Result<Option<Partner>, StoreError>;
@@ -134,14 +141,22 @@ pub trait Store: Send + Sync + 'static {
     async fn get_campaign(&self, id: &str) -> Result<Option<Campaign>, StoreError>;
 
     /// Records `conversion` under its `order_id` unless one is recorded already, which is returned.
-    async fn claim_conversion(&self, conversion: &Conversion) -> Result<Option<Conversion>, StoreError>;
+    async fn claim_conversion(
+        &self,
+        conversion: &Conversion,
+    ) -> Result<Option<Conversion>, StoreError>;
 
     /// Adds a batch of counter increments.
     async fn apply_counters(&self, delta: &CounterDelta) -> Result<(), StoreError>;
     async fn link_stats(&self, code: &str) -> Result<Stats, StoreError>;
     async fn campaign_stats(&self, campaign_id: &str) -> Result<Stats, StoreError>;
     /// Owners of a campaign ranked by `by`, best first, with their leads, conversions and revenue.
-    async fn leaderboard(&self, campaign_id: &str, by: RankBy, limit: usize) -> Result<Vec<(String, Stats)>, StoreError>;
+    async fn leaderboard(
+        &self,
+        campaign_id: &str,
+        by: RankBy,
+        limit: usize,
+    ) -> Result<Vec<(String, Stats)>, StoreError>;
 }
 
 /// One page of leads.
@@ -151,7 +166,10 @@ pub struct LeadPage {
     pub next_cursor: Option<u64>,
 }
 
-pub(crate) fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    what: &str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(what.to_string(), e))
 }
 

@@ -34,7 +34,9 @@ use super::{
     Store, StoreError, decode_link, encode_link, index_for, index_names,
 };
 use super::{LeadPage, decode, encode};
-use crate::attribution::model::{Campaign, Conversion, CounterDelta, Lead, LeadClaim, Partner, RankBy, Stats};
+use crate::attribution::model::{
+    Campaign, Conversion, CounterDelta, Lead, LeadClaim, Partner, RankBy, Stats,
+};
 use crate::link::Link;
 use crate::link::code::generate_codes;
 use crate::link::input::LinkPatch;
@@ -100,7 +102,13 @@ pub(crate) fn counter_commands(delta: &CounterDelta) -> Vec<redis::Cmd> {
         for by in [RankBy::Leads, RankBy::Conversions, RankBy::Revenue] {
             let v = s.get(by.as_str());
             if v != 0 {
-                cmds.push(redis::cmd("ZINCRBY").arg(leaderboard_key(campaign, by)).arg(v).arg(owner).clone());
+                cmds.push(
+                    redis::cmd("ZINCRBY")
+                        .arg(leaderboard_key(campaign, by))
+                        .arg(v)
+                        .arg(owner)
+                        .clone(),
+                );
             }
         }
     }
@@ -312,14 +320,21 @@ impl Store for RedisStore {
             }
         }
         cmds.extend(by_index.into_values().map(|(c, _)| c));
-        let mut per_campaign: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
+        let mut per_campaign: std::collections::HashMap<&str, i64> =
+            std::collections::HashMap::new();
         for &i in written.iter().filter(|i| !lost.contains(i)) {
             if let Some(c) = links[i].campaign_id.as_deref() {
                 *per_campaign.entry(c).or_default() += 1;
             }
         }
         for (c, n) in per_campaign {
-            cmds.push(redis::cmd("HINCRBY").arg(campaign_stats_key(c)).arg("links").arg(n).clone());
+            cmds.push(
+                redis::cmd("HINCRBY")
+                    .arg(campaign_stats_key(c))
+                    .arg("links")
+                    .arg(n)
+                    .clone(),
+            );
         }
         self.run_chunked(cmds).await?;
         let mut links = links.into_iter().map(Some).collect::<Vec<_>>();
@@ -430,16 +445,34 @@ impl Store for RedisStore {
         }
         // The lead record is written before its claim, so whoever loses a claim can always read
         // the winner's record.
-        let last: u64 = self.conn.clone().incr("lg:leadseq", leads.len() as u64).await?;
+        let last: u64 = self
+            .conn
+            .clone()
+            .incr("lg:leadseq", leads.len() as u64)
+            .await?;
         let first = last + 1 - leads.len() as u64;
         for (i, l) in leads.iter_mut().enumerate() {
             l.seq = first + i as u64;
         }
-        let cmds = leads.iter().map(|l| redis::cmd("SET").arg(lead_key(&l.lead_id)).arg(encode(l)).clone()).collect();
+        let cmds = leads
+            .iter()
+            .map(|l| {
+                redis::cmd("SET")
+                    .arg(lead_key(&l.lead_id))
+                    .arg(encode(l))
+                    .clone()
+            })
+            .collect();
         self.run_chunked(cmds).await?;
         let cmds = leads
             .iter()
-            .map(|l| redis::cmd("SET").arg(lead_claim_key(&l.claim_key())).arg(&l.lead_id).arg("NX").clone())
+            .map(|l| {
+                redis::cmd("SET")
+                    .arg(lead_claim_key(&l.claim_key()))
+                    .arg(&l.lead_id)
+                    .arg("NX")
+                    .clone()
+            })
             .collect();
         let won: Vec<bool> = self.run_chunked(cmds).await?.iter().map(is_ok).collect();
         let mut out = Vec::with_capacity(leads.len());
@@ -447,12 +480,22 @@ impl Store for RedisStore {
         for (l, won) in leads.into_iter().zip(won) {
             if won {
                 for name in index_names(l.campaign_id.as_deref(), l.owner_id.as_deref()) {
-                    index_cmds.push(redis::cmd("ZADD").arg(named_index_key("lidx", &name)).arg(l.seq).arg(&l.lead_id).clone());
+                    index_cmds.push(
+                        redis::cmd("ZADD")
+                            .arg(named_index_key("lidx", &name))
+                            .arg(l.seq)
+                            .arg(&l.lead_id)
+                            .clone(),
+                    );
                 }
                 out.push(LeadClaim::Won(l));
             } else {
                 let _: () = self.conn.clone().del(lead_key(&l.lead_id)).await?;
-                let holder: Option<String> = self.conn.clone().get(lead_claim_key(&l.claim_key())).await?;
+                let holder: Option<String> = self
+                    .conn
+                    .clone()
+                    .get(lead_claim_key(&l.claim_key()))
+                    .await?;
                 let existing = match holder {
                     Some(id) => self.get_lead(&id).await?,
                     None => None,
@@ -469,7 +512,12 @@ impl Store for RedisStore {
         bytes.map(|b| decode(lead_id, &b)).transpose()
     }
 
-    async fn list_leads(&self, filter: &LinkFilter, after: u64, limit: usize) -> Result<LeadPage, StoreError> {
+    async fn list_leads(
+        &self,
+        filter: &LinkFilter,
+        after: u64,
+        limit: usize,
+    ) -> Result<LeadPage, StoreError> {
         let key = named_index_key("lidx", &index_for(filter));
         let rows: Vec<(String, u64)> = redis::cmd("ZRANGEBYSCORE")
             .arg(&key)
@@ -481,41 +529,71 @@ impl Store for RedisStore {
             .arg(limit)
             .query_async(&mut self.conn.clone())
             .await?;
-        let cmds = rows.iter().map(|(id, _)| redis::cmd("GET").arg(lead_key(id)).clone()).collect();
+        let cmds = rows
+            .iter()
+            .map(|(id, _)| redis::cmd("GET").arg(lead_key(id)).clone())
+            .collect();
         let mut leads = Vec::with_capacity(rows.len());
         for ((id, _), v) in rows.iter().zip(self.run_chunked(cmds).await?) {
             if let Some(b) = bytes_of(v) {
                 leads.push(decode(id, &b)?);
             }
         }
-        let next_cursor = if rows.len() == limit { rows.last().map(|r| r.1) } else { None };
+        let next_cursor = if rows.len() == limit {
+            rows.last().map(|r| r.1)
+        } else {
+            None
+        };
         Ok(LeadPage { leads, next_cursor })
     }
 
     async fn put_partner(&self, partner: &Partner) -> Result<(), StoreError> {
-        let _: () = self.conn.clone().set(format!("lg:partner:{{{}}}", partner.id), encode(partner)).await?;
+        let _: () = self
+            .conn
+            .clone()
+            .set(format!("lg:partner:{{{}}}", partner.id), encode(partner))
+            .await?;
         Ok(())
     }
 
     async fn get_partner(&self, id: &str) -> Result<Option<Partner>, StoreError> {
-        let bytes: Option<Vec<u8>> = self.conn.clone().get(format!("lg:partner:{{{id}}}")).await?;
+        let bytes: Option<Vec<u8>> = self
+            .conn
+            .clone()
+            .get(format!("lg:partner:{{{id}}}"))
+            .await?;
         bytes.map(|b| decode(id, &b)).transpose()
     }
 
     async fn put_campaign(&self, campaign: &Campaign) -> Result<(), StoreError> {
-        let _: () = self.conn.clone().set(format!("lg:campaign:{{{}}}", campaign.id), encode(campaign)).await?;
+        let _: () = self
+            .conn
+            .clone()
+            .set(format!("lg:campaign:{{{}}}", campaign.id), encode(campaign))
+            .await?;
         Ok(())
     }
 
     async fn get_campaign(&self, id: &str) -> Result<Option<Campaign>, StoreError> {
-        let bytes: Option<Vec<u8>> = self.conn.clone().get(format!("lg:campaign:{{{id}}}")).await?;
+        let bytes: Option<Vec<u8>> = self
+            .conn
+            .clone()
+            .get(format!("lg:campaign:{{{id}}}"))
+            .await?;
         bytes.map(|b| decode(id, &b)).transpose()
     }
 
-    async fn claim_conversion(&self, conversion: &Conversion) -> Result<Option<Conversion>, StoreError> {
+    async fn claim_conversion(
+        &self,
+        conversion: &Conversion,
+    ) -> Result<Option<Conversion>, StoreError> {
         let key = format!("lg:order:{{{}}}", conversion.order_id);
-        let set: Option<String> =
-            redis::cmd("SET").arg(&key).arg(encode(conversion)).arg("NX").query_async(&mut self.conn.clone()).await?;
+        let set: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(encode(conversion))
+            .arg("NX")
+            .query_async(&mut self.conn.clone())
+            .await?;
         if set.is_some() {
             return Ok(None);
         }
@@ -529,14 +607,26 @@ impl Store for RedisStore {
     }
 
     async fn link_stats(&self, code: &str) -> Result<Stats, StoreError> {
-        Ok(stats_from(self.conn.clone().hgetall(link_stats_key(code)).await?))
+        Ok(stats_from(
+            self.conn.clone().hgetall(link_stats_key(code)).await?,
+        ))
     }
 
     async fn campaign_stats(&self, campaign_id: &str) -> Result<Stats, StoreError> {
-        Ok(stats_from(self.conn.clone().hgetall(campaign_stats_key(campaign_id)).await?))
+        Ok(stats_from(
+            self.conn
+                .clone()
+                .hgetall(campaign_stats_key(campaign_id))
+                .await?,
+        ))
     }
 
-    async fn leaderboard(&self, campaign_id: &str, by: RankBy, limit: usize) -> Result<Vec<(String, Stats)>, StoreError> {
+    async fn leaderboard(
+        &self,
+        campaign_id: &str,
+        by: RankBy,
+        limit: usize,
+    ) -> Result<Vec<(String, Stats)>, StoreError> {
         let top: Vec<(String, f64)> = redis::cmd("ZREVRANGE")
             .arg(leaderboard_key(campaign_id, by))
             .arg(0)
@@ -547,13 +637,21 @@ impl Store for RedisStore {
         let mut cmds = Vec::new();
         for (owner, _) in &top {
             for b in [RankBy::Leads, RankBy::Conversions, RankBy::Revenue] {
-                cmds.push(redis::cmd("ZSCORE").arg(leaderboard_key(campaign_id, b)).arg(owner).clone());
+                cmds.push(
+                    redis::cmd("ZSCORE")
+                        .arg(leaderboard_key(campaign_id, b))
+                        .arg(owner)
+                        .clone(),
+                );
             }
         }
         let scores = self.run_chunked(cmds).await?;
         let score = |v: &Value| -> i64 {
             match v {
-                Value::BulkString(b) => std::str::from_utf8(b).ok().and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0) as i64,
+                Value::BulkString(b) => std::str::from_utf8(b)
+                    .ok()
+                    .and_then(|s| s.parse::<f64>().ok())
+                    .unwrap_or(0.0) as i64,
                 Value::Double(d) => *d as i64,
                 Value::Int(i) => *i,
                 _ => 0,
@@ -563,7 +661,15 @@ impl Store for RedisStore {
             .into_iter()
             .zip(scores.chunks(3))
             .map(|((owner, _), s)| {
-                (owner, Stats { leads: score(&s[0]), conversions: score(&s[1]), revenue: score(&s[2]), ..Stats::default() })
+                (
+                    owner,
+                    Stats {
+                        leads: score(&s[0]),
+                        conversions: score(&s[1]),
+                        revenue: score(&s[2]),
+                        ..Stats::default()
+                    },
+                )
             })
             .collect())
     }
@@ -603,7 +709,13 @@ impl Store for RedisStore {
 impl RedisStore {
     /// Appends `events` (`(type, json)`) to `stream` with `XADD … MAXLEN ~ maxlen` and applies
     /// `delta`, all in one pipeline.
-    pub async fn deliver(&self, stream: &str, maxlen: usize, events: &[(&str, String)], delta: &CounterDelta) -> Result<(), StoreError> {
+    pub async fn deliver(
+        &self,
+        stream: &str,
+        maxlen: usize,
+        events: &[(&str, String)],
+        delta: &CounterDelta,
+    ) -> Result<(), StoreError> {
         let mut cmds: Vec<redis::Cmd> = events
             .iter()
             .map(|(t, json)| {

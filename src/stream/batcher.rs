@@ -94,7 +94,10 @@ impl EventPipeline {
                 mpsc::error::TrySendError::Full(ev) | mpsc::error::TrySendError::Closed(ev) => ev,
             };
             self.overflowed.fetch_add(1, Ordering::Relaxed);
-            self.overflow.lock().unwrap_or_else(|e| e.into_inner()).push(event);
+            self.overflow
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(event);
         }
     }
 
@@ -113,7 +116,9 @@ impl EventPipeline {
         self.stopping.store(true, Ordering::Release);
         self.stop.notify_one();
         let mut done = self.done.clone();
-        tokio::time::timeout(deadline, done.wait_for(|d| *d)).await.is_ok()
+        tokio::time::timeout(deadline, done.wait_for(|d| *d))
+            .await
+            .is_ok()
     }
 }
 
@@ -149,7 +154,7 @@ impl Batcher {
                 }
             }
             batch.extend(self.pipeline.take_overflow());
-            let events = self.to_events(batch);
+            let events = self.events_of(batch);
             self.handle(events).await;
             if self.pipeline.stopping.load(Ordering::Acquire) {
                 break;
@@ -164,7 +169,7 @@ impl Batcher {
         rest.extend(self.pipeline.take_overflow());
         while !rest.is_empty() {
             let tail = rest.split_off(rest.len().min(BATCH_MAX));
-            let events = self.to_events(rest);
+            let events = self.events_of(rest);
             self.handle(events).await;
             rest = tail;
         }
@@ -174,10 +179,13 @@ impl Batcher {
     }
 
     fn spool_pending(&self) -> bool {
-        self.spool.lock().unwrap_or_else(|e| e.into_inner()).pending()
+        self.spool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pending()
     }
 
-    fn to_events(&mut self, batch: Vec<Queued>) -> Vec<Event> {
+    fn events_of(&mut self, batch: Vec<Queued>) -> Vec<Event> {
         batch
             .into_iter()
             .map(|q| match q {
@@ -215,7 +223,9 @@ impl Batcher {
         if !self.spool_pending() {
             match self.process(&events).await {
                 Ok(()) => return,
-                Err(e) => tracing::warn!(error = %e, events = events.len(), "delivery failed; spooling"),
+                Err(e) => {
+                    tracing::warn!(error = %e, events = events.len(), "delivery failed; spooling")
+                }
             }
         }
         self.to_spool(events).await;
@@ -224,13 +234,23 @@ impl Batcher {
     async fn to_spool(&self, events: Vec<Event>) {
         let spool = self.spool.clone();
         let n = events.len();
-        let r = tokio::task::spawn_blocking(move || spool.lock().unwrap_or_else(|e| e.into_inner()).append(&events)).await;
+        let r = tokio::task::spawn_blocking(move || {
+            spool
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .append(&events)
+        })
+        .await;
         match r {
             Ok(Ok(())) => {
-                self.pipeline.spooled_batches.fetch_add(1, Ordering::Relaxed);
+                self.pipeline
+                    .spooled_batches
+                    .fetch_add(1, Ordering::Relaxed);
             }
             // The disk is gone too: nothing left to do but say so loudly.
-            Ok(Err(e)) => tracing::error!(error = %e, events = n, "could not write the spool; events lost"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, events = n, "could not write the spool; events lost")
+            }
             Err(e) => tracing::error!(error = %e, events = n, "spool task failed; events lost"),
         }
     }
@@ -239,7 +259,13 @@ impl Batcher {
     async fn replay(&mut self) {
         for _ in 0..REPLAY_BATCHES_PER_TURN {
             let spool = self.spool.clone();
-            let read = tokio::task::spawn_blocking(move || spool.lock().unwrap_or_else(|e| e.into_inner()).read(BATCH_MAX)).await;
+            let read = tokio::task::spawn_blocking(move || {
+                spool
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .read(BATCH_MAX)
+            })
+            .await;
             let Ok(Ok((events, pos))) = read else {
                 tracing::error!("could not read the spool");
                 return;
@@ -251,7 +277,10 @@ impl Batcher {
                 }
             }
             let spool = self.spool.clone();
-            let advanced = tokio::task::spawn_blocking(move || spool.lock().unwrap_or_else(|e| e.into_inner()).advance(pos)).await;
+            let advanced = tokio::task::spawn_blocking(move || {
+                spool.lock().unwrap_or_else(|e| e.into_inner()).advance(pos)
+            })
+            .await;
             if !matches!(advanced, Ok(Ok(()))) {
                 tracing::error!("could not advance the spool");
                 return;
@@ -269,13 +298,24 @@ impl Batcher {
         let mut candidates = Vec::new();
         let mut seen = HashSet::new();
         for e in events.iter().filter(|e| !e.synthetic) {
-            let (code, campaign, owner) = (e.code.as_deref(), e.campaign_id.as_deref(), e.owner_id.as_deref());
+            let (code, campaign, owner) = (
+                e.code.as_deref(),
+                e.campaign_id.as_deref(),
+                e.owner_id.as_deref(),
+            );
             match e.event_type {
                 EventType::Click => {
                     let human = e.agent == Some(Agent::Human);
-                    let s = Stats { clicks: 1, human_clicks: human as i64, bot_clicks: !human as i64, ..Stats::default() };
+                    let s = Stats {
+                        clicks: 1,
+                        human_clicks: human as i64,
+                        bot_clicks: !human as i64,
+                        ..Stats::default()
+                    };
                     delta.add(code, campaign, owner, s);
-                    if let (true, Some(code), Some(click_id)) = (human && e.recipient_id.is_some(), code, &e.click_id) {
+                    if let (true, Some(code), Some(click_id)) =
+                        (human && e.recipient_id.is_some(), code, &e.click_id)
+                    {
                         if seen.insert(code) {
                             candidates.push(Lead {
                                 lead_id: new_lead_id(),
@@ -286,15 +326,28 @@ impl Batcher {
                                 click_id: click_id.clone(),
                                 source: LeadSource::Click,
                                 attributes: None,
-                                created_at: crate::time::parse_rfc3339(&e.ts).unwrap_or_else(crate::time::now_secs),
+                                created_at: crate::time::parse_rfc3339(&e.ts)
+                                    .unwrap_or_else(crate::time::now_secs),
                                 seq: 0,
                             });
                         }
                     }
                 }
-                EventType::Lead => delta.add(code, campaign, owner, Stats { leads: 1, ..Stats::default() }),
+                EventType::Lead => delta.add(
+                    code,
+                    campaign,
+                    owner,
+                    Stats {
+                        leads: 1,
+                        ..Stats::default()
+                    },
+                ),
                 EventType::Conversion if e.attributed == Some(true) => {
-                    let s = Stats { conversions: 1, revenue: e.amount.unwrap_or(0), ..Stats::default() };
+                    let s = Stats {
+                        conversions: 1,
+                        revenue: e.amount.unwrap_or(0),
+                        ..Stats::default()
+                    };
                     delta.add(code, campaign, owner, s);
                 }
                 EventType::Conversion => {}
@@ -305,7 +358,12 @@ impl Batcher {
         if !candidates.is_empty() {
             let kinds: Vec<_> = candidates
                 .iter()
-                .map(|c| events.iter().find(|e| e.click_id.as_deref() == Some(c.click_id.as_str())).and_then(|e| e.kind))
+                .map(|c| {
+                    events
+                        .iter()
+                        .find(|e| e.click_id.as_deref() == Some(c.click_id.as_str()))
+                        .and_then(|e| e.kind)
+                })
                 .collect();
             let click_ids: Vec<String> = candidates.iter().map(|c| c.click_id.clone()).collect();
             let claims = self.store.claim_leads(candidates).await?;
@@ -317,12 +375,22 @@ impl Batcher {
                     LeadClaim::Existing(l) if l.click_id == click_id => l,
                     LeadClaim::Existing(_) => continue,
                 };
-                delta.add(Some(&lead.code), lead.campaign_id.as_deref(), lead.owner_id.as_deref(), Stats { leads: 1, ..Stats::default() });
+                delta.add(
+                    Some(&lead.code),
+                    lead.campaign_id.as_deref(),
+                    lead.owner_id.as_deref(),
+                    Stats {
+                        leads: 1,
+                        ..Stats::default()
+                    },
+                );
                 all.push(lead_event(&lead, kind));
             }
         }
         self.sink.deliver(&all, &delta).await?;
-        self.pipeline.delivered.fetch_add(all.len() as u64, Ordering::Relaxed);
+        self.pipeline
+            .delivered
+            .fetch_add(all.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 }

@@ -38,14 +38,23 @@ impl EventLog {
             .filter_map(|e| e.ok())
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?;
-                name.strip_prefix("events-")?.strip_suffix(".jsonl")?.parse::<u32>().ok()
+                name.strip_prefix("events-")?
+                    .strip_suffix(".jsonl")?
+                    .parse::<u32>()
+                    .ok()
             })
             .max()
             .unwrap_or(1);
         let path = dir.join(format!("events-{index:06}.jsonl"));
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         let size = file.metadata()?.len();
-        Ok(Self { dir, file, index, size, rotate_at })
+        Ok(Self {
+            dir,
+            file,
+            index,
+            size,
+            rotate_at,
+        })
     }
 
     pub fn append(&mut self, events: &[Event]) -> std::io::Result<()> {
@@ -79,9 +88,18 @@ impl Spool {
     pub fn open(data_dir: &Path) -> std::io::Result<Self> {
         std::fs::create_dir_all(data_dir)?;
         let path = data_dir.join("spool.jsonl");
-        let file = OpenOptions::new().create(true).read(true).append(true).open(&path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&path)?;
         let size = file.metadata()?.len();
-        Ok(Self { path, file, offset: 0, size })
+        Ok(Self {
+            path,
+            file,
+            offset: 0,
+            size,
+        })
     }
 
     /// Whether events wait for replay.
@@ -156,14 +174,21 @@ mod tests {
         assert!(!s.pending());
         s.append(&(0..5).map(ev).collect::<Vec<_>>()).unwrap();
         let (first, pos) = s.read(3).unwrap();
-        assert_eq!(first.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["e0", "e1", "e2"]);
+        assert_eq!(
+            first.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            ["e0", "e1", "e2"]
+        );
         s.advance(pos).unwrap();
         s.append(&[ev(5)]).unwrap();
         drop(s);
         // A restart starts replay from the beginning of what is left in the file.
         let mut s = Spool::open(&dir).unwrap();
         let (rest, pos) = s.read(100).unwrap();
-        assert_eq!(rest.len(), 6, "at-least-once: undelivered and possibly delivered events replay");
+        assert_eq!(
+            rest.len(),
+            6,
+            "at-least-once: undelivered and possibly delivered events replay"
+        );
         s.advance(pos).unwrap();
         assert!(!s.pending());
         assert_eq!(std::fs::metadata(dir.join("spool.jsonl")).unwrap().len(), 0);

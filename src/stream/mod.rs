@@ -47,9 +47,16 @@ impl EventSink for RedisStreamSink {
     async fn deliver(&self, events: &[Event], counters: &CounterDelta) -> Result<(), SinkError> {
         let encoded: Vec<(&str, String)> = events
             .iter()
-            .map(|e| (e.event_type.as_str(), serde_json::to_string(e).expect("events always serialise")))
+            .map(|e| {
+                (
+                    e.event_type.as_str(),
+                    serde_json::to_string(e).expect("events always serialise"),
+                )
+            })
             .collect();
-        self.store.deliver(&self.stream, STREAM_MAXLEN, &encoded, counters).await?;
+        self.store
+            .deliver(&self.stream, STREAM_MAXLEN, &encoded, counters)
+            .await?;
         Ok(())
     }
 
@@ -69,9 +76,13 @@ impl EventSink for LogSink {
     async fn deliver(&self, events: &[Event], counters: &CounterDelta) -> Result<(), SinkError> {
         let log = self.log.clone();
         let events = events.to_vec();
-        tokio::task::spawn_blocking(move || log.lock().unwrap_or_else(|e| e.into_inner()).append(&events))
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))??;
+        tokio::task::spawn_blocking(move || {
+            log.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .append(&events)
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))??;
         self.store.apply_counters(counters).await?;
         Ok(())
     }

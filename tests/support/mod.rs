@@ -45,8 +45,32 @@ impl RedisGuard {
     }
 
     pub fn start_on(port: u16) -> Self {
+        Self::spawn(port, &["--save", "", "--appendonly", "no"])
+    }
+
+    /// A Redis that fsyncs every write to an append-only file in `dir`, so a SIGKILL loses nothing
+    /// and a restart on the same port and directory comes back with all its data.
+    pub fn start_persistent(port: u16, dir: &std::path::Path) -> Self {
+        let dir = dir.to_string_lossy().to_string();
+        Self::spawn(
+            port,
+            &[
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--dir",
+                &dir,
+            ],
+        )
+    }
+
+    fn spawn(port: u16, extra: &[&str]) -> Self {
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -333,6 +357,71 @@ pub async fn send(
         status: parts.status,
         headers: parts.headers,
         body,
+    }
+}
+
+/// Every entry of a Redis Stream as `(type field, parsed json field)`.
+pub fn stream_entries(redis_url: &str, key: &str) -> Vec<(String, Value)> {
+    let client = redis::Client::open(redis_url).unwrap();
+    let mut con = client.get_connection().expect("connect to the test redis");
+    let mut out = Vec::new();
+    let mut start = "-".to_string();
+    loop {
+        let page: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+            .arg(key)
+            .arg(&start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(5000)
+            .query(&mut con)
+            .unwrap();
+        let Some(last) = page.last().map(|(id, _)| id.clone()) else {
+            return out;
+        };
+        for (_, fields) in &page {
+            let get = |name: &str| {
+                fields
+                    .chunks(2)
+                    .find(|kv| kv[0] == name)
+                    .map(|kv| kv[1].clone())
+            };
+            out.push((
+                get("type").unwrap_or_default(),
+                serde_json::from_str(&get("json").unwrap_or_default()).unwrap(),
+            ));
+        }
+        start = format!("({last}");
+    }
+}
+
+/// Every event in the embedded event log of `data_dir`.
+pub fn log_entries(data_dir: &std::path::Path) -> Vec<Value> {
+    let mut files: Vec<_> = std::fs::read_dir(data_dir.join("events"))
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect::<Vec<Value>>()
+        })
+        .collect()
+}
+
+impl Env {
+    /// Every event delivered so far: the Redis Stream, or the embedded event log.
+    pub fn events(&self) -> Vec<Value> {
+        match &self.redis {
+            Some(r) => stream_entries(&r.url(), "linkgate:events")
+                .into_iter()
+                .map(|(_, v)| v)
+                .collect(),
+            None => log_entries(&self.dir.0),
+        }
     }
 }
 

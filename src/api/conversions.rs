@@ -1,0 +1,167 @@
+//! `POST /v1/conversions`: an order or appointment reported back, attributed to the click, lead or
+//! code that led to it, with commission for the owner and up to two ancestors.
+//!
+//! `order_id` is the idempotency key: the first answer is stored with an atomic claim, and every
+//! repeat (also concurrent ones) answers 200 with it and emits nothing.
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+
+use super::fields::Fields;
+use super::{ApiResult, MAX_BODY_BYTES, ok_json, parse_object, read_body, require};
+use crate::attribution::model::{Conversion, DEFAULT_WINDOW_SECS};
+use crate::attribution::{chain, commissions};
+use crate::click::{Event, EventType, Queued};
+use crate::config::{ApiKey, Scope};
+use crate::link::code::{generate_codes, is_code_shaped};
+use crate::server::{App, BoxError};
+use crate::time::now_secs;
+
+/// Largest amount accepted, in minor units (10^15: ten trillion in major units).
+pub const MAX_AMOUNT: i64 = 1_000_000_000_000_000;
+/// Clicks stamped this far in the future (clock skew between replicas) still count.
+pub const CLOCK_SKEW_SECS: i64 = 300;
+
+enum Source {
+    Click(String),
+    Lead(String),
+    Code(String),
+}
+
+pub async fn create<B>(app: &App, key: &ApiKey, req: Request<B>) -> ApiResult
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    require(key, Scope::ConversionsWrite)?;
+    let obj = parse_object(&read_body(req, MAX_BODY_BYTES).await?)?;
+    let mut f = Fields::new(
+        &obj,
+        &[
+            "order_id", "click_id", "lead_id", "code", "type", "amount", "currency",
+        ],
+    );
+    let order_id = f.id("order_id", true);
+    let click_id = f.string("click_id", 256, false);
+    let lead_id = f.id("lead_id", false);
+    let code = f.string("code", 64, false);
+    let kind = f
+        .string("type", 32, false)
+        .unwrap_or_else(|| "order".to_string());
+    let amount = f.int("amount", 0, MAX_AMOUNT).unwrap_or(0);
+    let currency = f.string("currency", 3, false);
+    if let Some(c) = &currency {
+        if c.len() != 3 || !c.bytes().all(|b| b.is_ascii_uppercase()) {
+            f.error("currency", "must be an ISO 4217 code such as CNY or USD");
+        }
+    }
+    if amount > 0 && currency.is_none() {
+        f.error("currency", "is required when amount is set");
+    }
+    let source = match (click_id, lead_id, code) {
+        (Some(c), None, None) => Some(Source::Click(c)),
+        (None, Some(l), None) => Some(Source::Lead(l)),
+        (None, None, Some(c)) => Some(Source::Code(c)),
+        (None, None, None) => {
+            f.error("click_id", "one of click_id, lead_id or code is required");
+            None
+        }
+        _ => {
+            f.error("click_id", "give only one of click_id, lead_id or code");
+            None
+        }
+    };
+    f.finish()?;
+    let (Some(order_id), Some(source)) = (order_id, source) else {
+        unreachable!("checked by finish")
+    };
+
+    let now = now_secs();
+    let (code, clicked_at, click_id, lead_id) = match source {
+        Source::Click(id) => match app.signer.verify(&id) {
+            Some(c) => (Some(c.code), Some(c.clicked_at), Some(id), None),
+            None => (None, None, Some(id), None),
+        },
+        Source::Lead(id) => match app.store.get_lead(&id).await? {
+            Some(l) => {
+                let at = app
+                    .signer
+                    .verify(&l.click_id)
+                    .map_or(l.created_at, |c| c.clicked_at);
+                (Some(l.code), Some(at), Some(l.click_id), Some(id))
+            }
+            None => (None, None, None, Some(id)),
+        },
+        Source::Code(c) => (Some(c), Some(now), None, None),
+    };
+    let link = match code.as_deref().filter(|c| is_code_shaped(c)) {
+        Some(c) => app.store.get_link(c).await?,
+        None => None,
+    };
+    let campaign = match link.as_ref().and_then(|l| l.campaign_id.as_deref()) {
+        Some(id) => app.store.get_campaign(id).await?,
+        None => None,
+    };
+    let window = campaign
+        .as_ref()
+        .map_or(DEFAULT_WINDOW_SECS, |c| c.attribution_window) as i64;
+    let attributed = link.is_some()
+        && clicked_at.is_some_and(|t| now - t <= window && t - now <= CLOCK_SKEW_SECS);
+    let owner = link.as_ref().and_then(|l| l.owner_id.clone());
+    let levels = match (&owner, attributed) {
+        (Some(o), true) => {
+            let ids = chain(app.store.as_ref(), o).await?;
+            commissions(
+                &ids,
+                amount,
+                campaign.as_ref().map_or(&[][..], |c| &c.commission_bps),
+            )
+        }
+        _ => Vec::new(),
+    };
+    let conversion = Conversion {
+        conversion_id: format!("cv_{}", generate_codes(2).concat()),
+        order_id,
+        conversion_type: kind,
+        amount,
+        currency,
+        attributed,
+        code: link.as_ref().map(|l| l.code.clone()).or(code),
+        campaign_id: link.as_ref().and_then(|l| l.campaign_id.clone()),
+        owner_id: owner,
+        recipient_id: link.as_ref().and_then(|l| l.recipient_id.clone()),
+        click_id,
+        lead_id,
+        chain: levels,
+        created_at: now,
+    };
+    if let Some(first) = app.store.claim_conversion(&conversion).await? {
+        return ok_json(StatusCode::OK, &first.to_api_json());
+    }
+    if let Some(events) = &app.events {
+        events.try_send(Queued::Event(Box::new(conversion_event(
+            &conversion,
+            link.map(|l| l.kind),
+        ))));
+    }
+    ok_json(StatusCode::CREATED, &conversion.to_api_json())
+}
+
+fn conversion_event(c: &Conversion, kind: Option<crate::link::LinkKind>) -> Event {
+    let mut e = Event::new(c.conversion_id.clone(), EventType::Conversion, c.created_at);
+    e.code = c.code.clone();
+    e.campaign_id = c.campaign_id.clone();
+    e.owner_id = c.owner_id.clone();
+    e.recipient_id = c.recipient_id.clone();
+    e.kind = kind;
+    e.click_id = c.click_id.clone();
+    e.lead_id = c.lead_id.clone();
+    e.conversion_id = Some(c.conversion_id.clone());
+    e.order_id = Some(c.order_id.clone());
+    e.conversion_type = Some(c.conversion_type.clone());
+    e.amount = Some(c.amount);
+    e.currency = c.currency.clone();
+    e.attributed = Some(c.attributed);
+    e.chain = Some(c.chain.clone());
+    e
+}

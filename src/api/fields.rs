@@ -1,0 +1,100 @@
+//! Field-by-field reading of small JSON bodies (partners, campaigns, leads, conversions): every
+//! bad or unknown field is collected, so one 422 names them all.
+
+use serde_json::{Map, Value};
+
+use crate::error::{ApiError, FieldError};
+use crate::link::input;
+
+pub struct Fields<'a> {
+    obj: &'a Map<String, Value>,
+    errors: Vec<FieldError>,
+}
+
+impl<'a> Fields<'a> {
+    /// Starts reading `obj`, refusing every field not in `allowed`.
+    pub fn new(obj: &'a Map<String, Value>, allowed: &[&str]) -> Self {
+        let errors = obj
+            .keys()
+            .filter(|k| !allowed.contains(&k.as_str()))
+            .map(|k| FieldError::new(k.as_str(), "unknown field"))
+            .collect();
+        Self { obj, errors }
+    }
+
+    fn present(&self, name: &str) -> Option<&'a Value> {
+        self.obj.get(name).filter(|v| !v.is_null())
+    }
+
+    pub fn error(&mut self, name: &str, message: impl Into<String>) {
+        self.errors.push(FieldError::new(name, message));
+    }
+
+    fn missing(&mut self, name: &str) {
+        self.error(name, "is required");
+    }
+
+    /// An id (1–128 bytes, no control characters).
+    pub fn id(&mut self, name: &str, required: bool) -> Option<String> {
+        match self.present(name) {
+            None => {
+                if required {
+                    self.missing(name);
+                }
+                None
+            }
+            Some(v) => input::id(v).map_err(|m| self.error(name, m)).ok().flatten(),
+        }
+    }
+
+    /// A string of 1 to `max` bytes.
+    pub fn string(&mut self, name: &str, max: usize, required: bool) -> Option<String> {
+        match self.present(name) {
+            None => {
+                if required {
+                    self.missing(name);
+                }
+                None
+            }
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= max => Some(s.clone()),
+            Some(_) => {
+                self.error(name, format!("must be a string of 1 to {max} bytes"));
+                None
+            }
+        }
+    }
+
+    /// An integer in `min..=max`.
+    pub fn int(&mut self, name: &str, min: i64, max: i64) -> Option<i64> {
+        let v = self.present(name)?;
+        match v.as_i64() {
+            Some(n) if (min..=max).contains(&n) => Some(n),
+            _ => {
+                self.error(name, format!("must be an integer from {min} to {max}"));
+                None
+            }
+        }
+    }
+
+    /// An object of at most 4 KiB as JSON.
+    pub fn object(&mut self, name: &str) -> Option<Map<String, Value>> {
+        let v = self.present(name)?;
+        input::metadata(v)
+            .map_err(|m| self.error(name, m))
+            .ok()
+            .flatten()
+    }
+
+    /// The raw value, for fields with their own rules.
+    pub fn raw(&self, name: &str) -> Option<&'a Value> {
+        self.present(name)
+    }
+
+    pub fn finish(self) -> Result<(), ApiError> {
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::validation(self.errors))
+        }
+    }
+}

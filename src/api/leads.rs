@@ -1,0 +1,113 @@
+//! `/v1/leads`: leads opened by an API call for an anonymous scan, and the lead lists sales teams
+//! follow up. (Leads of personalised links are opened by the batcher on the first human tap.)
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use serde_json::{Value, json};
+
+use super::fields::Fields;
+use super::links::{DEFAULT_PAGE, MAX_PAGE};
+use super::{ApiResult, MAX_BODY_BYTES, ok_json, parse_object, query_pairs, read_body, require};
+use crate::attribution::model::{Lead, LeadClaim, LeadSource};
+use crate::click::Queued;
+use crate::config::{ApiKey, Scope};
+use crate::error::{ApiError, FieldError};
+use crate::server::{App, BoxError};
+use crate::store::LinkFilter;
+use crate::stream::batcher::{lead_event, new_lead_id};
+use crate::time::now_secs;
+
+/// `POST /v1/leads`: one lead per click id (a repeat answers 200 with the first lead).
+pub async fn create<B>(app: &App, key: &ApiKey, req: Request<B>) -> ApiResult
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    require(key, Scope::ConversionsWrite)?;
+    let obj = parse_object(&read_body(req, MAX_BODY_BYTES).await?)?;
+    let mut f = Fields::new(&obj, &["click_id", "customer_id", "attributes"]);
+    let click_id = f.string("click_id", 256, true);
+    let customer_id = f.id("customer_id", false);
+    let attributes = f.object("attributes");
+    let claims = click_id.as_deref().and_then(|c| app.signer.verify(c));
+    if click_id.is_some() && claims.is_none() {
+        f.error("click_id", "is not a click id issued by this service");
+    }
+    f.finish()?;
+    let (Some(click_id), Some(claims)) = (click_id, claims) else {
+        unreachable!("checked by finish")
+    };
+    let link =
+        app.store.get_link(&claims.code).await?.ok_or_else(|| {
+            ApiError::field("click_id", "the link of this click no longer exists")
+        })?;
+    let lead = Lead {
+        lead_id: new_lead_id(),
+        code: link.code.clone(),
+        campaign_id: link.campaign_id.clone(),
+        owner_id: link.owner_id.clone(),
+        recipient_id: customer_id.or(link.recipient_id.clone()),
+        click_id,
+        source: LeadSource::Api,
+        attributes,
+        created_at: now_secs(),
+        seq: 0,
+    };
+    match app.store.claim_leads(vec![lead]).await?.pop() {
+        Some(LeadClaim::Won(lead)) => {
+            if let Some(events) = &app.events {
+                events.try_send(Queued::Event(Box::new(lead_event(&lead, Some(link.kind)))));
+            }
+            ok_json(StatusCode::CREATED, &lead.to_api_json())
+        }
+        Some(LeadClaim::Existing(lead)) => ok_json(StatusCode::OK, &lead.to_api_json()),
+        None => Err(ApiError::unavailable()),
+    }
+}
+
+pub async fn get(app: &App, key: &ApiKey, id: &str) -> ApiResult {
+    require(key, Scope::StatsRead)?;
+    let lead = app
+        .store
+        .get_lead(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("lead"))?;
+    ok_json(StatusCode::OK, &lead.to_api_json())
+}
+
+pub async fn list(app: &App, key: &ApiKey, query: Option<&str>) -> ApiResult {
+    require(key, Scope::StatsRead)?;
+    let mut filter = LinkFilter::default();
+    let (mut cursor, mut limit) = (0u64, DEFAULT_PAGE);
+    let mut errors = Vec::new();
+    for (k, v) in query_pairs(query) {
+        match k.as_str() {
+            "campaign_id" => filter.campaign_id = Some(v),
+            "owner_id" => filter.owner_id = Some(v),
+            "cursor" => match v.parse() {
+                Ok(c) => cursor = c,
+                Err(_) => errors.push(FieldError::new(
+                    "cursor",
+                    "is not a cursor this API returned",
+                )),
+            },
+            "limit" => match v.parse::<usize>() {
+                Ok(n) if (1..=MAX_PAGE).contains(&n) => limit = n,
+                _ => errors.push(FieldError::new(
+                    "limit",
+                    format!("must be an integer from 1 to {MAX_PAGE}"),
+                )),
+            },
+            other => errors.push(FieldError::new(other, "unknown query parameter")),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    let page = app.store.list_leads(&filter, cursor, limit).await?;
+    let leads: Vec<Value> = page.leads.iter().map(Lead::to_api_json).collect();
+    ok_json(
+        StatusCode::OK,
+        &json!({"leads": leads, "next_cursor": page.next_cursor.map(|c| c.to_string())}),
+    )
+}

@@ -1,0 +1,151 @@
+//! `/v1/partners` and `/v1/campaigns`: the referral tree and the commission rates.
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use serde_json::json;
+
+use super::fields::Fields;
+use super::{ApiResult, MAX_BODY_BYTES, ok_json, parse_object, read_body, require};
+use crate::attribution::model::{Campaign, DEFAULT_WINDOW_SECS, Partner};
+use crate::attribution::{MAX_LEVELS, TreeError, chain, check_parent};
+use crate::config::{ApiKey, Scope};
+use crate::error::ApiError;
+use crate::server::{App, BoxError};
+
+/// Longest partner or campaign name, in bytes.
+pub const MAX_NAME_LEN: usize = 256;
+/// Longest attribution window: one year.
+pub const MAX_WINDOW_SECS: u64 = 366 * 86_400;
+
+/// `POST /v1/partners`: creates (201) or updates (200) a partner. The parent must exist and the
+/// tree must stay a tree.
+pub async fn put_partner<B>(app: &App, key: &ApiKey, req: Request<B>) -> ApiResult
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    require(key, Scope::LinksWrite)?;
+    let obj = parse_object(&read_body(req, MAX_BODY_BYTES).await?)?;
+    let mut f = Fields::new(&obj, &["id", "parent_id", "name"]);
+    let id = f.id("id", true);
+    let parent_id = f.id("parent_id", false);
+    let name = f.string("name", MAX_NAME_LEN, false);
+    f.finish()?;
+    let partner = Partner {
+        id: id.unwrap_or_default(),
+        parent_id,
+        name,
+    };
+    match check_parent(app.store.as_ref(), &partner).await? {
+        Ok(()) => {}
+        Err(TreeError::ParentMissing) => {
+            return Err(ApiError::field("parent_id", "no partner has this id"));
+        }
+        Err(TreeError::Cycle) => {
+            return Err(ApiError::field(
+                "parent_id",
+                "would make the partner its own ancestor",
+            ));
+        }
+        Err(TreeError::TooDeep) => {
+            return Err(ApiError::field("parent_id", "the partner tree is too deep"));
+        }
+    }
+    let existed = app.store.get_partner(&partner.id).await?.is_some();
+    app.store.put_partner(&partner).await?;
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    ok_json(status, &partner_json(app, &partner).await?)
+}
+
+async fn partner_json(app: &App, p: &Partner) -> Result<serde_json::Value, ApiError> {
+    let chain = chain(app.store.as_ref(), &p.id).await?;
+    Ok(json!({"id": p.id, "parent_id": p.parent_id, "name": p.name, "chain": chain}))
+}
+
+pub async fn get_partner(app: &App, key: &ApiKey, id: &str) -> ApiResult {
+    require(key, Scope::LinksRead)?;
+    let p = app
+        .store
+        .get_partner(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("partner"))?;
+    ok_json(StatusCode::OK, &partner_json(app, &p).await?)
+}
+
+/// `POST /v1/campaigns`: creates (201) or updates (200) a campaign's commission and window.
+pub async fn put_campaign<B>(app: &App, key: &ApiKey, req: Request<B>) -> ApiResult
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    require(key, Scope::LinksWrite)?;
+    let obj = parse_object(&read_body(req, MAX_BODY_BYTES).await?)?;
+    let mut f = Fields::new(
+        &obj,
+        &["id", "name", "commission_bps", "attribution_window"],
+    );
+    let id = f.id("id", true);
+    let name = f.string("name", MAX_NAME_LEN, false);
+    let bps = match f.raw("commission_bps") {
+        None => Vec::new(),
+        Some(v) => {
+            let parsed: Option<Vec<u32>> =
+                v.as_array()
+                    .filter(|a| a.len() <= MAX_LEVELS)
+                    .and_then(|a| {
+                        a.iter()
+                            .map(|x| x.as_u64().filter(|n| *n <= 10_000).map(|n| n as u32))
+                            .collect()
+                    });
+            parsed.unwrap_or_else(|| {
+                f.error(
+                    "commission_bps",
+                    "must be up to 3 integers from 0 to 10000 (basis points per level)",
+                );
+                Vec::new()
+            })
+        }
+    };
+    let window = match f.raw("attribution_window") {
+        None => DEFAULT_WINDOW_SECS,
+        Some(v) => match v.as_str().and_then(crate::time::parse_duration_secs) {
+            Some(w) if (1..=MAX_WINDOW_SECS).contains(&w) => w,
+            _ => {
+                f.error(
+                    "attribution_window",
+                    "must be a duration such as \"30d\", \"12h\", at most 366d",
+                );
+                DEFAULT_WINDOW_SECS
+            }
+        },
+    };
+    f.finish()?;
+    let campaign = Campaign {
+        id: id.unwrap_or_default(),
+        name,
+        commission_bps: bps,
+        attribution_window: window,
+    };
+    let existed = app.store.get_campaign(&campaign.id).await?.is_some();
+    app.store.put_campaign(&campaign).await?;
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    ok_json(status, &campaign.to_api_json())
+}
+
+pub async fn get_campaign(app: &App, key: &ApiKey, id: &str) -> ApiResult {
+    require(key, Scope::LinksRead)?;
+    let c = app
+        .store
+        .get_campaign(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("campaign"))?;
+    ok_json(StatusCode::OK, &c.to_api_json())
+}
