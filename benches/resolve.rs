@@ -18,7 +18,11 @@ use linkgate::link::code::generate_codes;
 use linkgate::link::{Link, LinkKind};
 use linkgate::resolve::{Lookup, Resolver};
 use linkgate::server::App;
+use linkgate::attribution::model::CounterDelta;
 use linkgate::store::{EmbeddedStore, Store};
+use linkgate::stream::batcher::BatcherParts;
+use linkgate::stream::log::Spool;
+use linkgate::stream::{EventPipeline, EventSink, SinkError};
 
 pub fn sms_link(code: String, i: usize) -> Link {
     Link {
@@ -167,47 +171,91 @@ fn bench_miss(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn bench_redirect(c: &mut Criterion) {
-    let dir = temp_dir("redirect");
+/// Discards events: the "recording on" case measures the redirect path's own cost of recording
+/// (building the click record, queueing it), with the batcher draining on another thread.
+struct NullSink;
+
+#[async_trait::async_trait]
+impl EventSink for NullSink {
+    async fn deliver(&self, events: &[linkgate::click::Event], _: &CounterDelta) -> Result<(), SinkError> {
+        black_box(events.len());
+        Ok(())
+    }
+    fn name(&self) -> &'static str {
+        "null"
+    }
+}
+
+fn redirect_app(dir: &std::path::Path, codes: &[String], rt: Option<&tokio::runtime::Runtime>) -> App {
     let dir_s = dir.to_string_lossy().to_string();
     let config = Config::from_map(&std::collections::HashMap::from([
         ("LINKGATE_DATA_DIR", dir_s.as_str()),
         ("LINKGATE_CLICK_SECRET", "bench-click-secret-0123456789"),
     ]))
     .unwrap();
-    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir).unwrap());
-    let app = App::assemble(config, store, Vec::new(), b"bench-click-secret-0123456789");
-    let codes = generate_codes(1_000_000);
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir).unwrap());
+    let mut app = App::assemble(config, store.clone(), Vec::new(), b"bench-click-secret-0123456789");
     for (i, code) in codes.iter().enumerate() {
-        app.resolver.prime(&sms_link(code.clone(), i));
+        let mut link = sms_link(code.clone(), i);
+        // No recipient: the batcher has no leads to claim, so only the recording itself is measured.
+        link.recipient_id = None;
+        app.resolver.prime(&link);
     }
+    if let Some(rt) = rt {
+        let _guard = rt.enter();
+        app.events = Some(EventPipeline::start(BatcherParts {
+            sink: Arc::new(NullSink),
+            store,
+            resolver: app.resolver.clone(),
+            spool: Spool::open(dir).unwrap(),
+            ip_secret: b"bench".to_vec(),
+        }));
+    }
+    app
+}
+
+fn bench_redirect(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let codes = generate_codes(1_000_000);
+    let (dir_off, dir_on) = (temp_dir("redirect-off"), temp_dir("redirect-on"));
+    let off = redirect_app(&dir_off, &codes, None);
+    let on = redirect_app(&dir_on, &codes, Some(&rt));
     let requests: Vec<http::Request<http_body_util::Empty<bytes::Bytes>>> = (0..4096)
         .map(|i| {
             http::Request::get(format!("/{}?utm_source=sms", codes[(i * 7919) % codes.len()]))
                 .header("user-agent", "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1")
+                .header("referer", "https://m.example/sms")
                 .body(http_body_util::Empty::new())
                 .unwrap()
         })
         .collect();
+    let peer: std::net::IpAddr = "198.51.100.23".parse().unwrap();
     let mut group = c.benchmark_group("redirect");
     group.throughput(Throughput::Elements(1));
-    let mut i = 0;
-    group.bench_function("hit/1M", |b| {
-        b.iter(|| {
-            i = (i + 1) & 4095;
-            let src = &requests[i];
-            let mut req = http::Request::new(http_body_util::Empty::<bytes::Bytes>::new());
-            *req.uri_mut() = src.uri().clone();
-            *req.headers_mut() = src.headers().clone();
-            let resp = linkgate::server::router::route(&app, req)
-                .now_or_never()
-                .expect("a cache hit never waits");
-            assert_eq!(resp.status(), 302);
-            resp
-        })
-    });
+    for (name, app) in [("hit/recording_off", &off), ("hit/recording_on", &on)] {
+        let mut i = 0;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                i = (i + 1) & 4095;
+                let src = &requests[i];
+                let mut req = http::Request::new(http_body_util::Empty::<bytes::Bytes>::new());
+                *req.uri_mut() = src.uri().clone();
+                *req.headers_mut() = src.headers().clone();
+                let resp = linkgate::server::router::route(app, req, Some(peer))
+                    .now_or_never()
+                    .expect("a cache hit never waits");
+                assert_eq!(resp.status(), 302);
+                resp
+            })
+        });
+    }
     group.finish();
-    let _ = std::fs::remove_dir_all(&dir);
+    if let Some(events) = &on.events {
+        let overflowed = events.overflowed.load(std::sync::atomic::Ordering::Relaxed);
+        println!("recording_on: {overflowed} events went through the overflow list");
+    }
+    let _ = std::fs::remove_dir_all(&dir_off);
+    let _ = std::fs::remove_dir_all(&dir_on);
 }
 
 criterion_group!(
