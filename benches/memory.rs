@@ -27,9 +27,7 @@ fn main() {
     let resolver = Resolver::new(store);
     // Codes are generated up front (they arrive with each request in production, not in the cache).
     let codes = generate_codes(n);
-    let campaigns: Vec<String> = (0..100)
-        .map(|i| format!("reactivation-2026-{i:03}"))
-        .collect();
+    let campaigns: Vec<String> = (0..100).map(|i| format!("reactivation-2026-{i:03}")).collect();
     let owners: Vec<String> = (0..1000).map(|i| format!("sales-{i:05}")).collect();
     let before = rss_bytes();
     for (i, code) in codes.iter().enumerate() {

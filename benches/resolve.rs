@@ -13,12 +13,12 @@ use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::FutureExt;
+use linkgate::attribution::model::CounterDelta;
 use linkgate::config::Config;
 use linkgate::link::code::generate_codes;
 use linkgate::link::{Link, LinkKind};
 use linkgate::resolve::{Lookup, Resolver};
 use linkgate::server::App;
-use linkgate::attribution::model::CounterDelta;
 use linkgate::store::{EmbeddedStore, Store};
 use linkgate::stream::batcher::BatcherParts;
 use linkgate::stream::log::Spool;
@@ -162,9 +162,7 @@ fn bench_miss(c: &mut Criterion) {
         b.iter(|| {
             let code = &codes[rng.next(codes.len())];
             resolver.invalidate(&linkgate::store::Invalidation::Code(code.clone()));
-            rt.block_on(resolver.fill(code))
-                .unwrap()
-                .expect("the link exists")
+            rt.block_on(resolver.fill(code)).unwrap().expect("the link exists")
         })
     });
     group.finish();
@@ -215,7 +213,11 @@ fn redirect_app(dir: &std::path::Path, codes: &[String], rt: Option<&tokio::runt
 }
 
 fn bench_redirect(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let codes = generate_codes(1_000_000);
     let (dir_off, dir_on) = (temp_dir("redirect-off"), temp_dir("redirect-on"));
     let off = redirect_app(&dir_off, &codes, None);
@@ -258,11 +260,5 @@ fn bench_redirect(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir_on);
 }
 
-criterion_group!(
-    benches,
-    bench_baseline,
-    bench_hits,
-    bench_miss,
-    bench_redirect
-);
+criterion_group!(benches, bench_baseline, bench_hits, bench_miss, bench_redirect);
 criterion_main!(benches);

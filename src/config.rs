@@ -69,9 +69,7 @@ impl ApiKey {
     }
 
     pub fn allows(&self, scope: Scope) -> bool {
-        self.scopes
-            .iter()
-            .any(|s| *s == scope || *s == Scope::Admin)
+        self.scopes.iter().any(|s| *s == scope || *s == Scope::Admin)
     }
 }
 
@@ -147,25 +145,14 @@ impl Config {
         };
         let addr = |var: &'static str| -> Result<SocketAddr, ConfigError> {
             let v = get(var).unwrap_or_default();
-            v.parse().map_err(|_| {
-                bad(
-                    var,
-                    format!("`{v}` is not a socket address like 0.0.0.0:8080"),
-                )
-            })
+            v.parse()
+                .map_err(|_| bad(var, format!("`{v}` is not a socket address like 0.0.0.0:8080")))
         };
         let public_base_url = get("LINKGATE_PUBLIC_BASE_URL").unwrap_or_default();
-        crate::link::dest::validate(&public_base_url, &[]).map_err(|m| {
-            bad(
-                "LINKGATE_PUBLIC_BASE_URL",
-                format!("must be an http(s) URL: {m}"),
-            )
-        })?;
+        crate::link::dest::validate(&public_base_url, &[])
+            .map_err(|m| bad("LINKGATE_PUBLIC_BASE_URL", format!("must be an http(s) URL: {m}")))?;
         if public_base_url.contains(['?', '#']) {
-            return Err(bad(
-                "LINKGATE_PUBLIC_BASE_URL",
-                "must not have a query or fragment",
-            ));
+            return Err(bad("LINKGATE_PUBLIC_BASE_URL", "must not have a query or fragment"));
         }
         let public_base_url = public_base_url.trim_end_matches('/').to_string();
 
@@ -177,14 +164,10 @@ impl Config {
                     "rediss:// (TLS) is not built into this binary; use redis:// on a private network or a TLS sidecar",
                 ));
             }
-            if !u.starts_with("redis://")
-                && !u.starts_with("redis+unix://")
-                && !u.starts_with("unix://")
-            {
+            if !u.starts_with("redis://") && !u.starts_with("redis+unix://") && !u.starts_with("unix://") {
                 return Err(bad("LINKGATE_REDIS_URL", "must start with redis://"));
             }
-            redis::Client::open(u.as_str())
-                .map_err(|e| bad("LINKGATE_REDIS_URL", format!("invalid URL: {e}")))?;
+            redis::Client::open(u.as_str()).map_err(|e| bad("LINKGATE_REDIS_URL", format!("invalid URL: {e}")))?;
         }
 
         let api_keys = match get("LINKGATE_API_KEYS") {
@@ -217,15 +200,10 @@ impl Config {
 
         let stream = get("LINKGATE_STREAM").unwrap_or_default();
         if stream.is_empty() || stream.len() > 256 || stream.chars().any(char::is_whitespace) {
-            return Err(bad(
-                "LINKGATE_STREAM",
-                "must be a non-empty key without whitespace",
-            ));
+            return Err(bad("LINKGATE_STREAM", "must be a non-empty key without whitespace"));
         }
         let not_found_url = get("LINKGATE_NOT_FOUND_URL")
-            .map(|u| {
-                crate::link::dest::validate(&u, &[]).map_err(|m| bad("LINKGATE_NOT_FOUND_URL", m))
-            })
+            .map(|u| crate::link::dest::validate(&u, &[]).map_err(|m| bad("LINKGATE_NOT_FOUND_URL", m)))
             .transpose()?;
         let dest_allowlist = get("LINKGATE_DEST_ALLOWLIST")
             .map(|v| {
@@ -233,15 +211,10 @@ impl Config {
                     .map(|s| s.trim().trim_start_matches('.').to_ascii_lowercase())
                     .filter(|s| !s.is_empty())
                     .map(|s| {
-                        if s.bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
-                        {
+                        if s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-') {
                             Ok(s)
                         } else {
-                            Err(bad(
-                                "LINKGATE_DEST_ALLOWLIST",
-                                format!("`{s}` is not a host suffix"),
-                            ))
+                            Err(bad("LINKGATE_DEST_ALLOWLIST", format!("`{s}` is not a host suffix")))
                         }
                     })
                     .collect::<Result<Vec<_>, _>>()
@@ -261,10 +234,7 @@ impl Config {
             Some("json") => LogFormat::Json,
             Some("text") | None => LogFormat::Text,
             Some(other) => {
-                return Err(bad(
-                    "LINKGATE_LOG_FORMAT",
-                    format!("`{other}` is not text or json"),
-                ));
+                return Err(bad("LINKGATE_LOG_FORMAT", format!("`{other}` is not text or json")));
             }
         };
         Ok(Self {
@@ -303,9 +273,7 @@ pub fn parse_api_keys(v: &str) -> Result<Vec<ApiKey>, ConfigError> {
                     let scopes = scopes
                         .split('+')
                         .map(|sc| {
-                            Scope::parse(sc).ok_or_else(|| {
-                                bad(VAR, format!("key #{} has unknown scope `{sc}`", i + 1))
-                            })
+                            Scope::parse(sc).ok_or_else(|| bad(VAR, format!("key #{} has unknown scope `{sc}`", i + 1)))
                         })
                         .collect::<Result<Vec<_>, _>>()?;
                     (s, scopes)
@@ -314,10 +282,7 @@ pub fn parse_api_keys(v: &str) -> Result<Vec<ApiKey>, ConfigError> {
             };
             if secret.len() < 16 {
                 // The secret itself is never echoed, only its position.
-                return Err(bad(
-                    VAR,
-                    format!("key #{} is shorter than 16 characters", i + 1),
-                ));
+                return Err(bad(VAR, format!("key #{} is shorter than 16 characters", i + 1)));
             }
             Ok(ApiKey::new(secret, scopes))
         })
@@ -369,16 +334,12 @@ mod tests {
             ("LINKGATE_REDIS_URL", "redis://127.0.0.1:6379"),
             ("LINKGATE_API_KEYS", "0123456789abcdef"),
         ]);
-        assert_eq!(
-            Config::from_map(&map).unwrap_err().var,
-            "LINKGATE_CLICK_SECRET"
-        );
+        assert_eq!(Config::from_map(&map).unwrap_err().var, "LINKGATE_CLICK_SECRET");
     }
 
     #[test]
     fn api_keys_parse_scopes() {
-        let keys =
-            parse_api_keys("0123456789abcdef, reader-0123456789:links:read+stats:read").unwrap();
+        let keys = parse_api_keys("0123456789abcdef, reader-0123456789:links:read+stats:read").unwrap();
         assert!(keys[0].allows(Scope::LinksWrite));
         assert!(keys[1].allows(Scope::LinksRead) && !keys[1].allows(Scope::LinksWrite));
         assert!(!format!("{keys:?}").contains("0123456789abcdef"));

@@ -109,25 +109,16 @@ impl ApiError {
         )
     }
     pub fn forbidden(scope: &str) -> Self {
-        Self::new(
-            ErrorCode::Forbidden,
-            format!("this API key lacks the `{scope}` scope"),
-        )
+        Self::new(ErrorCode::Forbidden, format!("this API key lacks the `{scope}` scope"))
     }
     pub fn not_found(what: &str) -> Self {
         Self::new(ErrorCode::NotFound, format!("{what} not found"))
     }
     pub fn method_not_allowed() -> Self {
-        Self::new(
-            ErrorCode::MethodNotAllowed,
-            "method not allowed on this path",
-        )
+        Self::new(ErrorCode::MethodNotAllowed, "method not allowed on this path")
     }
     pub fn code_taken(code: &str) -> Self {
-        Self::new(
-            ErrorCode::CodeTaken,
-            format!("the code `{code}` is already taken"),
-        )
+        Self::new(ErrorCode::CodeTaken, format!("the code `{code}` is already taken"))
     }
     pub fn payload_too_large(limit: usize) -> Self {
         Self::new(
@@ -150,10 +141,7 @@ impl ApiError {
         Self::validation(vec![FieldError::new(field, message)])
     }
     pub fn unavailable() -> Self {
-        Self::new(
-            ErrorCode::Unavailable,
-            "the store is unavailable; retry shortly",
-        )
+        Self::new(ErrorCode::Unavailable, "the store is unavailable; retry shortly")
     }
 
     pub fn status(&self) -> StatusCode {

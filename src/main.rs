@@ -8,11 +8,7 @@ use linkgate::config::{Config, LogFormat};
 use linkgate::server::{self, App};
 
 #[derive(Parser)]
-#[command(
-    name = "linkgate",
-    version,
-    about = "Short-link redirect and attribution service"
-)]
+#[command(name = "linkgate", version, about = "Short-link redirect and attribution service")]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -91,13 +87,9 @@ impl ServeArgs {
 }
 
 fn main() -> ExitCode {
-    let Command::Serve(args) = Cli::parse()
-        .command
-        .unwrap_or(Command::Serve(ServeArgs::default()));
+    let Command::Serve(args) = Cli::parse().command.unwrap_or(Command::Serve(ServeArgs::default()));
     let flags = args.flags();
-    let config = match Config::from_lookup(|var| {
-        flags.get(var).cloned().or_else(|| std::env::var(var).ok())
-    }) {
+    let config = match Config::from_lookup(|var| flags.get(var).cloned().or_else(|| std::env::var(var).ok())) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("linkgate: invalid configuration: {e}");
@@ -105,10 +97,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("linkgate: cannot start the runtime: {e}");

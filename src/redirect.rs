@@ -64,24 +64,14 @@ pub async fn handle<B>(app: &App, req: &Request<B>, peer: Option<IpAddr>) -> Res
         Lookup::Unknown => not_found(app),
         Lookup::Miss => match app.resolver.fill(code).await {
             Ok(None) => not_found(app),
-            Ok(Some(link)) => match app
-                .resolver
-                .lookup(code, |cached| respond(app, cached, &tap))
-            {
+            Ok(Some(link)) => match app.resolver.lookup(code, |cached| respond(app, cached, &tap)) {
                 Lookup::Hit(resp) => resp,
                 // Invalidated while we read it: serve what the store said, uncached.
-                _ => respond(
-                    app,
-                    &CachedLink::from_link(&link, app.resolver.interner()),
-                    &tap,
-                ),
+                _ => respond(app, &CachedLink::from_link(&link, app.resolver.interner()), &tap),
             },
             Err(e) => {
                 tracing::warn!(error = %e, "store read failed on a cache miss");
-                let mut r = crate::server::router::text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "temporarily unavailable\n",
-                );
+                let mut r = crate::server::router::text(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable\n");
                 r.headers_mut().insert(CACHE_CONTROL, NO_STORE);
                 r
             }
@@ -101,13 +91,7 @@ fn respond(app: &App, link: &CachedLink, tap: &Tap) -> Response<Body> {
     // reactivation link is still a warm lead).
     let click_id = (!tap.head).then(|| app.signer.issue(link.code(), tap.now));
     if let (Some(events), Some(click_id)) = (&app.events, &click_id) {
-        events.try_send(Queued::Click(click_record(
-            app,
-            link,
-            tap,
-            state,
-            click_id.clone(),
-        )));
+        events.try_send(Queued::Click(click_record(app, link, tap, state, click_id.clone())));
     }
     if state != LinkState::Active {
         return match link.fallback_url() {
@@ -141,17 +125,8 @@ fn respond(app: &App, link: &CachedLink, tap: &Tap) -> Response<Body> {
     redirect(status, location)
 }
 
-fn click_record(
-    app: &App,
-    link: &CachedLink,
-    tap: &Tap,
-    state: LinkState,
-    click_id: String,
-) -> ClickRecord {
-    let synthetic = match (
-        &app.config.synthetic_token,
-        tap.headers.get(SYNTHETIC_HEADER),
-    ) {
+fn click_record(app: &App, link: &CachedLink, tap: &Tap, state: LinkState, click_id: String) -> ClickRecord {
+    let synthetic = match (&app.config.synthetic_token, tap.headers.get(SYNTHETIC_HEADER)) {
         (Some(token), Some(v)) => bool::from(token.as_bytes().ct_eq(v.as_bytes())),
         _ => false,
     };
@@ -216,10 +191,8 @@ fn redirect(status: StatusCode, location: String) -> Response<Body> {
 fn page(status: StatusCode, html: &'static [u8]) -> Response<Body> {
     let mut r = Response::new(Body::from_static(html));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     r.headers_mut().insert(CACHE_CONTROL, NO_STORE);
     r
 }

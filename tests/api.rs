@@ -43,9 +43,7 @@ async fn mint_then_redirect_with_query_merge_and_click_id() {
             (Some("sms"), Some(302))
         );
 
-        let r = s
-            .get_ua(&format!("/{code}?utm_source=x"), "Mozilla/5.0 (iPhone)")
-            .await;
+        let r = s.get_ua(&format!("/{code}?utm_source=x"), "Mozilla/5.0 (iPhone)").await;
         assert_eq!(r.status, StatusCode::FOUND, "{b:?}");
         assert_eq!(r.header("cache-control"), Some("private, no-store"));
         let loc = r.location();
@@ -54,11 +52,7 @@ async fn mint_then_redirect_with_query_merge_and_click_id() {
             "{loc}"
         );
         assert!(loc.ends_with("#offer"), "{loc}");
-        let click = &query_of(loc)
-            .into_iter()
-            .find(|(k, _)| k == "lg_click")
-            .unwrap()
-            .1;
+        let click = &query_of(loc).into_iter().find(|(k, _)| k == "lg_click").unwrap().1;
         let claims = s.app.signer.verify(click).expect("the click id verifies");
         assert_eq!(claims.code, code);
 
@@ -78,35 +72,30 @@ async fn redirect_status_overrides_and_untracked_links() {
         let env = Env::new(b);
         let s = TestServer::start(&env).await;
         for status in [301u16, 307, 308] {
-            let l = mint(&s, json!({"destination": "https://a.example/", "redirect_status": status, "track_conversions": false})).await;
+            let l = mint(
+                &s,
+                json!({"destination": "https://a.example/", "redirect_status": status, "track_conversions": false}),
+            )
+            .await;
             let r = s.get(&format!("/{}", l["code"].as_str().unwrap())).await;
             assert_eq!(r.status.as_u16(), status, "{b:?}");
-            assert_eq!(
-                r.location(),
-                "https://a.example/",
-                "untracked links carry no lg_click"
-            );
+            assert_eq!(r.location(), "https://a.example/", "untracked links carry no lg_click");
         }
-        let l = mint(&s, json!({
-            "destination": "https://a.example/web", "ios_destination": "https://apps.apple.com/app/x",
-            "android_destination": "https://play.google.com/store/apps/details?id=x", "track_conversions": false
-        }))
+        let l = mint(
+            &s,
+            json!({
+                "destination": "https://a.example/web", "ios_destination": "https://apps.apple.com/app/x",
+                "android_destination": "https://play.google.com/store/apps/details?id=x", "track_conversions": false
+            }),
+        )
         .await;
         let path = format!("/{}", l["code"].as_str().unwrap());
         let ios = s
-            .get_ua(
-                &path,
-                "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X)",
-            )
+            .get_ua(&path, "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X)")
             .await;
         assert_eq!(ios.location(), "https://apps.apple.com/app/x");
-        let android = s
-            .get_ua(&path, "Mozilla/5.0 (Linux; Android 14; Pixel 8)")
-            .await;
-        assert_eq!(
-            android.location(),
-            "https://play.google.com/store/apps/details?id=x"
-        );
+        let android = s.get_ua(&path, "Mozilla/5.0 (Linux; Android 14; Pixel 8)").await;
+        assert_eq!(android.location(), "https://play.google.com/store/apps/details?id=x");
         let desktop = s.get_ua(&path, "Mozilla/5.0 (X11; Linux x86_64)").await;
         assert_eq!(desktop.location(), "https://a.example/web");
     }
@@ -146,9 +135,17 @@ async fn custom_codes_conflict_and_recipients_get_one_link() {
             "codes are case-sensitive"
         );
 
-        let first = mint(&s, json!({"destination": "https://x.example/", "campaign_id": "react", "recipient_id": "cust-1"})).await;
+        let first = mint(
+            &s,
+            json!({"destination": "https://x.example/", "campaign_id": "react", "recipient_id": "cust-1"}),
+        )
+        .await;
         let again = s
-            .api("POST", "/v1/links", Some(json!({"destination": "https://y.example/", "campaign_id": "react", "recipient_id": "cust-1"})))
+            .api(
+                "POST",
+                "/v1/links",
+                Some(json!({"destination": "https://y.example/", "campaign_id": "react", "recipient_id": "cust-1"})),
+            )
             .await;
         assert_eq!(again.status, StatusCode::OK, "{b:?}: {}", again.text());
         assert_eq!(again.json()["code"], first["code"]);
@@ -162,47 +159,118 @@ async fn custom_codes_conflict_and_recipients_get_one_link() {
 async fn bad_input_is_refused_with_a_json_error_and_writes_nothing() {
     let long = format!("https://a.example/{}", "x".repeat(2100));
     let cases: Vec<(&str, Vec<u8>, StatusCode, &str)> = vec![
-        ("truncated json", b"{\"destination\": ".to_vec(), StatusCode::BAD_REQUEST, "invalid_json"),
-        ("not an object", b"[1,2]".to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
-        ("wrong type", br#"{"destination": 42}"#.to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
-        ("javascript", br#"{"destination": "javascript:alert(1)"}"#.to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
-        ("data url", br#"{"destination": "data:text/html,hi"}"#.to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
-        ("relative", br#"{"destination": "/just/a/path"}"#.to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
-        ("space", br#"{"destination": "https://a.example/has space"}"#.to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
-        ("too long", serde_json::to_vec(&json!({"destination": long})).unwrap(), StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
-        ("unicode host", r#"{"destination": "https://例え.jp/"}"#.as_bytes().to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
-        ("invalid code", br#"{"destination": "https://a.example/", "code": "a/b"}"#.to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
-        ("reserved code", br#"{"destination": "https://a.example/", "code": "healthz"}"#.to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
-        ("status 200", br#"{"destination": "https://a.example/", "redirect_status": 200}"#.to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
-        ("unknown field", br#"{"destination": "https://a.example/", "destiantion": "x"}"#.to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
-        ("past expiry", br#"{"destination": "https://a.example/", "expires_at": "2001-01-01T00:00:00Z"}"#.to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
-        ("big metadata", serde_json::to_vec(&json!({"destination": "https://a.example/", "metadata": {"x": "y".repeat(5000)}})).unwrap(), StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
-        ("two megabytes", serde_json::to_vec(&json!({"destination": "https://a.example/", "metadata": {"x": "y".repeat(2 << 20)}})).unwrap(), StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+        (
+            "truncated json",
+            b"{\"destination\": ".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        ),
+        (
+            "not an object",
+            b"[1,2]".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            "wrong type",
+            br#"{"destination": 42}"#.to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            "javascript",
+            br#"{"destination": "javascript:alert(1)"}"#.to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            "data url",
+            br#"{"destination": "data:text/html,hi"}"#.to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            "relative",
+            br#"{"destination": "/just/a/path"}"#.to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            "space",
+            br#"{"destination": "https://a.example/has space"}"#.to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            "too long",
+            serde_json::to_vec(&json!({"destination": long})).unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            "unicode host",
+            r#"{"destination": "https://例え.jp/"}"#.as_bytes().to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            "invalid code",
+            br#"{"destination": "https://a.example/", "code": "a/b"}"#.to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            "reserved code",
+            br#"{"destination": "https://a.example/", "code": "healthz"}"#.to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            "status 200",
+            br#"{"destination": "https://a.example/", "redirect_status": 200}"#.to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            "unknown field",
+            br#"{"destination": "https://a.example/", "destiantion": "x"}"#.to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            "past expiry",
+            br#"{"destination": "https://a.example/", "expires_at": "2001-01-01T00:00:00Z"}"#.to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            "big metadata",
+            serde_json::to_vec(&json!({"destination": "https://a.example/", "metadata": {"x": "y".repeat(5000)}}))
+                .unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            "two megabytes",
+            serde_json::to_vec(&json!({"destination": "https://a.example/", "metadata": {"x": "y".repeat(2 << 20)}}))
+                .unwrap(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
     ];
     for b in BACKENDS {
         let env = Env::new(b);
         let s = TestServer::start(&env).await;
         let auth = format!("Bearer {}", support::ADMIN_KEY);
         for (name, body, status, code) in &cases {
-            let r = support::send(
-                s.addr,
-                "POST",
-                "/v1/links",
-                &[("authorization", &auth)],
-                body.clone(),
-            )
-            .await;
+            let r = support::send(s.addr, "POST", "/v1/links", &[("authorization", &auth)], body.clone()).await;
             assert_eq!(
                 (r.status, r.error_code()),
                 (*status, code.to_string()),
                 "{b:?} {name}: {}",
                 r.text()
             );
-            assert!(
-                r.json()["error"]["message"]
-                    .as_str()
-                    .is_some_and(|m| !m.is_empty())
-            );
+            assert!(r.json()["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
         }
         let r = s
             .api(
@@ -219,20 +287,14 @@ async fn bad_input_is_refused_with_a_json_error_and_writes_nothing() {
             .map(|d| d["field"].as_str().unwrap())
             .collect();
         assert!(
-            ["destination", "code", "kind"]
-                .iter()
-                .all(|f| fields.contains(f)),
+            ["destination", "code", "kind"].iter().all(|f| fields.contains(f)),
             "{fields:?}"
         );
         assert!(
             s.all_links("").await.is_empty(),
             "{b:?}: a refused request wrote a link"
         );
-        assert_eq!(
-            s.get("/healthz").await.status,
-            StatusCode::OK,
-            "the server survived"
-        );
+        assert_eq!(s.get("/healthz").await.status, StatusCode::OK, "the server survived");
     }
 }
 
@@ -281,14 +343,8 @@ async fn keys_and_scopes_are_enforced() {
             (StatusCode::FORBIDDEN, "forbidden"),
             "{b:?}"
         );
-        assert!(
-            !wrong.text().contains("not-a-key-at-all"),
-            "keys are never echoed"
-        );
-        assert!(
-            s.all_links("").await.is_empty(),
-            "{b:?}: refused calls wrote a link"
-        );
+        assert!(!wrong.text().contains("not-a-key-at-all"), "keys are never echoed");
+        assert!(s.all_links("").await.is_empty(), "{b:?}: refused calls wrote a link");
         assert_eq!(
             s.api_as(READ_KEY, "GET", "/v1/links", None).await.status,
             StatusCode::OK
@@ -301,7 +357,11 @@ async fn bulk_mints_in_order_dedupes_recipients_and_exports_csv() {
     for b in BACKENDS {
         let env = Env::new(b);
         let s = TestServer::start(&env).await;
-        let pre = mint(&s, json!({"destination": "https://old.example/", "campaign_id": "camp", "recipient_id": "r2"})).await;
+        let pre = mint(
+            &s,
+            json!({"destination": "https://old.example/", "campaign_id": "camp", "recipient_id": "r2"}),
+        )
+        .await;
         let items: Vec<Value> = (0..50)
             .map(|i| json!({"recipient_id": format!("r{i}")}))
             .chain([json!({"recipient_id": "r7"})])
@@ -315,22 +375,16 @@ async fn bulk_mints_in_order_dedupes_recipients_and_exports_csv() {
         for (i, item) in out.iter().take(50).enumerate() {
             assert_eq!(item["recipient_id"], format!("r{i}"), "request order");
         }
-        assert_eq!(
-            out[2]["code"], pre["code"],
-            "an existing pair keeps its link"
-        );
+        assert_eq!(out[2]["code"], pre["code"], "an existing pair keeps its link");
         assert_eq!(out[2]["created"], false);
         assert_eq!(
             out[50]["code"], out[7]["code"],
             "a repeated pair in one call gets one link"
         );
-        let codes: std::collections::HashSet<&str> =
-            out.iter().map(|i| i["code"].as_str().unwrap()).collect();
+        let codes: std::collections::HashSet<&str> = out.iter().map(|i| i["code"].as_str().unwrap()).collect();
         assert_eq!(codes.len(), 50);
 
-        let csv = s
-            .api("GET", "/v1/links?campaign_id=camp&format=csv", None)
-            .await;
+        let csv = s.api("GET", "/v1/links?campaign_id=camp&format=csv", None).await;
         assert_eq!(csv.status, StatusCode::OK);
         assert!(csv.header("content-type").unwrap().starts_with("text/csv"));
         let text = csv.text();
@@ -357,17 +411,17 @@ async fn a_bulk_call_with_one_bad_item_creates_nothing() {
     for b in BACKENDS {
         let env = Env::new(b);
         let s = TestServer::start(&env).await;
-        mint(
-            &s,
-            json!({"destination": "https://a.example/", "code": "taken-code"}),
-        )
-        .await;
-        let mut items: Vec<Value> = (0..20)
-            .map(|i| json!({"recipient_id": format!("r{i}")}))
-            .collect();
+        mint(&s, json!({"destination": "https://a.example/", "code": "taken-code"})).await;
+        let mut items: Vec<Value> = (0..20).map(|i| json!({"recipient_id": format!("r{i}")})).collect();
         items[10] = json!({"recipient_id": "r10", "destination": "javascript:alert(1)"});
         items[13] = json!("not an object");
-        let r = s.api("POST", "/v1/links/bulk", Some(json!({"defaults": {"destination": "https://b.example/", "campaign_id": "c"}, "links": items}))).await;
+        let r = s
+            .api(
+                "POST",
+                "/v1/links/bulk",
+                Some(json!({"defaults": {"destination": "https://b.example/", "campaign_id": "c"}, "links": items})),
+            )
+            .await;
         assert_eq!(
             (r.status, r.error_code().as_str()),
             (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
@@ -413,16 +467,16 @@ async fn lists_page_with_cursors() {
     for b in BACKENDS {
         let env = Env::new(b);
         let s = TestServer::start(&env).await;
-        let items: Vec<Value> = (0..25)
-            .map(|i| json!({"recipient_id": format!("p{i}")}))
-            .collect();
-        let r = s.api("POST", "/v1/links/bulk", Some(json!({"defaults": {"destination": "https://a.example/", "campaign_id": "pg"}, "links": items}))).await;
+        let items: Vec<Value> = (0..25).map(|i| json!({"recipient_id": format!("p{i}")})).collect();
+        let r = s
+            .api(
+                "POST",
+                "/v1/links/bulk",
+                Some(json!({"defaults": {"destination": "https://a.example/", "campaign_id": "pg"}, "links": items})),
+            )
+            .await;
         assert_eq!(r.status, StatusCode::CREATED);
-        mint(
-            &s,
-            json!({"destination": "https://a.example/", "campaign_id": "other"}),
-        )
-        .await;
+        mint(&s, json!({"destination": "https://a.example/", "campaign_id": "other"})).await;
         let mut seen = Vec::new();
         let mut cursor = String::new();
         let mut pages = 0;
@@ -452,13 +506,7 @@ async fn lists_page_with_cursors() {
             (0..25).map(|i| format!("p{i}")).collect::<Vec<_>>(),
             "oldest first, no repeats"
         );
-        for bad in [
-            "limit=0",
-            "limit=5000",
-            "cursor=abc",
-            "format=xml",
-            "colour=red",
-        ] {
+        for bad in ["limit=0", "limit=5000", "cursor=abc", "format=xml", "colour=red"] {
             let r = s.api("GET", &format!("/v1/links?{bad}"), None).await;
             assert_eq!(
                 (r.status, r.error_code().as_str()),
@@ -474,7 +522,11 @@ async fn patch_and_delete_change_what_taps_get() {
     for b in BACKENDS {
         let env = Env::new(b);
         let s = TestServer::start(&env).await;
-        let l = mint(&s, json!({"destination": "https://v1.example/", "code": "promo", "track_conversions": false})).await;
+        let l = mint(
+            &s,
+            json!({"destination": "https://v1.example/", "code": "promo", "track_conversions": false}),
+        )
+        .await;
         assert_eq!(l["code"], "promo");
         assert_eq!(s.get("/promo").await.location(), "https://v1.example/");
 
@@ -487,11 +539,7 @@ async fn patch_and_delete_change_what_taps_get() {
             .await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text());
         assert_eq!(r.json()["tags"], json!(["q4"]));
-        assert_eq!(
-            s.get("/promo").await.location(),
-            "https://v2.example/",
-            "{b:?}"
-        );
+        assert_eq!(s.get("/promo").await.location(), "https://v2.example/", "{b:?}");
 
         for bad in [
             json!({"code": "other"}),
@@ -506,8 +554,7 @@ async fn patch_and_delete_change_what_taps_get() {
             "https://v2.example/"
         );
 
-        s.api("PATCH", "/v1/links/promo", Some(json!({"disabled": true})))
-            .await;
+        s.api("PATCH", "/v1/links/promo", Some(json!({"disabled": true}))).await;
         let gone = s.get("/promo").await;
         assert_eq!(gone.status, StatusCode::GONE, "{b:?}");
         assert!(gone.text().contains("<html"));
@@ -517,10 +564,7 @@ async fn patch_and_delete_change_what_taps_get() {
             Some(json!({"fallback_url": "https://brand.example/ended"})),
         )
         .await;
-        assert_eq!(
-            s.get("/promo").await.location(),
-            "https://brand.example/ended"
-        );
+        assert_eq!(s.get("/promo").await.location(), "https://brand.example/ended");
         s.api(
             "PATCH",
             "/v1/links/promo",
@@ -538,10 +582,7 @@ async fn patch_and_delete_change_what_taps_get() {
             StatusCode::NO_CONTENT
         );
         assert_eq!(s.get("/promo").await.status, StatusCode::NOT_FOUND);
-        assert_eq!(
-            s.api("GET", "/v1/links/promo", None).await.error_code(),
-            "not_found"
-        );
+        assert_eq!(s.api("GET", "/v1/links/promo", None).await.error_code(), "not_found");
         assert_eq!(
             s.api("DELETE", "/v1/links/promo", None).await.status,
             StatusCode::NOT_FOUND
@@ -560,11 +601,7 @@ async fn max_clicks_counts_only_human_taps() {
     for b in BACKENDS {
         let env = Env::new(b);
         let s = TestServer::start(&env).await;
-        let l = mint(
-            &s,
-            json!({"destination": "https://a.example/", "max_clicks": 2}),
-        )
-        .await;
+        let l = mint(&s, json!({"destination": "https://a.example/", "max_clicks": 2})).await;
         let path = format!("/{}", l["code"].as_str().unwrap());
         for _ in 0..3 {
             assert_eq!(
@@ -573,14 +610,8 @@ async fn max_clicks_counts_only_human_taps() {
                 "previews do not use clicks up"
             );
         }
-        assert_eq!(
-            s.get_ua(&path, "Mozilla/5.0 (iPhone)").await.status,
-            StatusCode::FOUND
-        );
-        assert_eq!(
-            s.get_ua(&path, "Mozilla/5.0 (iPhone)").await.status,
-            StatusCode::FOUND
-        );
+        assert_eq!(s.get_ua(&path, "Mozilla/5.0 (iPhone)").await.status, StatusCode::FOUND);
+        assert_eq!(s.get_ua(&path, "Mozilla/5.0 (iPhone)").await.status, StatusCode::FOUND);
         assert_eq!(
             s.get_ua(&path, "Mozilla/5.0 (iPhone)").await.status,
             StatusCode::GONE,
@@ -602,19 +633,13 @@ async fn unknown_codes_probes_and_reserved_paths() {
         assert_eq!(s.get("/healthz").await.status, StatusCode::OK);
         assert_eq!(s.get("/readyz").await.status, StatusCode::OK, "{b:?}");
         assert!(s.get("/robots.txt").await.text().contains("User-agent"));
-        assert_eq!(
-            s.api("GET", "/v1/nothing", None).await.error_code(),
-            "not_found"
-        );
+        assert_eq!(s.api("GET", "/v1/nothing", None).await.error_code(), "not_found");
         let post = support::send(s.addr, "POST", "/somecode", &[], vec![]).await;
         assert_eq!(post.status, StatusCode::METHOD_NOT_ALLOWED);
 
         let env2 = Env::new(b);
-        let redirecting = TestServer::start_with(
-            &env2,
-            &[("LINKGATE_NOT_FOUND_URL", "https://brand.example/missing")],
-        )
-        .await;
+        let redirecting =
+            TestServer::start_with(&env2, &[("LINKGATE_NOT_FOUND_URL", "https://brand.example/missing")]).await;
         let r = redirecting.get("/NoSuchCode").await;
         assert_eq!(
             (r.status, r.location()),
@@ -628,13 +653,15 @@ async fn unicode_paths_are_percent_encoded_and_allowlist_applies() {
     for b in BACKENDS {
         let env = Env::new(b);
         let s = TestServer::start_with(&env, &[("LINKGATE_DEST_ALLOWLIST", "brand.cn")]).await;
-        let l = mint(&s, json!({"destination": "https://m.brand.cn/冰箱", "track_conversions": false, "metadata": {"名": "张三"}})).await;
+        let l = mint(
+            &s,
+            json!({"destination": "https://m.brand.cn/冰箱", "track_conversions": false, "metadata": {"名": "张三"}}),
+        )
+        .await;
         assert_eq!(l["destination"], "https://m.brand.cn/%E5%86%B0%E7%AE%B1");
         assert_eq!(l["metadata"]["名"], "张三");
         assert_eq!(
-            s.get(&format!("/{}", l["code"].as_str().unwrap()))
-                .await
-                .location(),
+            s.get(&format!("/{}", l["code"].as_str().unwrap())).await.location(),
             "https://m.brand.cn/%E5%86%B0%E7%AE%B1"
         );
         let r = s
@@ -656,10 +683,7 @@ async fn idempotency_key_replays_the_first_answer() {
         let s = TestServer::start(&env).await;
         let auth = format!("Bearer {}", support::ADMIN_KEY);
         let body = br#"{"destination": "https://a.example/"}"#.to_vec();
-        let headers = [
-            ("authorization", auth.as_str()),
-            ("idempotency-key", "order-77"),
-        ];
+        let headers = [("authorization", auth.as_str()), ("idempotency-key", "order-77")];
         let first = support::send(s.addr, "POST", "/v1/links", &headers, body.clone()).await;
         let second = support::send(s.addr, "POST", "/v1/links", &headers, body.clone()).await;
         assert_eq!(
@@ -687,7 +711,11 @@ async fn qr_codes_decode_to_the_short_url() {
     for b in BACKENDS {
         let env = Env::new(b);
         let s = TestServer::start(&env).await;
-        let l = mint(&s, json!({"destination": "https://a.example/", "kind": "qr_lead", "owner_id": "installer-3"})).await;
+        let l = mint(
+            &s,
+            json!({"destination": "https://a.example/", "kind": "qr_lead", "owner_id": "installer-3"}),
+        )
+        .await;
         let code = l["code"].as_str().unwrap();
         let png = s
             .api(
@@ -717,9 +745,7 @@ async fn qr_codes_decode_to_the_short_url() {
             "ecc=Z",
             "size=64&margin=16&ecc=H",
         ] {
-            let r = s
-                .api("GET", &format!("/v1/links/{code}/qr?{bad}"), None)
-                .await;
+            let r = s.api("GET", &format!("/v1/links/{code}/qr?{bad}"), None).await;
             assert_eq!(
                 (r.status, r.error_code().as_str()),
                 (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
@@ -737,12 +763,13 @@ async fn qr_codes_decode_to_the_short_url() {
 async fn embedded_links_survive_a_restart() {
     let env = Env::new(Backend::Embedded);
     let s = TestServer::start(&env).await;
-    let l = mint(&s, json!({"destination": "https://durable.example/", "code": "durable", "track_conversions": false})).await;
+    let l = mint(
+        &s,
+        json!({"destination": "https://durable.example/", "code": "durable", "track_conversions": false}),
+    )
+    .await;
     assert_eq!(l["code"], "durable");
     s.stop().await;
     let again = TestServer::start(&env).await;
-    assert_eq!(
-        again.get("/durable").await.location(),
-        "https://durable.example/"
-    );
+    assert_eq!(again.get("/durable").await.location(), "https://durable.example/");
 }

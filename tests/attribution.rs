@@ -36,15 +36,20 @@ async fn concurrent_taps_are_counted_exactly_once_each() {
     for b in BACKENDS {
         let env = Env::new(b);
         let s = TestServer::start(&env).await;
-        let r = s.api("POST", "/v1/links", Some(json!({"destination": "https://a.example/", "code": "hot", "campaign_id": "load"}))).await;
+        let r = s
+            .api(
+                "POST",
+                "/v1/links",
+                Some(json!({"destination": "https://a.example/", "code": "hot", "campaign_id": "load"})),
+            )
+            .await;
         assert_eq!(r.status, StatusCode::CREATED);
         let mut tasks = Vec::new();
         for _ in 0..16 {
             let addr = s.addr;
             tasks.push(tokio::spawn(async move {
                 for _ in 0..250 {
-                    let r =
-                        support::send(addr, "GET", "/hot", &[("user-agent", IPHONE)], vec![]).await;
+                    let r = support::send(addr, "GET", "/hot", &[("user-agent", IPHONE)], vec![]).await;
                     assert_eq!(r.status, StatusCode::FOUND);
                 }
             }));
@@ -59,10 +64,7 @@ async fn concurrent_taps_are_counted_exactly_once_each() {
             "{b:?}"
         );
         let camp = s.api("GET", "/v1/campaigns/load/stats", None).await.json();
-        assert_eq!(
-            (camp["clicks"].as_i64(), camp["links"].as_i64()),
-            (Some(4000), Some(1))
-        );
+        assert_eq!((camp["clicks"].as_i64(), camp["links"].as_i64()), (Some(4000), Some(1)));
         let ids = click_ids(&env.events());
         assert_eq!(ids.len(), 4000, "{b:?}");
         assert_eq!(
@@ -153,11 +155,7 @@ async fn sms_reactivation_campaign_end_to_end() {
         assert_eq!(board["owners"][0]["owner_id"], "sales-7");
         assert_eq!(board["owners"][0]["leads"], 40);
         let events = env.events();
-        assert_eq!(
-            events.iter().filter(|e| e["type"] == "lead").count(),
-            40,
-            "{b:?}"
-        );
+        assert_eq!(events.iter().filter(|e| e["type"] == "lead").count(), 40, "{b:?}");
         let previews = events
             .iter()
             .filter(|e| e["type"] == "click" && e["agent"] == "preview")
@@ -181,18 +179,9 @@ async fn referral_conversion_pays_three_levels_once() {
         let env = Env::new(b);
         let s = TestServer::start(&env).await;
         assert_eq!(partner(&s, "mgr", None).await.status, StatusCode::CREATED);
-        assert_eq!(
-            partner(&s, "agent", Some("mgr")).await.status,
-            StatusCode::CREATED
-        );
-        assert_eq!(
-            partner(&s, "kid", Some("agent")).await.status,
-            StatusCode::CREATED
-        );
-        assert_eq!(
-            partner(&s, "grandkid", Some("kid")).await.status,
-            StatusCode::CREATED
-        );
+        assert_eq!(partner(&s, "agent", Some("mgr")).await.status, StatusCode::CREATED);
+        assert_eq!(partner(&s, "kid", Some("agent")).await.status, StatusCode::CREATED);
+        assert_eq!(partner(&s, "grandkid", Some("kid")).await.status, StatusCode::CREATED);
         let p = s.api("GET", "/v1/partners/grandkid", None).await.json();
         assert_eq!(p["chain"], json!(["grandkid", "kid", "agent"]));
         assert_eq!(
@@ -221,7 +210,13 @@ async fn referral_conversion_pays_three_levels_once() {
             StatusCode::NOT_FOUND
         );
 
-        let c = s.api("POST", "/v1/campaigns", Some(json!({"id": "kitchen", "commission_bps": [500, 200, 100], "attribution_window": "30d"}))).await;
+        let c = s
+            .api(
+                "POST",
+                "/v1/campaigns",
+                Some(json!({"id": "kitchen", "commission_bps": [500, 200, 100], "attribution_window": "30d"})),
+            )
+            .await;
         assert_eq!(c.status, StatusCode::CREATED, "{}", c.text());
         for bad in [
             json!({"id": "x", "commission_bps": [1, 2, 3, 4]}),
@@ -234,13 +229,12 @@ async fn referral_conversion_pays_three_levels_once() {
             );
         }
         let l = s.api("POST", "/v1/links", Some(json!({"destination": "https://shop.example/", "kind": "qr_lead", "campaign_id": "kitchen", "owner_id": "grandkid"}))).await.json();
-        let tap = s
-            .get_ua(&format!("/{}", l["code"].as_str().unwrap()), IPHONE)
-            .await;
+        let tap = s.get_ua(&format!("/{}", l["code"].as_str().unwrap()), IPHONE).await;
         let loc = tap.location().to_string();
         let click_id = loc.split("lg_click=").nth(1).unwrap().to_string();
 
-        let order = json!({"order_id": "ORD-1", "click_id": click_id, "type": "order", "amount": 1_999_900, "currency": "CNY"});
+        let order =
+            json!({"order_id": "ORD-1", "click_id": click_id, "type": "order", "amount": 1_999_900, "currency": "CNY"});
         let first = s.api("POST", "/v1/conversions", Some(order.clone())).await;
         assert_eq!(first.status, StatusCode::CREATED, "{b:?}: {}", first.text());
         let conv = first.json();
@@ -269,20 +263,12 @@ async fn referral_conversion_pays_three_levels_once() {
         let mut tasks = Vec::new();
         for _ in 0..8 {
             let addr = s.addr;
-            let body = serde_json::to_vec(
-                &json!({"order_id": "ORD-2", "code": l["code"], "amount": 100, "currency": "CNY"}),
-            )
-            .unwrap();
+            let body =
+                serde_json::to_vec(&json!({"order_id": "ORD-2", "code": l["code"], "amount": 100, "currency": "CNY"}))
+                    .unwrap();
             tasks.push(tokio::spawn(async move {
                 let auth = format!("Bearer {}", support::ADMIN_KEY);
-                support::send(
-                    addr,
-                    "POST",
-                    "/v1/conversions",
-                    &[("authorization", &auth)],
-                    body,
-                )
-                .await
+                support::send(addr, "POST", "/v1/conversions", &[("authorization", &auth)], body).await
             }));
         }
         let mut created = 0;
@@ -297,11 +283,7 @@ async fn referral_conversion_pays_three_levels_once() {
         let stats = json_until(&s, "/v1/campaigns/kitchen/stats", |v| v["conversions"] == 2).await;
         assert_eq!(stats["revenue"], 2_000_000);
         let board = s
-            .api(
-                "GET",
-                "/v1/campaigns/kitchen/leaderboard?by=revenue&limit=5",
-                None,
-            )
+            .api("GET", "/v1/campaigns/kitchen/leaderboard?by=revenue&limit=5", None)
             .await
             .json();
         assert_eq!(
@@ -331,10 +313,7 @@ async fn unattributed_and_invalid_conversions() {
         let forged = s.api("POST", "/v1/conversions", Some(json!({"order_id": "F-1", "click_id": "abcdefgh.AAAAAAAAAAAAAAAAAAAAAAAAAA", "amount": 5, "currency": "CNY"}))).await;
         assert_eq!(forged.status, StatusCode::CREATED);
         assert_eq!(
-            (
-                forged.json()["attributed"].as_bool(),
-                forged.json()["chain"].clone()
-            ),
+            (forged.json()["attributed"].as_bool(), forged.json()["chain"].clone()),
             (Some(false), json!([]))
         );
         for bad in [
@@ -354,11 +333,7 @@ async fn unattributed_and_invalid_conversions() {
             );
         }
         let r = s
-            .api(
-                "POST",
-                "/v1/conversions",
-                Some(json!({"order_id": "A", "code": "abc"})),
-            )
+            .api("POST", "/v1/conversions", Some(json!({"order_id": "A", "code": "abc"})))
             .await;
         assert_eq!(
             r.status,
@@ -381,7 +356,15 @@ async fn anonymous_scans_become_leads_through_the_api() {
             .location()
             .to_string();
         let click_id = loc.split("lg_click=").nth(1).unwrap().to_string();
-        let r = s.api("POST", "/v1/leads", Some(json!({"click_id": click_id, "customer_id": "phone-138", "attributes": {"interest": "dishwasher"}}))).await;
+        let r = s
+            .api(
+                "POST",
+                "/v1/leads",
+                Some(
+                    json!({"click_id": click_id, "customer_id": "phone-138", "attributes": {"interest": "dishwasher"}}),
+                ),
+            )
+            .await;
         assert_eq!(r.status, StatusCode::CREATED, "{b:?}: {}", r.text());
         let lead = r.json();
         assert_eq!(
@@ -392,26 +375,17 @@ async fn anonymous_scans_become_leads_through_the_api() {
             ),
             (Some("api"), Some("phone-138"), Some("installer-1"))
         );
-        let again = s
-            .api("POST", "/v1/leads", Some(json!({"click_id": click_id})))
-            .await;
+        let again = s.api("POST", "/v1/leads", Some(json!({"click_id": click_id}))).await;
         assert_eq!(
             (again.status, again.json()["lead_id"].clone()),
             (StatusCode::OK, lead["lead_id"].clone())
         );
         let forged = s
-            .api(
-                "POST",
-                "/v1/leads",
-                Some(json!({"click_id": format!("{}x", click_id)})),
-            )
+            .api("POST", "/v1/leads", Some(json!({"click_id": format!("{}x", click_id)})))
             .await;
         assert_eq!(forged.status, StatusCode::UNPROCESSABLE_ENTITY);
         json_until(&s, "/v1/campaigns/cards/stats", |v| v["leads"] == 1).await;
-        let listed = s
-            .api("GET", "/v1/leads?owner_id=installer-1", None)
-            .await
-            .json();
+        let listed = s.api("GET", "/v1/leads?owner_id=installer-1", None).await.json();
         assert_eq!(listed["leads"].as_array().unwrap().len(), 1);
         assert_eq!(
             s.api("GET", "/v1/leads/ld_nope", None).await.status,
@@ -435,8 +409,7 @@ async fn anonymous_scans_become_leads_through_the_api() {
 async fn synthetic_and_bot_traffic_stay_out_of_leads_and_raw_ips_never_leave() {
     for b in BACKENDS {
         let env = Env::new(b);
-        let s = TestServer::start_with(&env, &[("LINKGATE_SYNTHETIC_TOKEN", "loadtest-token-123")])
-            .await;
+        let s = TestServer::start_with(&env, &[("LINKGATE_SYNTHETIC_TOKEN", "loadtest-token-123")]).await;
         let l = s.api("POST", "/v1/links", Some(json!({"destination": "https://a.example/", "campaign_id": "syn", "recipient_id": "r1", "max_clicks": 1}))).await.json();
         let path = format!("/{}", l["code"].as_str().unwrap());
         let synthetic = [

@@ -44,15 +44,10 @@ async fn embedded_first_start_writes_an_admin_key_and_sigterm_stops_cleanly() {
         .spawn()
         .unwrap();
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    eventually(
-        Duration::from_secs(10),
-        "the binary answering /healthz",
-        || async {
-            let up = tokio::net::TcpStream::connect(addr).await.is_ok();
-            (up && send(addr, "GET", "/healthz", &[], vec![]).await.status == StatusCode::OK)
-                .then_some(())
-        },
-    )
+    eventually(Duration::from_secs(10), "the binary answering /healthz", || async {
+        let up = tokio::net::TcpStream::connect(addr).await.is_ok();
+        (up && send(addr, "GET", "/healthz", &[], vec![]).await.status == StatusCode::OK).then_some(())
+    })
     .await;
     let key = std::fs::read_to_string(dir.0.join("admin.key"))
         .unwrap()
@@ -62,10 +57,7 @@ async fn embedded_first_start_writes_an_admin_key_and_sigterm_stops_cleanly() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.0.join("admin.key"))
-            .unwrap()
-            .permissions()
-            .mode();
+        let mode = std::fs::metadata(dir.0.join("admin.key")).unwrap().permissions().mode();
         assert_eq!(mode & 0o077, 0, "the key file is private");
     }
     let auth = format!("Bearer {key}");
@@ -84,19 +76,10 @@ async fn embedded_first_start_writes_an_admin_key_and_sigterm_stops_cleanly() {
     );
 
     let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let status = tokio::task::spawn_blocking(move || {
         let out = child.wait_with_output().unwrap();
-        (
-            out.status,
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
     })
     .await
     .unwrap();

@@ -16,7 +16,13 @@ async fn patch_and_delete_on_one_replica_reach_the_other_within_a_second() {
     let a = TestServer::start(&env).await;
     let b = TestServer::start(&env).await;
 
-    let r = a.api("POST", "/v1/links", Some(json!({"destination": "https://v1.example/", "code": "shared", "track_conversions": false}))).await;
+    let r = a
+        .api(
+            "POST",
+            "/v1/links",
+            Some(json!({"destination": "https://v1.example/", "code": "shared", "track_conversions": false})),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED);
     assert_eq!(
         b.get("/shared").await.location(),
@@ -59,11 +65,16 @@ async fn a_custom_code_minted_on_one_replica_clears_the_others_negative_cache() 
         StatusCode::NOT_FOUND,
         "B now remembers it as unknown"
     );
-    let r = a.api("POST", "/v1/links", Some(json!({"destination": "https://late.example/", "code": "later-code", "track_conversions": false}))).await;
+    let r = a
+        .api(
+            "POST",
+            "/v1/links",
+            Some(json!({"destination": "https://late.example/", "code": "later-code", "track_conversions": false})),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED);
     eventually(COHERENCE, "B serving the new code", || async {
-        (b.get("/later-code").await.header("location") == Some("https://late.example/"))
-            .then_some(())
+        (b.get("/later-code").await.header("location") == Some("https://late.example/")).then_some(())
     })
     .await;
 }
@@ -74,7 +85,12 @@ async fn a_replica_that_loses_redis_resubscribes_and_drops_its_cache() {
     let port = env.redis.as_ref().unwrap().port;
     let a = TestServer::start(&env).await;
     let b = TestServer::start(&env).await;
-    a.api("POST", "/v1/links", Some(json!({"destination": "https://v1.example/", "code": "blip", "track_conversions": false}))).await;
+    a.api(
+        "POST",
+        "/v1/links",
+        Some(json!({"destination": "https://v1.example/", "code": "blip", "track_conversions": false})),
+    )
+    .await;
     assert_eq!(b.get("/blip").await.location(), "https://v1.example/");
 
     env.redis.as_mut().unwrap().kill();
@@ -83,10 +99,7 @@ async fn a_replica_that_loses_redis_resubscribes_and_drops_its_cache() {
         "https://v1.example/",
         "a cached link redirects without Redis"
     );
-    assert_eq!(
-        b.get("/readyz").await.status,
-        StatusCode::SERVICE_UNAVAILABLE
-    );
+    assert_eq!(b.get("/readyz").await.status, StatusCode::SERVICE_UNAVAILABLE);
     env.redis = Some(support::RedisGuard::start_on(port));
 
     // The restarted Redis is empty: once B has re-subscribed it must stop serving its stale copy.

@@ -37,17 +37,13 @@ where
     let obj = parse_object(&read_body(req, MAX_BODY_BYTES).await?)?;
     let mut f = Fields::new(
         &obj,
-        &[
-            "order_id", "click_id", "lead_id", "code", "type", "amount", "currency",
-        ],
+        &["order_id", "click_id", "lead_id", "code", "type", "amount", "currency"],
     );
     let order_id = f.id("order_id", true);
     let click_id = f.string("click_id", 256, false);
     let lead_id = f.id("lead_id", false);
     let code = f.string("code", 64, false);
-    let kind = f
-        .string("type", 32, false)
-        .unwrap_or_else(|| "order".to_string());
+    let kind = f.string("type", 32, false).unwrap_or_else(|| "order".to_string());
     let amount = f.int("amount", 0, MAX_AMOUNT).unwrap_or(0);
     let currency = f.string("currency", 3, false);
     if let Some(c) = &currency {
@@ -84,10 +80,7 @@ where
         },
         Source::Lead(id) => match app.store.get_lead(&id).await? {
             Some(l) => {
-                let at = app
-                    .signer
-                    .verify(&l.click_id)
-                    .map_or(l.created_at, |c| c.clicked_at);
+                let at = app.signer.verify(&l.click_id).map_or(l.created_at, |c| c.clicked_at);
                 (Some(l.code), Some(at), Some(l.click_id), Some(id))
             }
             None => (None, None, None, Some(id)),
@@ -102,20 +95,13 @@ where
         Some(id) => app.store.get_campaign(id).await?,
         None => None,
     };
-    let window = campaign
-        .as_ref()
-        .map_or(DEFAULT_WINDOW_SECS, |c| c.attribution_window) as i64;
-    let attributed = link.is_some()
-        && clicked_at.is_some_and(|t| now - t <= window && t - now <= CLOCK_SKEW_SECS);
+    let window = campaign.as_ref().map_or(DEFAULT_WINDOW_SECS, |c| c.attribution_window) as i64;
+    let attributed = link.is_some() && clicked_at.is_some_and(|t| now - t <= window && t - now <= CLOCK_SKEW_SECS);
     let owner = link.as_ref().and_then(|l| l.owner_id.clone());
     let levels = match (&owner, attributed) {
         (Some(o), true) => {
             let ids = chain(app.store.as_ref(), o).await?;
-            commissions(
-                &ids,
-                amount,
-                campaign.as_ref().map_or(&[][..], |c| &c.commission_bps),
-            )
+            commissions(&ids, amount, campaign.as_ref().map_or(&[][..], |c| &c.commission_bps))
         }
         _ => Vec::new(),
     };

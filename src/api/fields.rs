@@ -79,10 +79,7 @@ impl<'a> Fields<'a> {
     /// An object of at most 4 KiB as JSON.
     pub fn object(&mut self, name: &str) -> Option<Map<String, Value>> {
         let v = self.present(name)?;
-        input::metadata(v)
-            .map_err(|m| self.error(name, m))
-            .ok()
-            .flatten()
+        input::metadata(v).map_err(|m| self.error(name, m)).ok().flatten()
     }
 
     /// The raw value, for fields with their own rules.

@@ -37,10 +37,11 @@ where
     let (Some(click_id), Some(claims)) = (click_id, claims) else {
         unreachable!("checked by finish")
     };
-    let link =
-        app.store.get_link(&claims.code).await?.ok_or_else(|| {
-            ApiError::field("click_id", "the link of this click no longer exists")
-        })?;
+    let link = app
+        .store
+        .get_link(&claims.code)
+        .await?
+        .ok_or_else(|| ApiError::field("click_id", "the link of this click no longer exists"))?;
     let lead = Lead {
         lead_id: new_lead_id(),
         code: link.code.clone(),
@@ -86,10 +87,7 @@ pub async fn list(app: &App, key: &ApiKey, query: Option<&str>) -> ApiResult {
             "owner_id" => filter.owner_id = Some(v),
             "cursor" => match v.parse() {
                 Ok(c) => cursor = c,
-                Err(_) => errors.push(FieldError::new(
-                    "cursor",
-                    "is not a cursor this API returned",
-                )),
+                Err(_) => errors.push(FieldError::new("cursor", "is not a cursor this API returned")),
             },
             "limit" => match v.parse::<usize>() {
                 Ok(n) if (1..=MAX_PAGE).contains(&n) => limit = n,

@@ -10,10 +10,7 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use super::{
-    ApiResult, MAX_BODY_BYTES, MAX_BULK_BODY_BYTES, ok_json, parse_object, query_pairs, read_body,
-    require,
-};
+use super::{ApiResult, MAX_BODY_BYTES, MAX_BULK_BODY_BYTES, ok_json, parse_object, query_pairs, read_body, require};
 use crate::config::{ApiKey, Scope};
 use crate::error::{ApiError, ErrorCode, FieldError};
 use crate::link::code::is_code_shaped;
@@ -67,10 +64,7 @@ where
             StoreError::CodesTaken(taken) => ApiError::code_taken(&taken[0].1),
             other => other.into(),
         })?;
-        let minted = minted
-            .into_iter()
-            .next()
-            .ok_or_else(ApiError::unavailable)?;
+        let minted = minted.into_iter().next().ok_or_else(ApiError::unavailable)?;
         let status = match &minted {
             Minted::Created(link) => {
                 app.resolver.prime(link);
@@ -83,8 +77,7 @@ where
         };
         Ok((
             status,
-            serde_json::to_vec(&minted.link().to_api_json(&app.config.public_base_url))
-                .unwrap_or_default(),
+            serde_json::to_vec(&minted.link().to_api_json(&app.config.public_base_url)).unwrap_or_default(),
         ))
     })
     .await
@@ -111,10 +104,7 @@ where
     require(key, Scope::LinksWrite)?;
     let idem = idempotency_key(req.headers())?;
     let body = read_body(req, MAX_BULK_BODY_BYTES).await?;
-    with_idempotency(app, key, "POST /v1/links/bulk", idem, &body, || {
-        mint_bulk(app, &body)
-    })
-    .await
+    with_idempotency(app, key, "POST /v1/links/bulk", idem, &body, || mint_bulk(app, &body)).await
 }
 
 async fn mint_bulk(app: &App, body: &[u8]) -> Result<(StatusCode, Vec<u8>), ApiError> {
@@ -169,16 +159,10 @@ async fn mint_bulk(app: &App, body: &[u8]) -> Result<(StatusCode, Vec<u8>), ApiE
 
 /// Validates every item before anything is written. Returns the distinct links to mint and, per
 /// request item, the earlier item it repeats (same `(campaign_id, recipient_id)`), if any.
-fn validate_bulk(
-    app: &App,
-    obj: &Map<String, Value>,
-) -> Result<(Vec<Link>, Vec<Option<usize>>), ApiError> {
+fn validate_bulk(app: &App, obj: &Map<String, Value>) -> Result<(Vec<Link>, Vec<Option<usize>>), ApiError> {
     let mut errors = Vec::new();
     for k in obj.keys().filter(|k| *k != "defaults" && *k != "links") {
-        errors.push(FieldError::new(
-            k.as_str(),
-            "unknown field (expected defaults, links)",
-        ));
+        errors.push(FieldError::new(k.as_str(), "unknown field (expected defaults, links)"));
     }
     let empty = Map::new();
     let defaults = match obj.get("defaults") {
@@ -198,10 +182,7 @@ fn validate_bulk(
         }
         Some(Value::Array(a)) => a,
         _ => {
-            return Err(ApiError::field(
-                "links",
-                "is required: an array of link objects",
-            ));
+            return Err(ApiError::field("links", "is required: an array of link objects"));
         }
     };
     let rules = rules(app);
@@ -274,10 +255,7 @@ pub async fn list<B>(app: &App, key: &ApiKey, req: &Request<B>) -> ApiResult {
             "owner_id" => filter.owner_id = Some(v),
             "cursor" => match v.parse() {
                 Ok(c) => cursor = c,
-                Err(_) => errors.push(FieldError::new(
-                    "cursor",
-                    "is not a cursor this API returned",
-                )),
+                Err(_) => errors.push(FieldError::new("cursor", "is not a cursor this API returned")),
             },
             "limit" => match v.parse::<usize>() {
                 Ok(n) if (1..=MAX_PAGE).contains(&n) => limit = n,
@@ -315,9 +293,7 @@ fn csv_export(app: &App, filter: LinkFilter) -> Response<Body> {
     let store = app.store.clone();
     let base = app.config.public_base_url.clone();
     tokio::spawn(async move {
-        let _ = tx
-            .send(Bytes::from_static(b"recipient_id,code,short_url\n"))
-            .await;
+        let _ = tx.send(Bytes::from_static(b"recipient_id,code,short_url\n")).await;
         let mut cursor = 0;
         loop {
             let page = match store.list_links(&filter, cursor, MAX_PAGE).await {
@@ -374,10 +350,7 @@ fn csv_cell(s: &str) -> String {
 pub async fn get(app: &App, key: &ApiKey, code: &str) -> ApiResult {
     require(key, Scope::LinksRead)?;
     let link = load(app, code).await?;
-    ok_json(
-        StatusCode::OK,
-        &link.to_api_json(&app.config.public_base_url),
-    )
+    ok_json(StatusCode::OK, &link.to_api_json(&app.config.public_base_url))
 }
 
 async fn load(app: &App, code: &str) -> Result<Link, ApiError> {
@@ -408,10 +381,7 @@ where
         .await?
         .ok_or_else(|| ApiError::not_found("link"))?;
     publish(app, code).await;
-    ok_json(
-        StatusCode::OK,
-        &link.to_api_json(&app.config.public_base_url),
-    )
+    ok_json(StatusCode::OK, &link.to_api_json(&app.config.public_base_url))
 }
 
 pub async fn delete(app: &App, key: &ApiKey, code: &str) -> ApiResult {
@@ -427,8 +397,7 @@ pub async fn delete(app: &App, key: &ApiKey, code: &str) -> ApiResult {
 
 /// Drops `code` from this replica's cache and tells the others.
 async fn publish(app: &App, code: &str) {
-    app.resolver
-        .invalidate(&Invalidation::Code(code.to_string()));
+    app.resolver.invalidate(&Invalidation::Code(code.to_string()));
     if let Err(e) = app.store.publish_invalidation(code).await {
         tracing::warn!(error = %e, "could not publish a cache invalidation; other replicas may serve stale data until they reconnect");
     }
@@ -479,8 +448,7 @@ where
                 "this Idempotency-Key was used with a different request body",
             ));
         }
-        let status = StatusCode::from_u16(u16::from_be_bytes([stored[0], stored[1]]))
-            .unwrap_or(StatusCode::OK);
+        let status = StatusCode::from_u16(u16::from_be_bytes([stored[0], stored[1]])).unwrap_or(StatusCode::OK);
         let mut r = json(status, stored[34..].to_vec());
         r.headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));

@@ -46,11 +46,7 @@ where
 {
     let key = authenticate(app, req.headers())?;
     let path = req.uri().path().to_string();
-    let segments: Vec<&str> = path
-        .trim_start_matches("/v1")
-        .trim_matches('/')
-        .split('/')
-        .collect();
+    let segments: Vec<&str> = path.trim_start_matches("/v1").trim_matches('/').split('/').collect();
     let method = req.method().clone();
     match (&method, segments.as_slice()) {
         (&Method::POST, ["links"]) => links::create(app, key, req).await,
@@ -66,9 +62,7 @@ where
         (&Method::POST, ["campaigns"]) => partners::put_campaign(app, key, req).await,
         (&Method::GET, ["campaigns", id]) => partners::get_campaign(app, key, id).await,
         (&Method::GET, ["campaigns", id, "stats"]) => stats::campaign(app, key, id).await,
-        (&Method::GET, ["campaigns", id, "leaderboard"]) => {
-            stats::leaderboard(app, key, id, req.uri().query()).await
-        }
+        (&Method::GET, ["campaigns", id, "leaderboard"]) => stats::leaderboard(app, key, id, req.uri().query()).await,
         (&Method::POST, ["leads"]) => leads::create(app, key, req).await,
         (&Method::GET, ["leads"]) => leads::list(app, key, req.uri().query()).await,
         (&Method::GET, ["leads", id]) => leads::get(app, key, id).await,
@@ -90,10 +84,7 @@ pub fn authenticate<'a>(app: &'a App, headers: &HeaderMap) -> Result<&'a ApiKey,
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim)
         .ok_or_else(ApiError::unauthorized)?;
     let hash: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
@@ -140,9 +131,7 @@ where
     tokio::pin!(body);
     let mut buf = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            ApiError::invalid_json(format!("could not read the body: {}", e.into()))
-        })?;
+        let frame = frame.map_err(|e| ApiError::invalid_json(format!("could not read the body: {}", e.into())))?;
         if let Ok(data) = frame.into_data() {
             if buf.len() + data.len() > limit {
                 drain(body).await;
@@ -174,9 +163,7 @@ pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err(ApiError::field("body", "must be a JSON object")),
-        Err(e) => Err(ApiError::invalid_json(format!(
-            "the body is not valid JSON: {e}"
-        ))),
+        Err(e) => Err(ApiError::invalid_json(format!("the body is not valid JSON: {e}"))),
     }
 }
 
@@ -205,8 +192,7 @@ fn percent_decode(s: &str) -> String {
         match b[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < b.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
-                {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
                     Ok(v) => {
                         out.push(v);
                         i += 2;

@@ -42,10 +42,7 @@ where
             return Err(ApiError::field("parent_id", "no partner has this id"));
         }
         Err(TreeError::Cycle) => {
-            return Err(ApiError::field(
-                "parent_id",
-                "would make the partner its own ancestor",
-            ));
+            return Err(ApiError::field("parent_id", "would make the partner its own ancestor"));
         }
         Err(TreeError::TooDeep) => {
             return Err(ApiError::field("parent_id", "the partner tree is too deep"));
@@ -53,11 +50,7 @@ where
     }
     let existed = app.store.get_partner(&partner.id).await?.is_some();
     app.store.put_partner(&partner).await?;
-    let status = if existed {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
-    };
+    let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
     ok_json(status, &partner_json(app, &partner).await?)
 }
 
@@ -84,23 +77,17 @@ where
 {
     require(key, Scope::LinksWrite)?;
     let obj = parse_object(&read_body(req, MAX_BODY_BYTES).await?)?;
-    let mut f = Fields::new(
-        &obj,
-        &["id", "name", "commission_bps", "attribution_window"],
-    );
+    let mut f = Fields::new(&obj, &["id", "name", "commission_bps", "attribution_window"]);
     let id = f.id("id", true);
     let name = f.string("name", MAX_NAME_LEN, false);
     let bps = match f.raw("commission_bps") {
         None => Vec::new(),
         Some(v) => {
-            let parsed: Option<Vec<u32>> =
-                v.as_array()
-                    .filter(|a| a.len() <= MAX_LEVELS)
-                    .and_then(|a| {
-                        a.iter()
-                            .map(|x| x.as_u64().filter(|n| *n <= 10_000).map(|n| n as u32))
-                            .collect()
-                    });
+            let parsed: Option<Vec<u32>> = v.as_array().filter(|a| a.len() <= MAX_LEVELS).and_then(|a| {
+                a.iter()
+                    .map(|x| x.as_u64().filter(|n| *n <= 10_000).map(|n| n as u32))
+                    .collect()
+            });
             parsed.unwrap_or_else(|| {
                 f.error(
                     "commission_bps",
@@ -132,11 +119,7 @@ where
     };
     let existed = app.store.get_campaign(&campaign.id).await?.is_some();
     app.store.put_campaign(&campaign).await?;
-    let status = if existed {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
-    };
+    let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
     ok_json(status, &campaign.to_api_json())
 }
 

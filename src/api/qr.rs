@@ -93,10 +93,8 @@ pub async fn get(app: &App, key: &ApiKey, code: &str, query: Option<&str>) -> Ap
     *r.status_mut() = StatusCode::OK;
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    r.headers_mut().insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("private, max-age=300"),
-    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=300"));
     Ok(r)
 }
 
@@ -109,10 +107,7 @@ pub fn render(data: &str, p: &QrParams) -> Result<(Vec<u8>, &'static str), ApiEr
     if p.size < modules {
         return Err(ApiError::field(
             "size",
-            format!(
-                "is too small for this code; at least {modules} at margin {}",
-                p.margin
-            ),
+            format!("is too small for this code; at least {modules} at margin {}", p.margin),
         ));
     }
     let px = p.size / modules;

@@ -50,10 +50,7 @@ pub async fn leaderboard(app: &App, key: &ApiKey, id: &str, query: Option<&str>)
         match k.as_str() {
             "by" => match RankBy::parse(&v) {
                 Some(b) => by = b,
-                None => errors.push(FieldError::new(
-                    "by",
-                    "must be leads, conversions or revenue",
-                )),
+                None => errors.push(FieldError::new("by", "must be leads, conversions or revenue")),
             },
             "limit" => match v.parse::<usize>() {
                 Ok(n) if (1..=MAX_RANKS).contains(&n) => limit = n,
@@ -75,8 +72,5 @@ pub async fn leaderboard(app: &App, key: &ApiKey, id: &str, query: Option<&str>)
         .into_iter()
         .map(|(owner, s)| json!({"owner_id": owner, "leads": s.leads, "conversions": s.conversions, "revenue": s.revenue}))
         .collect();
-    ok_json(
-        StatusCode::OK,
-        &json!({"by": by.as_str(), "owners": owners}),
-    )
+    ok_json(StatusCode::OK, &json!({"by": by.as_str(), "owners": owners}))
 }

@@ -33,10 +33,7 @@ pub enum TreeError {
 }
 
 /// Checks that `partner.parent_id` exists and that saving `partner` keeps the tree a tree.
-pub async fn check_parent(
-    store: &dyn Store,
-    partner: &Partner,
-) -> Result<Result<(), TreeError>, StoreError> {
+pub async fn check_parent(store: &dyn Store, partner: &Partner) -> Result<Result<(), TreeError>, StoreError> {
     let Some(parent) = partner.parent_id.as_deref() else {
         return Ok(Ok(()));
     };

@@ -257,13 +257,7 @@ impl CounterDelta {
     }
 
     /// Adds `s` to the link, its campaign and (for leaderboard fields) its owner.
-    pub fn add(
-        &mut self,
-        code: Option<&str>,
-        campaign: Option<&str>,
-        owner: Option<&str>,
-        s: Stats,
-    ) {
+    pub fn add(&mut self, code: Option<&str>, campaign: Option<&str>, owner: Option<&str>, s: Stats) {
         if let Some(code) = code {
             self.links.entry(code.to_string()).or_default().add(&s);
         }

@@ -186,44 +186,193 @@ pub fn classify(is_head: bool, user_agent: Option<&[u8]>) -> Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use Agent::{Bot, Human, Preview};
+
+    /// Real user agents, each with the class it must get.
+    const TABLE: &[(&str, Agent)] = &[
+        // Phones and desktops.
+        (
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1",
+            Human,
+        ),
+        (
+            "Mozilla/5.0 (Linux; Android 14; Pixel 8 Pro) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.6099.144 Mobile Safari/537.36",
+            Human,
+        ),
+        (
+            "Mozilla/5.0 (Linux; Android 13; SM-S918B) AppleWebKit/537.36 (KHTML, like Gecko) SamsungBrowser/23.0 Chrome/115.0.0.0 Mobile Safari/537.36",
+            Human,
+        ),
+        (
+            "Mozilla/5.0 (Linux; U; Android 12; zh-cn; 2201123C Build/SKQ1.211006.001) AppleWebKit/537.36 (KHTML, like Gecko) Version/4.0 Chrome/100.0.4896.127 Mobile Safari/537.36 XiaoMi/MiuiBrowser/17.1.80",
+            Human,
+        ),
+        (
+            "Mozilla/5.0 (Linux; Android 12; HarmonyOS; NOH-AN00) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/99.0.4844.88 HuaweiBrowser/14.0.2.311 Mobile Safari/537.36",
+            Human,
+        ),
+        (
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36 Edg/120.0.0.0",
+            Human,
+        ),
+        (
+            "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Safari/605.1.15",
+            Human,
+        ),
+        (
+            "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0",
+            Human,
+        ),
+        (
+            "Mozilla/5.0 (iPad; CPU OS 16_6 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) CriOS/120.0.6099.119 Mobile/15E148 Safari/604.1",
+            Human,
+        ),
+        (
+            "Mozilla/5.0 (Linux; Android 10; K) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Mobile Safari/537.36 UCBrowser/13.4.0.1306",
+            Human,
+        ),
+        // In-app browsers: people reading a message inside an app.
+        (
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148 MicroMessenger/8.0.42(0x18002a2f) NetType/WIFI Language/zh_CN",
+            Human,
+        ),
+        (
+            "Mozilla/5.0 (Linux; Android 13; V2227A Build/TP1A.220624.014; wv) AppleWebKit/537.36 (KHTML, like Gecko) Version/4.0 Chrome/107.0.5304.141 Mobile Safari/537.36 XWEB/5235 MMWEBSDK/20230805 MMWEBID/2585 MicroMessenger/8.0.42.2460(0x28002A58) WeChat/arm64 Weixin NetType/WIFI Language/zh_CN ABI/arm64",
+            Human,
+        ),
+        (
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 16_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148 QQ/8.9.68.622 V1_IPH_SQ_8.9.68_1_APP_A Pixel/1170 MiniAppEnable SimpleUISwitch/0 StudyMode/0 CurrentMode/0 CurrentFontScale/1.000000 QQTheme/1000 AppId/537165826 Core/WKWebView Device/Apple(iPhone 13) NetType/WIFI QBWebViewType/1 WKType/1",
+            Human,
+        ),
+        (
+            "Mozilla/5.0 (Linux; U; Android 12; zh-CN; M2102J2SC Build/SKQ1.211006.001) AppleWebKit/537.36 (KHTML, like Gecko) Version/4.0 Chrome/69.0.3497.100 UWS/3.22.2.59 Mobile Safari/537.36 AliApp(AP/10.5.36.8000) AlipayClient/10.5.36.8000 Language/zh-Hans useStatusBar/true isConcaveScreen/true Region/CN NebulaSDK/1.8.100112 Nebula AlipayDefined(nt:WIFI,ws:393|0|2.75) AliApp(AP/10.5.36.8000)",
+            Human,
+        ),
+        (
+            "Mozilla/5.0 (Linux; Android 13; 22081212C Build/TKQ1.220829.002; wv) AppleWebKit/537.36 (KHTML, like Gecko) Version/4.0 Chrome/110.0.5481.153 Mobile Safari/537.36 aweme_270200 JsSdk/1.0 NetType/WIFI Channel/xiaomi_1128_64 app_version/27.2.0 ByteLocale/zh-CN Region/CN AppSkin/white AppTheme/light BytedanceWebview/d8a21c6",
+            Human,
+        ),
+        (
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 16_6 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148 Weibo (iPhone14,2__weibo__13.8.2__iphone__os16.6)",
+            Human,
+        ),
+        (
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148 [FBAN/FBIOS;FBDV/iPhone15,2;FBMD/iPhone;FBSN/iOS;FBSV/17.1;FBSS/3;FBID/phone;FBLC/en_US;FBOP/5]",
+            Human,
+        ),
+        (
+            "Mozilla/5.0 (Linux; Android 14; SM-G991B Build/UP1A.231005.007; wv) AppleWebKit/537.36 (KHTML, like Gecko) Version/4.0 Chrome/119.0.6045.193 Mobile Safari/537.36 [FB_IAB/FB4A;FBAV/443.0.0.35.117;]",
+            Human,
+        ),
+        (
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148 Instagram 307.0.0.34.111 (iPhone15,3; iOS 17_0; en_US; en; scale=3.00; 1290x2796; 532277345)",
+            Human,
+        ),
+        (
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 16_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148 Safari Line/13.19.0",
+            Human,
+        ),
+        // Link previewers of SMS and chat apps, and mail security scanners.
+        (
+            "facebookexternalhit/1.1 (+http://www.facebook.com/externalhit_uatext.php)",
+            Preview,
+        ),
+        ("facebookexternalhit/1.1;line-poker/1.0", Preview),
+        ("WhatsApp/2.23.24.76 A", Preview),
+        ("WhatsApp/2.2348.50 i", Preview),
+        ("TelegramBot (like TwitterBot)", Preview),
+        ("Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)", Preview),
+        ("Twitterbot/1.0", Preview),
+        (
+            "Mozilla/5.0 (compatible; Discordbot/2.0; +https://discordapp.com)",
+            Preview,
+        ),
+        (
+            "LinkedInBot/1.0 (compatible; Mozilla/5.0; Apache-HttpClient +http://www.linkedin.com)",
+            Preview,
+        ),
+        (
+            "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_11_1) AppleWebKit/601.2.4 (KHTML, like Gecko) Version/9.0.1 Safari/601.2.4 facebookexternalhit/1.1 Facebot Twitterbot/1.0",
+            Preview,
+        ),
+        (
+            "Mozilla/5.0 (Windows NT 6.1; WOW64) SkypeUriPreview Preview/0.5 skype-url-preview@microsoft.com",
+            Preview,
+        ),
+        (
+            "Mozilla/5.0 (compatible; Applebot/0.1; +http://www.apple.com/go/applebot)",
+            Preview,
+        ),
+        ("Viber/20.6.0 CFNetwork/1408.0.4 Darwin/22.5.0", Preview),
+        (
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/96.0.4664.110 Safari/537.36 Proofpoint",
+            Preview,
+        ),
+        (
+            "Mozilla/5.0 (compatible; Google-PageRenderer Google (+https://developers.google.com/+/web/snippet/))",
+            Preview,
+        ),
+        // Crawlers, libraries, monitors, scanners, load generators.
+        (
+            "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+            Bot,
+        ),
+        (
+            "Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)",
+            Bot,
+        ),
+        (
+            "Mozilla/5.0 (compatible; Baiduspider/2.0; +http://www.baidu.com/search/spider.html)",
+            Bot,
+        ),
+        (
+            "Mozilla/5.0 (Linux; Android 5.0) AppleWebKit/537.36 (KHTML, like Gecko) Mobile Safari/537.36 (compatible; Bytespider; spider-feedback@bytedance.com)",
+            Bot,
+        ),
+        (
+            "Sogou web spider/4.0(+http://www.sogou.com/docs/help/webmasters.htm#07)",
+            Bot,
+        ),
+        ("Mozilla/5.0 (compatible; YandexBot/3.0; +http://yandex.com/bots)", Bot),
+        ("curl/8.4.0", Bot),
+        ("Wget/1.21.3", Bot),
+        ("python-requests/2.31.0", Bot),
+        ("Go-http-client/1.1", Bot),
+        ("okhttp/4.12.0", Bot),
+        ("Apache-HttpClient/4.5.14 (Java/17.0.9)", Bot),
+        ("axios/1.6.2", Bot),
+        (
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/120.0.6099.71 Safari/537.36",
+            Bot,
+        ),
+        (
+            "Mozilla/5.0+(compatible; UptimeRobot/2.0; http://www.uptimerobot.com/)",
+            Bot,
+        ),
+        ("Mozilla/5.0 zgrab/0.x", Bot),
+        (
+            "Mozilla/5.0 (compatible; CensysInspect/1.1; +https://about.censys.io/)",
+            Bot,
+        ),
+        (
+            "Mozilla/5.0 (compatible; AhrefsBot/7.0; +http://ahrefs.com/robot/)",
+            Bot,
+        ),
+        ("oha/1.4.1", Bot),
+    ];
 
     #[test]
-    fn classifies_common_agents() {
-        let cases = [
-            (
-                "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1",
-                Agent::Human,
-            ),
-            (
-                "Mozilla/5.0 (Linux; Android 13; Pixel 7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Mobile Safari/537.36 MicroMessenger/8.0.43",
-                Agent::Human,
-            ),
-            (
-                "Mozilla/5.0 (iPhone; CPU iPhone OS 16_0 like Mac OS X) [FBAN/FBIOS;FBAV/400.0]",
-                Agent::Human,
-            ),
-            (
-                "facebookexternalhit/1.1 (+http://www.facebook.com/externalhit_uatext.php)",
-                Agent::Preview,
-            ),
-            ("WhatsApp/2.23.20.0 A", Agent::Preview),
-            ("TelegramBot (like TwitterBot)", Agent::Preview),
-            (
-                "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)",
-                Agent::Preview,
-            ),
-            (
-                "Googlebot/2.1 (+http://www.google.com/bot.html)",
-                Agent::Bot,
-            ),
-            ("curl/8.4.0", Agent::Bot),
-            ("python-requests/2.31.0", Agent::Bot),
-        ];
-        for (ua, want) in cases {
-            assert_eq!(classify(false, Some(ua.as_bytes())), want, "{ua}");
+    fn classifies_real_user_agents() {
+        assert!(TABLE.len() >= 40);
+        for (ua, want) in TABLE {
+            assert_eq!(classify(false, Some(ua.as_bytes())), *want, "{ua}");
         }
-        assert_eq!(classify(false, None), Agent::Bot);
-        assert_eq!(classify(false, Some(b"  ")), Agent::Bot);
-        assert_eq!(classify(true, Some(b"Mozilla/5.0 (iPhone)")), Agent::Bot);
+    }
+
+    #[test]
+    fn empty_agents_and_head_requests_are_bots() {
+        assert_eq!(classify(false, None), Bot);
+        assert_eq!(classify(false, Some(b"  ")), Bot);
+        assert_eq!(classify(true, Some(TABLE[0].0.as_bytes())), Bot);
     }
 }

@@ -224,11 +224,7 @@ mod tests {
         let ip: IpAddr = "203.0.113.7".parse().unwrap();
         let a = h.hash(ip, 1_795_507_200);
         assert_eq!(a, h.hash(ip, 1_795_507_200 + 3600));
-        assert_ne!(
-            a,
-            h.hash(ip, 1_795_507_200 + 86_400),
-            "the salt rotates daily"
-        );
+        assert_ne!(a, h.hash(ip, 1_795_507_200 + 86_400), "the salt rotates daily");
         assert_ne!(a, IpHasher::new(b"other").hash(ip, 1_795_507_200));
         assert_eq!(a.len(), 32);
         assert!(!a.contains("203"));

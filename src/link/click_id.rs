@@ -133,18 +133,11 @@ mod tests {
         let s = ClickSigner::new(b"k");
         let id = s.issue("abcdefg", 1_700_000_000);
         let (_, payload) = id.rsplit_once('.').unwrap();
-        assert_eq!(
-            s.verify(&format!("other.{payload}")),
-            None,
-            "moved to another code"
-        );
+        assert_eq!(s.verify(&format!("other.{payload}")), None, "moved to another code");
         assert_eq!(ClickSigner::new(b"other").verify(&id), None, "other secret");
         let mut bytes = URL_SAFE_NO_PAD.decode(payload).unwrap();
         bytes[3] ^= 1; // shift the time
-        assert_eq!(
-            s.verify(&format!("abcdefg.{}", URL_SAFE_NO_PAD.encode(&bytes))),
-            None
-        );
+        assert_eq!(s.verify(&format!("abcdefg.{}", URL_SAFE_NO_PAD.encode(&bytes))), None);
         for junk in ["", ".", "abc", "abc.", "abc.!!!!", "a b.AAAA"] {
             assert_eq!(s.verify(junk), None, "{junk}");
         }

@@ -9,14 +9,7 @@ pub const GENERATED_CODE_LEN: usize = 8;
 const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 /// Paths that can never be codes, compared case-insensitively so `/V1` cannot shadow the API.
-pub const RESERVED: &[&str] = &[
-    "healthz",
-    "readyz",
-    "robots.txt",
-    "v1",
-    "metrics",
-    "favicon.ico",
-];
+pub const RESERVED: &[&str] = &["healthz", "readyz", "robots.txt", "v1", "metrics", "favicon.ico"];
 
 /// Generates `n` fresh codes from the operating system's CSPRNG (one syscall for the batch).
 ///
@@ -47,10 +40,7 @@ pub fn generate_codes(n: usize) -> Vec<String> {
 /// Whether `s` has the shape of a code (`[A-Za-z0-9_-]{1,64}`), used by the redirect path to answer
 /// garbage with a 404 without touching the store.
 pub fn is_code_shaped(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Validates a custom code: `[A-Za-z0-9_-]{3,64}`, not reserved.

@@ -23,9 +23,7 @@ pub fn validate(raw: &str, allowlist: &[String]) -> Result<String, String> {
     if raw.contains('\\') {
         return Err("must not contain a backslash".into());
     }
-    let (scheme, rest) = raw
-        .split_once("://")
-        .ok_or("must be an absolute http or https URL")?;
+    let (scheme, rest) = raw.split_once("://").ok_or("must be an absolute http or https URL")?;
     let scheme = scheme.to_ascii_lowercase();
     if scheme != "http" && scheme != "https" {
         return Err("only http and https URLs are allowed".into());
@@ -51,9 +49,7 @@ pub fn validate(raw: &str, allowlist: &[String]) -> Result<String, String> {
         }
     }
     if out.len() > MAX_URL_LEN {
-        return Err(format!(
-            "must be at most {MAX_URL_LEN} bytes once percent-encoded"
-        ));
+        return Err(format!("must be at most {MAX_URL_LEN} bytes once percent-encoded"));
     }
     Ok(out)
 }
@@ -67,18 +63,13 @@ fn validate_authority(authority: &str) -> Result<String, String> {
         return Err("a non-ASCII host must be written in punycode (xn--…)".into());
     }
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (addr, after) = v6
-            .split_once(']')
-            .ok_or("has an unterminated IPv6 address")?;
+        let (addr, after) = v6.split_once(']').ok_or("has an unterminated IPv6 address")?;
         if addr.parse::<std::net::Ipv6Addr>().is_err() {
             return Err("has an invalid IPv6 address".into());
         }
         let port = match after {
             "" => None,
-            p => Some(
-                p.strip_prefix(':')
-                    .ok_or("has garbage after the IPv6 address")?,
-            ),
+            p => Some(p.strip_prefix(':').ok_or("has garbage after the IPv6 address")?),
         };
         (format!("[{addr}]"), port)
     } else {
@@ -88,10 +79,7 @@ fn validate_authority(authority: &str) -> Result<String, String> {
         };
         let h = h.strip_suffix('.').unwrap_or(h);
         let label_ok = |l: &str| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         };
         if h.is_empty() || h.len() > 253 || !h.split('.').all(label_ok) {
             return Err("must have a valid host".into());
@@ -132,9 +120,7 @@ mod tests {
             ),
             (
                 "HTTP://Brand.Example:8080",
-                "HTTP://Brand.Example:8080"
-                    .replacen("HTTP", "http", 1)
-                    .as_str(),
+                "HTTP://Brand.Example:8080".replacen("HTTP", "http", 1).as_str(),
             ),
             ("https://[::1]:8443/a", "https://[::1]:8443/a"),
             (

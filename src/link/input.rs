@@ -66,11 +66,7 @@ fn url(v: &Value, rules: &Rules) -> Result<String, String> {
 }
 
 fn opt_url(v: &Value, rules: &Rules) -> Result<Option<String>, String> {
-    if v.is_null() {
-        Ok(None)
-    } else {
-        url(v, rules).map(Some)
-    }
+    if v.is_null() { Ok(None) } else { url(v, rules).map(Some) }
 }
 
 fn expires(v: &Value, rules: &Rules, must_be_future: bool) -> Result<Option<i64>, String> {
@@ -92,9 +88,7 @@ fn tags(v: &Value) -> Result<Vec<String>, String> {
     arr.iter()
         .map(|t| match t.as_str() {
             Some(s) if !s.is_empty() && s.len() <= MAX_TAG_LEN => Ok(s.to_string()),
-            _ => Err(format!(
-                "each tag must be a string of 1 to {MAX_TAG_LEN} bytes"
-            )),
+            _ => Err(format!("each tag must be a string of 1 to {MAX_TAG_LEN} bytes")),
         })
         .collect()
 }
@@ -105,9 +99,7 @@ pub(crate) fn metadata(v: &Value) -> Result<Option<Map<String, Value>>, String> 
         Value::Object(m) => {
             let size = serde_json::to_vec(v).map(|b| b.len()).unwrap_or(usize::MAX);
             if size > MAX_METADATA_BYTES {
-                return Err(format!(
-                    "must be at most {MAX_METADATA_BYTES} bytes as JSON"
-                ));
+                return Err(format!("must be at most {MAX_METADATA_BYTES} bytes as JSON"));
             }
             Ok(Some(m.clone()))
         }
@@ -149,20 +141,18 @@ pub fn parse_new(obj: &Map<String, Value>, rules: &Rules, errs: &mut Errors) -> 
                 }
             }
             "code" if !v.is_null() => {
-                let r = string(v).and_then(|c| {
-                    code::validate_custom(c)
-                        .map(|_| c.to_string())
-                        .map_err(|e| e.message)
-                });
+                let r = string(v).and_then(|c| code::validate_custom(c).map(|_| c.to_string()).map_err(|e| e.message));
                 if let Some(c) = errs.check(key, r) {
                     link.code = c;
                 }
             }
             "code" => {}
             "kind" => {
-                let r = string(v).and_then(|k| LinkKind::parse(k).ok_or_else(|| {
-                    "must be one of sms, qr_order, qr_service, qr_receipt, qr_lead, qr_product, web".to_string()
-                }));
+                let r = string(v).and_then(|k| {
+                    LinkKind::parse(k).ok_or_else(|| {
+                        "must be one of sms, qr_order, qr_service, qr_receipt, qr_lead, qr_product, web".to_string()
+                    })
+                });
                 if let Some(k) = errs.check(key, r) {
                     link.kind = k;
                 }
@@ -189,17 +179,10 @@ pub fn parse_new(obj: &Map<String, Value>, rules: &Rules, errs: &mut Errors) -> 
                 }
             }
             "fallback_url" => link.fallback_url = errs.check(key, opt_url(v, rules)).flatten(),
-            "ios_destination" => {
-                link.ios_destination = errs.check(key, opt_url(v, rules)).flatten()
-            }
-            "android_destination" => {
-                link.android_destination = errs.check(key, opt_url(v, rules)).flatten()
-            }
+            "ios_destination" => link.ios_destination = errs.check(key, opt_url(v, rules)).flatten(),
+            "android_destination" => link.android_destination = errs.check(key, opt_url(v, rules)).flatten(),
             "track_conversions" => {
-                if let Some(b) = errs.check(
-                    key,
-                    v.as_bool().ok_or_else(|| "must be a boolean".to_string()),
-                ) {
+                if let Some(b) = errs.check(key, v.as_bool().ok_or_else(|| "must be a boolean".to_string())) {
                     link.track_conversions = b;
                 }
             }

@@ -126,18 +126,10 @@ impl CachedLink {
             flags |= TRACK_CONVERSIONS;
         }
         b.push(flags);
-        b.push(
-            LinkKind::ALL
-                .iter()
-                .position(|k| *k == link.kind)
-                .unwrap_or(6) as u8,
-        );
+        b.push(LinkKind::ALL.iter().position(|k| *k == link.kind).unwrap_or(6) as u8);
         b.extend_from_slice(&interner.intern(link.campaign_id.as_deref()).to_le_bytes());
         b.extend_from_slice(&interner.intern(link.owner_id.as_deref()).to_le_bytes());
-        let expires = link
-            .expires_at
-            .map(|t| t.clamp(1, u32::MAX as i64) as u32)
-            .unwrap_or(0);
+        let expires = link.expires_at.map(|t| t.clamp(1, u32::MAX as i64) as u32).unwrap_or(0);
         b.extend_from_slice(&expires.to_le_bytes());
         b.extend_from_slice(&link.max_clicks.unwrap_or(0).to_le_bytes());
         for s in &strings {
@@ -159,10 +151,7 @@ impl CachedLink {
 
     /// The `i`-th string (0 code, 1 destination, 2 recipient, 3 fallback, 4 ios, 5 android).
     fn string(&self, i: usize) -> &str {
-        let start = HEADER
-            + (0..i)
-                .map(|j| self.u16_at(LENS + 2 * j) as usize)
-                .sum::<usize>();
+        let start = HEADER + (0..i).map(|j| self.u16_at(LENS + 2 * j) as usize).sum::<usize>();
         let len = self.u16_at(LENS + 2 * i) as usize;
         // Built from `&str`s whose lengths are the offsets, so the range is on char boundaries.
         std::str::from_utf8(&self.0[start..start + len]).unwrap_or("")

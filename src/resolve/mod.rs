@@ -124,8 +124,7 @@ impl Resolver {
         match link {
             Some(link) => {
                 self.negative.remove(&hash);
-                self.cache
-                    .insert(hash, CachedLink::from_link(link, &self.interner));
+                self.cache.insert(hash, CachedLink::from_link(link, &self.interner));
             }
             None => {
                 if self.negative.len() >= NEGATIVE_MAX {

@@ -88,12 +88,7 @@ impl App {
     }
 
     /// An app without event recording (benchmarks of the bare redirect).
-    pub fn assemble(
-        config: Config,
-        store: Arc<dyn Store>,
-        api_keys: Vec<ApiKey>,
-        click_secret: &[u8],
-    ) -> Self {
+    pub fn assemble(config: Config, store: Arc<dyn Store>, api_keys: Vec<ApiKey>, click_secret: &[u8]) -> Self {
         let app = Self {
             resolver: Resolver::new(store.clone()),
             store,
@@ -110,11 +105,7 @@ impl App {
 
 /// Serves `listener` until `shutdown` resolves, then drains: readiness off, stop accepting, let
 /// in-flight requests finish within the configured drain deadline.
-pub async fn run(
-    listener: TcpListener,
-    app: Arc<App>,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
+pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder
@@ -156,20 +147,12 @@ pub async fn run(
     drop(listener);
     let deadline = app.config.drain_timeout;
     let started = std::time::Instant::now();
-    if tokio::time::timeout(deadline, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            ?deadline,
-            "drain deadline passed with connections still open"
-        );
+    if tokio::time::timeout(deadline, graceful.shutdown()).await.is_err() {
+        tracing::warn!(?deadline, "drain deadline passed with connections still open");
     }
     // Every answered request has queued its event by now: flush them to the sink or the spool.
     if let Some(events) = &app.events {
-        let left = deadline
-            .saturating_sub(started.elapsed())
-            .max(Duration::from_secs(1));
+        let left = deadline.saturating_sub(started.elapsed()).max(Duration::from_secs(1));
         if !events.shutdown(left).await {
             tracing::error!("events were still being flushed at the drain deadline");
         }

@@ -12,18 +12,11 @@ pub const CLICK_SECRET_FILE: &str = "click.secret";
 fn read_or_create(path: &Path, len: usize) -> anyhow::Result<(String, bool)> {
     if let Ok(s) = std::fs::read_to_string(path) {
         let s = s.trim().to_string();
-        anyhow::ensure!(
-            s.len() >= 16,
-            "{} is shorter than 16 characters",
-            path.display()
-        );
+        anyhow::ensure!(s.len() >= 16, "{} is shorter than 16 characters", path.display());
         return Ok((s, false));
     }
     std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
-    let secret = format!(
-        "lg_{}",
-        crate::link::code::generate_codes(len.div_ceil(8)).concat()
-    );
+    let secret = format!("lg_{}", crate::link::code::generate_codes(len.div_ceil(8)).concat());
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -49,10 +42,8 @@ pub fn api_keys(config: &Config) -> anyhow::Result<Vec<ApiKey>> {
 pub fn click_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
     match &config.click_secret {
         Some(s) => Ok(s.as_bytes().to_vec()),
-        None => Ok(
-            read_or_create(&config.data_dir.join(CLICK_SECRET_FILE), 40)?
-                .0
-                .into_bytes(),
-        ),
+        None => Ok(read_or_create(&config.data_dir.join(CLICK_SECRET_FILE), 40)?
+            .0
+            .into_bytes()),
     }
 }

@@ -22,13 +22,11 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{
-    IDEMPOTENCY_TTL_SECS, IndexName, InvalidationHandler, LinkFilter, Minted, Page, Store,
-    StoreError, decode_link, encode_link, index_for, index_names,
+    IDEMPOTENCY_TTL_SECS, IndexName, InvalidationHandler, LinkFilter, Minted, Page, Store, StoreError, decode_link,
+    encode_link, index_for, index_names,
 };
 use super::{LeadPage, decode, encode};
-use crate::attribution::model::{
-    Campaign, Conversion, CounterDelta, Lead, LeadClaim, Partner, RankBy, Stats,
-};
+use crate::attribution::model::{Campaign, Conversion, CounterDelta, Lead, LeadClaim, Partner, RankBy, Stats};
 use crate::link::Link;
 use crate::link::code::generate_codes;
 use crate::link::input::LinkPatch;
@@ -134,19 +132,11 @@ fn mint_in(db: &Database, links: Vec<Link>) -> Result<Vec<Minted>, StoreError> {
         if !taken.is_empty() {
             return Err(StoreError::CodesTaken(taken));
         }
-        let mut seq = meta
-            .get("seq")
-            .map_err(err)?
-            .map(|g| g.value())
-            .unwrap_or(0);
-        let mut fresh =
-            generate_codes(links.iter().filter(|l| l.code.is_empty()).count()).into_iter();
+        let mut seq = meta.get("seq").map_err(err)?.map(|g| g.value()).unwrap_or(0);
+        let mut fresh = generate_codes(links.iter().filter(|l| l.code.is_empty()).count()).into_iter();
         for mut link in links {
             if let Some((c, r)) = link.recipient_key() {
-                let existing = rcpt
-                    .get((c, r))
-                    .map_err(err)?
-                    .map(|g| g.value().to_string());
+                let existing = rcpt.get((c, r)).map_err(err)?.map(|g| g.value().to_string());
                 if let Some(link) = existing
                     .map(|code| read_link(&codes, &table, &code))
                     .transpose()?
@@ -165,10 +155,7 @@ fn mint_in(db: &Database, links: Vec<Link>) -> Result<Vec<Minted>, StoreError> {
             // Claim the code by inserting and looking at what was there: a generated code that
             // collides (about once in 10^7 mints at ten million links) is put back and drawn again.
             loop {
-                let previous = codes
-                    .insert(link.code.as_str(), seq)
-                    .map_err(err)?
-                    .map(|g| g.value());
+                let previous = codes.insert(link.code.as_str(), seq).map_err(err)?.map(|g| g.value());
                 let Some(old) = previous else { break };
                 codes.insert(link.code.as_str(), old).map_err(err)?;
                 if !generated {
@@ -176,9 +163,7 @@ fn mint_in(db: &Database, links: Vec<Link>) -> Result<Vec<Minted>, StoreError> {
                 }
                 link.code = generate_codes(1).remove(0);
             }
-            table
-                .insert(seq, encode_link(&link).as_slice())
-                .map_err(err)?;
+            table.insert(seq, encode_link(&link).as_slice()).map_err(err)?;
             if let Some((c, r)) = link.recipient_key() {
                 rcpt.insert((c, r), link.code.as_str()).map_err(err)?;
             }
@@ -219,9 +204,7 @@ fn add_counters(txn: &redb::WriteTransaction, delta: &CounterDelta) -> Result<()
                 .map_err(err)?
                 .map(|g| g.value())
                 .unwrap_or(0);
-            stats
-                .insert((scope.as_str(), field), cur + v)
-                .map_err(err)?;
+            stats.insert((scope.as_str(), field), cur + v).map_err(err)?;
         }
         Ok(())
     };
@@ -244,11 +227,7 @@ fn read_stats(db: &Database, scope: &str) -> Result<Stats, StoreError> {
     for field in Stats::FIELDS {
         s.set(
             field,
-            stats
-                .get((scope, field))
-                .map_err(err)?
-                .map(|g| g.value())
-                .unwrap_or(0),
+            stats.get((scope, field)).map_err(err)?.map(|g| g.value()).unwrap_or(0),
         );
     }
     Ok(s)
@@ -288,22 +267,12 @@ fn claim_leads_in(db: &Database, leads: Vec<Lead>) -> Result<Vec<LeadClaim>, Sto
         let mut table = txn.open_table(LEADS).map_err(err)?;
         let mut index = txn.open_table(LEAD_INDEX).map_err(err)?;
         let mut meta = txn.open_table(META).map_err(err)?;
-        let mut seq = meta
-            .get("leadseq")
-            .map_err(err)?
-            .map(|g| g.value())
-            .unwrap_or(0);
+        let mut seq = meta.get("leadseq").map_err(err)?.map(|g| g.value()).unwrap_or(0);
         for mut lead in leads {
             let key = lead.claim_key();
-            let holder = claims
-                .get(key.as_str())
-                .map_err(err)?
-                .map(|g| g.value().to_string());
+            let holder = claims.get(key.as_str()).map_err(err)?.map(|g| g.value().to_string());
             if let Some(id) = holder {
-                let existing = table
-                    .get(id.as_str())
-                    .map_err(err)?
-                    .map(|g| g.value().to_vec());
+                let existing = table.get(id.as_str()).map_err(err)?.map(|g| g.value().to_vec());
                 if let Some(bytes) = existing {
                     out.push(LeadClaim::Existing(decode(&id, &bytes)?));
                     continue;
@@ -311,9 +280,7 @@ fn claim_leads_in(db: &Database, leads: Vec<Lead>) -> Result<Vec<LeadClaim>, Sto
             }
             seq += 1;
             lead.seq = seq;
-            claims
-                .insert(key.as_str(), lead.lead_id.as_str())
-                .map_err(err)?;
+            claims.insert(key.as_str(), lead.lead_id.as_str()).map_err(err)?;
             table
                 .insert(lead.lead_id.as_str(), encode(&lead).as_slice())
                 .map_err(err)?;
@@ -358,12 +325,7 @@ impl Store for EmbeddedStore {
         self.blocking(move |db| mint_in(db, links)).await
     }
 
-    async fn update_link(
-        &self,
-        code: &str,
-        patch: &LinkPatch,
-        now: i64,
-    ) -> Result<Option<Link>, StoreError> {
+    async fn update_link(&self, code: &str, patch: &LinkPatch, now: i64) -> Result<Option<Link>, StoreError> {
         let (code, patch) = (code.to_string(), patch.clone());
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(err)?;
@@ -374,9 +336,7 @@ impl Store for EmbeddedStore {
                     None => None,
                     Some(mut link) => {
                         patch.apply(&mut link, now);
-                        table
-                            .insert(link.seq, encode_link(&link).as_slice())
-                            .map_err(err)?;
+                        table.insert(link.seq, encode_link(&link).as_slice()).map_err(err)?;
                         Some(link)
                     }
                 }
@@ -401,21 +361,14 @@ impl Store for EmbeddedStore {
                         table.remove(link.seq).map_err(err)?;
                         let mut rcpt = txn.open_table(RECIPIENTS).map_err(err)?;
                         if let Some((c, r)) = link.recipient_key() {
-                            let owned = rcpt
-                                .get((c, r))
-                                .map_err(err)?
-                                .is_some_and(|g| g.value() == code);
+                            let owned = rcpt.get((c, r)).map_err(err)?.is_some_and(|g| g.value() == code);
                             if owned {
                                 rcpt.remove((c, r)).map_err(err)?;
                             }
                         }
                         let mut index = txn.open_table(LINK_INDEX).map_err(err)?;
-                        for name in
-                            index_names(link.campaign_id.as_deref(), link.owner_id.as_deref())
-                        {
-                            index
-                                .remove((index_key(&name).as_str(), link.seq))
-                                .map_err(err)?;
+                        for name in index_names(link.campaign_id.as_deref(), link.owner_id.as_deref()) {
+                            index.remove((index_key(&name).as_str(), link.seq)).map_err(err)?;
                         }
                         true
                     }
@@ -427,12 +380,7 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn list_links(
-        &self,
-        filter: &LinkFilter,
-        after: u64,
-        limit: usize,
-    ) -> Result<Page, StoreError> {
+    async fn list_links(&self, filter: &LinkFilter, after: u64, limit: usize) -> Result<Page, StoreError> {
         let name = index_key(&index_for(filter));
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(err)?;
@@ -478,9 +426,7 @@ impl Store for EmbeddedStore {
 
     async fn idempotency_put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         let key = key.to_string();
-        let mut record = (now_secs() as u64 + IDEMPOTENCY_TTL_SECS)
-            .to_be_bytes()
-            .to_vec();
+        let mut record = (now_secs() as u64 + IDEMPOTENCY_TTL_SECS).to_be_bytes().to_vec();
         record.extend_from_slice(value);
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(err)?;
@@ -512,12 +458,7 @@ impl Store for EmbeddedStore {
         self.blocking(move |db| get_json(db, LEADS, &id)).await
     }
 
-    async fn list_leads(
-        &self,
-        filter: &LinkFilter,
-        after: u64,
-        limit: usize,
-    ) -> Result<LeadPage, StoreError> {
+    async fn list_leads(&self, filter: &LinkFilter, after: u64, limit: usize) -> Result<LeadPage, StoreError> {
         let name = index_key(&index_for(filter));
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(err)?;
@@ -546,8 +487,7 @@ impl Store for EmbeddedStore {
 
     async fn put_partner(&self, partner: &Partner) -> Result<(), StoreError> {
         let p = partner.clone();
-        self.blocking(move |db| put_json(db, PARTNERS, &p.id, &p))
-            .await
+        self.blocking(move |db| put_json(db, PARTNERS, &p.id, &p)).await
     }
 
     async fn get_partner(&self, id: &str) -> Result<Option<Partner>, StoreError> {
@@ -557,8 +497,7 @@ impl Store for EmbeddedStore {
 
     async fn put_campaign(&self, campaign: &Campaign) -> Result<(), StoreError> {
         let c = campaign.clone();
-        self.blocking(move |db| put_json(db, CAMPAIGNS, &c.id, &c))
-            .await
+        self.blocking(move |db| put_json(db, CAMPAIGNS, &c.id, &c)).await
     }
 
     async fn get_campaign(&self, id: &str) -> Result<Option<Campaign>, StoreError> {
@@ -566,10 +505,7 @@ impl Store for EmbeddedStore {
         self.blocking(move |db| get_json(db, CAMPAIGNS, &id)).await
     }
 
-    async fn claim_conversion(
-        &self,
-        conversion: &Conversion,
-    ) -> Result<Option<Conversion>, StoreError> {
+    async fn claim_conversion(&self, conversion: &Conversion) -> Result<Option<Conversion>, StoreError> {
         let c = conversion.clone();
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(err)?;
@@ -582,9 +518,7 @@ impl Store for EmbeddedStore {
                 match existing {
                     Some(bytes) => Some(decode(&c.order_id, &bytes)?),
                     None => {
-                        orders
-                            .insert(c.order_id.as_str(), encode(&c).as_slice())
-                            .map_err(err)?;
+                        orders.insert(c.order_id.as_str(), encode(&c).as_slice()).map_err(err)?;
                         None
                     }
                 }
@@ -630,12 +564,8 @@ impl Store for EmbeddedStore {
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(err)?;
             let stats = txn.open_table(STATS).map_err(err)?;
-            let mut owners: std::collections::HashMap<String, Stats> =
-                std::collections::HashMap::new();
-            for entry in stats
-                .range((prefix.as_str(), "")..(end.as_str(), ""))
-                .map_err(err)?
-            {
+            let mut owners: std::collections::HashMap<String, Stats> = std::collections::HashMap::new();
+            for entry in stats.range((prefix.as_str(), "")..(end.as_str(), "")).map_err(err)? {
                 let (k, v) = entry.map_err(err)?;
                 let (scope, field) = k.value();
                 let owner = scope[prefix.len()..].to_string();

@@ -17,9 +17,7 @@ use async_trait::async_trait;
 
 pub use self::embedded::EmbeddedStore;
 pub use self::redis::RedisStore;
-use crate::attribution::model::{
-    Campaign, Conversion, CounterDelta, Lead, LeadClaim, Partner, RankBy, Stats,
-};
+use crate::attribution::model::{Campaign, Conversion, CounterDelta, Lead, LeadClaim, Partner, RankBy, Stats};
 use crate::link::Link;
 use crate::link::input::LinkPatch;
 
@@ -95,23 +93,13 @@ pub trait Store: Send + Sync + 'static {
     async fn mint(&self, links: Vec<Link>) -> Result<Vec<Minted>, StoreError>;
 
     /// Applies `patch`; `None` when the code is unknown.
-    async fn update_link(
-        &self,
-        code: &str,
-        patch: &LinkPatch,
-        now: i64,
-    ) -> Result<Option<Link>, StoreError>;
+    async fn update_link(&self, code: &str, patch: &LinkPatch, now: i64) -> Result<Option<Link>, StoreError>;
 
     /// Deletes the link and its indexes; `false` when the code is unknown.
     async fn delete_link(&self, code: &str) -> Result<bool, StoreError>;
 
     /// Links created after cursor `after` (0 = from the start), at most `limit`.
-    async fn list_links(
-        &self,
-        filter: &LinkFilter,
-        after: u64,
-        limit: usize,
-    ) -> Result<Page, StoreError>;
+    async fn list_links(&self, filter: &LinkFilter, after: u64, limit: usize) -> Result<Page, StoreError>;
 
     async fn idempotency_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     async fn idempotency_put(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
@@ -128,12 +116,7 @@ pub trait Store: Send + Sync + 'static {
     async fn claim_leads(&self, leads: Vec<Lead>) -> Result<Vec<LeadClaim>, StoreError>;
     async fn get_lead(&self, lead_id: &str) -> Result<Option<Lead>, StoreError>;
     /// Leads created after cursor `after`, oldest first.
-    async fn list_leads(
-        &self,
-        filter: &LinkFilter,
-        after: u64,
-        limit: usize,
-    ) -> Result<LeadPage, StoreError>;
+    async fn list_leads(&self, filter: &LinkFilter, after: u64, limit: usize) -> Result<LeadPage, StoreError>;
 
     async fn put_partner(&self, partner: &Partner) -> Result<(), StoreError>;
     async fn get_partner(&self, id: &str) -> Result<Option<Partner>, StoreError>;
@@ -141,10 +124,7 @@ pub trait Store: Send + Sync + 'static {
     async fn get_campaign(&self, id: &str) -> Result<Option<Campaign>, StoreError>;
 
     /// Records `conversion` under its `order_id` unless one is recorded already, which is returned.
-    async fn claim_conversion(
-        &self,
-        conversion: &Conversion,
-    ) -> Result<Option<Conversion>, StoreError>;
+    async fn claim_conversion(&self, conversion: &Conversion) -> Result<Option<Conversion>, StoreError>;
 
     /// Adds a batch of counter increments.
     async fn apply_counters(&self, delta: &CounterDelta) -> Result<(), StoreError>;
@@ -166,10 +146,7 @@ pub struct LeadPage {
     pub next_cursor: Option<u64>,
 }
 
-pub(crate) fn decode<T: serde::de::DeserializeOwned>(
-    what: &str,
-    bytes: &[u8],
-) -> Result<T, StoreError> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(what.to_string(), e))
 }
 

@@ -30,13 +30,11 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Client, Pipeline, Value};
 
 use super::{
-    IDEMPOTENCY_TTL_SECS, IndexName, Invalidation, InvalidationHandler, LinkFilter, Minted, Page,
-    Store, StoreError, decode_link, encode_link, index_for, index_names,
+    IDEMPOTENCY_TTL_SECS, IndexName, Invalidation, InvalidationHandler, LinkFilter, Minted, Page, Store, StoreError,
+    decode_link, encode_link, index_for, index_names,
 };
 use super::{LeadPage, decode, encode};
-use crate::attribution::model::{
-    Campaign, Conversion, CounterDelta, Lead, LeadClaim, Partner, RankBy, Stats,
-};
+use crate::attribution::model::{Campaign, Conversion, CounterDelta, Lead, LeadClaim, Partner, RankBy, Stats};
 use crate::link::Link;
 use crate::link::code::generate_codes;
 use crate::link::input::LinkPatch;
@@ -179,9 +177,7 @@ fn is_ok(v: &Value) -> bool {
 #[async_trait]
 impl Store for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        let _: String = redis::cmd("PING")
-            .query_async(&mut self.conn.clone())
-            .await?;
+        let _: String = redis::cmd("PING").query_async(&mut self.conn.clone()).await?;
         Ok(())
     }
 
@@ -211,9 +207,7 @@ impl Store for RedisStore {
 
         // 2. Pairs that already have a link get it back.
         let mut out: Vec<Option<Minted>> = vec![None; n];
-        let paired: Vec<usize> = (0..n)
-            .filter(|&i| links[i].recipient_key().is_some())
-            .collect();
+        let paired: Vec<usize> = (0..n).filter(|&i| links[i].recipient_key().is_some()).collect();
         self.resolve_existing(&links, &paired, &mut out).await?;
 
         // 3. Write the new links (SET NX); a generated code that collides is drawn again.
@@ -222,9 +216,7 @@ impl Store for RedisStore {
         if !todo.is_empty() {
             let base: u64 = self.conn.clone().incr("lg:seq", todo.len() as u64).await?;
             let first = base - todo.len() as u64 + 1;
-            let mut fresh =
-                generate_codes(todo.iter().filter(|&&i| links[i].code.is_empty()).count())
-                    .into_iter();
+            let mut fresh = generate_codes(todo.iter().filter(|&&i| links[i].code.is_empty()).count()).into_iter();
             for (k, &i) in todo.iter().enumerate() {
                 links[i].seq = first + k as u64;
                 if links[i].code.is_empty() {
@@ -302,8 +294,7 @@ impl Store for RedisStore {
         // 5. Index the links that were created.
         let lost: std::collections::HashSet<usize> = lost.into_iter().collect();
         // One ZADD per index key and chunk of members: a bulk call of one campaign is a few commands.
-        let mut by_index: std::collections::HashMap<String, (redis::Cmd, usize)> =
-            std::collections::HashMap::new();
+        let mut by_index: std::collections::HashMap<String, (redis::Cmd, usize)> = std::collections::HashMap::new();
         let mut cmds = Vec::new();
         for &i in written.iter().filter(|i| !lost.contains(i)) {
             let l = &links[i];
@@ -320,8 +311,7 @@ impl Store for RedisStore {
             }
         }
         cmds.extend(by_index.into_values().map(|(c, _)| c));
-        let mut per_campaign: std::collections::HashMap<&str, i64> =
-            std::collections::HashMap::new();
+        let mut per_campaign: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
         for &i in written.iter().filter(|i| !lost.contains(i)) {
             if let Some(c) = links[i].campaign_id.as_deref() {
                 *per_campaign.entry(c).or_default() += 1;
@@ -341,20 +331,11 @@ impl Store for RedisStore {
         Ok(out
             .into_iter()
             .enumerate()
-            .map(|(i, m)| {
-                m.unwrap_or_else(|| {
-                    Minted::Created(links[i].take().expect("each link is taken once"))
-                })
-            })
+            .map(|(i, m)| m.unwrap_or_else(|| Minted::Created(links[i].take().expect("each link is taken once"))))
             .collect())
     }
 
-    async fn update_link(
-        &self,
-        code: &str,
-        patch: &LinkPatch,
-        now: i64,
-    ) -> Result<Option<Link>, StoreError> {
+    async fn update_link(&self, code: &str, patch: &LinkPatch, now: i64) -> Result<Option<Link>, StoreError> {
         let Some(mut link) = self.get_link(code).await? else {
             return Ok(None);
         };
@@ -389,12 +370,7 @@ impl Store for RedisStore {
         Ok(true)
     }
 
-    async fn list_links(
-        &self,
-        filter: &LinkFilter,
-        after: u64,
-        limit: usize,
-    ) -> Result<Page, StoreError> {
+    async fn list_links(&self, filter: &LinkFilter, after: u64, limit: usize) -> Result<Page, StoreError> {
         let key = index_key(&index_for(filter));
         let rows: Vec<(String, u64)> = redis::cmd("ZRANGEBYSCORE")
             .arg(&key)
@@ -407,12 +383,7 @@ impl Store for RedisStore {
             .query_async(&mut self.conn.clone())
             .await?;
         let codes: Vec<String> = rows.iter().map(|(c, _)| c.clone()).collect();
-        let links: Vec<Link> = self
-            .get_links(&codes)
-            .await?
-            .into_iter()
-            .flatten()
-            .collect();
+        let links: Vec<Link> = self.get_links(&codes).await?.into_iter().flatten().collect();
         let next_cursor = if rows.len() == limit {
             rows.last().map(|r| r.1)
         } else {
@@ -445,23 +416,14 @@ impl Store for RedisStore {
         }
         // The lead record is written before its claim, so whoever loses a claim can always read
         // the winner's record.
-        let last: u64 = self
-            .conn
-            .clone()
-            .incr("lg:leadseq", leads.len() as u64)
-            .await?;
+        let last: u64 = self.conn.clone().incr("lg:leadseq", leads.len() as u64).await?;
         let first = last + 1 - leads.len() as u64;
         for (i, l) in leads.iter_mut().enumerate() {
             l.seq = first + i as u64;
         }
         let cmds = leads
             .iter()
-            .map(|l| {
-                redis::cmd("SET")
-                    .arg(lead_key(&l.lead_id))
-                    .arg(encode(l))
-                    .clone()
-            })
+            .map(|l| redis::cmd("SET").arg(lead_key(&l.lead_id)).arg(encode(l)).clone())
             .collect();
         self.run_chunked(cmds).await?;
         let cmds = leads
@@ -491,11 +453,7 @@ impl Store for RedisStore {
                 out.push(LeadClaim::Won(l));
             } else {
                 let _: () = self.conn.clone().del(lead_key(&l.lead_id)).await?;
-                let holder: Option<String> = self
-                    .conn
-                    .clone()
-                    .get(lead_claim_key(&l.claim_key()))
-                    .await?;
+                let holder: Option<String> = self.conn.clone().get(lead_claim_key(&l.claim_key())).await?;
                 let existing = match holder {
                     Some(id) => self.get_lead(&id).await?,
                     None => None,
@@ -512,12 +470,7 @@ impl Store for RedisStore {
         bytes.map(|b| decode(lead_id, &b)).transpose()
     }
 
-    async fn list_leads(
-        &self,
-        filter: &LinkFilter,
-        after: u64,
-        limit: usize,
-    ) -> Result<LeadPage, StoreError> {
+    async fn list_leads(&self, filter: &LinkFilter, after: u64, limit: usize) -> Result<LeadPage, StoreError> {
         let key = named_index_key("lidx", &index_for(filter));
         let rows: Vec<(String, u64)> = redis::cmd("ZRANGEBYSCORE")
             .arg(&key)
@@ -557,11 +510,7 @@ impl Store for RedisStore {
     }
 
     async fn get_partner(&self, id: &str) -> Result<Option<Partner>, StoreError> {
-        let bytes: Option<Vec<u8>> = self
-            .conn
-            .clone()
-            .get(format!("lg:partner:{{{id}}}"))
-            .await?;
+        let bytes: Option<Vec<u8>> = self.conn.clone().get(format!("lg:partner:{{{id}}}")).await?;
         bytes.map(|b| decode(id, &b)).transpose()
     }
 
@@ -575,18 +524,11 @@ impl Store for RedisStore {
     }
 
     async fn get_campaign(&self, id: &str) -> Result<Option<Campaign>, StoreError> {
-        let bytes: Option<Vec<u8>> = self
-            .conn
-            .clone()
-            .get(format!("lg:campaign:{{{id}}}"))
-            .await?;
+        let bytes: Option<Vec<u8>> = self.conn.clone().get(format!("lg:campaign:{{{id}}}")).await?;
         bytes.map(|b| decode(id, &b)).transpose()
     }
 
-    async fn claim_conversion(
-        &self,
-        conversion: &Conversion,
-    ) -> Result<Option<Conversion>, StoreError> {
+    async fn claim_conversion(&self, conversion: &Conversion) -> Result<Option<Conversion>, StoreError> {
         let key = format!("lg:order:{{{}}}", conversion.order_id);
         let set: Option<String> = redis::cmd("SET")
             .arg(&key)
@@ -607,17 +549,12 @@ impl Store for RedisStore {
     }
 
     async fn link_stats(&self, code: &str) -> Result<Stats, StoreError> {
-        Ok(stats_from(
-            self.conn.clone().hgetall(link_stats_key(code)).await?,
-        ))
+        Ok(stats_from(self.conn.clone().hgetall(link_stats_key(code)).await?))
     }
 
     async fn campaign_stats(&self, campaign_id: &str) -> Result<Stats, StoreError> {
         Ok(stats_from(
-            self.conn
-                .clone()
-                .hgetall(campaign_stats_key(campaign_id))
-                .await?,
+            self.conn.clone().hgetall(campaign_stats_key(campaign_id)).await?,
         ))
     }
 
@@ -760,10 +697,7 @@ impl RedisStore {
                 found_codes.push(code);
             }
         }
-        for (i, link) in found_idx
-            .into_iter()
-            .zip(self.get_links(&found_codes).await?)
-        {
+        for (i, link) in found_idx.into_iter().zip(self.get_links(&found_codes).await?) {
             if let Some(link) = link {
                 out[i] = Some(Minted::Existing(link));
             }

@@ -94,10 +94,7 @@ impl EventPipeline {
                 mpsc::error::TrySendError::Full(ev) | mpsc::error::TrySendError::Closed(ev) => ev,
             };
             self.overflowed.fetch_add(1, Ordering::Relaxed);
-            self.overflow
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(event);
+            self.overflow.lock().unwrap_or_else(|e| e.into_inner()).push(event);
         }
     }
 
@@ -116,9 +113,7 @@ impl EventPipeline {
         self.stopping.store(true, Ordering::Release);
         self.stop.notify_one();
         let mut done = self.done.clone();
-        tokio::time::timeout(deadline, done.wait_for(|d| *d))
-            .await
-            .is_ok()
+        tokio::time::timeout(deadline, done.wait_for(|d| *d)).await.is_ok()
     }
 }
 
@@ -179,10 +174,7 @@ impl Batcher {
     }
 
     fn spool_pending(&self) -> bool {
-        self.spool
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pending()
+        self.spool.lock().unwrap_or_else(|e| e.into_inner()).pending()
     }
 
     fn events_of(&mut self, batch: Vec<Queued>) -> Vec<Event> {
@@ -234,18 +226,11 @@ impl Batcher {
     async fn to_spool(&self, events: Vec<Event>) {
         let spool = self.spool.clone();
         let n = events.len();
-        let r = tokio::task::spawn_blocking(move || {
-            spool
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .append(&events)
-        })
-        .await;
+        let r =
+            tokio::task::spawn_blocking(move || spool.lock().unwrap_or_else(|e| e.into_inner()).append(&events)).await;
         match r {
             Ok(Ok(())) => {
-                self.pipeline
-                    .spooled_batches
-                    .fetch_add(1, Ordering::Relaxed);
+                self.pipeline.spooled_batches.fetch_add(1, Ordering::Relaxed);
             }
             // The disk is gone too: nothing left to do but say so loudly.
             Ok(Err(e)) => {
@@ -259,13 +244,9 @@ impl Batcher {
     async fn replay(&mut self) {
         for _ in 0..REPLAY_BATCHES_PER_TURN {
             let spool = self.spool.clone();
-            let read = tokio::task::spawn_blocking(move || {
-                spool
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .read(BATCH_MAX)
-            })
-            .await;
+            let read =
+                tokio::task::spawn_blocking(move || spool.lock().unwrap_or_else(|e| e.into_inner()).read(BATCH_MAX))
+                    .await;
             let Ok(Ok((events, pos))) = read else {
                 tracing::error!("could not read the spool");
                 return;
@@ -277,10 +258,8 @@ impl Batcher {
                 }
             }
             let spool = self.spool.clone();
-            let advanced = tokio::task::spawn_blocking(move || {
-                spool.lock().unwrap_or_else(|e| e.into_inner()).advance(pos)
-            })
-            .await;
+            let advanced =
+                tokio::task::spawn_blocking(move || spool.lock().unwrap_or_else(|e| e.into_inner()).advance(pos)).await;
             if !matches!(advanced, Ok(Ok(()))) {
                 tracing::error!("could not advance the spool");
                 return;
@@ -298,11 +277,7 @@ impl Batcher {
         let mut candidates = Vec::new();
         let mut seen = HashSet::new();
         for e in events.iter().filter(|e| !e.synthetic) {
-            let (code, campaign, owner) = (
-                e.code.as_deref(),
-                e.campaign_id.as_deref(),
-                e.owner_id.as_deref(),
-            );
+            let (code, campaign, owner) = (e.code.as_deref(), e.campaign_id.as_deref(), e.owner_id.as_deref());
             match e.event_type {
                 EventType::Click => {
                     let human = e.agent == Some(Agent::Human);
@@ -313,9 +288,7 @@ impl Batcher {
                         ..Stats::default()
                     };
                     delta.add(code, campaign, owner, s);
-                    if let (true, Some(code), Some(click_id)) =
-                        (human && e.recipient_id.is_some(), code, &e.click_id)
-                    {
+                    if let (true, Some(code), Some(click_id)) = (human && e.recipient_id.is_some(), code, &e.click_id) {
                         if seen.insert(code) {
                             candidates.push(Lead {
                                 lead_id: new_lead_id(),
@@ -326,8 +299,7 @@ impl Batcher {
                                 click_id: click_id.clone(),
                                 source: LeadSource::Click,
                                 attributes: None,
-                                created_at: crate::time::parse_rfc3339(&e.ts)
-                                    .unwrap_or_else(crate::time::now_secs),
+                                created_at: crate::time::parse_rfc3339(&e.ts).unwrap_or_else(crate::time::now_secs),
                                 seq: 0,
                             });
                         }
@@ -388,9 +360,7 @@ impl Batcher {
             }
         }
         self.sink.deliver(&all, &delta).await?;
-        self.pipeline
-            .delivered
-            .fetch_add(all.len() as u64, Ordering::Relaxed);
+        self.pipeline.delivered.fetch_add(all.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 }

@@ -88,11 +88,7 @@ impl Spool {
     pub fn open(data_dir: &Path) -> std::io::Result<Self> {
         std::fs::create_dir_all(data_dir)?;
         let path = data_dir.join("spool.jsonl");
-        let file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(&path)?;
+        let file = OpenOptions::new().create(true).read(true).append(true).open(&path)?;
         let size = file.metadata()?.len();
         Ok(Self {
             path,

@@ -76,13 +76,9 @@ impl EventSink for LogSink {
     async fn deliver(&self, events: &[Event], counters: &CounterDelta) -> Result<(), SinkError> {
         let log = self.log.clone();
         let events = events.to_vec();
-        tokio::task::spawn_blocking(move || {
-            log.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .append(&events)
-        })
-        .await
-        .map_err(|e| std::io::Error::other(e.to_string()))??;
+        tokio::task::spawn_blocking(move || log.lock().unwrap_or_else(|e| e.into_inner()).append(&events))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))??;
         self.store.apply_counters(counters).await?;
         Ok(())
     }

@@ -26,11 +26,7 @@ pub const CLICK_SECRET: &str = "test-click-secret-0123456789";
 
 /// A loopback port nobody is listening on right now.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A redis-server child process on a free port, killed on drop.
@@ -84,10 +80,7 @@ impl RedisGuard {
                 use std::io::{Read, Write};
                 let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
                 let mut buf = [0u8; 16];
-                if s.write_all(b"PING\r\n").is_ok()
-                    && s.read(&mut buf)
-                        .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
-                {
+                if s.write_all(b"PING\r\n").is_ok() && s.read(&mut buf).is_ok_and(|n| buf[..n].starts_with(b"+PONG")) {
                     return guard;
                 }
             }
@@ -248,17 +241,12 @@ impl TestServer {
 
     pub async fn api_as(&self, key: &str, method: &str, path: &str, body: Option<Value>) -> Resp {
         let auth = format!("Bearer {key}");
-        let body = body
-            .map(|b| serde_json::to_vec(&b).unwrap())
-            .unwrap_or_default();
+        let body = body.map(|b| serde_json::to_vec(&b).unwrap()).unwrap_or_default();
         send(
             self.addr,
             method,
             path,
-            &[
-                ("authorization", &auth),
-                ("content-type", "application/json"),
-            ],
+            &[("authorization", &auth), ("content-type", "application/json")],
             body,
         )
         .await
@@ -303,8 +291,7 @@ pub struct Resp {
 
 impl Resp {
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
@@ -326,19 +313,22 @@ impl Resp {
 }
 
 /// One HTTP/1.1 request on a fresh connection.
-pub async fn send(
+pub async fn send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Resp {
+    try_send(addr, method, path, headers, body)
+        .await
+        .expect("a response from the test server")
+}
+
+/// Like [`send`], but `None` when the server cannot be reached or drops the connection.
+pub async fn try_send(
     addr: SocketAddr,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     body: Vec<u8>,
-) -> Resp {
-    let stream = TcpStream::connect(addr)
-        .await
-        .expect("connect to the test server");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
+) -> Option<Resp> {
+    let stream = TcpStream::connect(addr).await.ok()?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
     tokio::spawn(conn);
     let mut req = Request::builder()
         .method(method)
@@ -350,14 +340,14 @@ pub async fn send(
     let resp = sender
         .send_request(req.body(Full::new(Bytes::from(body))).unwrap())
         .await
-        .expect("a response");
+        .ok()?;
     let (parts, body) = resp.into_parts();
-    let body = body.collect().await.expect("the whole body").to_bytes();
-    Resp {
+    let body = body.collect().await.ok()?.to_bytes();
+    Some(Resp {
         status: parts.status,
         headers: parts.headers,
         body,
-    }
+    })
 }
 
 /// Every entry of a Redis Stream as `(type field, parsed json field)`.
@@ -379,12 +369,7 @@ pub fn stream_entries(redis_url: &str, key: &str) -> Vec<(String, Value)> {
             return out;
         };
         for (_, fields) in &page {
-            let get = |name: &str| {
-                fields
-                    .chunks(2)
-                    .find(|kv| kv[0] == name)
-                    .map(|kv| kv[1].clone())
-            };
+            let get = |name: &str| fields.chunks(2).find(|kv| kv[0] == name).map(|kv| kv[1].clone());
             out.push((
                 get("type").unwrap_or_default(),
                 serde_json::from_str(&get("json").unwrap_or_default()).unwrap(),
@@ -436,10 +421,7 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within {within:?}"
-        );
+        assert!(Instant::now() < deadline, "{what} did not happen within {within:?}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

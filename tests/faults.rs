@@ -1,0 +1,171 @@
+//! Nothing accepted is lost: a Redis outage in the middle of a tap load, and SIGTERM under load.
+//! Both proved by counting: every 302 answered has its click event in the stream.
+
+mod support;
+
+use std::collections::HashSet;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::StatusCode;
+use serde_json::json;
+use support::{
+    ADMIN_KEY, Backend, CLICK_SECRET, Env, RedisGuard, TempDir, TestServer, eventually, free_port, stream_entries,
+    try_send,
+};
+
+const UA: &str = "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 Chrome/120.0 Mobile Safari/537.36";
+
+/// Taps `path` from `n` tasks until `stop`, counting 302s.
+fn tappers(
+    addr: std::net::SocketAddr,
+    path: &'static str,
+    n: usize,
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..n)
+        .map(|_| {
+            let (stop, ok) = (stop.clone(), ok.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    match try_send(addr, "GET", path, &[("user-agent", UA)], vec![]).await {
+                        Some(r) if r.status == StatusCode::FOUND => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Some(r) => panic!("unexpected status {}", r.status),
+                        // The server stopped accepting (SIGTERM).
+                        None => return,
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+async fn wait_for(count: &AtomicUsize, at_least: usize) {
+    eventually(Duration::from_secs(30), "tap load progress", || async {
+        (count.load(Ordering::Relaxed) >= at_least).then_some(())
+    })
+    .await;
+}
+
+fn distinct_clicks(url: &str) -> (usize, usize) {
+    let ids: Vec<String> = stream_entries(url, "linkgate:events")
+        .into_iter()
+        .filter(|(t, _)| t == "click")
+        .map(|(_, v)| v["click_id"].as_str().unwrap().to_string())
+        .collect();
+    let n = ids.len();
+    (n, ids.into_iter().collect::<HashSet<_>>().len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_mid_load_loses_no_tap() {
+    let redis_dir = TempDir::new();
+    let port = free_port();
+    let mut env = Env {
+        backend: Backend::Redis,
+        redis: Some(RedisGuard::start_persistent(port, &redis_dir.0)),
+        dir: TempDir::new(),
+    };
+    let url = env.redis.as_ref().unwrap().url();
+    let s = TestServer::start(&env).await;
+    let r = s
+        .api(
+            "POST",
+            "/v1/links",
+            Some(json!({"destination": "https://a.example/", "code": "steady", "campaign_id": "outage"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+
+    let (stop, ok) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+    let tasks = tappers(s.addr, "/steady", 4, stop.clone(), ok.clone());
+    wait_for(&ok, 300).await;
+    env.redis.as_mut().unwrap().kill();
+    let at_kill = ok.load(Ordering::Relaxed);
+    wait_for(&ok, at_kill + 300).await;
+    assert!(
+        s.app.events.as_ref().unwrap().spooled_batches.load(Ordering::Relaxed) > 0,
+        "the outage was spooled"
+    );
+    env.redis = Some(RedisGuard::start_persistent(port, &redis_dir.0));
+    wait_for(&ok, at_kill + 600).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let accepted = ok.load(Ordering::Relaxed);
+    let (total, distinct) = eventually(Duration::from_secs(20), "every accepted tap in the stream", || async {
+        let (total, distinct) = distinct_clicks(&url);
+        (distinct >= accepted).then_some((total, distinct))
+    })
+    .await;
+    assert_eq!(distinct, accepted, "exactly the accepted taps, no phantom ones");
+    assert!(total >= distinct, "replays may repeat, never drop");
+    let stats = s.api("GET", "/v1/links/steady/stats", None).await.json();
+    assert!(stats["clicks"].as_i64().unwrap() >= accepted as i64, "replayed taps are counted: {stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_flushes_every_answered_tap() {
+    let redis = RedisGuard::start();
+    let data = TempDir::new();
+    let port = free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_linkgate"))
+        .arg("serve")
+        .env("LINKGATE_LISTEN", addr.to_string())
+        .env("LINKGATE_REDIS_URL", redis.url())
+        .env("LINKGATE_API_KEYS", ADMIN_KEY)
+        .env("LINKGATE_CLICK_SECRET", CLICK_SECRET)
+        .env("LINKGATE_DATA_DIR", &data.0)
+        .env("LINKGATE_DRAIN_TIMEOUT", "10s")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually(Duration::from_secs(10), "the binary answering", || async {
+        try_send(addr, "GET", "/healthz", &[], vec![]).await.map(|_| ())
+    })
+    .await;
+    let auth = format!("Bearer {ADMIN_KEY}");
+    let body = br#"{"destination":"https://a.example/","code":"drain-me"}"#.to_vec();
+    assert_eq!(
+        support::send(addr, "POST", "/v1/links", &[("authorization", &auth)], body)
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+
+    let (stop, ok) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+    let tasks = tappers(addr, "/drain-me", 4, stop.clone(), ok.clone());
+    wait_for(&ok, 500).await;
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::task::spawn_blocking(move || {
+        let mut child = child;
+        child.wait().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "exit {status:?}");
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let accepted = ok.load(Ordering::Relaxed);
+    let (_, distinct) = distinct_clicks(&redis.url());
+    assert_eq!(
+        distinct, accepted,
+        "every 302 answered before exit has its event in the stream"
+    );
+}
