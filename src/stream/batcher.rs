@@ -1,9 +1,10 @@
 //! The event pipeline: a bounded queue in front of one batcher task.
 //!
-//! The redirect path calls [`EventPipeline::try_send`], which never waits: when the queue is full
-//! the event is parked in an overflow list that the batcher takes with its next batch, so a burst
-//! costs memory, never an event. The batcher takes whatever has queued up (at most
-//! [`BATCH_MAX`]), turns taps into events (hashing the IP, resolving interned ids), claims leads for
+//! The redirect path calls [`EventPipeline::try_send`], which never waits and never wakes anyone:
+//! it is one push onto a lock-free bounded queue. When the queue is full the event is parked in an
+//! overflow list that the batcher takes with its next batch, so a burst costs memory, never an
+//! event. The batcher wakes every [`FLUSH_INTERVAL`] (or at once on shutdown), takes whatever has
+//! queued up (at most [`BATCH_MAX`] per batch), turns taps into events (hashing the IP, resolving interned ids), claims leads for
 //! first human taps, adds up the counters, and delivers the batch to the sink. A failed delivery
 //! goes to the spool; while the spool holds events, new batches are appended behind them and the
 //! spool is replayed in order every [`REPLAY_INTERVAL`].
@@ -13,7 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc, watch};
+use crossbeam_queue::ArrayQueue;
+use tokio::sync::{Notify, watch};
 
 use super::log::Spool;
 use super::{EventSink, SinkError};
@@ -27,13 +29,15 @@ use crate::store::Store;
 pub const QUEUE_CAPACITY: usize = 65_536;
 /// Most events delivered in one batch.
 pub const BATCH_MAX: usize = 4096;
+/// How long an idle batcher sleeps before looking at the queue again: the most a quiet event waits.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(2);
 /// How often a non-empty spool is retried.
 pub const REPLAY_INTERVAL: Duration = Duration::from_millis(250);
 /// Most spool batches replayed before live events get a turn.
 pub const REPLAY_BATCHES_PER_TURN: usize = 16;
 
 pub struct EventPipeline {
-    tx: mpsc::Sender<Queued>,
+    queue: ArrayQueue<Queued>,
     overflow: Mutex<Vec<Queued>>,
     stop: Notify,
     stopping: AtomicBool,
@@ -58,10 +62,9 @@ pub struct BatcherParts {
 impl EventPipeline {
     /// Creates the queue and spawns the batcher on the current runtime.
     pub fn start(parts: BatcherParts) -> Arc<Self> {
-        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let (done_tx, done) = watch::channel(false);
         let pipeline = Arc::new(Self {
-            tx,
+            queue: ArrayQueue::new(QUEUE_CAPACITY),
             overflow: Mutex::new(Vec::new()),
             stop: Notify::new(),
             stopping: AtomicBool::new(false),
@@ -71,7 +74,6 @@ impl EventPipeline {
             delivered: AtomicU64::new(0),
         });
         let batcher = Batcher {
-            rx,
             pipeline: pipeline.clone(),
             ip: IpHasher::new(&parts.ip_secret),
             spool: Arc::new(Mutex::new(parts.spool)),
@@ -89,10 +91,7 @@ impl EventPipeline {
     /// Queues an event without waiting.
     #[inline]
     pub fn try_send(&self, event: Queued) {
-        if let Err(e) = self.tx.try_send(event) {
-            let event = match e {
-                mpsc::error::TrySendError::Full(ev) | mpsc::error::TrySendError::Closed(ev) => ev,
-            };
+        if let Err(event) = self.queue.push(event) {
             self.overflowed.fetch_add(1, Ordering::Relaxed);
             self.overflow.lock().unwrap_or_else(|e| e.into_inner()).push(event);
         }
@@ -100,11 +99,22 @@ impl EventPipeline {
 
     /// Events waiting in the queue.
     pub fn depth(&self) -> usize {
-        QUEUE_CAPACITY - self.tx.capacity()
+        self.queue.len()
     }
 
-    fn take_overflow(&self) -> Vec<Queued> {
-        std::mem::take(&mut *self.overflow.lock().unwrap_or_else(|e| e.into_inner()))
+    /// Up to `max` queued events, then everything parked in the overflow list.
+    fn take(&self, max: usize) -> Vec<Queued> {
+        let mut batch = Vec::with_capacity(self.queue.len().min(max));
+        while batch.len() < max {
+            match self.queue.pop() {
+                Some(q) => batch.push(q),
+                None => break,
+            }
+        }
+        if self.overflowed.load(Ordering::Relaxed) > 0 {
+            batch.append(&mut self.overflow.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+        batch
     }
 
     /// Stops the batcher after it has delivered or spooled everything queued; waits at most `deadline`.
@@ -118,7 +128,6 @@ impl EventPipeline {
 }
 
 struct Batcher {
-    rx: mpsc::Receiver<Queued>,
     pipeline: Arc<EventPipeline>,
     ip: IpHasher,
     spool: Arc<Mutex<Spool>>,
@@ -129,45 +138,29 @@ struct Batcher {
 
 impl Batcher {
     async fn run(mut self) {
+        let mut last_replay = tokio::time::Instant::now();
         loop {
-            let spool_pending = self.spool_pending();
-            let first = tokio::select! {
-                q = self.rx.recv() => q,
-                () = self.pipeline.stop.notified() => None,
-                () = tokio::time::sleep(REPLAY_INTERVAL), if spool_pending => {
-                    self.replay().await;
-                    continue;
+            let stopping = self.pipeline.stopping.load(Ordering::Acquire);
+            let batch = self.pipeline.take(BATCH_MAX);
+            if batch.is_empty() {
+                if stopping {
+                    break;
                 }
-            };
-            let Some(first) = first else { break };
-            let mut batch = Vec::with_capacity(64);
-            batch.push(first);
-            while batch.len() < BATCH_MAX {
-                match self.rx.try_recv() {
-                    Ok(q) => batch.push(q),
-                    Err(_) => break,
+                tokio::select! {
+                    () = tokio::time::sleep(FLUSH_INTERVAL) => {}
+                    () = self.pipeline.stop.notified() => {}
                 }
+            } else {
+                let events = self.events_of(batch);
+                self.handle(events).await;
             }
-            batch.extend(self.pipeline.take_overflow());
-            let events = self.events_of(batch);
-            self.handle(events).await;
-            if self.pipeline.stopping.load(Ordering::Acquire) {
-                break;
+            if self.spool_pending() && last_replay.elapsed() >= REPLAY_INTERVAL {
+                self.replay().await;
+                last_replay = tokio::time::Instant::now();
             }
         }
-        // Shutdown: nothing new can arrive; deliver or spool what is left.
-        self.rx.close();
-        let mut rest = Vec::new();
-        while let Some(q) = self.rx.recv().await {
-            rest.push(q);
-        }
-        rest.extend(self.pipeline.take_overflow());
-        while !rest.is_empty() {
-            let tail = rest.split_off(rest.len().min(BATCH_MAX));
-            let events = self.events_of(rest);
-            self.handle(events).await;
-            rest = tail;
-        }
+        // Shutdown: the server has stopped answering, so nothing new arrives; whatever the sink
+        // did not take is in the spool. One last replay attempt empties it if the sink is back.
         if self.spool_pending() {
             self.replay().await;
         }
