@@ -230,7 +230,7 @@ fn read_stats(db: &Database, scope: &str) -> Result<Stats, StoreError> {
             stats.get((scope, field)).map_err(err)?.map(|g| g.value()).unwrap_or(0),
         );
     }
-    Ok(s)
+    Ok(s.derive())
 }
 
 fn get_json<T: serde::de::DeserializeOwned>(

@@ -118,7 +118,7 @@ fn stats_from(map: std::collections::HashMap<String, i64>) -> Stats {
     for (k, v) in map {
         s.set(&k, v);
     }
-    s
+    s.derive()
 }
 
 impl RedisStore {

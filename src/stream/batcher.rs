@@ -48,6 +48,8 @@ pub struct EventPipeline {
     pub spooled_batches: AtomicU64,
     /// Events delivered to the sink (replays included).
     pub delivered: AtomicU64,
+    /// Batches delivered to the sink.
+    pub batches: AtomicU64,
 }
 
 /// What the batcher needs besides its queue.
@@ -72,6 +74,7 @@ impl EventPipeline {
             overflowed: AtomicU64::new(0),
             spooled_batches: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
         });
         let batcher = Batcher {
             pipeline: pipeline.clone(),
@@ -111,8 +114,10 @@ impl EventPipeline {
                 None => break,
             }
         }
-        if self.overflowed.load(Ordering::Relaxed) > 0 {
-            batch.append(&mut self.overflow.lock().unwrap_or_else(|e| e.into_inner()));
+        if batch.len() < max && self.overflowed.load(Ordering::Relaxed) > 0 {
+            let mut parked = self.overflow.lock().unwrap_or_else(|e| e.into_inner());
+            let n = parked.len().min(max - batch.len());
+            batch.extend(parked.drain(..n));
         }
         batch
     }
@@ -201,12 +206,12 @@ impl Batcher {
     }
 
     /// Delivers `events`, or spools them when the sink fails or the spool is already behind.
-    async fn handle(&mut self, events: Vec<Event>) {
+    async fn handle(&mut self, mut events: Vec<Event>) {
         if events.is_empty() {
             return;
         }
         if !self.spool_pending() {
-            match self.process(&events).await {
+            match self.process(&mut events).await {
                 Ok(()) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, events = events.len(), "delivery failed; spooling")
@@ -240,12 +245,12 @@ impl Batcher {
             let read =
                 tokio::task::spawn_blocking(move || spool.lock().unwrap_or_else(|e| e.into_inner()).read(BATCH_MAX))
                     .await;
-            let Ok(Ok((events, pos))) = read else {
+            let Ok(Ok((mut events, pos))) = read else {
                 tracing::error!("could not read the spool");
                 return;
             };
             if !events.is_empty() {
-                if let Err(e) = self.process(&events).await {
+                if let Err(e) = self.process(&mut events).await {
                     tracing::debug!(error = %e, "spool replay deferred");
                     return;
                 }
@@ -264,8 +269,19 @@ impl Batcher {
         }
     }
 
-    /// Claims leads for first human taps, adds up the counters and delivers everything.
-    async fn process(&self, events: &[Event]) -> Result<(), SinkError> {
+    /// Claims leads for first human taps, adds up the counters and delivers everything. The lead
+    /// events are appended to `events` for delivery and removed again when it fails, so what is
+    /// spooled is only the primary events (replay derives the leads again).
+    async fn process(&self, events: &mut Vec<Event>) -> Result<(), SinkError> {
+        let primary = events.len();
+        let result = self.deliver_with_leads(events).await;
+        if result.is_err() {
+            events.truncate(primary);
+        }
+        result
+    }
+
+    async fn deliver_with_leads(&self, events: &mut Vec<Event>) -> Result<(), SinkError> {
         let mut delta = CounterDelta::default();
         let mut candidates = Vec::new();
         let mut seen = HashSet::new();
@@ -318,8 +334,7 @@ impl Batcher {
                 EventType::Conversion => {}
             }
         }
-        let mut all: Vec<Event> = Vec::with_capacity(events.len() + candidates.len());
-        all.extend_from_slice(events);
+        drop(seen);
         if !candidates.is_empty() {
             let kinds: Vec<_> = candidates
                 .iter()
@@ -332,6 +347,7 @@ impl Batcher {
                 .collect();
             let click_ids: Vec<String> = candidates.iter().map(|c| c.click_id.clone()).collect();
             let claims = self.store.claim_leads(candidates).await?;
+            let mut leads = Vec::new();
             for ((claim, click_id), kind) in claims.into_iter().zip(click_ids).zip(kinds) {
                 let lead = match claim {
                     LeadClaim::Won(l) => l,
@@ -349,11 +365,13 @@ impl Batcher {
                         ..Stats::default()
                     },
                 );
-                all.push(lead_event(&lead, kind));
+                leads.push(lead_event(&lead, kind));
             }
+            events.extend(leads);
         }
-        self.sink.deliver(&all, &delta).await?;
-        self.pipeline.delivered.fetch_add(all.len() as u64, Ordering::Relaxed);
+        self.sink.deliver(events, &delta).await?;
+        self.pipeline.delivered.fetch_add(events.len() as u64, Ordering::Relaxed);
+        self.pipeline.batches.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }

@@ -1,0 +1,104 @@
+//! Batcher → Redis throughput: 500,000 click records pushed into the event queue as fast as the
+//! pushing thread can, delivered as pipelined `XADD … MAXLEN ~` batches (with counter updates) to a
+//! local redis-server spawned on a free port. Reports events/s, the mean batch size, and Redis's own
+//! CPU time per event (from `INFO cpu`), all from the same run.
+//!
+//! Run: `cargo bench --bench batcher` (needs redis-server on PATH).
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use linkgate::click::event::ClickRecord;
+use linkgate::click::{Agent, Queued};
+use linkgate::link::LinkKind;
+use linkgate::resolve::{LinkState, Resolver};
+use linkgate::store::{RedisStore, Store};
+use linkgate::stream::batcher::BatcherParts;
+use linkgate::stream::log::Spool;
+use linkgate::stream::{EventPipeline, RedisStreamSink};
+
+/// Events pushed; `LINKGATE_BENCH_EVENTS` overrides (e.g. a smaller run under callgrind).
+fn events_count() -> usize {
+    std::env::var("LINKGATE_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(500_000)
+}
+
+fn redis_cpu_secs(url: &str) -> f64 {
+    let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let info: String = redis::cmd("INFO").arg("cpu").query(&mut con).unwrap();
+    info.lines()
+        .filter(|l| l.starts_with("used_cpu_sys:") || l.starts_with("used_cpu_user:"))
+        .filter_map(|l| l.split(':').nth(1)?.trim().parse::<f64>().ok())
+        .sum()
+}
+
+fn main() {
+    let n = events_count();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut redis = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server on PATH");
+    std::thread::sleep(Duration::from_millis(300));
+    let url = format!("redis://127.0.0.1:{port}");
+    let dir = std::env::temp_dir().join(format!("linkgate-bench-batcher-{}", std::process::id()));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let (pipeline, resolver) = rt.block_on(async {
+        let store = Arc::new(RedisStore::connect(&url).await.unwrap());
+        let resolver = Resolver::new(store.clone() as Arc<dyn Store>);
+        let pipeline = EventPipeline::start(BatcherParts {
+            sink: Arc::new(RedisStreamSink { store: store.clone(), stream: "bench:events".into() }),
+            store,
+            resolver: resolver.clone(),
+            spool: Spool::open(&dir).unwrap(),
+            ip_secret: b"bench".to_vec(),
+        });
+        (pipeline, resolver)
+    });
+    let campaigns: Vec<u32> = (0..100).map(|i| resolver.interner().intern(Some(&format!("campaign-{i}")))).collect();
+    let owners: Vec<u32> = (0..1000).map(|i| resolver.interner().intern(Some(&format!("owner-{i}")))).collect();
+    let signer = linkgate::link::click_id::ClickSigner::new(b"bench-secret-0123456789");
+    let records: Vec<ClickRecord> = (0..n)
+        .map(|i| {
+            let code = format!("c{:07}", i % 100_000);
+            ClickRecord {
+                click_id: signer.issue(&code, 1_795_507_200 + (i / 1000) as i64),
+                code_len: code.len() as u8,
+                campaign: campaigns[i % campaigns.len()],
+                owner: owners[i % owners.len()],
+                recipient: None,
+                kind: LinkKind::Sms,
+                agent: Agent::Human,
+                state: LinkState::Active,
+                synthetic: false,
+                ts: 1_795_507_200 + (i / 1000) as i64,
+                user_agent: Some(http::HeaderValue::from_static("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148")),
+                referer: None,
+                ip: Some(std::net::IpAddr::from([198, 51, 100, (i % 250) as u8])),
+            }
+        })
+        .collect();
+    let cpu_before = redis_cpu_secs(&url);
+    let start = Instant::now();
+    for r in records {
+        pipeline.try_send(Queued::Click(r));
+    }
+    while pipeline.delivered.load(Ordering::Relaxed) < n as u64 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let elapsed = start.elapsed();
+    let cpu = redis_cpu_secs(&url) - cpu_before;
+    let batches = pipeline.batches.load(Ordering::Relaxed).max(1);
+    println!(
+        "batcher -> redis: {n} events in {:.2} s = {:.0} events/s; mean batch {:.0} events; redis CPU {:.2} µs/event",
+        elapsed.as_secs_f64(),
+        n as f64 / elapsed.as_secs_f64(),
+        n as f64 / batches as f64,
+        cpu * 1e6 / n as f64
+    );
+    let _ = redis.kill();
+    let _ = redis.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
