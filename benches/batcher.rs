@@ -64,8 +64,8 @@ fn main() {
         .map(|i| {
             let code = format!("c{:07}", i % 100_000);
             ClickRecord {
-                click_id: signer.issue(&code, 1_795_507_200 + (i / 1000) as i64),
-                code_len: code.len() as u8,
+                click: signer.sign(&code, 1_795_507_200 + (i / 1000) as i64),
+                code: linkgate::click::event::InlineCode::new(&code),
                 campaign: campaigns[i % campaigns.len()],
                 owner: owners[i % owners.len()],
                 recipient: None,

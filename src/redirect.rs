@@ -15,7 +15,9 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, LOCATION, REFERER, 
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use subtle::ConstantTimeEq;
 
+use crate::click::event::InlineCode;
 use crate::click::{ClickRecord, Queued};
+use crate::link::click_id::RawClickId;
 
 use crate::click::{Agent, classify};
 use crate::link::code::is_code_shaped;
@@ -89,9 +91,9 @@ fn respond(app: &App, link: &CachedLink, tap: &Tap) -> Response<Body> {
     }
     // HEAD is never a click. Every GET is, whatever the link's state (a late tap on an expired
     // reactivation link is still a warm lead).
-    let click_id = (!tap.head).then(|| app.signer.issue(link.code(), tap.now));
-    if let (Some(events), Some(click_id)) = (&app.events, &click_id) {
-        events.try_send(Queued::Click(click_record(app, link, tap, state, click_id.clone())));
+    let click = (!tap.head).then(|| app.signer.sign(link.code(), tap.now));
+    if let (Some(events), Some(click)) = (&app.events, click) {
+        events.try_send(Queued::Click(click_record(app, link, tap, state, click)));
     }
     if state != LinkState::Active {
         return match link.fallback_url() {
@@ -115,8 +117,8 @@ fn respond(app: &App, link: &CachedLink, tap: &Tap) -> Response<Body> {
     if link.track_conversions() {
         location.push(sep);
         location.push_str("lg_click=");
-        match &click_id {
-            Some(id) => location.push_str(id),
+        match click {
+            Some(c) => c.write(link.code(), &mut location),
             None => app.signer.issue_into(link.code(), tap.now, &mut location),
         }
     }
@@ -125,14 +127,14 @@ fn respond(app: &App, link: &CachedLink, tap: &Tap) -> Response<Body> {
     redirect(status, location)
 }
 
-fn click_record(app: &App, link: &CachedLink, tap: &Tap, state: LinkState, click_id: String) -> ClickRecord {
+fn click_record(app: &App, link: &CachedLink, tap: &Tap, state: LinkState, click: RawClickId) -> ClickRecord {
     let synthetic = match (&app.config.synthetic_token, tap.headers.get(SYNTHETIC_HEADER)) {
         (Some(token), Some(v)) => bool::from(token.as_bytes().ct_eq(v.as_bytes())),
         _ => false,
     };
     ClickRecord {
-        code_len: link.code().len() as u8,
-        click_id,
+        code: InlineCode::new(link.code()),
+        click,
         campaign: link.campaign(),
         owner: link.owner(),
         recipient: link.recipient().map(Box::from),

@@ -15,17 +15,18 @@ use siphasher::sip128::{Hasher128, SipHasher13};
 use super::Agent;
 use crate::attribution::model::{ChainLevel, LeadSource};
 use crate::link::LinkKind;
+use crate::link::click_id::RawClickId;
 use crate::resolve::LinkState;
 
 /// Longest user agent or referer kept in an event, in bytes.
 pub const MAX_HEADER_IN_EVENT: usize = 256;
 
-/// A tap, as the redirect path records it: no formatting, no hashing, one allocation for the id.
+/// A tap, as the redirect path records it: no formatting, no hashing, and no allocation unless
+/// the link is personalised (the recipient id).
 #[derive(Debug)]
 pub struct ClickRecord {
-    /// `<code>.<signature>`: the code is its prefix.
-    pub click_id: String,
-    pub code_len: u8,
+    pub code: InlineCode,
+    pub click: RawClickId,
     pub campaign: u32,
     pub owner: u32,
     pub recipient: Option<Box<str>>,
@@ -41,12 +42,44 @@ pub struct ClickRecord {
 
 impl ClickRecord {
     pub fn code(&self) -> &str {
-        &self.click_id[..self.code_len as usize]
+        self.code.as_str()
+    }
+
+    pub fn click_id(&self) -> String {
+        self.click.to_id(self.code())
+    }
+}
+
+/// A code (at most 64 bytes) stored inline.
+#[derive(Clone, Copy)]
+pub struct InlineCode {
+    len: u8,
+    bytes: [u8; 64],
+}
+
+impl InlineCode {
+    pub fn new(code: &str) -> Self {
+        let mut bytes = [0u8; 64];
+        let len = code.len().min(64);
+        bytes[..len].copy_from_slice(&code.as_bytes()[..len]);
+        Self { len: len as u8, bytes }
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Codes are ASCII (validated), so any prefix is valid UTF-8.
+        std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or("")
+    }
+}
+
+impl std::fmt::Debug for InlineCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
 /// Something for the batcher: a tap to turn into an event, or an event built by the API.
 #[derive(Debug)]
+#[expect(clippy::large_enum_variant, reason = "clicks are nearly every event; boxing them would allocate per tap")]
 pub enum Queued {
     Click(ClickRecord),
     Event(Box<Event>),

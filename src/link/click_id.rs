@@ -17,6 +17,28 @@ use subtle::ConstantTimeEq;
 const TAG_LEN: usize = 12;
 const PAYLOAD_LEN: usize = 4 + 4 + TAG_LEN;
 
+/// A signed click not yet encoded as text: the redirect path queues this (20 bytes, no
+/// allocation) and the batcher encodes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawClickId {
+    payload: [u8; PAYLOAD_LEN],
+}
+
+impl RawClickId {
+    /// Appends `<code>.<payload>` to `out`.
+    pub fn write(&self, code: &str, out: &mut String) {
+        out.push_str(code);
+        out.push('.');
+        URL_SAFE_NO_PAD.encode_string(self.payload, out);
+    }
+
+    pub fn to_id(&self, code: &str) -> String {
+        let mut s = String::with_capacity(code.len() + 28);
+        self.write(code, &mut s);
+        s
+    }
+}
+
 /// What a valid click id proves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClickClaims {
@@ -46,17 +68,20 @@ impl ClickSigner {
         mac.finalize().into_bytes().into()
     }
 
-    /// Appends a fresh click id for `code` at `unix_secs` to `out`.
-    pub fn issue_into(&self, code: &str, unix_secs: i64, out: &mut String) {
+    /// Signs a fresh click for `code` at `unix_secs`, without encoding it (no allocation).
+    pub fn sign(&self, code: &str, unix_secs: i64) -> RawClickId {
         let ts = unix_secs.clamp(0, u32::MAX as i64) as u32;
         let nonce = next_nonce();
         let mut payload = [0u8; PAYLOAD_LEN];
         payload[..4].copy_from_slice(&ts.to_be_bytes());
         payload[4..8].copy_from_slice(&nonce.to_be_bytes());
         payload[8..].copy_from_slice(&self.tag(code, ts, nonce)[..TAG_LEN]);
-        out.push_str(code);
-        out.push('.');
-        URL_SAFE_NO_PAD.encode_string(payload, out);
+        RawClickId { payload }
+    }
+
+    /// Appends a fresh click id for `code` at `unix_secs` to `out`.
+    pub fn issue_into(&self, code: &str, unix_secs: i64, out: &mut String) {
+        self.sign(code, unix_secs).write(code, out);
     }
 
     pub fn issue(&self, code: &str, unix_secs: i64) -> String {

@@ -188,7 +188,8 @@ impl Batcher {
 
     fn click_event(&mut self, c: ClickRecord) -> Event {
         let interner = self.resolver.interner();
-        let mut e = Event::new(c.click_id.clone(), EventType::Click, c.ts);
+        let click_id = c.click_id();
+        let mut e = Event::new(click_id.clone(), EventType::Click, c.ts);
         e.code = Some(c.code().to_string());
         e.campaign_id = interner.name(c.campaign).map(|s| s.to_string());
         e.owner_id = interner.name(c.owner).map(|s| s.to_string());
@@ -201,7 +202,7 @@ impl Batcher {
         e.user_agent = c.user_agent.as_ref().map(truncated);
         e.referer = c.referer.as_ref().map(truncated);
         e.ip_hash = c.ip.map(|ip| self.ip.hash(ip, c.ts));
-        e.click_id = Some(c.click_id);
+        e.click_id = Some(click_id);
         e
     }
 
