@@ -11,7 +11,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, LOCATION, REFERER, USER_AGENT};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderName, HeaderValue, LOCATION, REFERER, USER_AGENT};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use subtle::ConstantTimeEq;
 
@@ -29,7 +29,8 @@ const NOT_FOUND_PAGE: &[u8] = b"<!doctype html><html><head><meta charset=\"utf-8
 const GONE_PAGE: &[u8] = b"<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><title>Link expired</title></head><body><h1>This link has expired</h1><p>The offer behind it is no longer available.</p></body></html>\n";
 
 /// Marks load-test traffic when its value equals `LINKGATE_SYNTHETIC_TOKEN`.
-pub const SYNTHETIC_HEADER: &str = "x-linkgate-synthetic";
+pub const SYNTHETIC: HeaderName = HeaderName::from_static("x-linkgate-synthetic");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 const NO_STORE: HeaderValue = HeaderValue::from_static("private, no-store");
 
@@ -128,10 +129,9 @@ fn respond(app: &App, link: &CachedLink, tap: &Tap) -> Response<Body> {
 }
 
 fn click_record(app: &App, link: &CachedLink, tap: &Tap, state: LinkState, click: RawClickId) -> ClickRecord {
-    let synthetic = match (&app.config.synthetic_token, tap.headers.get(SYNTHETIC_HEADER)) {
-        (Some(token), Some(v)) => bool::from(token.as_bytes().ct_eq(v.as_bytes())),
-        _ => false,
-    };
+    let synthetic = app.config.synthetic_token.as_ref().is_some_and(|token| {
+        tap.headers.get(&SYNTHETIC).is_some_and(|v| bool::from(token.as_bytes().ct_eq(v.as_bytes())))
+    });
     ClickRecord {
         code: InlineCode::new(link.code()),
         click,
@@ -153,7 +153,7 @@ fn click_record(app: &App, link: &CachedLink, tap: &Tap, state: LinkState, click
 /// salted hash leaves the process.
 fn client_ip(tap: &Tap) -> Option<IpAddr> {
     tap.headers
-        .get("x-forwarded-for")
+        .get(&X_FORWARDED_FOR)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(',').next())
         .and_then(|v| v.trim().parse().ok())
