@@ -178,6 +178,7 @@ impl From<StoreError> for ApiError {
                 }
             }
             other => {
+                crate::metrics::STORE_ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::error!(error = %other, "store error");
                 Self::unavailable()
             }

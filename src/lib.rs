@@ -24,6 +24,7 @@ pub mod click;
 pub mod config;
 pub mod error;
 pub mod link;
+pub mod metrics;
 pub mod redirect;
 pub mod resolve;
 pub mod server;

@@ -117,14 +117,23 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("LINKGATE_LISTEN: cannot bind {}: {e}", config.listen))?;
-    let mode = if config.redis_url.is_some() {
-        "redis"
-    } else {
-        "embedded"
-    };
+    let admin = tokio::net::TcpListener::bind(config.admin_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("LINKGATE_ADMIN_LISTEN: cannot bind {}: {e}", config.admin_listen))?;
+    let mode = if config.redis_url.is_some() { "redis" } else { "embedded" };
     let app = App::build(config).await?;
-    tracing::info!(addr = %listener.local_addr()?, mode, "linkgate serving");
-    server::run(listener, app, linkgate::shutdown::signal()).await?;
+    tracing::info!(addr = %listener.local_addr()?, admin = %admin.local_addr()?, mode, "linkgate serving");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        linkgate::shutdown::signal().await;
+        tracing::info!("shutting down: draining connections and events");
+        let _ = stop.send(true);
+    });
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    tokio::spawn(server::admin::run(admin, app.clone(), wait(stopped.clone())));
+    server::run(listener, app, wait(stopped)).await?;
     tracing::info!("linkgate stopped");
     Ok(())
 }

@@ -73,6 +73,7 @@ pub async fn handle<B>(app: &App, req: &Request<B>, peer: Option<IpAddr>) -> Res
                 _ => respond(app, &CachedLink::from_link(&link, app.resolver.interner()), &tap),
             },
             Err(e) => {
+                crate::metrics::STORE_ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(error = %e, "store read failed on a cache miss");
                 let mut r = crate::server::router::text(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable\n");
                 r.headers_mut().insert(CACHE_CONTROL, NO_STORE);

@@ -38,6 +38,7 @@ async fn embedded_first_start_writes_an_admin_key_and_sigterm_stops_cleanly() {
         .arg("serve")
         .env_clear()
         .env("LINKGATE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("LINKGATE_ADMIN_LISTEN", "127.0.0.1:0")
         .env("LINKGATE_DATA_DIR", &dir.0)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

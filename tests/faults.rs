@@ -119,6 +119,7 @@ async fn sigterm_under_load_flushes_every_answered_tap() {
     let child = Command::new(env!("CARGO_BIN_EXE_linkgate"))
         .arg("serve")
         .env("LINKGATE_LISTEN", addr.to_string())
+        .env("LINKGATE_ADMIN_LISTEN", "127.0.0.1:0")
         .env("LINKGATE_REDIS_URL", redis.url())
         .env("LINKGATE_API_KEYS", ADMIN_KEY)
         .env("LINKGATE_CLICK_SECRET", CLICK_SECRET)

@@ -67,10 +67,12 @@ where
         let minted = minted.into_iter().next().ok_or_else(ApiError::unavailable)?;
         let status = match &minted {
             Minted::Created(link) => {
-                app.resolver.prime(link);
+                // A custom code may sit in other replicas' negative caches: tell them. Then cache
+                // it here (publishing drops it locally too).
                 if custom {
                     publish(app, &link.code).await;
                 }
+                app.resolver.prime(link);
                 StatusCode::CREATED
             }
             Minted::Existing(_) => StatusCode::OK,

@@ -17,6 +17,7 @@ use tokio::sync::OnceCell;
 
 pub use self::cache::{CachedLink, Interner, LinkState, ShardedCache, code_hash};
 use crate::link::Link;
+use crate::metrics::CacheMetrics;
 use crate::store::{Invalidation, Store, StoreError};
 
 /// How long an unknown code is answered from memory.
@@ -44,6 +45,7 @@ pub struct Resolver {
     interner: Interner,
     /// Bumped by every invalidation, so a store read that raced one is not cached.
     epoch: AtomicU64,
+    metrics: CacheMetrics,
     store: Arc<dyn Store>,
 }
 
@@ -56,6 +58,7 @@ impl Resolver {
             human_clicks: DashMap::with_hasher(Default::default()),
             interner: Interner::default(),
             epoch: AtomicU64::new(0),
+            metrics: CacheMetrics::default(),
             store: store.clone(),
         });
         let weak = Arc::downgrade(&resolver);
@@ -71,6 +74,10 @@ impl Resolver {
         &self.interner
     }
 
+    pub fn metrics(&self) -> &CacheMetrics {
+        &self.metrics
+    }
+
     pub fn cached_links(&self) -> usize {
         self.cache.len()
     }
@@ -80,11 +87,18 @@ impl Resolver {
     pub fn lookup<R>(&self, code: &str, f: impl FnOnce(&CachedLink) -> R) -> Lookup<R> {
         let hash = code_hash(code);
         if let Some(r) = self.cache.with(hash, code, f) {
+            self.metrics.hits.fetch_add(1, Ordering::Relaxed);
             return Lookup::Hit(r);
         }
         match self.negative.get(&hash) {
-            Some(until) if *until > Instant::now() => Lookup::Unknown,
-            _ => Lookup::Miss,
+            Some(until) if *until > Instant::now() => {
+                self.metrics.negative_hits.fetch_add(1, Ordering::Relaxed);
+                Lookup::Unknown
+            }
+            _ => {
+                self.metrics.misses.fetch_add(1, Ordering::Relaxed);
+                Lookup::Miss
+            }
         }
     }
 
@@ -107,6 +121,7 @@ impl Resolver {
         let result = cell
             .get_or_try_init(|| async {
                 let epoch = self.epoch.load(Ordering::Acquire);
+                self.metrics.store_reads.fetch_add(1, Ordering::Relaxed);
                 let link = self.store.get_link(code).await?;
                 if self.epoch.load(Ordering::Acquire) == epoch {
                     self.remember(code, link.as_ref());

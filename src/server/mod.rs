@@ -3,6 +3,7 @@
 //! [`run`] takes an already bound listener and a shutdown future, so `main` binds the configured
 //! address and tests bind port 0 and run the very same server.
 
+pub mod admin;
 pub mod body;
 mod provision;
 pub mod router;
@@ -20,6 +21,7 @@ use tokio::net::TcpListener;
 pub use self::body::Body;
 use crate::config::{ApiKey, Config};
 use crate::link::click_id::ClickSigner;
+use crate::metrics::RequestMetrics;
 use crate::resolve::Resolver;
 use crate::shutdown::Readiness;
 use crate::store::{EmbeddedStore, RedisStore, Store};
@@ -48,6 +50,7 @@ pub struct App {
     /// Where taps, leads and conversions go; `None` only in benchmarks that measure the redirect
     /// without recording.
     pub events: Option<Arc<EventPipeline>>,
+    pub metrics: RequestMetrics,
 }
 
 impl App {
@@ -96,6 +99,7 @@ impl App {
             api_keys,
             readiness: Readiness::default(),
             events: None,
+            metrics: RequestMetrics::default(),
             config,
         };
         app.readiness.set(true);

@@ -1,13 +1,14 @@
 //! The router: a match on method and path. Probes and the redirect are answered here; `/v1` goes to
 //! the API. Handlers are generic over the request body so in-process tests can call them directly.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 
 use super::{App, Body};
 use crate::error::ApiError;
+use crate::metrics::RouteClass;
 
 /// How long `/readyz` waits for the store.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(1);
@@ -21,18 +22,28 @@ where
     let path = req.uri().path();
     let get_like = matches!(*req.method(), Method::GET | Method::HEAD);
     if path == "/v1" || path.starts_with("/v1/") {
-        return crate::api::handle(app, req).await;
+        let resp = crate::api::handle(app, req).await;
+        app.metrics.record(RouteClass::Api, resp.status());
+        return resp;
     }
     if !get_like {
-        return json_error(&ApiError::method_not_allowed());
+        let resp = json_error(&ApiError::method_not_allowed());
+        app.metrics.record(RouteClass::Redirect, resp.status());
+        return resp;
     }
     let head = req.method() == Method::HEAD;
-    let resp = match path {
-        "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" => readyz(app).await,
-        "/robots.txt" => text(StatusCode::OK, "User-agent: *\nDisallow: /\n"),
-        _ => crate::redirect::handle(app, &req, peer).await,
+    let (route, resp) = match path {
+        "/healthz" => (RouteClass::Probe, text(StatusCode::OK, "ok\n")),
+        "/readyz" => (RouteClass::Probe, readyz(app).await),
+        "/robots.txt" => (RouteClass::Probe, text(StatusCode::OK, "User-agent: *\nDisallow: /\n")),
+        _ => {
+            let started = Instant::now();
+            let resp = crate::redirect::handle(app, &req, peer).await;
+            app.metrics.redirect_latency.observe(started.elapsed().as_micros() as u64);
+            (RouteClass::Redirect, resp)
+        }
     };
+    app.metrics.record(route, resp.status());
     if head { strip_body(resp) } else { resp }
 }
 

@@ -22,6 +22,7 @@ use super::{EventSink, SinkError};
 use crate::attribution::model::{CounterDelta, Lead, LeadClaim, LeadSource, Stats};
 use crate::click::event::{ClickRecord, IpHasher, state_str, truncated};
 use crate::click::{Agent, Event, EventType, Queued};
+use crate::metrics::{self, Histogram};
 use crate::resolve::Resolver;
 use crate::store::Store;
 
@@ -50,6 +51,17 @@ pub struct EventPipeline {
     pub delivered: AtomicU64,
     /// Batches delivered to the sink.
     pub batches: AtomicU64,
+    /// Events delivered, by type (click, lead, conversion).
+    pub delivered_by_type: [AtomicU64; 3],
+    /// Events delivered from the spool (replays).
+    pub replayed: AtomicU64,
+    /// Revenue of attributed conversions delivered, in minor units.
+    pub revenue: AtomicU64,
+    /// Bytes in the spool waiting for replay.
+    pub spool_bytes: AtomicU64,
+    /// Events per delivered batch.
+    pub batch_sizes: Histogram,
+    sink_name: &'static str,
 }
 
 /// What the batcher needs besides its queue.
@@ -75,6 +87,12 @@ impl EventPipeline {
             spooled_batches: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             batches: AtomicU64::new(0),
+            delivered_by_type: Default::default(),
+            replayed: AtomicU64::new(0),
+            revenue: AtomicU64::new(0),
+            spool_bytes: AtomicU64::new(parts.spool.pending_bytes()),
+            batch_sizes: Histogram::default(),
+            sink_name: parts.sink.name(),
         });
         let batcher = Batcher {
             pipeline: pipeline.clone(),
@@ -103,6 +121,26 @@ impl EventPipeline {
     /// Events waiting in the queue.
     pub fn depth(&self) -> usize {
         self.queue.len()
+    }
+
+    /// Appends the pipeline's metrics in the Prometheus text format.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        metrics::gauge(out, "linkgate_event_queue_depth", "Events waiting for the batcher.", self.depth() as u64);
+        metrics::gauge(out, "linkgate_event_queue_capacity", "Capacity of the event queue.", QUEUE_CAPACITY as u64);
+        metrics::counter(out, "linkgate_event_overflow_total", "Events parked in the overflow list because the queue was full.", get(&self.overflowed));
+        let _ = writeln!(out, "# HELP linkgate_events_written_total Events delivered, by sink and type.\n# TYPE linkgate_events_written_total counter");
+        for (i, t) in ["click", "lead", "conversion"].iter().enumerate() {
+            let _ = writeln!(out, "linkgate_events_written_total{{sink=\"{}\",type=\"{t}\"}} {}", self.sink_name, get(&self.delivered_by_type[i]));
+        }
+        metrics::histogram(out, "linkgate_batch_events", "Events per delivered batch.", &self.batch_sizes, 1.0);
+        metrics::counter(out, "linkgate_spooled_batches_total", "Batches written to the spool because the sink failed.", get(&self.spooled_batches));
+        metrics::gauge(out, "linkgate_spool_bytes", "Bytes in the spool waiting for replay.", get(&self.spool_bytes));
+        metrics::counter(out, "linkgate_spool_replayed_events_total", "Events delivered from the spool.", get(&self.replayed));
+        metrics::counter(out, "linkgate_leads_opened_total", "Lead events delivered.", get(&self.delivered_by_type[1]));
+        metrics::counter(out, "linkgate_conversions_total", "Conversion events delivered.", get(&self.delivered_by_type[2]));
+        metrics::counter(out, "linkgate_revenue_minor_total", "Revenue of attributed conversions delivered, in minor units.", get(&self.revenue));
     }
 
     /// Up to `max` queued events, then everything parked in the overflow list.
@@ -172,7 +210,9 @@ impl Batcher {
     }
 
     fn spool_pending(&self) -> bool {
-        self.spool.lock().unwrap_or_else(|e| e.into_inner()).pending()
+        let spool = self.spool.lock().unwrap_or_else(|e| e.into_inner());
+        self.pipeline.spool_bytes.store(spool.pending_bytes(), Ordering::Relaxed);
+        spool.pending()
     }
 
     fn events_of(&mut self, batch: Vec<Queued>) -> Vec<Event> {
@@ -255,6 +295,7 @@ impl Batcher {
                     tracing::debug!(error = %e, "spool replay deferred");
                     return;
                 }
+                self.pipeline.replayed.fetch_add(events.len() as u64, Ordering::Relaxed);
             }
             let spool = self.spool.clone();
             let advanced =
@@ -371,7 +412,20 @@ impl Batcher {
             events.extend(leads);
         }
         self.sink.deliver(events, &delta).await?;
-        self.pipeline.delivered.fetch_add(events.len() as u64, Ordering::Relaxed);
+        let p = &self.pipeline;
+        p.delivered.fetch_add(events.len() as u64, Ordering::Relaxed);
+        p.batch_sizes.observe(events.len() as u64);
+        for e in events.iter() {
+            let i = match e.event_type {
+                EventType::Click => 0,
+                EventType::Lead => 1,
+                EventType::Conversion => 2,
+            };
+            p.delivered_by_type[i].fetch_add(1, Ordering::Relaxed);
+            if e.attributed == Some(true) && !e.synthetic {
+                p.revenue.fetch_add(e.amount.unwrap_or(0).max(0) as u64, Ordering::Relaxed);
+            }
+        }
         self.pipeline.batches.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

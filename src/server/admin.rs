@@ -1,0 +1,50 @@
+//! The admin listener: `GET /metrics` (Prometheus text) and `GET /healthz`, on its own port
+//! (`LINKGATE_ADMIN_LISTEN`, loopback by default) so metrics are never exposed with the public edge.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use http::{Method, Response, StatusCode, header};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use super::{App, Body};
+
+/// Serves the admin routes until `shutdown` resolves.
+pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
+            () = &mut shutdown => return,
+        };
+        let app = app.clone();
+        let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let app = app.clone();
+            async move { Ok::<_, std::convert::Infallible>(answer(&app, req.method(), req.uri().path())) }
+        });
+        tokio::spawn(async move {
+            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+/// The admin answer for `method path`.
+pub fn answer(app: &App, method: &Method, path: &str) -> Response<Body> {
+    let (status, content_type, body) = match (method, path) {
+        (&Method::GET, "/metrics") => {
+            (StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", crate::metrics::render(app).into_bytes())
+        }
+        (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain; charset=utf-8", b"ok\n".to_vec()),
+        _ => (StatusCode::NOT_FOUND, "text/plain; charset=utf-8", b"not found\n".to_vec()),
+    };
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    r
+}
