@@ -131,6 +131,13 @@ async fn mint_bulk(app: &App, body: &[u8]) -> Result<(StatusCode, Vec<u8>), ApiE
     for code in &custom {
         publish(app, code).await;
     }
+    // Campaign links are tapped soon after they are sent: cache them here now rather than on
+    // each first tap (other replicas fill on their first miss).
+    for m in &minted {
+        if let Minted::Created(link) = m {
+            app.resolver.prime(link);
+        }
+    }
     let mut by_request: Vec<Option<&Minted>> = vec![None; alias.len()];
     for (u, m) in unique_to_request.iter().zip(&minted) {
         by_request[*u] = Some(m);
