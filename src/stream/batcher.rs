@@ -9,7 +9,7 @@
 //! goes to the spool; while the spool holds events, new batches are appended behind them and the
 //! spool is replayed in order every [`REPLAY_INTERVAL`].
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,7 +39,7 @@ pub const REPLAY_BATCHES_PER_TURN: usize = 16;
 
 pub struct EventPipeline {
     queue: ArrayQueue<Queued>,
-    overflow: Mutex<Vec<Queued>>,
+    overflow: Mutex<VecDeque<Queued>>,
     stop: Notify,
     stopping: AtomicBool,
     done: watch::Receiver<bool>,
@@ -79,7 +79,7 @@ impl EventPipeline {
         let (done_tx, done) = watch::channel(false);
         let pipeline = Arc::new(Self {
             queue: ArrayQueue::new(QUEUE_CAPACITY),
-            overflow: Mutex::new(Vec::new()),
+            overflow: Mutex::new(VecDeque::new()),
             stop: Notify::new(),
             stopping: AtomicBool::new(false),
             done,
@@ -114,7 +114,7 @@ impl EventPipeline {
     pub fn try_send(&self, event: Queued) {
         if let Err(event) = self.queue.push(event) {
             self.overflowed.fetch_add(1, Ordering::Relaxed);
-            self.overflow.lock().unwrap_or_else(|e| e.into_inner()).push(event);
+            self.overflow.lock().unwrap_or_else(|e| e.into_inner()).push_back(event);
         }
     }
 
