@@ -9,6 +9,8 @@
 //! Matching is on lower-cased substrings, in-app browser markers first (their user agents often
 //! contain a previewer's name too, e.g. `FBAN/FBIOS` versus `facebookexternalhit`).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use aho_corasick::AhoCorasick;
@@ -162,15 +164,38 @@ static MATCHERS: LazyLock<Matchers> = LazyLock::new(|| {
     }
 });
 
+/// Distinct user agents remembered per thread; the cache starts over when full.
+pub const UA_CACHE_ENTRIES: usize = 4096;
+
+thread_local! {
+    /// xxh3 of a user agent → its class. Phones of one model send one user agent, so a small
+    /// per-thread cache answers most taps without scanning (no lock, no sharing between threads).
+    static UA_CACHE: RefCell<HashMap<u64, Agent>> = RefCell::new(HashMap::with_capacity(UA_CACHE_ENTRIES));
+}
+
 /// Classifies a request from its method and User-Agent (case-insensitive, no allocation).
 pub fn classify(is_head: bool, user_agent: Option<&[u8]>) -> Agent {
     if is_head {
         return Agent::Bot;
     }
-    let Some(ua) = user_agent.filter(|u| !u.iter().all(u8::is_ascii_whitespace)) else {
-        return Agent::Bot;
-    };
+    let Some(ua) = user_agent.filter(|u| !u.iter().all(u8::is_ascii_whitespace)) else { return Agent::Bot };
     let ua = &ua[..ua.len().min(MAX_UA_SCAN)];
+    let key = xxhash_rust::xxh3::xxh3_64(ua);
+    if let Some(agent) = UA_CACHE.with(|c| c.borrow().get(&key).copied()) {
+        return agent;
+    }
+    let agent = scan(ua);
+    UA_CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() >= UA_CACHE_ENTRIES {
+            c.clear();
+        }
+        c.insert(key, agent);
+    });
+    agent
+}
+
+fn scan(ua: &[u8]) -> Agent {
     let m = &*MATCHERS;
     if m.in_app.is_match(ua) {
         Agent::Human
@@ -364,8 +389,11 @@ mod tests {
     #[test]
     fn classifies_real_user_agents() {
         assert!(TABLE.len() >= 40);
-        for (ua, want) in TABLE {
-            assert_eq!(classify(false, Some(ua.as_bytes())), *want, "{ua}");
+        // Twice: the second round is answered from the per-thread cache.
+        for _ in 0..2 {
+            for (ua, want) in TABLE {
+                assert_eq!(classify(false, Some(ua.as_bytes())), *want, "{ua}");
+            }
         }
     }
 
