@@ -21,7 +21,10 @@ use linkgate::stream::{EventPipeline, RedisStreamSink};
 
 /// Events pushed; `LINKGATE_BENCH_EVENTS` overrides (e.g. a smaller run under callgrind).
 fn events_count() -> usize {
-    std::env::var("LINKGATE_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(500_000)
+    std::env::var("LINKGATE_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500_000)
 }
 
 fn redis_cpu_secs(url: &str) -> f64 {
@@ -35,21 +38,41 @@ fn redis_cpu_secs(url: &str) -> f64 {
 
 fn main() {
     let n = events_count();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut redis = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server on PATH");
     std::thread::sleep(Duration::from_millis(300));
     let url = format!("redis://127.0.0.1:{port}");
     let dir = std::env::temp_dir().join(format!("linkgate-bench-batcher-{}", std::process::id()));
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let (pipeline, resolver) = rt.block_on(async {
         let store = Arc::new(RedisStore::connect(&url).await.unwrap());
         let resolver = Resolver::new(store.clone() as Arc<dyn Store>);
         let pipeline = EventPipeline::start(BatcherParts {
-            sink: Arc::new(RedisStreamSink { store: store.clone(), stream: "bench:events".into() }),
+            sink: Arc::new(RedisStreamSink {
+                store: store.clone(),
+                stream: "bench:events".into(),
+            }),
             store,
             resolver: resolver.clone(),
             spool: Spool::open(&dir).unwrap(),
@@ -57,8 +80,12 @@ fn main() {
         });
         (pipeline, resolver)
     });
-    let campaigns: Vec<u32> = (0..100).map(|i| resolver.interner().intern(Some(&format!("campaign-{i}")))).collect();
-    let owners: Vec<u32> = (0..1000).map(|i| resolver.interner().intern(Some(&format!("owner-{i}")))).collect();
+    let campaigns: Vec<u32> = (0..100)
+        .map(|i| resolver.interner().intern(Some(&format!("campaign-{i}"))))
+        .collect();
+    let owners: Vec<u32> = (0..1000)
+        .map(|i| resolver.interner().intern(Some(&format!("owner-{i}"))))
+        .collect();
     let signer = linkgate::link::click_id::ClickSigner::new(b"bench-secret-0123456789");
     let records: Vec<ClickRecord> = (0..n)
         .map(|i| {
@@ -74,7 +101,9 @@ fn main() {
                 state: LinkState::Active,
                 synthetic: false,
                 ts: 1_795_507_200 + (i / 1000) as i64,
-                user_agent: Some(http::HeaderValue::from_static("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148")),
+                user_agent: Some(http::HeaderValue::from_static(
+                    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148",
+                )),
                 referer: None,
                 ip: Some(std::net::IpAddr::from([198, 51, 100, (i % 250) as u8])),
             }

@@ -40,7 +40,11 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let on = args.next().as_deref() == Some("on");
     let iters: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(20_000);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = std::env::temp_dir().join(format!("linkgate-profile-{}", std::process::id()));
     let dir_s = dir.to_string_lossy().to_string();
     let config = Config::from_map(&std::collections::HashMap::from([
@@ -85,12 +89,18 @@ fn main() {
         }));
     }
     let peer: std::net::IpAddr = "198.51.100.23".parse().unwrap();
-    let ua = http::HeaderValue::from_static("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148");
+    let ua = http::HeaderValue::from_static(
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148",
+    );
     for i in 0..iters {
         let mut req = http::Request::new(http_body_util::Empty::<bytes::Bytes>::new());
-        *req.uri_mut() = format!("/{}?utm_source=sms", codes[(i * 7919) % codes.len()]).parse().unwrap();
+        *req.uri_mut() = format!("/{}?utm_source=sms", codes[(i * 7919) % codes.len()])
+            .parse()
+            .unwrap();
         req.headers_mut().insert(http::header::USER_AGENT, ua.clone());
-        let resp = linkgate::server::router::route(&app, req, Some(peer)).now_or_never().expect("a cache hit never waits");
+        let resp = linkgate::server::router::route(&app, req, Some(peer))
+            .now_or_never()
+            .expect("a cache hit never waits");
         assert_eq!(resp.status(), 302);
         if i % 8192 == 0 {
             if let Some(events) = &app.events {

@@ -9,8 +9,8 @@
 //! Set `LINKGATE_BENCH_10M=1` to include the 10,000,000-link case (about 2.5 GB of memory).
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::FutureExt;

@@ -120,7 +120,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let admin = tokio::net::TcpListener::bind(config.admin_listen)
         .await
         .map_err(|e| anyhow::anyhow!("LINKGATE_ADMIN_LISTEN: cannot bind {}: {e}", config.admin_listen))?;
-    let mode = if config.redis_url.is_some() { "redis" } else { "embedded" };
+    let mode = if config.redis_url.is_some() {
+        "redis"
+    } else {
+        "embedded"
+    };
     let app = App::build(config).await?;
     tracing::info!(addr = %listener.local_addr()?, admin = %admin.local_addr()?, mode, "linkgate serving");
     let (stop, stopped) = tokio::sync::watch::channel(false);

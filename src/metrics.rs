@@ -125,7 +125,11 @@ pub fn render(app: &App) -> String {
     for route in RouteClass::ALL {
         for (i, class) in STATUS_CLASSES.iter().enumerate() {
             let v = m.requests(route, i + 1);
-            let _ = writeln!(out, "linkgate_requests_total{{route=\"{}\",status=\"{class}\"}} {v}", route.as_str());
+            let _ = writeln!(
+                out,
+                "linkgate_requests_total{{route=\"{}\",status=\"{class}\"}} {v}",
+                route.as_str()
+            );
         }
     }
     histogram(
@@ -140,12 +144,35 @@ pub fn render(app: &App) -> String {
         out,
         "# HELP linkgate_cache_lookups_total Redirect lookups by result.\n# TYPE linkgate_cache_lookups_total counter"
     );
-    for (result, v) in [("hit", &c.hits), ("miss", &c.misses), ("negative_hit", &c.negative_hits)] {
-        let _ = writeln!(out, "linkgate_cache_lookups_total{{result=\"{result}\"}} {}", v.load(Ordering::Relaxed));
+    for (result, v) in [
+        ("hit", &c.hits),
+        ("miss", &c.misses),
+        ("negative_hit", &c.negative_hits),
+    ] {
+        let _ = writeln!(
+            out,
+            "linkgate_cache_lookups_total{{result=\"{result}\"}} {}",
+            v.load(Ordering::Relaxed)
+        );
     }
-    counter(&mut out, "linkgate_store_reads_total", "Store reads made to fill the cache.", c.store_reads.load(Ordering::Relaxed));
-    gauge(&mut out, "linkgate_cache_links", "Links held in the cache.", app.resolver.cached_links() as u64);
-    counter(&mut out, "linkgate_store_errors_total", "Store operations that failed.", STORE_ERRORS.load(Ordering::Relaxed));
+    counter(
+        &mut out,
+        "linkgate_store_reads_total",
+        "Store reads made to fill the cache.",
+        c.store_reads.load(Ordering::Relaxed),
+    );
+    gauge(
+        &mut out,
+        "linkgate_cache_links",
+        "Links held in the cache.",
+        app.resolver.cached_links() as u64,
+    );
+    counter(
+        &mut out,
+        "linkgate_store_errors_total",
+        "Store operations that failed.",
+        STORE_ERRORS.load(Ordering::Relaxed),
+    );
     if let Some(p) = &app.events {
         p.render_metrics(&mut out);
     }

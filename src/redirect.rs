@@ -131,7 +131,9 @@ fn respond(app: &App, link: &CachedLink, tap: &Tap) -> Response<Body> {
 
 fn click_record(app: &App, link: &CachedLink, tap: &Tap, state: LinkState, click: RawClickId) -> ClickRecord {
     let synthetic = app.config.synthetic_token.as_ref().is_some_and(|token| {
-        tap.headers.get(&SYNTHETIC).is_some_and(|v| bool::from(token.as_bytes().ct_eq(v.as_bytes())))
+        tap.headers
+            .get(&SYNTHETIC)
+            .is_some_and(|v| bool::from(token.as_bytes().ct_eq(v.as_bytes())))
     });
     ClickRecord {
         code: InlineCode::new(link.code()),

@@ -107,7 +107,10 @@ async fn a_redis_outage_mid_load_loses_no_tap() {
     assert_eq!(distinct, accepted, "exactly the accepted taps, no phantom ones");
     assert!(total >= distinct, "replays may repeat, never drop");
     let stats = s.api("GET", "/v1/links/steady/stats", None).await.json();
-    assert!(stats["clicks"].as_i64().unwrap() >= accepted as i64, "replayed taps are counted: {stats}");
+    assert!(
+        stats["clicks"].as_i64().unwrap() >= accepted as i64,
+        "replayed taps are counted: {stats}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

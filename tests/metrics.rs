@@ -10,7 +10,8 @@ use support::{Backend, Env, TestServer, eventually, send};
 
 /// The value of the sample line `name` (with its labels) in a Prometheus text exposition.
 fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
 #[tokio::test]
@@ -19,18 +20,34 @@ async fn metrics_count_known_traffic() {
     let s = TestServer::start(&env).await;
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin_addr = admin.local_addr().unwrap();
-    tokio::spawn(linkgate::server::admin::run(admin, s.app.clone(), std::future::pending()));
+    tokio::spawn(linkgate::server::admin::run(
+        admin,
+        s.app.clone(),
+        std::future::pending(),
+    ));
 
-    let r = s.api("POST", "/v1/links", Some(json!({"destination": "https://a.example/", "code": "metered"}))).await;
+    let r = s
+        .api(
+            "POST",
+            "/v1/links",
+            Some(json!({"destination": "https://a.example/", "code": "metered"})),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED);
     for _ in 0..3 {
-        assert_eq!(s.get_ua("/metered", "Mozilla/5.0 (iPhone)").await.status, StatusCode::FOUND);
+        assert_eq!(
+            s.get_ua("/metered", "Mozilla/5.0 (iPhone)").await.status,
+            StatusCode::FOUND
+        );
     }
     for _ in 0..2 {
         assert_eq!(s.get("/no-such-code").await.status, StatusCode::NOT_FOUND);
     }
     assert_eq!(s.get("/healthz").await.status, StatusCode::OK);
-    assert_eq!(s.api("GET", "/v1/links/missing1", None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        s.api("GET", "/v1/links/missing1", None).await.status,
+        StatusCode::NOT_FOUND
+    );
 
     let text = eventually(Duration::from_secs(5), "3 click events written", || async {
         let r = send(admin_addr, "GET", "/metrics", &[], vec![]).await;

@@ -210,7 +210,11 @@ impl Stats {
     /// The non-zero stored fields (what a counter update has to write). `clicks` is not stored: it
     /// is `human_clicks + bot_clicks`, which saves one counter update per tap.
     pub fn nonzero(&self) -> impl Iterator<Item = (&'static str, i64)> + '_ {
-        Self::FIELDS.into_iter().filter(|f| *f != "clicks").map(|f| (f, self.get(f))).filter(|(_, v)| *v != 0)
+        Self::FIELDS
+            .into_iter()
+            .filter(|f| *f != "clicks")
+            .map(|f| (f, self.get(f)))
+            .filter(|(_, v)| *v != 0)
     }
 
     /// Fills the derived fields after reading the stored ones.

@@ -178,7 +178,9 @@ pub fn classify(is_head: bool, user_agent: Option<&[u8]>) -> Agent {
     if is_head {
         return Agent::Bot;
     }
-    let Some(ua) = user_agent.filter(|u| !u.iter().all(u8::is_ascii_whitespace)) else { return Agent::Bot };
+    let Some(ua) = user_agent.filter(|u| !u.iter().all(u8::is_ascii_whitespace)) else {
+        return Agent::Bot;
+    };
     let ua = &ua[..ua.len().min(MAX_UA_SCAN)];
     let key = xxhash_rust::xxh3::xxh3_64(ua);
     if let Some(agent) = UA_CACHE.with(|c| c.borrow().get(&key).copied()) {

@@ -79,7 +79,10 @@ impl std::fmt::Debug for InlineCode {
 
 /// Something for the batcher: a tap to turn into an event, or an event built by the API.
 #[derive(Debug)]
-#[expect(clippy::large_enum_variant, reason = "clicks are nearly every event; boxing them would allocate per tap")]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "clicks are nearly every event; boxing them would allocate per tap"
+)]
 pub enum Queued {
     Click(ClickRecord),
     Event(Box<Event>),

@@ -37,14 +37,21 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
 /// The admin answer for `method path`.
 pub fn answer(app: &App, method: &Method, path: &str) -> Response<Body> {
     let (status, content_type, body) = match (method, path) {
-        (&Method::GET, "/metrics") => {
-            (StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", crate::metrics::render(app).into_bytes())
-        }
+        (&Method::GET, "/metrics") => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            crate::metrics::render(app).into_bytes(),
+        ),
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain; charset=utf-8", b"ok\n".to_vec()),
-        _ => (StatusCode::NOT_FOUND, "text/plain; charset=utf-8", b"not found\n".to_vec()),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            b"not found\n".to_vec(),
+        ),
     };
     let mut r = Response::new(Body::from(body));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
     r
 }

@@ -39,7 +39,9 @@ where
         _ => {
             let started = Instant::now();
             let resp = crate::redirect::handle(app, &req, peer).await;
-            app.metrics.redirect_latency.observe(started.elapsed().as_micros() as u64);
+            app.metrics
+                .redirect_latency
+                .observe(started.elapsed().as_micros() as u64);
             (RouteClass::Redirect, resp)
         }
     };

@@ -127,20 +127,79 @@ impl EventPipeline {
     pub fn render_metrics(&self, out: &mut String) {
         use std::fmt::Write;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        metrics::gauge(out, "linkgate_event_queue_depth", "Events waiting for the batcher.", self.depth() as u64);
-        metrics::gauge(out, "linkgate_event_queue_capacity", "Capacity of the event queue.", QUEUE_CAPACITY as u64);
-        metrics::counter(out, "linkgate_event_overflow_total", "Events parked in the overflow list because the queue was full.", get(&self.overflowed));
-        let _ = writeln!(out, "# HELP linkgate_events_written_total Events delivered, by sink and type.\n# TYPE linkgate_events_written_total counter");
+        metrics::gauge(
+            out,
+            "linkgate_event_queue_depth",
+            "Events waiting for the batcher.",
+            self.depth() as u64,
+        );
+        metrics::gauge(
+            out,
+            "linkgate_event_queue_capacity",
+            "Capacity of the event queue.",
+            QUEUE_CAPACITY as u64,
+        );
+        metrics::counter(
+            out,
+            "linkgate_event_overflow_total",
+            "Events parked in the overflow list because the queue was full.",
+            get(&self.overflowed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP linkgate_events_written_total Events delivered, by sink and type.\n# TYPE linkgate_events_written_total counter"
+        );
         for (i, t) in ["click", "lead", "conversion"].iter().enumerate() {
-            let _ = writeln!(out, "linkgate_events_written_total{{sink=\"{}\",type=\"{t}\"}} {}", self.sink_name, get(&self.delivered_by_type[i]));
+            let _ = writeln!(
+                out,
+                "linkgate_events_written_total{{sink=\"{}\",type=\"{t}\"}} {}",
+                self.sink_name,
+                get(&self.delivered_by_type[i])
+            );
         }
-        metrics::histogram(out, "linkgate_batch_events", "Events per delivered batch.", &self.batch_sizes, 1.0);
-        metrics::counter(out, "linkgate_spooled_batches_total", "Batches written to the spool because the sink failed.", get(&self.spooled_batches));
-        metrics::gauge(out, "linkgate_spool_bytes", "Bytes in the spool waiting for replay.", get(&self.spool_bytes));
-        metrics::counter(out, "linkgate_spool_replayed_events_total", "Events delivered from the spool.", get(&self.replayed));
-        metrics::counter(out, "linkgate_leads_opened_total", "Lead events delivered.", get(&self.delivered_by_type[1]));
-        metrics::counter(out, "linkgate_conversions_total", "Conversion events delivered.", get(&self.delivered_by_type[2]));
-        metrics::counter(out, "linkgate_revenue_minor_total", "Revenue of attributed conversions delivered, in minor units.", get(&self.revenue));
+        metrics::histogram(
+            out,
+            "linkgate_batch_events",
+            "Events per delivered batch.",
+            &self.batch_sizes,
+            1.0,
+        );
+        metrics::counter(
+            out,
+            "linkgate_spooled_batches_total",
+            "Batches written to the spool because the sink failed.",
+            get(&self.spooled_batches),
+        );
+        metrics::gauge(
+            out,
+            "linkgate_spool_bytes",
+            "Bytes in the spool waiting for replay.",
+            get(&self.spool_bytes),
+        );
+        metrics::counter(
+            out,
+            "linkgate_spool_replayed_events_total",
+            "Events delivered from the spool.",
+            get(&self.replayed),
+        );
+        metrics::counter(
+            out,
+            "linkgate_leads_opened_total",
+            "Lead events delivered.",
+            get(&self.delivered_by_type[1]),
+        );
+        metrics::counter(
+            out,
+            "linkgate_conversions_total",
+            "Conversion events delivered.",
+            get(&self.delivered_by_type[2]),
+        );
+        metrics::counter(
+            out,
+            "linkgate_revenue_minor_total",
+            "Revenue of attributed conversions delivered, in minor units.",
+            get(&self.revenue),
+        );
     }
 
     /// Up to `max` queued events, then everything parked in the overflow list.
@@ -211,7 +270,9 @@ impl Batcher {
 
     fn spool_pending(&self) -> bool {
         let spool = self.spool.lock().unwrap_or_else(|e| e.into_inner());
-        self.pipeline.spool_bytes.store(spool.pending_bytes(), Ordering::Relaxed);
+        self.pipeline
+            .spool_bytes
+            .store(spool.pending_bytes(), Ordering::Relaxed);
         spool.pending()
     }
 
@@ -423,7 +484,8 @@ impl Batcher {
             };
             p.delivered_by_type[i].fetch_add(1, Ordering::Relaxed);
             if e.attributed == Some(true) && !e.synthetic {
-                p.revenue.fetch_add(e.amount.unwrap_or(0).max(0) as u64, Ordering::Relaxed);
+                p.revenue
+                    .fetch_add(e.amount.unwrap_or(0).max(0) as u64, Ordering::Relaxed);
             }
         }
         self.pipeline.batches.fetch_add(1, Ordering::Relaxed);
