@@ -70,14 +70,20 @@ pub async fn handle<B>(app: &App, req: &Request<B>, peer: Option<IpAddr>) -> Res
             Ok(Some(link)) => match app.resolver.lookup(code, |cached| respond(app, cached, &tap)) {
                 Lookup::Hit(resp) => resp,
                 // Invalidated while we read it: serve what the store said, uncached.
-                _ => respond(app, &CachedLink::from_link(&link, app.resolver.interner()), &tap),
+                _ => respond(app, &app.resolver.pack(&link), &tap),
             },
             Err(e) => {
                 crate::metrics::STORE_ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(error = %e, "store read failed on a cache miss");
-                let mut r = crate::server::router::text(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable\n");
-                r.headers_mut().insert(CACHE_CONTROL, NO_STORE);
-                r
+                // A stale entry (its generation predates a lost subscription) beats an error.
+                app.resolver
+                    .lookup_stale(code, |link| respond(app, link, &tap))
+                    .unwrap_or_else(|| {
+                        let mut r =
+                            crate::server::router::text(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable\n");
+                        r.headers_mut().insert(CACHE_CONTROL, NO_STORE);
+                        r
+                    })
             }
         },
     }

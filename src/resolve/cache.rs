@@ -92,7 +92,8 @@ const OWNER: usize = 8; // u32
 const EXPIRES: usize = 12; // u32, 0 = never
 const MAX_CLICKS: usize = 16; // u32, 0 = unlimited
 const LENS: usize = 20; // 6 × u16: code, destination, recipient, fallback, ios, android
-const HEADER: usize = LENS + 12;
+const GENERATION: usize = LENS + 12; // u32: the resolver generation the entry was read in
+const HEADER: usize = GENERATION + 4;
 
 /// One cached link, packed into a single allocation: on a 50-byte SMS destination that is about
 /// 100 bytes, and a lookup touches one heap line after the map's own.
@@ -107,7 +108,8 @@ pub enum LinkState {
 }
 
 impl CachedLink {
-    pub fn from_link(link: &Link, interner: &Interner) -> Self {
+    /// Packs `link`, read from the store in resolver `generation`.
+    pub fn from_link(link: &Link, interner: &Interner, generation: u32) -> Self {
         let strings: [&str; 6] = [
             &link.code,
             &link.destination,
@@ -136,6 +138,7 @@ impl CachedLink {
             // Validation bounds every string far below 64 KiB (URLs: 2,048 bytes).
             b.extend_from_slice(&(s.len().min(u16::MAX as usize) as u16).to_le_bytes());
         }
+        b.extend_from_slice(&generation.to_le_bytes());
         for s in &strings {
             b.extend_from_slice(&s.as_bytes()[..s.len().min(u16::MAX as usize)]);
         }
@@ -194,6 +197,11 @@ impl CachedLink {
     pub fn owner(&self) -> u32 {
         self.u32_at(OWNER)
     }
+    /// The resolver generation this entry was read in (older ones are revalidated).
+    pub fn generation(&self) -> u32 {
+        self.u32_at(GENERATION)
+    }
+
     /// `max_clicks`, 0 when unlimited.
     pub fn max_clicks(&self) -> u32 {
         self.u32_at(MAX_CLICKS)

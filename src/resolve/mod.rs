@@ -4,7 +4,10 @@
 //! cache remembers unknown codes for [`NEGATIVE_TTL`] so a scanner trying random codes cannot hammer
 //! the store. A miss reads the store once, however many requests miss on the same code at the same
 //! time (they wait on one shared read). Replicas stay coherent through [`Store::watch_invalidations`]:
-//! a PATCH or DELETE anywhere removes the code here within a pub/sub round trip.
+//! a PATCH or DELETE anywhere removes the code here within a pub/sub round trip. When the
+//! subscription itself was lost, every entry is marked stale (a new generation) rather than dropped:
+//! each is revalidated by its next tap, and served stale if the store cannot answer yet, so a Redis
+//! restart does not turn cached taps into errors.
 
 pub mod cache;
 
@@ -45,6 +48,8 @@ pub struct Resolver {
     interner: Interner,
     /// Bumped by every invalidation, so a store read that raced one is not cached.
     epoch: AtomicU64,
+    /// Entries read in an older generation are stale: revalidated on their next tap.
+    generation: AtomicU32,
     metrics: CacheMetrics,
     store: Arc<dyn Store>,
 }
@@ -58,6 +63,7 @@ impl Resolver {
             human_clicks: DashMap::with_hasher(Default::default()),
             interner: Interner::default(),
             epoch: AtomicU64::new(0),
+            generation: AtomicU32::new(0),
             metrics: CacheMetrics::default(),
             store: store.clone(),
         });
@@ -86,9 +92,20 @@ impl Resolver {
     #[inline]
     pub fn lookup<R>(&self, code: &str, f: impl FnOnce(&CachedLink) -> R) -> Lookup<R> {
         let hash = code_hash(code);
-        if let Some(r) = self.cache.with(hash, code, f) {
-            self.metrics.hits.fetch_add(1, Ordering::Relaxed);
-            return Lookup::Hit(r);
+        let generation = self.generation.load(Ordering::Relaxed);
+        match self
+            .cache
+            .with(hash, code, |l| (l.generation() == generation).then(|| f(l)))
+        {
+            Some(Some(r)) => {
+                self.metrics.hits.fetch_add(1, Ordering::Relaxed);
+                return Lookup::Hit(r);
+            }
+            Some(None) => {
+                self.metrics.misses.fetch_add(1, Ordering::Relaxed);
+                return Lookup::Miss;
+            }
+            None => {}
         }
         match self.negative.get(&hash) {
             Some(until) if *until > Instant::now() => {
@@ -139,9 +156,13 @@ impl Resolver {
         match link {
             Some(link) => {
                 self.negative.remove(&hash);
-                self.cache.insert(hash, CachedLink::from_link(link, &self.interner));
+                let generation = self.generation.load(Ordering::Relaxed);
+                self.cache
+                    .insert(hash, CachedLink::from_link(link, &self.interner, generation));
             }
             None => {
+                // A stale entry of a link deleted meanwhile must not be served again.
+                self.cache.remove(hash);
                 if self.negative.len() >= NEGATIVE_MAX {
                     self.negative.clear();
                 }
@@ -161,11 +182,22 @@ impl Resolver {
                 self.human_clicks.remove(&hash);
             }
             Invalidation::All => {
-                self.cache.clear();
+                self.generation.fetch_add(1, Ordering::AcqRel);
                 self.negative.clear();
                 self.human_clicks.clear();
             }
         }
+    }
+
+    /// Runs `f` on the cached entry for `code` even when it is stale: what to serve when the store
+    /// cannot revalidate it.
+    pub fn lookup_stale<R>(&self, code: &str, f: impl FnOnce(&CachedLink) -> R) -> Option<R> {
+        self.cache.with(code_hash(code), code, f)
+    }
+
+    /// Packs `link` as this resolver would cache it (for serving a read that was not cached).
+    pub fn pack(&self, link: &Link) -> CachedLink {
+        CachedLink::from_link(link, &self.interner, self.generation.load(Ordering::Relaxed))
     }
 
     /// Puts a link the API just wrote straight into the cache.
