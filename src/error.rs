@@ -162,7 +162,6 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::CodeTaken(code) => Self::code_taken(&code),
             StoreError::CodesTaken(items) => {
                 let errors = items
                     .into_iter()

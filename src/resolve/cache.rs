@@ -258,10 +258,6 @@ impl ShardedCache {
         self.map.remove(&hash);
     }
 
-    pub fn clear(&self) {
-        self.map.clear();
-    }
-
     pub fn len(&self) -> usize {
         self.map.len()
     }

@@ -26,8 +26,6 @@ pub const IDEMPOTENCY_TTL_SECS: u64 = 24 * 3600;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("code `{0}` is taken")]
-    CodeTaken(String),
     /// Custom codes already taken in a mint call: `(item index, code)`.
     #[error("{} codes are taken", .0.len())]
     CodesTaken(Vec<(usize, String)>),

@@ -70,10 +70,6 @@ impl EventLog {
         self.size += buf.len() as u64;
         Ok(())
     }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
 }
 
 /// `<data>/spool.jsonl`: events not yet delivered, oldest first. `offset` is how far replay got.
