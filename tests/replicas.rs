@@ -111,3 +111,47 @@ async fn a_replica_that_loses_redis_resubscribes_and_drops_its_cache() {
     .await;
     assert_eq!(b.get("/readyz").await.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_replica_started_before_redis_is_not_ready_until_redis_answers() {
+    let port = support::free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let mut env = Env {
+        backend: Backend::Redis,
+        redis: None,
+        dir: support::TempDir::new(),
+    };
+    let s = TestServer::start_with(&env, &[("LINKGATE_REDIS_URL", url.as_str())]).await;
+    assert_eq!(s.get("/healthz").await.status, StatusCode::OK, "alive");
+    assert_eq!(
+        s.get("/readyz").await.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not ready without Redis"
+    );
+    let r = s
+        .api(
+            "POST",
+            "/v1/links",
+            Some(json!({"destination": "https://a.example/", "code": "early"})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    );
+
+    env.redis = Some(support::RedisGuard::start_on(port));
+    eventually(Duration::from_secs(10), "ready once Redis answers", || async {
+        (s.get("/readyz").await.status == StatusCode::OK).then_some(())
+    })
+    .await;
+    let r = s
+        .api(
+            "POST",
+            "/v1/links",
+            Some(json!({"destination": "https://a.example/", "code": "early", "track_conversions": false})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    assert_eq!(s.get("/early").await.location(), "https://a.example/");
+}

@@ -46,7 +46,8 @@ pub const INVALIDATE_CHANNEL: &str = "lg:invalidate";
 
 pub struct RedisStore {
     client: Client,
-    conn: ConnectionManager,
+    /// Connected on first use, so linkgate starts (not ready) while Redis is still unreachable.
+    conn: tokio::sync::OnceCell<ConnectionManager>,
 }
 
 fn link_key(code: &str) -> String {
@@ -123,14 +124,32 @@ fn stats_from(map: std::collections::HashMap<String, i64>) -> Stats {
 
 impl RedisStore {
     /// Connects; fails when Redis does not answer within a few seconds.
+    /// Opens a client for `url` and tries to connect. An unreachable Redis is not an error here:
+    /// every call retries the connection until it succeeds (`/readyz` answers 503 meanwhile).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let client = Client::open(url)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(5)))
-            .set_number_of_retries(2);
-        let conn = client.get_connection_manager_with_config(config).await?;
-        Ok(Self { client, conn })
+        let store = Self {
+            client: Client::open(url)?,
+            conn: tokio::sync::OnceCell::new(),
+        };
+        if let Err(e) = store.conn().await {
+            tracing::warn!(error = %e, "Redis is not reachable yet; serving cached links only until it is");
+        }
+        Ok(store)
+    }
+
+    /// The shared connection (a cheap handle clone), connecting on first use.
+    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        let conn = self
+            .conn
+            .get_or_try_init(|| async {
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(2)))
+                    .set_response_timeout(Some(Duration::from_secs(5)))
+                    .set_number_of_retries(2);
+                self.client.get_connection_manager_with_config(config).await
+            })
+            .await?;
+        Ok(conn.clone())
     }
 
     /// Runs `cmds` in pipelines of at most [`PIPELINE_CHUNK`] commands, returning every reply.
@@ -142,7 +161,7 @@ impl RedisStore {
             for c in cmds.by_ref().take(PIPELINE_CHUNK) {
                 p.add_command(c);
             }
-            let replies: Vec<Value> = p.query_async(&mut self.conn.clone()).await?;
+            let replies: Vec<Value> = p.query_async(&mut self.conn().await?).await?;
             out.extend(replies);
         }
         Ok(out)
@@ -177,12 +196,12 @@ fn is_ok(v: &Value) -> bool {
 #[async_trait]
 impl Store for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        let _: String = redis::cmd("PING").query_async(&mut self.conn.clone()).await?;
+        let _: String = redis::cmd("PING").query_async(&mut self.conn().await?).await?;
         Ok(())
     }
 
     async fn get_link(&self, code: &str) -> Result<Option<Link>, StoreError> {
-        let bytes: Option<Vec<u8>> = self.conn.clone().get(link_key(code)).await?;
+        let bytes: Option<Vec<u8>> = self.conn().await?.get(link_key(code)).await?;
         bytes.map(|b| decode_link(code, &b)).transpose()
     }
 
@@ -214,7 +233,7 @@ impl Store for RedisStore {
         let mut todo: Vec<usize> = (0..n).filter(|&i| out[i].is_none()).collect();
         let mut links = links;
         if !todo.is_empty() {
-            let base: u64 = self.conn.clone().incr("lg:seq", todo.len() as u64).await?;
+            let base: u64 = self.conn().await?.incr("lg:seq", todo.len() as u64).await?;
             let first = base - todo.len() as u64 + 1;
             let mut fresh = generate_codes(todo.iter().filter(|&&i| links[i].code.is_empty()).count()).into_iter();
             for (k, &i) in todo.iter().enumerate() {
@@ -345,7 +364,7 @@ impl Store for RedisStore {
             .arg(link_key(code))
             .arg(encode_link(&link))
             .arg("XX")
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.conn().await?)
             .await?;
         Ok(set.map(|_| link))
     }
@@ -359,12 +378,12 @@ impl Store for RedisStore {
         for name in index_names(link.campaign_id.as_deref(), link.owner_id.as_deref()) {
             p.zrem(index_key(&name), code);
         }
-        p.query_async::<()>(&mut self.conn.clone()).await?;
+        p.query_async::<()>(&mut self.conn().await?).await?;
         if let Some((c, r)) = link.recipient_key() {
             let key = rcpt_key(c, r);
-            let owner: Option<String> = self.conn.clone().get(&key).await?;
+            let owner: Option<String> = self.conn().await?.get(&key).await?;
             if owner.as_deref() == Some(code) {
-                let _: () = self.conn.clone().del(&key).await?;
+                let _: () = self.conn().await?.del(&key).await?;
             }
         }
         Ok(true)
@@ -380,7 +399,7 @@ impl Store for RedisStore {
             .arg("LIMIT")
             .arg(0)
             .arg(limit)
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.conn().await?)
             .await?;
         let codes: Vec<String> = rows.iter().map(|(c, _)| c.clone()).collect();
         let links: Vec<Link> = self.get_links(&codes).await?.into_iter().flatten().collect();
@@ -393,20 +412,20 @@ impl Store for RedisStore {
     }
 
     async fn idempotency_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.conn.clone().get(format!("lg:idem:{key}")).await?)
+        Ok(self.conn().await?.get(format!("lg:idem:{key}")).await?)
     }
 
     async fn idempotency_put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         let _: () = self
-            .conn
-            .clone()
+            .conn()
+            .await?
             .set_ex(format!("lg:idem:{key}"), value, IDEMPOTENCY_TTL_SECS)
             .await?;
         Ok(())
     }
 
     async fn publish_invalidation(&self, code: &str) -> Result<(), StoreError> {
-        let _: i64 = self.conn.clone().publish(INVALIDATE_CHANNEL, code).await?;
+        let _: i64 = self.conn().await?.publish(INVALIDATE_CHANNEL, code).await?;
         Ok(())
     }
 
@@ -416,7 +435,7 @@ impl Store for RedisStore {
         }
         // The lead record is written before its claim, so whoever loses a claim can always read
         // the winner's record.
-        let last: u64 = self.conn.clone().incr("lg:leadseq", leads.len() as u64).await?;
+        let last: u64 = self.conn().await?.incr("lg:leadseq", leads.len() as u64).await?;
         let first = last + 1 - leads.len() as u64;
         for (i, l) in leads.iter_mut().enumerate() {
             l.seq = first + i as u64;
@@ -452,8 +471,8 @@ impl Store for RedisStore {
                 }
                 out.push(LeadClaim::Won(l));
             } else {
-                let _: () = self.conn.clone().del(lead_key(&l.lead_id)).await?;
-                let holder: Option<String> = self.conn.clone().get(lead_claim_key(&l.claim_key())).await?;
+                let _: () = self.conn().await?.del(lead_key(&l.lead_id)).await?;
+                let holder: Option<String> = self.conn().await?.get(lead_claim_key(&l.claim_key())).await?;
                 let existing = match holder {
                     Some(id) => self.get_lead(&id).await?,
                     None => None,
@@ -466,7 +485,7 @@ impl Store for RedisStore {
     }
 
     async fn get_lead(&self, lead_id: &str) -> Result<Option<Lead>, StoreError> {
-        let bytes: Option<Vec<u8>> = self.conn.clone().get(lead_key(lead_id)).await?;
+        let bytes: Option<Vec<u8>> = self.conn().await?.get(lead_key(lead_id)).await?;
         bytes.map(|b| decode(lead_id, &b)).transpose()
     }
 
@@ -480,7 +499,7 @@ impl Store for RedisStore {
             .arg("LIMIT")
             .arg(0)
             .arg(limit)
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.conn().await?)
             .await?;
         let cmds = rows
             .iter()
@@ -502,29 +521,29 @@ impl Store for RedisStore {
 
     async fn put_partner(&self, partner: &Partner) -> Result<(), StoreError> {
         let _: () = self
-            .conn
-            .clone()
+            .conn()
+            .await?
             .set(format!("lg:partner:{{{}}}", partner.id), encode(partner))
             .await?;
         Ok(())
     }
 
     async fn get_partner(&self, id: &str) -> Result<Option<Partner>, StoreError> {
-        let bytes: Option<Vec<u8>> = self.conn.clone().get(format!("lg:partner:{{{id}}}")).await?;
+        let bytes: Option<Vec<u8>> = self.conn().await?.get(format!("lg:partner:{{{id}}}")).await?;
         bytes.map(|b| decode(id, &b)).transpose()
     }
 
     async fn put_campaign(&self, campaign: &Campaign) -> Result<(), StoreError> {
         let _: () = self
-            .conn
-            .clone()
+            .conn()
+            .await?
             .set(format!("lg:campaign:{{{}}}", campaign.id), encode(campaign))
             .await?;
         Ok(())
     }
 
     async fn get_campaign(&self, id: &str) -> Result<Option<Campaign>, StoreError> {
-        let bytes: Option<Vec<u8>> = self.conn.clone().get(format!("lg:campaign:{{{id}}}")).await?;
+        let bytes: Option<Vec<u8>> = self.conn().await?.get(format!("lg:campaign:{{{id}}}")).await?;
         bytes.map(|b| decode(id, &b)).transpose()
     }
 
@@ -534,12 +553,12 @@ impl Store for RedisStore {
             .arg(&key)
             .arg(encode(conversion))
             .arg("NX")
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.conn().await?)
             .await?;
         if set.is_some() {
             return Ok(None);
         }
-        let bytes: Option<Vec<u8>> = self.conn.clone().get(&key).await?;
+        let bytes: Option<Vec<u8>> = self.conn().await?.get(&key).await?;
         bytes.map(|b| decode(&conversion.order_id, &b)).transpose()
     }
 
@@ -549,12 +568,12 @@ impl Store for RedisStore {
     }
 
     async fn link_stats(&self, code: &str) -> Result<Stats, StoreError> {
-        Ok(stats_from(self.conn.clone().hgetall(link_stats_key(code)).await?))
+        Ok(stats_from(self.conn().await?.hgetall(link_stats_key(code)).await?))
     }
 
     async fn campaign_stats(&self, campaign_id: &str) -> Result<Stats, StoreError> {
         Ok(stats_from(
-            self.conn.clone().hgetall(campaign_stats_key(campaign_id)).await?,
+            self.conn().await?.hgetall(campaign_stats_key(campaign_id)).await?,
         ))
     }
 
@@ -569,7 +588,7 @@ impl Store for RedisStore {
             .arg(0)
             .arg(limit.saturating_sub(1))
             .arg("WITHSCORES")
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.conn().await?)
             .await?;
         let mut cmds = Vec::new();
         for (owner, _) in &top {
