@@ -159,10 +159,15 @@ pub struct Event {
 impl Event {
     /// An event with the common fields set and every type-specific field empty.
     pub fn new(id: String, event_type: EventType, ts: i64) -> Self {
+        Self::at(id, event_type, crate::time::format_rfc3339(ts))
+    }
+
+    /// Like [`Event::new`], with the timestamp already formatted.
+    pub fn at(id: String, event_type: EventType, ts: String) -> Self {
         Self {
             id,
             event_type,
-            ts: crate::time::format_rfc3339(ts),
+            ts,
             code: None,
             campaign_id: None,
             owner_id: None,

@@ -669,14 +669,14 @@ impl RedisStore {
         &self,
         stream: &str,
         maxlen: usize,
-        events: &[(&str, String)],
+        events: &[(&str, &[u8])],
         delta: &CounterDelta,
     ) -> Result<(), StoreError> {
         let mut cmds: Vec<redis::Cmd> = events
             .iter()
             .map(|(t, json)| {
-                redis::cmd("XADD")
-                    .arg(stream)
+                let mut c = redis::cmd("XADD");
+                c.arg(stream)
                     .arg("MAXLEN")
                     .arg("~")
                     .arg(maxlen)
@@ -684,8 +684,8 @@ impl RedisStore {
                     .arg("type")
                     .arg(*t)
                     .arg("json")
-                    .arg(json)
-                    .clone()
+                    .arg(*json);
+                c
             })
             .collect();
         cmds.extend(counter_commands(delta));

@@ -277,23 +277,24 @@ impl Batcher {
     }
 
     fn events_of(&mut self, batch: Vec<Queued>) -> Vec<Event> {
+        let mut seen = BatchMemo::default();
         batch
             .into_iter()
             .map(|q| match q {
-                Queued::Click(c) => self.click_event(c),
+                Queued::Click(c) => self.click_event(c, &mut seen),
                 Queued::Event(e) => *e,
             })
             .filter(|e| !e.id.is_empty())
             .collect()
     }
 
-    fn click_event(&mut self, c: ClickRecord) -> Event {
+    fn click_event(&mut self, c: ClickRecord, seen: &mut BatchMemo) -> Event {
         let interner = self.resolver.interner();
         let click_id = c.click_id();
-        let mut e = Event::new(click_id.clone(), EventType::Click, c.ts);
+        let mut e = Event::at(click_id.clone(), EventType::Click, seen.timestamp(c.ts));
         e.code = Some(c.code().to_string());
-        e.campaign_id = interner.name(c.campaign).map(|s| s.to_string());
-        e.owner_id = interner.name(c.owner).map(|s| s.to_string());
+        e.campaign_id = seen.name(interner, c.campaign);
+        e.owner_id = seen.name(interner, c.owner);
         e.recipient_id = c.recipient.map(String::from);
         e.kind = Some(c.kind);
         e.synthetic = c.synthetic;
@@ -490,6 +491,34 @@ impl Batcher {
         }
         self.pipeline.batches.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+/// What a batch's taps share (timestamps within a second, campaign and owner names), formatted
+/// once per batch instead of once per event.
+#[derive(Default)]
+struct BatchMemo {
+    ts: Option<(i64, String)>,
+    names: std::collections::HashMap<u32, Option<String>>,
+}
+
+impl BatchMemo {
+    fn timestamp(&mut self, ts: i64) -> String {
+        match &self.ts {
+            Some((t, s)) if *t == ts => s.clone(),
+            _ => {
+                let s = crate::time::format_rfc3339(ts);
+                self.ts = Some((ts, s.clone()));
+                s
+            }
+        }
+    }
+
+    fn name(&mut self, interner: &crate::resolve::Interner, id: u32) -> Option<String> {
+        self.names
+            .entry(id)
+            .or_insert_with(|| interner.name(id).map(|s| s.to_string()))
+            .clone()
     }
 }
 
