@@ -32,27 +32,14 @@ fn main() {
     let before = rss_bytes();
     for (i, code) in codes.iter().enumerate() {
         let link = Link {
-            code: code.clone(),
-            // 50 bytes.
-            destination: format!("https://shop.brand.example/r/{:021}", i),
             kind: LinkKind::Sms,
             campaign_id: Some(campaigns[i % campaigns.len()].clone()),
             owner_id: Some(owners[i % owners.len()].clone()),
             // 10 bytes.
             recipient_id: Some(format!("c{:09}", i)),
-            expires_at: None,
-            max_clicks: None,
-            redirect_status: 302,
-            fallback_url: None,
-            ios_destination: None,
-            android_destination: None,
-            track_conversions: true,
-            tags: Vec::new(),
-            metadata: None,
-            disabled: false,
-            created_at: 0,
-            updated_at: 0,
             seq: i as u64,
+            // A 50-byte destination.
+            ..Link::new(code.clone(), format!("https://shop.brand.example/r/{:021}", i), 0)
         };
         assert_eq!(link.destination.len(), 50);
         resolver.prime(&link);

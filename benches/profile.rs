@@ -56,26 +56,13 @@ fn main() {
     let mut app = App::assemble(config, store.clone(), Vec::new(), b"profile-click-secret-0123456789");
     let codes = generate_codes(100_000);
     for (i, code) in codes.iter().enumerate() {
+        let destination = format!("https://shop.brand.example/reactivate?cust={i:012}&x=1");
         app.resolver.prime(&Link {
-            code: code.clone(),
-            destination: format!("https://shop.brand.example/reactivate?cust={i:012}&x=1"),
             kind: LinkKind::QrProduct,
             campaign_id: Some(format!("campaign-{}", i % 100)),
             owner_id: Some(format!("owner-{}", i % 1000)),
-            recipient_id: None,
-            expires_at: None,
-            max_clicks: None,
-            redirect_status: 302,
-            fallback_url: None,
-            ios_destination: None,
-            android_destination: None,
-            track_conversions: true,
-            tags: Vec::new(),
-            metadata: None,
-            disabled: false,
-            created_at: 0,
-            updated_at: 0,
             seq: i as u64,
+            ..Link::new(code.clone(), destination, 0)
         });
     }
     if on {

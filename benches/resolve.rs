@@ -26,26 +26,14 @@ use linkgate::stream::log::Spool;
 use linkgate::stream::{EventPipeline, EventSink, SinkError};
 
 pub fn sms_link(code: String, i: usize) -> Link {
+    let destination = format!("https://shop.brand.example/reactivate?cust={i:012}&x=1");
     Link {
-        code,
-        destination: format!("https://shop.brand.example/reactivate?cust={i:012}&x=1"),
         kind: LinkKind::Sms,
         campaign_id: Some(format!("campaign-{}", i % 100)),
         owner_id: Some(format!("salesperson-{}", i % 5000)),
         recipient_id: Some(format!("c{i:09}")),
-        expires_at: None,
-        max_clicks: None,
-        redirect_status: 302,
-        fallback_url: None,
-        ios_destination: None,
-        android_destination: None,
-        track_conversions: true,
-        tags: Vec::new(),
-        metadata: None,
-        disabled: false,
-        created_at: 1_795_507_200,
-        updated_at: 1_795_507_200,
         seq: i as u64,
+        ..Link::new(code, destination, 1_795_507_200)
     }
 }
 

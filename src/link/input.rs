@@ -110,27 +110,7 @@ pub(crate) fn metadata(v: &Value) -> Result<Option<Map<String, Value>>, String> 
 /// Parses a link to mint. `code` is left empty when the caller wants a generated one.
 pub fn parse_new(obj: &Map<String, Value>, rules: &Rules, errs: &mut Errors) -> Option<Link> {
     let before = errs.list.len();
-    let mut link = Link {
-        code: String::new(),
-        destination: String::new(),
-        kind: LinkKind::Web,
-        campaign_id: None,
-        owner_id: None,
-        recipient_id: None,
-        expires_at: None,
-        max_clicks: None,
-        redirect_status: 302,
-        fallback_url: None,
-        ios_destination: None,
-        android_destination: None,
-        track_conversions: true,
-        tags: Vec::new(),
-        metadata: None,
-        disabled: false,
-        created_at: rules.now,
-        updated_at: rules.now,
-        seq: 0,
-    };
+    let mut link = Link::new(String::new(), String::new(), rules.now);
     let mut has_destination = false;
     for (key, v) in obj {
         match key.as_str() {

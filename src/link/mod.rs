@@ -101,6 +101,31 @@ fn yes() -> bool {
 }
 
 impl Link {
+    /// A link with SPEC's defaults (kind `web`, 302, conversions tracked) and nothing else set.
+    pub fn new(code: String, destination: String, now: i64) -> Self {
+        Self {
+            code,
+            destination,
+            kind: LinkKind::Web,
+            campaign_id: None,
+            owner_id: None,
+            recipient_id: None,
+            expires_at: None,
+            max_clicks: None,
+            redirect_status: default_status(),
+            fallback_url: None,
+            ios_destination: None,
+            android_destination: None,
+            track_conversions: true,
+            tags: Vec::new(),
+            metadata: None,
+            disabled: false,
+            created_at: now,
+            updated_at: now,
+            seq: 0,
+        }
+    }
+
     /// The link as the API shows it, with its `short_url`.
     pub fn to_api_json(&self, public_base_url: &str) -> Value {
         let mut v = json!({
