@@ -152,6 +152,17 @@ impl RedisStore {
         Ok(conn.clone())
     }
 
+    /// The JSON record at `key` (`what` names it in a corruption error).
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, key: String, what: &str) -> Result<Option<T>, StoreError> {
+        let bytes: Option<Vec<u8>> = self.conn().await?.get(key).await?;
+        bytes.map(|b| decode(what, &b)).transpose()
+    }
+
+    async fn set_json<T: serde::Serialize + Sync>(&self, key: String, value: &T) -> Result<(), StoreError> {
+        let _: () = self.conn().await?.set(key, encode(value)).await?;
+        Ok(())
+    }
+
     /// Runs `cmds` in pipelines of at most [`PIPELINE_CHUNK`] commands, returning every reply.
     async fn run_chunked(&self, cmds: Vec<redis::Cmd>) -> Result<Vec<Value>, StoreError> {
         let mut out = Vec::with_capacity(cmds.len());
@@ -201,8 +212,7 @@ impl Store for RedisStore {
     }
 
     async fn get_link(&self, code: &str) -> Result<Option<Link>, StoreError> {
-        let bytes: Option<Vec<u8>> = self.conn().await?.get(link_key(code)).await?;
-        bytes.map(|b| decode_link(code, &b)).transpose()
+        self.get_json(link_key(code), code).await
     }
 
     async fn mint(&self, links: Vec<Link>) -> Result<Vec<Minted>, StoreError> {
@@ -485,8 +495,7 @@ impl Store for RedisStore {
     }
 
     async fn get_lead(&self, lead_id: &str) -> Result<Option<Lead>, StoreError> {
-        let bytes: Option<Vec<u8>> = self.conn().await?.get(lead_key(lead_id)).await?;
-        bytes.map(|b| decode(lead_id, &b)).transpose()
+        self.get_json(lead_key(lead_id), lead_id).await
     }
 
     async fn list_leads(&self, filter: &LinkFilter, after: u64, limit: usize) -> Result<LeadPage, StoreError> {
@@ -520,31 +529,19 @@ impl Store for RedisStore {
     }
 
     async fn put_partner(&self, partner: &Partner) -> Result<(), StoreError> {
-        let _: () = self
-            .conn()
-            .await?
-            .set(format!("lg:partner:{{{}}}", partner.id), encode(partner))
-            .await?;
-        Ok(())
+        self.set_json(format!("lg:partner:{{{}}}", partner.id), partner).await
     }
 
     async fn get_partner(&self, id: &str) -> Result<Option<Partner>, StoreError> {
-        let bytes: Option<Vec<u8>> = self.conn().await?.get(format!("lg:partner:{{{id}}}")).await?;
-        bytes.map(|b| decode(id, &b)).transpose()
+        self.get_json(format!("lg:partner:{{{id}}}"), id).await
     }
 
     async fn put_campaign(&self, campaign: &Campaign) -> Result<(), StoreError> {
-        let _: () = self
-            .conn()
-            .await?
-            .set(format!("lg:campaign:{{{}}}", campaign.id), encode(campaign))
-            .await?;
-        Ok(())
+        self.set_json(format!("lg:campaign:{{{}}}", campaign.id), campaign).await
     }
 
     async fn get_campaign(&self, id: &str) -> Result<Option<Campaign>, StoreError> {
-        let bytes: Option<Vec<u8>> = self.conn().await?.get(format!("lg:campaign:{{{id}}}")).await?;
-        bytes.map(|b| decode(id, &b)).transpose()
+        self.get_json(format!("lg:campaign:{{{id}}}"), id).await
     }
 
     async fn claim_conversion(&self, conversion: &Conversion) -> Result<Option<Conversion>, StoreError> {
