@@ -6,14 +6,12 @@ use http::{Request, StatusCode};
 use serde_json::{Value, json};
 
 use super::fields::Fields;
-use super::links::{DEFAULT_PAGE, MAX_PAGE};
-use super::{ApiResult, MAX_BODY_BYTES, ok_json, parse_object, query_pairs, read_body, require};
+use super::{ApiResult, MAX_BODY_BYTES, ok_json, page_query, parse_object, read_body, require};
 use crate::attribution::model::{Lead, LeadClaim, LeadSource};
 use crate::click::Queued;
 use crate::config::{ApiKey, Scope};
-use crate::error::{ApiError, FieldError};
+use crate::error::ApiError;
 use crate::server::{App, BoxError};
-use crate::store::LinkFilter;
 use crate::stream::batcher::{lead_event, new_lead_id};
 use crate::time::now_secs;
 
@@ -78,31 +76,8 @@ pub async fn get(app: &App, key: &ApiKey, id: &str) -> ApiResult {
 
 pub async fn list(app: &App, key: &ApiKey, query: Option<&str>) -> ApiResult {
     require(key, Scope::StatsRead)?;
-    let mut filter = LinkFilter::default();
-    let (mut cursor, mut limit) = (0u64, DEFAULT_PAGE);
-    let mut errors = Vec::new();
-    for (k, v) in query_pairs(query) {
-        match k.as_str() {
-            "campaign_id" => filter.campaign_id = Some(v),
-            "owner_id" => filter.owner_id = Some(v),
-            "cursor" => match v.parse() {
-                Ok(c) => cursor = c,
-                Err(_) => errors.push(FieldError::new("cursor", "is not a cursor this API returned")),
-            },
-            "limit" => match v.parse::<usize>() {
-                Ok(n) if (1..=MAX_PAGE).contains(&n) => limit = n,
-                _ => errors.push(FieldError::new(
-                    "limit",
-                    format!("must be an integer from 1 to {MAX_PAGE}"),
-                )),
-            },
-            other => errors.push(FieldError::new(other, "unknown query parameter")),
-        }
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::validation(errors));
-    }
-    let page = app.store.list_leads(&filter, cursor, limit).await?;
+    let q = page_query(query, |_, _, _| false)?;
+    let page = app.store.list_leads(&q.filter, q.cursor, q.limit).await?;
     let leads: Vec<Value> = page.leads.iter().map(Lead::to_api_json).collect();
     ok_json(
         StatusCode::OK,

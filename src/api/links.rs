@@ -10,7 +10,9 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use super::{ApiResult, MAX_BODY_BYTES, MAX_BULK_BODY_BYTES, ok_json, parse_object, query_pairs, read_body, require};
+use super::{
+    ApiResult, MAX_BODY_BYTES, MAX_BULK_BODY_BYTES, MAX_PAGE, ok_json, page_query, parse_object, read_body, require,
+};
 use crate::config::{ApiKey, Scope};
 use crate::error::{ApiError, ErrorCode, FieldError};
 use crate::link::code::is_code_shaped;
@@ -25,9 +27,6 @@ use crate::time::now_secs;
 pub const MAX_BULK_ITEMS: usize = 100_000;
 /// Most field errors listed in one answer.
 pub const MAX_ERROR_DETAILS: usize = 1000;
-/// Page size of link lists: default and maximum.
-pub const DEFAULT_PAGE: usize = 100;
-pub const MAX_PAGE: usize = 1000;
 /// Longest accepted `Idempotency-Key`.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
@@ -255,39 +254,22 @@ fn validate_bulk(app: &App, obj: &Map<String, Value>) -> Result<(Vec<Link>, Vec<
 
 pub async fn list<B>(app: &App, key: &ApiKey, req: &Request<B>) -> ApiResult {
     require(key, Scope::LinksRead)?;
-    let mut filter = LinkFilter::default();
-    let (mut cursor, mut limit, mut csv) = (0u64, DEFAULT_PAGE, false);
-    let mut errors = Vec::new();
-    for (k, v) in query_pairs(req.uri().query()) {
-        match k.as_str() {
-            "campaign_id" => filter.campaign_id = Some(v),
-            "owner_id" => filter.owner_id = Some(v),
-            "cursor" => match v.parse() {
-                Ok(c) => cursor = c,
-                Err(_) => errors.push(FieldError::new("cursor", "is not a cursor this API returned")),
-            },
-            "limit" => match v.parse::<usize>() {
-                Ok(n) if (1..=MAX_PAGE).contains(&n) => limit = n,
-                _ => errors.push(FieldError::new(
-                    "limit",
-                    format!("must be an integer from 1 to {MAX_PAGE}"),
-                )),
-            },
-            "format" => match v.as_str() {
-                "json" => csv = false,
-                "csv" => csv = true,
-                _ => errors.push(FieldError::new("format", "must be json or csv")),
-            },
-            other => errors.push(FieldError::new(other, "unknown query parameter")),
+    let mut csv = false;
+    let page = page_query(req.uri().query(), |k, v, errors| {
+        if k != "format" {
+            return false;
         }
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::validation(errors));
-    }
+        match v {
+            "json" => csv = false,
+            "csv" => csv = true,
+            _ => errors.push(FieldError::new("format", "must be json or csv")),
+        }
+        true
+    })?;
     if csv {
-        return Ok(csv_export(app, filter));
+        return Ok(csv_export(app, page.filter));
     }
-    let page = app.store.list_links(&filter, cursor, limit).await?;
+    let page = app.store.list_links(&page.filter, page.cursor, page.limit).await?;
     let base = &app.config.public_base_url;
     let links: Vec<Value> = page.links.iter().map(|l| l.to_api_json(base)).collect();
     ok_json(

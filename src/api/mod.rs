@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::{ApiKey, Scope};
-use crate::error::ApiError;
+use crate::error::{ApiError, FieldError};
 use crate::server::router::{json, json_error};
 use crate::server::{App, Body};
 
@@ -169,6 +169,58 @@ pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
 
 pub fn ok_json(status: StatusCode, v: &Value) -> ApiResult {
     Ok(json(status, serde_json::to_vec(v).unwrap_or_default()))
+}
+
+/// Page size of lists (links, leads): default and maximum.
+pub const DEFAULT_PAGE: usize = 100;
+pub const MAX_PAGE: usize = 1000;
+
+/// A list call's filter and page: `campaign_id`, `owner_id`, `cursor`, `limit`.
+pub struct PageQuery {
+    pub filter: crate::store::LinkFilter,
+    pub cursor: u64,
+    pub limit: usize,
+}
+
+/// Parses a list query. `other` sees every other parameter, may record an error, and answers
+/// whether it knew the parameter; unknown ones are refused.
+pub fn page_query(
+    query: Option<&str>,
+    mut other: impl FnMut(&str, &str, &mut Vec<FieldError>) -> bool,
+) -> Result<PageQuery, ApiError> {
+    let mut q = PageQuery {
+        filter: Default::default(),
+        cursor: 0,
+        limit: DEFAULT_PAGE,
+    };
+    let mut errors = Vec::new();
+    for (k, v) in query_pairs(query) {
+        match k.as_str() {
+            "campaign_id" => q.filter.campaign_id = Some(v),
+            "owner_id" => q.filter.owner_id = Some(v),
+            "cursor" => match v.parse() {
+                Ok(c) => q.cursor = c,
+                Err(_) => errors.push(FieldError::new("cursor", "is not a cursor this API returned")),
+            },
+            "limit" => match v.parse::<usize>() {
+                Ok(n) if (1..=MAX_PAGE).contains(&n) => q.limit = n,
+                _ => errors.push(FieldError::new(
+                    "limit",
+                    format!("must be an integer from 1 to {MAX_PAGE}"),
+                )),
+            },
+            name => {
+                if !other(name, &v, &mut errors) {
+                    errors.push(FieldError::new(name, "unknown query parameter"));
+                }
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(q)
+    } else {
+        Err(ApiError::validation(errors))
+    }
 }
 
 /// Parses `a=1&b=2` into pairs, percent-decoded.

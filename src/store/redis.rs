@@ -537,7 +537,8 @@ impl Store for RedisStore {
     }
 
     async fn put_campaign(&self, campaign: &Campaign) -> Result<(), StoreError> {
-        self.set_json(format!("lg:campaign:{{{}}}", campaign.id), campaign).await
+        self.set_json(format!("lg:campaign:{{{}}}", campaign.id), campaign)
+            .await
     }
 
     async fn get_campaign(&self, id: &str) -> Result<Option<Campaign>, StoreError> {
