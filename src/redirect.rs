@@ -99,7 +99,9 @@ fn respond(app: &App, link: &CachedLink, tap: &Tap) -> Response<Body> {
     }
     // HEAD is never a click. Every GET is, whatever the link's state (a late tap on an expired
     // reactivation link is still a warm lead).
-    let click = (!tap.head).then(|| app.signer.sign(link.code(), tap.now));
+    // Decoded once: the code is signed, queued and written into the Location.
+    let code = link.code();
+    let click = (!tap.head).then(|| app.signer.sign(code, tap.now));
     if let (Some(events), Some(click)) = (&app.events, click) {
         events.try_send(Queued::Click(click_record(app, link, tap, state, click)));
     }
@@ -126,8 +128,8 @@ fn respond(app: &App, link: &CachedLink, tap: &Tap) -> Response<Body> {
         location.push(sep);
         location.push_str("lg_click=");
         match click {
-            Some(c) => c.write(link.code(), &mut location),
-            None => app.signer.issue_into(link.code(), tap.now, &mut location),
+            Some(c) => c.write(code, &mut location),
+            None => app.signer.issue_into(code, tap.now, &mut location),
         }
     }
     location.push_str(fragment);
