@@ -13,7 +13,6 @@
 use std::sync::Arc;
 
 use futures_util::FutureExt;
-use linkgate::attribution::model::CounterDelta;
 use linkgate::config::Config;
 use linkgate::link::code::generate_codes;
 use linkgate::link::{Link, LinkKind};
@@ -27,8 +26,8 @@ struct NullSink;
 
 #[async_trait::async_trait]
 impl EventSink for NullSink {
-    async fn deliver(&self, events: &[linkgate::click::Event], _: &CounterDelta) -> Result<(), SinkError> {
-        std::hint::black_box(events.len());
+    async fn deliver(&self, batch: &linkgate::stream::Batch) -> Result<(), SinkError> {
+        std::hint::black_box(batch.len());
         Ok(())
     }
     fn name(&self) -> &'static str {

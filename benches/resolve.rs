@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::FutureExt;
-use linkgate::attribution::model::CounterDelta;
 use linkgate::config::Config;
 use linkgate::link::code::generate_codes;
 use linkgate::link::{Link, LinkKind};
@@ -164,8 +163,8 @@ struct NullSink;
 
 #[async_trait::async_trait]
 impl EventSink for NullSink {
-    async fn deliver(&self, events: &[linkgate::click::Event], _: &CounterDelta) -> Result<(), SinkError> {
-        black_box(events.len());
+    async fn deliver(&self, batch: &linkgate::stream::Batch) -> Result<(), SinkError> {
+        black_box(batch.len());
         Ok(())
     }
     fn name(&self) -> &'static str {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 use serde_json::{Value, json};
-use support::{BACKENDS, Backend, Env, TestServer, eventually};
+use support::{BACKENDS, Backend, Env, RedisGuard, TempDir, TestServer, eventually, stream_entries};
 
 const IPHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1";
 const WHATSAPP: &str = "WhatsApp/2.23.20.0 A";
@@ -490,4 +490,41 @@ async fn a_late_tap_on_an_expired_link_is_recorded_and_opens_the_lead() {
             "expired"
         );
     }
+}
+
+/// The stream sink has its own Redis connection: it must authenticate and select the database
+/// given in LINKGATE_REDIS_URL, like the store's.
+#[tokio::test]
+async fn events_reach_the_password_protected_database_named_in_the_url() {
+    let env = Env {
+        backend: Backend::Redis,
+        redis: Some(RedisGuard::start_with_password("s3cret-pw", 3)),
+        dir: TempDir::new(),
+    };
+    let url = env.redis.as_ref().unwrap().url();
+    let s = TestServer::start(&env).await;
+    let r = s
+        .api(
+            "POST",
+            "/v1/links",
+            Some(json!({"destination": "https://a.example/", "code": "authd"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    for _ in 0..3 {
+        assert_eq!(s.get("/authd").await.status, StatusCode::FOUND);
+    }
+    let clicks = eventually(LAG, "three clicks in database 3's stream", || async {
+        let entries = stream_entries(&url, "linkgate:events");
+        (entries.len() >= 3).then_some(entries)
+    })
+    .await;
+    assert_eq!(clicks.len(), 3);
+    assert!(clicks.iter().all(|(t, e)| t == "click" && e["code"] == "authd"));
+    json_until(&s, "/v1/links/authd/stats", |v| v["clicks"] == 3).await;
+    let db0 = url.replace("/3", "/0");
+    assert!(
+        stream_entries(&db0, "linkgate:events").is_empty(),
+        "nothing in database 0"
+    );
 }

@@ -202,9 +202,13 @@ impl Stats {
     }
 
     pub fn add(&mut self, other: &Stats) {
-        for f in Self::FIELDS {
-            self.set(f, self.get(f) + other.get(f));
-        }
+        self.links += other.links;
+        self.clicks += other.clicks;
+        self.human_clicks += other.human_clicks;
+        self.bot_clicks += other.bot_clicks;
+        self.leads += other.leads;
+        self.conversions += other.conversions;
+        self.revenue += other.revenue;
     }
 
     /// The non-zero stored fields (what a counter update has to write). `clicks` is not stored: it
@@ -264,13 +268,28 @@ impl CounterDelta {
         self.links.is_empty() && self.campaigns.is_empty() && self.owners.is_empty()
     }
 
+    pub fn clear(&mut self) {
+        self.links.clear();
+        self.campaigns.clear();
+        self.owners.clear();
+    }
+
     /// Adds `s` to the link, its campaign and (for leaderboard fields) its owner.
     pub fn add(&mut self, code: Option<&str>, campaign: Option<&str>, owner: Option<&str>, s: Stats) {
+        // Looked up before inserting: a key is allocated once per batch, not once per event.
+        fn bump(map: &mut HashMap<String, Stats>, key: &str, s: &Stats) {
+            match map.get_mut(key) {
+                Some(v) => v.add(s),
+                None => {
+                    map.insert(key.to_string(), *s);
+                }
+            }
+        }
         if let Some(code) = code {
-            self.links.entry(code.to_string()).or_default().add(&s);
+            bump(&mut self.links, code, &s);
         }
         if let Some(c) = campaign {
-            self.campaigns.entry(c.to_string()).or_default().add(&s);
+            bump(&mut self.campaigns, c, &s);
             if let Some(o) = owner {
                 let ranked = Stats {
                     leads: s.leads,

@@ -204,12 +204,26 @@ pub fn state_str(s: LinkState) -> &'static str {
 
 /// A header value as text, cut to [`MAX_HEADER_IN_EVENT`] bytes on a character boundary.
 pub fn truncated(v: &HeaderValue) -> String {
-    let s = String::from_utf8_lossy(v.as_bytes());
-    let mut end = s.len().min(MAX_HEADER_IN_EVENT);
-    while !s.is_char_boundary(end) {
-        end -= 1;
+    truncated_str(v.as_bytes()).into_owned()
+}
+
+/// Header bytes as text (invalid UTF-8 replaced), cut to [`MAX_HEADER_IN_EVENT`] bytes on a
+/// character boundary; borrowed when the header is valid UTF-8, as nearly all are.
+pub fn truncated_str(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    let cut = |s: &str| {
+        let mut end = s.len().min(MAX_HEADER_IN_EVENT);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        end
+    };
+    match String::from_utf8_lossy(bytes) {
+        std::borrow::Cow::Borrowed(s) => std::borrow::Cow::Borrowed(&s[..cut(s)]),
+        std::borrow::Cow::Owned(mut s) => {
+            s.truncate(cut(&s));
+            std::borrow::Cow::Owned(s)
+        }
     }
-    s[..end].to_string()
 }
 
 /// Salted IP hashes. The salt is derived from the click secret and the UTC day, so replicas agree,
@@ -242,6 +256,11 @@ impl IpHasher {
 
     /// 32 hex characters (SipHash-1-3, 128-bit, keyed by the day's salt).
     pub fn hash(&mut self, ip: IpAddr, unix_secs: i64) -> String {
+        String::from_utf8_lossy(&self.hash_hex(ip, unix_secs)).into_owned()
+    }
+
+    /// [`IpHasher::hash`] without the allocation.
+    pub fn hash_hex(&mut self, ip: IpAddr, unix_secs: i64) -> [u8; 32] {
         let day = unix_secs.div_euclid(86_400);
         if day != self.day {
             self.rekey(day);
@@ -251,7 +270,12 @@ impl IpHasher {
             IpAddr::V4(v4) => std::hash::Hasher::write(&mut h, &v4.to_ipv6_mapped().octets()),
             IpAddr::V6(v6) => std::hash::Hasher::write(&mut h, &v6.octets()),
         }
-        format!("{:032x}", h.finish128().as_u128())
+        let mut hex = [0u8; 32];
+        let v = h.finish128().as_u128();
+        for (i, d) in hex.iter_mut().enumerate() {
+            *d = b"0123456789abcdef"[((v >> (124 - 4 * i)) & 0xf) as usize];
+        }
+        hex
     }
 }
 

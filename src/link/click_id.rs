@@ -16,6 +16,8 @@ use subtle::ConstantTimeEq;
 
 const TAG_LEN: usize = 12;
 const PAYLOAD_LEN: usize = 4 + 4 + TAG_LEN;
+/// base64url (no padding) of the payload.
+const ENCODED_LEN: usize = (PAYLOAD_LEN * 4).div_ceil(3);
 
 /// A signed click not yet encoded as text: the redirect path queues this (20 bytes, no
 /// allocation) and the batcher encodes it.
@@ -30,6 +32,18 @@ impl RawClickId {
         out.push_str(code);
         out.push('.');
         URL_SAFE_NO_PAD.encode_string(self.payload, out);
+    }
+
+    /// Appends `<code>.<payload>` to a byte buffer (the batcher's JSON).
+    pub fn write_bytes(&self, code: &str, out: &mut Vec<u8>) {
+        out.extend_from_slice(code.as_bytes());
+        out.push(b'.');
+        let start = out.len();
+        out.resize(start + ENCODED_LEN, 0);
+        let n = URL_SAFE_NO_PAD
+            .encode_slice(self.payload, &mut out[start..])
+            .expect("the payload's encoding has a fixed length");
+        debug_assert_eq!(n, ENCODED_LEN);
     }
 
     pub fn to_id(&self, code: &str) -> String {

@@ -60,10 +60,7 @@ impl App {
         let (store, sink): (Arc<dyn Store>, Arc<dyn EventSink>) = match &config.redis_url {
             Some(url) => {
                 let redis = Arc::new(RedisStore::connect(url).await?);
-                let sink = RedisStreamSink {
-                    store: redis.clone(),
-                    stream: config.stream.clone(),
-                };
+                let sink = RedisStreamSink::new(url, &config.stream);
                 (redis, Arc::new(sink))
             }
             None => {

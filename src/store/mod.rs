@@ -9,7 +9,7 @@
 //! has a link gets that link back instead of a second one.
 
 mod embedded;
-mod redis;
+pub(crate) mod redis;
 
 use std::sync::Arc;
 

@@ -83,35 +83,29 @@ fn leaderboard_key(campaign: &str, by: RankBy) -> String {
     format!("lg:lb:{{{campaign}}}:{}", by.as_str())
 }
 
-/// The commands that add `delta` to the stored counters.
-pub(crate) fn counter_commands(delta: &CounterDelta) -> Vec<redis::Cmd> {
-    let mut cmds = Vec::new();
-    let mut hincr = |key: String, s: &Stats| {
+/// The commands that add `delta` to the stored counters, each handed to `command` as its
+/// arguments (`HINCRBY key field n`, `ZINCRBY key n owner`).
+pub(crate) fn counter_updates(delta: &CounterDelta, mut command: impl FnMut(&[&[u8]])) {
+    let hincr = |key: String, s: &Stats, command: &mut dyn FnMut(&[&[u8]])| {
         for (field, v) in s.nonzero() {
-            cmds.push(redis::cmd("HINCRBY").arg(&key).arg(field).arg(v).clone());
+            command(&[b"HINCRBY", key.as_bytes(), field.as_bytes(), v.to_string().as_bytes()]);
         }
     };
     for (code, s) in &delta.links {
-        hincr(link_stats_key(code), s);
+        hincr(link_stats_key(code), s, &mut command);
     }
     for (id, s) in &delta.campaigns {
-        hincr(campaign_stats_key(id), s);
+        hincr(campaign_stats_key(id), s, &mut command);
     }
     for ((campaign, owner), s) in &delta.owners {
         for by in [RankBy::Leads, RankBy::Conversions, RankBy::Revenue] {
             let v = s.get(by.as_str());
             if v != 0 {
-                cmds.push(
-                    redis::cmd("ZINCRBY")
-                        .arg(leaderboard_key(campaign, by))
-                        .arg(v)
-                        .arg(owner)
-                        .clone(),
-                );
+                let key = leaderboard_key(campaign, by);
+                command(&[b"ZINCRBY", key.as_bytes(), v.to_string().as_bytes(), owner.as_bytes()]);
             }
         }
     }
-    cmds
 }
 
 fn stats_from(map: std::collections::HashMap<String, i64>) -> Stats {
@@ -561,7 +555,15 @@ impl Store for RedisStore {
     }
 
     async fn apply_counters(&self, delta: &CounterDelta) -> Result<(), StoreError> {
-        self.run_chunked(counter_commands(delta)).await?;
+        let mut cmds = Vec::new();
+        counter_updates(delta, |args| {
+            let mut c = redis::Cmd::new();
+            for a in args {
+                c.arg(*a);
+            }
+            cmds.push(c);
+        });
+        self.run_chunked(cmds).await?;
         Ok(())
     }
 
@@ -661,36 +663,6 @@ impl Store for RedisStore {
 }
 
 impl RedisStore {
-    /// Appends `events` (`(type, json)`) to `stream` with `XADD … MAXLEN ~ maxlen` and applies
-    /// `delta`, all in one pipeline.
-    pub async fn deliver(
-        &self,
-        stream: &str,
-        maxlen: usize,
-        events: &[(&str, &[u8])],
-        delta: &CounterDelta,
-    ) -> Result<(), StoreError> {
-        let mut cmds: Vec<redis::Cmd> = events
-            .iter()
-            .map(|(t, json)| {
-                let mut c = redis::cmd("XADD");
-                c.arg(stream)
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(maxlen)
-                    .arg("*")
-                    .arg("type")
-                    .arg(*t)
-                    .arg("json")
-                    .arg(*json);
-                c
-            })
-            .collect();
-        cmds.extend(counter_commands(delta));
-        self.run_chunked(cmds).await?;
-        Ok(())
-    }
-
     /// Fills `out[i]` with `Existing` for each pair in `idx` that already has a link.
     async fn resolve_existing(
         &self,

@@ -9,7 +9,7 @@
 //! goes to the spool; while the spool holds events, new batches are appended behind them and the
 //! spool is replayed in order every [`REPLAY_INTERVAL`].
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,11 +17,12 @@ use std::time::Duration;
 use crossbeam_queue::ArrayQueue;
 use tokio::sync::{Notify, watch};
 
+use super::batch::{Batch, BatchMemo};
 use super::log::Spool;
 use super::{EventSink, SinkError};
-use crate::attribution::model::{CounterDelta, Lead, LeadClaim, LeadSource, Stats};
-use crate::click::event::{ClickRecord, IpHasher, state_str, truncated};
-use crate::click::{Agent, Event, EventType, Queued};
+use crate::attribution::model::LeadClaim;
+use crate::click::Queued;
+use crate::click::event::IpHasher;
 use crate::metrics::{self, Histogram};
 use crate::resolve::Resolver;
 use crate::store::Store;
@@ -101,6 +102,8 @@ impl EventPipeline {
             sink: parts.sink,
             store: parts.store,
             resolver: parts.resolver,
+            spare: Batch::default(),
+            queued: Vec::with_capacity(BATCH_MAX),
         };
         tokio::spawn(async move {
             batcher.run().await;
@@ -202,9 +205,8 @@ impl EventPipeline {
         );
     }
 
-    /// Up to `max` queued events, then everything parked in the overflow list.
-    fn take(&self, max: usize) -> Vec<Queued> {
-        let mut batch = Vec::with_capacity(self.queue.len().min(max));
+    /// Moves up to `max` queued events into `batch`, then what is parked in the overflow list.
+    fn take(&self, max: usize, batch: &mut Vec<Queued>) {
         while batch.len() < max {
             match self.queue.pop() {
                 Some(q) => batch.push(q),
@@ -216,7 +218,6 @@ impl EventPipeline {
             let n = parked.len().min(max - batch.len());
             batch.extend(parked.drain(..n));
         }
-        batch
     }
 
     /// Stops the batcher after it has delivered or spooled everything queued; waits at most `deadline`.
@@ -236,6 +237,10 @@ struct Batcher {
     sink: Arc<dyn EventSink>,
     store: Arc<dyn Store>,
     resolver: Arc<Resolver>,
+    /// The last batch, kept for its buffers.
+    spare: Batch,
+    /// What was taken from the queue, kept for its buffer.
+    queued: Vec<Queued>,
 }
 
 impl Batcher {
@@ -243,8 +248,10 @@ impl Batcher {
         let mut last_replay = tokio::time::Instant::now();
         loop {
             let stopping = self.pipeline.stopping.load(Ordering::Acquire);
-            let batch = self.pipeline.take(BATCH_MAX);
-            if batch.is_empty() {
+            let mut queued = std::mem::take(&mut self.queued);
+            self.pipeline.take(BATCH_MAX, &mut queued);
+            if queued.is_empty() {
+                self.queued = queued;
                 if stopping {
                     break;
                 }
@@ -253,8 +260,9 @@ impl Batcher {
                     () = self.pipeline.stop.notified() => {}
                 }
             } else {
-                let events = self.events_of(batch);
-                self.handle(events).await;
+                let batch = self.batch_of(&mut queued);
+                self.queued = queued;
+                self.handle(batch).await;
             }
             if self.spool_pending() && last_replay.elapsed() >= REPLAY_INTERVAL {
                 self.replay().await;
@@ -276,59 +284,46 @@ impl Batcher {
         spool.pending()
     }
 
-    fn events_of(&mut self, batch: Vec<Queued>) -> Vec<Event> {
-        let mut seen = BatchMemo::default();
-        batch
-            .into_iter()
-            .map(|q| match q {
-                Queued::Click(c) => self.click_event(c, &mut seen),
-                Queued::Event(e) => *e,
-            })
-            .filter(|e| !e.id.is_empty())
-            .collect()
-    }
-
-    fn click_event(&mut self, c: ClickRecord, seen: &mut BatchMemo) -> Event {
+    /// Encodes what the queue held: taps straight into JSON, other events through serde. The
+    /// batch reuses the buffers of the previous one.
+    fn batch_of(&mut self, queued: &mut Vec<Queued>) -> Batch {
+        let mut batch = std::mem::take(&mut self.spare);
+        batch.clear();
+        let mut memo = BatchMemo::default();
         let interner = self.resolver.interner();
-        let click_id = c.click_id();
-        let mut e = Event::at(click_id.clone(), EventType::Click, seen.timestamp(c.ts));
-        e.code = Some(c.code().to_string());
-        e.campaign_id = seen.name(interner, c.campaign);
-        e.owner_id = seen.name(interner, c.owner);
-        e.recipient_id = c.recipient.map(String::from);
-        e.kind = Some(c.kind);
-        e.synthetic = c.synthetic;
-        e.agent = Some(c.agent);
-        e.bot = Some(c.agent != Agent::Human);
-        e.state = Some(state_str(c.state).to_string());
-        e.user_agent = c.user_agent.as_ref().map(truncated);
-        e.referer = c.referer.as_ref().map(truncated);
-        e.ip_hash = c.ip.map(|ip| self.ip.hash(ip, c.ts));
-        e.click_id = Some(click_id);
-        e
-    }
-
-    /// Delivers `events`, or spools them when the sink fails or the spool is already behind.
-    async fn handle(&mut self, mut events: Vec<Event>) {
-        if events.is_empty() {
-            return;
-        }
-        if !self.spool_pending() {
-            match self.process(&mut events).await {
-                Ok(()) => return,
-                Err(e) => {
-                    tracing::warn!(error = %e, events = events.len(), "delivery failed; spooling")
-                }
+        for q in queued.drain(..) {
+            match q {
+                Queued::Click(c) => batch.push_click(&c, &mut memo, interner, &mut self.ip),
+                Queued::Event(e) if e.id.is_empty() => {}
+                Queued::Event(e) => batch.push_event(&e),
             }
         }
-        self.to_spool(events).await;
+        batch
     }
 
-    async fn to_spool(&self, events: Vec<Event>) {
+    /// Delivers `batch`, or spools it when the sink fails or the spool is already behind.
+    async fn handle(&mut self, mut batch: Batch) {
+        if !batch.is_empty() {
+            let delivered = !self.spool_pending() && {
+                match self.process(&mut batch).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(error = %e, events = batch.len(), "delivery failed; spooling");
+                        false
+                    }
+                }
+            };
+            if !delivered {
+                self.to_spool(batch.lines(batch.len()), batch.len()).await;
+            }
+        }
+        self.spare = batch;
+    }
+
+    async fn to_spool(&self, lines: Vec<u8>, n: usize) {
         let spool = self.spool.clone();
-        let n = events.len();
         let r =
-            tokio::task::spawn_blocking(move || spool.lock().unwrap_or_else(|e| e.into_inner()).append(&events)).await;
+            tokio::task::spawn_blocking(move || spool.lock().unwrap_or_else(|e| e.into_inner()).append(&lines)).await;
         match r {
             Ok(Ok(())) => {
                 self.pipeline.spooled_batches.fetch_add(1, Ordering::Relaxed);
@@ -348,12 +343,16 @@ impl Batcher {
             let read =
                 tokio::task::spawn_blocking(move || spool.lock().unwrap_or_else(|e| e.into_inner()).read(BATCH_MAX))
                     .await;
-            let Ok(Ok((mut events, pos))) = read else {
+            let Ok(Ok((events, pos))) = read else {
                 tracing::error!("could not read the spool");
                 return;
             };
             if !events.is_empty() {
-                if let Err(e) = self.process(&mut events).await {
+                let mut batch = Batch::with_capacity(events.len());
+                for e in &events {
+                    batch.push_event(e);
+                }
+                if let Err(e) = self.process(&mut batch).await {
                     tracing::debug!(error = %e, "spool replay deferred");
                     return;
                 }
@@ -373,85 +372,30 @@ impl Batcher {
         }
     }
 
-    /// Claims leads for first human taps, adds up the counters and delivers everything. The lead
-    /// events are appended to `events` for delivery and removed again when it fails, so what is
-    /// spooled is only the primary events (replay derives the leads again).
-    async fn process(&self, events: &mut Vec<Event>) -> Result<(), SinkError> {
-        let primary = events.len();
-        let result = self.deliver_with_leads(events).await;
+    /// Claims leads for first human taps and delivers everything. The lead events are appended
+    /// to the batch for delivery and removed again when it fails, so what is spooled is only the
+    /// primary events (replay derives the leads again).
+    async fn process(&self, batch: &mut Batch) -> Result<(), SinkError> {
+        let primary = batch.len();
+        let result = self.deliver_with_leads(batch).await;
         if result.is_err() {
-            events.truncate(primary);
+            batch.truncate(primary);
         }
         result
     }
 
-    async fn deliver_with_leads(&self, events: &mut Vec<Event>) -> Result<(), SinkError> {
-        let mut delta = CounterDelta::default();
-        let mut candidates = Vec::new();
-        let mut seen = HashSet::new();
-        for e in events.iter().filter(|e| !e.synthetic) {
-            let (code, campaign, owner) = (e.code.as_deref(), e.campaign_id.as_deref(), e.owner_id.as_deref());
-            match e.event_type {
-                EventType::Click => {
-                    let human = e.agent == Some(Agent::Human);
-                    let s = Stats {
-                        clicks: 1,
-                        human_clicks: human as i64,
-                        bot_clicks: !human as i64,
-                        ..Stats::default()
-                    };
-                    delta.add(code, campaign, owner, s);
-                    if let (true, Some(code), Some(click_id)) = (human && e.recipient_id.is_some(), code, &e.click_id) {
-                        if seen.insert(code) {
-                            candidates.push(Lead {
-                                lead_id: new_lead_id(),
-                                code: code.to_string(),
-                                campaign_id: e.campaign_id.clone(),
-                                owner_id: e.owner_id.clone(),
-                                recipient_id: e.recipient_id.clone(),
-                                click_id: click_id.clone(),
-                                source: LeadSource::Click,
-                                attributes: None,
-                                created_at: crate::time::parse_rfc3339(&e.ts).unwrap_or_else(crate::time::now_secs),
-                                seq: 0,
-                            });
-                        }
-                    }
-                }
-                EventType::Lead => delta.add(
-                    code,
-                    campaign,
-                    owner,
-                    Stats {
-                        leads: 1,
-                        ..Stats::default()
-                    },
-                ),
-                EventType::Conversion if e.attributed == Some(true) => {
-                    let s = Stats {
-                        conversions: 1,
-                        revenue: e.amount.unwrap_or(0),
-                        ..Stats::default()
-                    };
-                    delta.add(code, campaign, owner, s);
-                }
-                EventType::Conversion => {}
-            }
-        }
-        drop(seen);
+    async fn deliver_with_leads(&self, batch: &mut Batch) -> Result<(), SinkError> {
+        let candidates = std::mem::take(&mut batch.candidates);
         if !candidates.is_empty() {
-            let kinds: Vec<_> = candidates
-                .iter()
-                .map(|c| {
-                    events
-                        .iter()
-                        .find(|e| e.click_id.as_deref() == Some(c.click_id.as_str()))
-                        .and_then(|e| e.kind)
-                })
-                .collect();
-            let click_ids: Vec<String> = candidates.iter().map(|c| c.click_id.clone()).collect();
-            let claims = self.store.claim_leads(candidates).await?;
-            let mut leads = Vec::new();
+            let mut click_ids = Vec::with_capacity(candidates.len());
+            let mut kinds = Vec::with_capacity(candidates.len());
+            let mut leads = Vec::with_capacity(candidates.len());
+            for c in candidates {
+                click_ids.push(c.lead.click_id.clone());
+                kinds.push(c.kind);
+                leads.push(c.lead);
+            }
+            let claims = self.store.claim_leads(leads).await?;
             for ((claim, click_id), kind) in claims.into_iter().zip(click_ids).zip(kinds) {
                 let lead = match claim {
                     LeadClaim::Won(l) => l,
@@ -460,83 +404,20 @@ impl Batcher {
                     LeadClaim::Existing(l) if l.click_id == click_id => l,
                     LeadClaim::Existing(_) => continue,
                 };
-                delta.add(
-                    Some(&lead.code),
-                    lead.campaign_id.as_deref(),
-                    lead.owner_id.as_deref(),
-                    Stats {
-                        leads: 1,
-                        ..Stats::default()
-                    },
-                );
-                leads.push(lead_event(&lead, kind));
+                batch.push_lead(&lead, kind);
             }
-            events.extend(leads);
         }
-        self.sink.deliver(events, &delta).await?;
+        self.sink.deliver(batch).await?;
         let p = &self.pipeline;
-        p.delivered.fetch_add(events.len() as u64, Ordering::Relaxed);
-        p.batch_sizes.observe(events.len() as u64);
-        for e in events.iter() {
-            let i = match e.event_type {
-                EventType::Click => 0,
-                EventType::Lead => 1,
-                EventType::Conversion => 2,
-            };
-            p.delivered_by_type[i].fetch_add(1, Ordering::Relaxed);
-            if e.attributed == Some(true) && !e.synthetic {
-                p.revenue
-                    .fetch_add(e.amount.unwrap_or(0).max(0) as u64, Ordering::Relaxed);
-            }
+        p.delivered.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        p.batch_sizes.observe(batch.len() as u64);
+        for (i, n) in batch.counts().into_iter().enumerate() {
+            p.delivered_by_type[i].fetch_add(n, Ordering::Relaxed);
         }
-        self.pipeline.batches.fetch_add(1, Ordering::Relaxed);
+        p.revenue.fetch_add(batch.revenue(), Ordering::Relaxed);
+        p.batches.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }
 
-/// What a batch's taps share (timestamps within a second, campaign and owner names), formatted
-/// once per batch instead of once per event.
-#[derive(Default)]
-struct BatchMemo {
-    ts: Option<(i64, String)>,
-    names: std::collections::HashMap<u32, Option<String>>,
-}
-
-impl BatchMemo {
-    fn timestamp(&mut self, ts: i64) -> String {
-        match &self.ts {
-            Some((t, s)) if *t == ts => s.clone(),
-            _ => {
-                let s = crate::time::format_rfc3339(ts);
-                self.ts = Some((ts, s.clone()));
-                s
-            }
-        }
-    }
-
-    fn name(&mut self, interner: &crate::resolve::Interner, id: u32) -> Option<String> {
-        self.names
-            .entry(id)
-            .or_insert_with(|| interner.name(id).map(|s| s.to_string()))
-            .clone()
-    }
-}
-
-/// A fresh lead id: `ld_` and 16 base62 characters from the CSPRNG.
-pub fn new_lead_id() -> String {
-    format!("ld_{}", crate::link::code::generate_codes(2).concat())
-}
-
-/// The `lead` event of a lead.
-pub fn lead_event(lead: &Lead, kind: Option<crate::link::LinkKind>) -> Event {
-    let mut e = Event::new(lead.lead_id.clone(), EventType::Lead, lead.created_at);
-    e.code = Some(lead.code.clone());
-    e.campaign_id = lead.campaign_id.clone();
-    e.owner_id = lead.owner_id.clone();
-    e.recipient_id = lead.recipient_id.clone();
-    e.kind = kind;
-    e.lead_id = Some(lead.lead_id.clone());
-    e.click_id = Some(lead.click_id.clone());
-    e.source = Some(lead.source);
-    e
-}
+pub use super::batch::{lead_event, new_lead_id};

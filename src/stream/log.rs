@@ -12,7 +12,8 @@ use super::super::click::Event;
 /// Size at which the event log starts a new file.
 pub const LOG_ROTATE_BYTES: u64 = 64 * 1024 * 1024;
 
-fn lines(events: &[Event]) -> Vec<u8> {
+/// `events` as JSON lines.
+pub fn lines(events: &[Event]) -> Vec<u8> {
     let mut buf = Vec::with_capacity(events.len() * 320);
     for e in events {
         serde_json::to_writer(&mut buf, e).expect("events always serialise");
@@ -57,15 +58,15 @@ impl EventLog {
         })
     }
 
-    pub fn append(&mut self, events: &[Event]) -> std::io::Result<()> {
+    /// Appends JSON lines (see [`super::Batch::lines`]).
+    pub fn append(&mut self, buf: &[u8]) -> std::io::Result<()> {
         if self.size >= self.rotate_at {
             self.index += 1;
             let path = self.dir.join(format!("events-{:06}.jsonl", self.index));
             self.file = OpenOptions::new().create(true).append(true).open(path)?;
             self.size = 0;
         }
-        let buf = lines(events);
-        self.file.write_all(&buf)?;
+        self.file.write_all(buf)?;
         self.file.sync_data()?;
         self.size += buf.len() as u64;
         Ok(())
@@ -104,9 +105,9 @@ impl Spool {
         self.size - self.offset
     }
 
-    pub fn append(&mut self, events: &[Event]) -> std::io::Result<()> {
-        let buf = lines(events);
-        self.file.write_all(&buf)?;
+    /// Appends JSON lines (see [`super::Batch::lines`]).
+    pub fn append(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.file.write_all(buf)?;
         self.file.sync_data()?;
         self.size += buf.len() as u64;
         Ok(())
@@ -164,14 +165,14 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let mut s = Spool::open(&dir).unwrap();
         assert!(!s.pending());
-        s.append(&(0..5).map(ev).collect::<Vec<_>>()).unwrap();
+        s.append(&lines(&(0..5).map(ev).collect::<Vec<_>>())).unwrap();
         let (first, pos) = s.read(3).unwrap();
         assert_eq!(
             first.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
             ["e0", "e1", "e2"]
         );
         s.advance(pos).unwrap();
-        s.append(&[ev(5)]).unwrap();
+        s.append(&lines(&[ev(5)])).unwrap();
         drop(s);
         // A restart starts replay from the beginning of what is left in the file.
         let mut s = Spool::open(&dir).unwrap();

@@ -6,17 +6,18 @@
 //! the counter updates) or [`LogSink`] (the embedded event log plus counters in redb). When the sink
 //! fails, the batch goes to the [`log::Spool`] and is replayed, in order, once the sink answers.
 
+pub mod batch;
 pub mod batcher;
 pub mod log;
+pub mod resp;
 
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
+pub use self::batch::Batch;
 pub use self::batcher::EventPipeline;
-use crate::attribution::model::CounterDelta;
-use crate::click::Event;
-use crate::store::{EmbeddedStore, RedisStore, Store, StoreError};
+use crate::store::{EmbeddedStore, Store, StoreError};
 
 /// Approximate cap of the Redis Stream (`XADD … MAXLEN ~`).
 pub const STREAM_MAXLEN: usize = 1_000_000;
@@ -27,45 +28,87 @@ pub enum SinkError {
     Store(#[from] StoreError),
     #[error("event log: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Redis(#[from] resp::RespError),
 }
 
 #[async_trait]
 pub trait EventSink: Send + Sync + 'static {
-    /// Writes `events` and applies `counters`; an error means the batch must be spooled.
-    async fn deliver(&self, events: &[Event], counters: &CounterDelta) -> Result<(), SinkError>;
+    /// Writes the batch's events and applies its counters; an error means the batch must be spooled.
+    async fn deliver(&self, batch: &Batch) -> Result<(), SinkError>;
     fn name(&self) -> &'static str;
 }
 
-/// Production sink: one Redis pipeline per batch with every `XADD` and counter update.
+/// Production sink: one pipeline per batch with every `XADD` and counter update, on the sink's
+/// own connection ([`resp`]).
 pub struct RedisStreamSink {
-    pub store: Arc<RedisStore>,
-    pub stream: String,
+    url: String,
+    stream: String,
+    state: tokio::sync::Mutex<SinkState>,
+}
+
+/// The connection (opened on first use) and the pipeline buffer, reused batch after batch so a
+/// batch's megabytes are not allocated and faulted in anew each time.
+struct SinkState {
+    conn: Option<resp::RespConnection>,
+    commands: resp::RespWriter,
+}
+
+impl RedisStreamSink {
+    /// A sink for `stream` on the Redis at `url`; it connects on its first batch.
+    pub fn new(url: &str, stream: &str) -> Self {
+        Self {
+            url: url.to_string(),
+            stream: stream.to_string(),
+            state: tokio::sync::Mutex::new(SinkState {
+                conn: None,
+                commands: resp::RespWriter::default(),
+            }),
+        }
+    }
+
+    /// The batch as one pipeline: `XADD <stream> MAXLEN ~ <cap> * type <type> json <json>` per
+    /// event, then the counter updates.
+    fn write_commands(&self, batch: &Batch, w: &mut resp::RespWriter) {
+        w.clear();
+        let mut cap = Vec::new();
+        resp::push_decimal(&mut cap, STREAM_MAXLEN as u64);
+        for (t, json) in batch.iter() {
+            w.command(&[
+                b"XADD",
+                self.stream.as_bytes(),
+                b"MAXLEN",
+                b"~",
+                &cap,
+                b"*",
+                b"type",
+                t.as_str().as_bytes(),
+                b"json",
+                json,
+            ]);
+        }
+        crate::store::redis::counter_updates(&batch.counters, |args| w.command(args));
+    }
 }
 
 #[async_trait]
 impl EventSink for RedisStreamSink {
-    async fn deliver(&self, events: &[Event], counters: &CounterDelta) -> Result<(), SinkError> {
-        // All of a batch's JSON in one buffer: one allocation instead of one per event.
-        let mut buf = Vec::with_capacity(events.len() * 400);
-        let mut ends = Vec::with_capacity(events.len());
-        for e in events {
-            serde_json::to_writer(&mut buf, e).expect("events always serialise");
-            ends.push(buf.len());
+    async fn deliver(&self, batch: &Batch) -> Result<(), SinkError> {
+        let mut state = self.state.lock().await;
+        let SinkState { conn, commands } = &mut *state;
+        self.write_commands(batch, commands);
+        if conn.is_none() {
+            *conn = Some(resp::RespConnection::connect(&self.url).await?);
         }
-        let mut start = 0;
-        let encoded: Vec<(&str, &[u8])> = events
-            .iter()
-            .zip(&ends)
-            .map(|(e, &end)| {
-                let json = &buf[start..end];
-                start = end;
-                (e.event_type.as_str(), json)
-            })
-            .collect();
-        self.store
-            .deliver(&self.stream, STREAM_MAXLEN, &encoded, counters)
-            .await?;
-        Ok(())
+        let result = match conn.as_mut() {
+            Some(c) => c.run(commands).await,
+            None => Ok(()),
+        };
+        if result.is_err() {
+            // Whatever state the connection is in, the next batch starts on a fresh one.
+            *conn = None;
+        }
+        Ok(result?)
     }
 
     fn name(&self) -> &'static str {
@@ -81,13 +124,13 @@ pub struct LogSink {
 
 #[async_trait]
 impl EventSink for LogSink {
-    async fn deliver(&self, events: &[Event], counters: &CounterDelta) -> Result<(), SinkError> {
+    async fn deliver(&self, batch: &Batch) -> Result<(), SinkError> {
         let log = self.log.clone();
-        let events = events.to_vec();
-        tokio::task::spawn_blocking(move || log.lock().unwrap_or_else(|e| e.into_inner()).append(&events))
+        let lines = batch.lines(batch.len());
+        tokio::task::spawn_blocking(move || log.lock().unwrap_or_else(|e| e.into_inner()).append(&lines))
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))??;
-        self.store.apply_counters(counters).await?;
+        self.store.apply_counters(&batch.counters).await?;
         Ok(())
     }
 

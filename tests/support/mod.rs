@@ -33,6 +33,8 @@ pub fn free_port() -> u16 {
 pub struct RedisGuard {
     child: Child,
     pub port: u16,
+    /// `:password@` and `/db` of the URL, for a guard started with a password.
+    auth: Option<(String, u32)>,
 }
 
 impl RedisGuard {
@@ -63,6 +65,17 @@ impl RedisGuard {
         )
     }
 
+    /// A Redis that refuses clients without `password`; its URL carries the password and
+    /// selects database `db`.
+    pub fn start_with_password(password: &str, db: u32) -> Self {
+        let mut guard = Self::spawn(
+            free_port(),
+            &["--save", "", "--appendonly", "no", "--requirepass", password],
+        );
+        guard.auth = Some((password.to_string(), db));
+        guard
+    }
+
     fn spawn(port: u16, extra: &[&str]) -> Self {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -73,14 +86,20 @@ impl RedisGuard {
             .unwrap_or_else(|e| {
                 panic!("cannot start redis-server ({e}): install it, e.g. `apt-get install -y redis-server`")
             });
-        let guard = Self { child, port };
+        let guard = Self {
+            child,
+            port,
+            auth: None,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
                 use std::io::{Read, Write};
                 let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
                 let mut buf = [0u8; 16];
-                if s.write_all(b"PING\r\n").is_ok() && s.read(&mut buf).is_ok_and(|n| buf[..n].starts_with(b"+PONG")) {
+                // A password-protected server answers -NOAUTH: it is up too.
+                let up = |b: &[u8]| b.starts_with(b"+PONG") || b.starts_with(b"-NOAUTH");
+                if s.write_all(b"PING\r\n").is_ok() && s.read(&mut buf).is_ok_and(|n| up(&buf[..n])) {
                     return guard;
                 }
             }
@@ -93,7 +112,10 @@ impl RedisGuard {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.auth {
+            Some((password, db)) => format!("redis://:{password}@127.0.0.1:{}/{db}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 
     /// SIGKILLs the server (fault tests).

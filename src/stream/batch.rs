@@ -1,0 +1,362 @@
+//! A batch on its way to a sink: every event's JSON, encoded once, plus the counter increments and
+//! the lead candidates it implies.
+//!
+//! Clicks are nearly all events, so [`Batch::push_click`] writes a click's JSON straight from the
+//! queued [`ClickRecord`] into the batch's one buffer: no intermediate [`Event`], no allocation per
+//! click beyond the counter key. API events and spool replays go through serde
+//! ([`Batch::push_event`]); both produce the same object (a unit test holds them together). The
+//! same bytes go to the Redis Stream, the event log and, when delivery fails, the spool.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::attribution::model::{CounterDelta, Lead, LeadSource, Stats};
+use crate::click::event::{ClickRecord, IpHasher, state_str, truncated_str};
+use crate::click::{Agent, Event, EventType};
+use crate::link::LinkKind;
+use crate::resolve::Interner;
+
+/// A first human tap of a personalised link: the lead it opens if nobody claimed that link's
+/// lead before, and the kind of its link (for the lead event).
+pub struct Candidate {
+    pub lead: Lead,
+    pub kind: Option<LinkKind>,
+}
+
+#[derive(Default)]
+pub struct Batch {
+    json: Vec<u8>,
+    /// Each event's type and the end of its JSON in `json`.
+    entries: Vec<(EventType, usize)>,
+    pub counters: CounterDelta,
+    pub candidates: Vec<Candidate>,
+    /// Codes that already have a candidate in this batch.
+    candidate_codes: HashSet<String>,
+    /// Attributed revenue of the real (not synthetic) conversions, in minor units.
+    revenue: u64,
+}
+
+impl Batch {
+    pub fn with_capacity(events: usize) -> Self {
+        Self {
+            json: Vec::with_capacity(events * 420),
+            entries: Vec::with_capacity(events),
+            ..Self::default()
+        }
+    }
+
+    /// Empties the batch for reuse, keeping its buffers.
+    pub fn clear(&mut self) {
+        self.json.clear();
+        self.entries.clear();
+        self.counters.clear();
+        self.candidates.clear();
+        self.candidate_codes.clear();
+        self.revenue = 0;
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Each event's type and JSON, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (EventType, &[u8])> + '_ {
+        let mut start = 0;
+        self.entries.iter().map(move |&(t, end)| {
+            let json = &self.json[start..end];
+            start = end;
+            (t, json)
+        })
+    }
+
+    /// The first `n` events as JSON lines (the event log's and the spool's format).
+    pub fn lines(&self, n: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.json.len() + self.entries.len());
+        for (_, json) in self.iter().take(n) {
+            out.extend_from_slice(json);
+            out.push(b'\n');
+        }
+        out
+    }
+
+    /// Bytes of JSON in the batch.
+    pub fn json_bytes(&self) -> usize {
+        self.json.len()
+    }
+
+    /// Events per type: click, lead, conversion.
+    pub fn counts(&self) -> [u64; 3] {
+        let mut c = [0; 3];
+        for (t, _) in &self.entries {
+            c[type_index(*t)] += 1;
+        }
+        c
+    }
+
+    pub fn revenue(&self) -> u64 {
+        self.revenue
+    }
+
+    fn end_entry(&mut self, t: EventType) {
+        self.entries.push((t, self.json.len()));
+    }
+
+    /// Adds an event built elsewhere (the API, a spool replay, a lead).
+    pub fn push_event(&mut self, e: &Event) {
+        serde_json::to_writer(&mut self.json, e).expect("events always serialise");
+        self.end_entry(e.event_type);
+        if e.synthetic {
+            return;
+        }
+        let (code, campaign, owner) = (e.code.as_deref(), e.campaign_id.as_deref(), e.owner_id.as_deref());
+        match e.event_type {
+            EventType::Click => {
+                let human = e.agent == Some(Agent::Human);
+                self.counters.add(code, campaign, owner, click_stats(human));
+                if let (true, Some(code), Some(click_id)) = (human, code, &e.click_id) {
+                    let ts = crate::time::parse_rfc3339(&e.ts).unwrap_or_else(crate::time::now_secs);
+                    let tap = Tap {
+                        code,
+                        campaign,
+                        owner,
+                        recipient: e.recipient_id.as_deref(),
+                        kind: e.kind,
+                        ts,
+                    };
+                    self.candidate(&tap, || click_id.clone());
+                }
+            }
+            EventType::Lead => self.counters.add(code, campaign, owner, LEAD),
+            EventType::Conversion if e.attributed == Some(true) => {
+                let amount = e.amount.unwrap_or(0);
+                self.revenue += amount.max(0) as u64;
+                let s = Stats {
+                    conversions: 1,
+                    revenue: amount,
+                    ..Stats::default()
+                };
+                self.counters.add(code, campaign, owner, s);
+            }
+            EventType::Conversion => {}
+        }
+    }
+
+    /// Adds a tap, encoding its JSON directly (field for field what serde writes for the same
+    /// click as an [`Event`]).
+    pub fn push_click(&mut self, c: &ClickRecord, memo: &mut BatchMemo, interner: &Interner, ip: &mut IpHasher) {
+        let code = c.code();
+        memo.prepare(interner, c);
+        let (campaign, owner) = (&memo.names[&c.campaign], &memo.names[&c.owner]);
+        let ts = memo.ts.as_ref().map_or("", |(_, s)| s.as_str());
+        let j = &mut self.json;
+        let click_start = j.len() + 7;
+        j.extend_from_slice(b"{\"id\":\"");
+        c.click.write_bytes(code, j);
+        let click_end = j.len();
+        j.extend_from_slice(b"\",\"type\":\"click\",\"ts\":\"");
+        j.extend_from_slice(ts.as_bytes());
+        j.extend_from_slice(b"\",\"code\":\"");
+        j.extend_from_slice(code.as_bytes());
+        j.extend_from_slice(b"\",\"campaign_id\":");
+        j.extend_from_slice(campaign.json.as_bytes());
+        j.extend_from_slice(b",\"owner_id\":");
+        j.extend_from_slice(owner.json.as_bytes());
+        j.extend_from_slice(b",\"recipient_id\":");
+        write_opt_str(j, c.recipient.as_deref());
+        j.extend_from_slice(b",\"kind\":\"");
+        j.extend_from_slice(c.kind.as_str().as_bytes());
+        j.extend_from_slice(if c.synthetic {
+            b"\",\"synthetic\":true,\"click_id\":\""
+        } else {
+            b"\",\"synthetic\":false,\"click_id\":\""
+        });
+        j.extend_from_within(click_start..click_end);
+        j.extend_from_slice(b"\",\"agent\":\"");
+        j.extend_from_slice(c.agent.as_str().as_bytes());
+        j.extend_from_slice(if c.agent == Agent::Human {
+            b"\",\"bot\":false,\"state\":\""
+        } else {
+            b"\",\"bot\":true,\"state\":\""
+        });
+        j.extend_from_slice(state_str(c.state).as_bytes());
+        j.push(b'"');
+        if let Some(ua) = &c.user_agent {
+            j.extend_from_slice(b",\"user_agent\":");
+            write_str(j, &truncated_str(ua.as_bytes()));
+        }
+        if let Some(referer) = &c.referer {
+            j.extend_from_slice(b",\"referer\":");
+            write_str(j, &truncated_str(referer.as_bytes()));
+        }
+        if let Some(addr) = c.ip {
+            j.extend_from_slice(b",\"ip_hash\":\"");
+            j.extend_from_slice(&ip.hash_hex(addr, c.ts));
+            j.push(b'"');
+        }
+        j.push(b'}');
+        self.end_entry(EventType::Click);
+        if c.synthetic {
+            return;
+        }
+        let human = c.agent == Agent::Human;
+        let (campaign, owner) = (campaign.name.as_deref(), owner.name.as_deref());
+        self.counters.add(Some(code), campaign, owner, click_stats(human));
+        if human {
+            let tap = Tap {
+                code,
+                campaign,
+                owner,
+                recipient: c.recipient.as_deref(),
+                kind: Some(c.kind),
+                ts: c.ts,
+            };
+            let click_id = &self.json[click_start..click_end];
+            let click_id = String::from_utf8_lossy(click_id).into_owned();
+            self.candidate(&tap, || click_id);
+        }
+    }
+
+    /// Records a lead candidate for a human tap on a personalised link, once per link per batch.
+    fn candidate(&mut self, tap: &Tap, click_id: impl FnOnce() -> String) {
+        let Some(recipient) = tap.recipient else { return };
+        if !self.candidate_codes.insert(tap.code.to_string()) {
+            return;
+        }
+        self.candidates.push(Candidate {
+            lead: Lead {
+                lead_id: new_lead_id(),
+                code: tap.code.to_string(),
+                campaign_id: tap.campaign.map(String::from),
+                owner_id: tap.owner.map(String::from),
+                recipient_id: Some(recipient.to_string()),
+                click_id: click_id(),
+                source: LeadSource::Click,
+                attributes: None,
+                created_at: tap.ts,
+                seq: 0,
+            },
+            kind: tap.kind,
+        });
+    }
+
+    /// Adds the lead event of a lead this batch opened (or re-emits on replay).
+    pub fn push_lead(&mut self, lead: &Lead, kind: Option<LinkKind>) {
+        self.push_event(&lead_event(lead, kind));
+    }
+
+    /// Drops everything after the first `n` events (the leads added before a failed delivery).
+    pub fn truncate(&mut self, n: usize) {
+        if n < self.entries.len() {
+            let end = if n == 0 { 0 } else { self.entries[n - 1].1 };
+            self.entries.truncate(n);
+            self.json.truncate(end);
+        }
+    }
+}
+
+/// What a candidate lead needs from a tap, whichever way the tap arrived.
+struct Tap<'a> {
+    code: &'a str,
+    campaign: Option<&'a str>,
+    owner: Option<&'a str>,
+    recipient: Option<&'a str>,
+    kind: Option<LinkKind>,
+    ts: i64,
+}
+
+const LEAD: Stats = Stats {
+    links: 0,
+    clicks: 0,
+    human_clicks: 0,
+    bot_clicks: 0,
+    leads: 1,
+    conversions: 0,
+    revenue: 0,
+};
+
+fn click_stats(human: bool) -> Stats {
+    Stats {
+        clicks: 1,
+        human_clicks: human as i64,
+        bot_clicks: !human as i64,
+        ..Stats::default()
+    }
+}
+
+pub fn type_index(t: EventType) -> usize {
+    match t {
+        EventType::Click => 0,
+        EventType::Lead => 1,
+        EventType::Conversion => 2,
+    }
+}
+
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(out, s).expect("strings always serialise");
+}
+
+fn write_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => write_str(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// A campaign or owner name, and its JSON value (a string or `null`).
+pub struct Name {
+    name: Option<String>,
+    json: String,
+}
+
+/// What a batch's taps share (timestamps within a second, campaign and owner names), formatted
+/// once per batch instead of once per event.
+#[derive(Default)]
+pub struct BatchMemo {
+    ts: Option<(i64, String)>,
+    names: HashMap<u32, Name>,
+}
+
+impl BatchMemo {
+    /// Formats what `c` shares with other taps, unless an earlier tap of the batch did.
+    fn prepare(&mut self, interner: &Interner, c: &ClickRecord) {
+        if self.ts.as_ref().is_none_or(|(t, _)| *t != c.ts) {
+            self.ts = Some((c.ts, crate::time::format_rfc3339(c.ts)));
+        }
+        for id in [c.campaign, c.owner] {
+            self.names.entry(id).or_insert_with(|| {
+                let name = interner.name(id).map(|s| s.to_string());
+                let mut json = Vec::new();
+                write_opt_str(&mut json, name.as_deref());
+                Name {
+                    name,
+                    json: String::from_utf8(json).unwrap_or_default(),
+                }
+            });
+        }
+    }
+}
+
+/// A fresh lead id: `ld_` and 16 base62 characters from the CSPRNG.
+pub fn new_lead_id() -> String {
+    format!("ld_{}", crate::link::code::generate_codes(2).concat())
+}
+
+/// The `lead` event of a lead.
+pub fn lead_event(lead: &Lead, kind: Option<LinkKind>) -> Event {
+    let mut e = Event::new(lead.lead_id.clone(), EventType::Lead, lead.created_at);
+    e.code = Some(lead.code.clone());
+    e.campaign_id = lead.campaign_id.clone();
+    e.owner_id = lead.owner_id.clone();
+    e.recipient_id = lead.recipient_id.clone();
+    e.kind = kind;
+    e.lead_id = Some(lead.lead_id.clone());
+    e.click_id = Some(lead.click_id.clone());
+    e.source = Some(lead.source);
+    e
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,151 @@
+use std::net::IpAddr;
+
+use http::HeaderValue;
+
+use super::*;
+use crate::click::event::InlineCode;
+use crate::link::click_id::ClickSigner;
+use crate::resolve::LinkState;
+
+const TS: i64 = 1_795_507_200;
+
+fn tap(interner: &Interner, code: &str, agent: Agent, recipient: Option<&str>) -> ClickRecord {
+    ClickRecord {
+        code: InlineCode::new(code),
+        click: ClickSigner::new(b"secret").sign(code, TS),
+        // Names that need escaping: a quote, a backslash, non-ASCII.
+        campaign: interner.intern(Some("spring \"sale\" \\ 春")),
+        owner: interner.intern(Some("rep-7")),
+        recipient: recipient.map(Box::from),
+        kind: LinkKind::Sms,
+        agent,
+        state: LinkState::Expired,
+        synthetic: false,
+        ts: TS,
+        user_agent: Some(HeaderValue::from_static("Mozilla/5.0 (iPhone) \"quoted\"")),
+        referer: None,
+        ip: Some(IpAddr::from([203, 0, 113, 7])),
+    }
+}
+
+/// What the batcher built with serde before clicks were encoded directly.
+fn as_event(c: &ClickRecord, ip: &mut IpHasher, interner: &Interner) -> Event {
+    let click_id = c.click_id();
+    let mut e = Event::new(click_id.clone(), EventType::Click, c.ts);
+    e.code = Some(c.code().to_string());
+    e.campaign_id = interner.name(c.campaign).map(|s| s.to_string());
+    e.owner_id = interner.name(c.owner).map(|s| s.to_string());
+    e.recipient_id = c.recipient.as_deref().map(String::from);
+    e.kind = Some(c.kind);
+    e.synthetic = c.synthetic;
+    e.agent = Some(c.agent);
+    e.bot = Some(c.agent != Agent::Human);
+    e.state = Some(state_str(c.state).to_string());
+    e.user_agent = c.user_agent.as_ref().map(crate::click::event::truncated);
+    e.referer = c.referer.as_ref().map(crate::click::event::truncated);
+    e.ip_hash = c.ip.map(|a| ip.hash(a, c.ts));
+    e.click_id = Some(click_id);
+    e
+}
+
+#[test]
+fn a_directly_encoded_click_is_the_serde_encoding_of_its_event() {
+    let interner = Interner::default();
+    let mut ip = IpHasher::new(b"secret");
+    let mut memo = BatchMemo::default();
+    let mut batch = Batch::default();
+    let mut taps = vec![
+        tap(&interner, "Ab3xK9q_", Agent::Human, Some("cust-\u{1F600}")),
+        tap(&interner, "Zz9-code", Agent::Preview, None),
+    ];
+    taps[1].synthetic = true;
+    taps[1].user_agent = None;
+    taps[1].referer = Some(HeaderValue::from_bytes(&[b'a'; 400]).unwrap());
+    taps[1].ip = None;
+    taps[1].campaign = 0;
+    for t in &taps {
+        batch.push_click(t, &mut memo, &interner, &mut ip);
+    }
+    let got: Vec<(EventType, &[u8])> = batch.iter().collect();
+    assert_eq!(got.len(), 2);
+    for (t, (ty, json)) in taps.iter().zip(got) {
+        let want = serde_json::to_vec(&as_event(t, &mut ip, &interner)).unwrap();
+        assert_eq!(ty, EventType::Click);
+        assert_eq!(std::str::from_utf8(json).unwrap(), std::str::from_utf8(&want).unwrap());
+    }
+}
+
+#[test]
+fn taps_count_and_open_one_candidate_per_personalised_link() {
+    let interner = Interner::default();
+    let mut ip = IpHasher::new(b"secret");
+    let mut memo = BatchMemo::default();
+    let mut batch = Batch::default();
+    let mut synthetic = tap(&interner, "synth001", Agent::Human, Some("r3"));
+    synthetic.synthetic = true;
+    for t in [
+        tap(&interner, "persona1", Agent::Human, Some("r1")),
+        tap(&interner, "persona1", Agent::Human, Some("r1")),
+        tap(&interner, "persona2", Agent::Bot, Some("r2")),
+        tap(&interner, "qrcode01", Agent::Human, None),
+        synthetic,
+    ] {
+        batch.push_click(&t, &mut memo, &interner, &mut ip);
+    }
+    assert_eq!(batch.len(), 5);
+    assert_eq!(batch.counts(), [5, 0, 0]);
+    let links = &batch.counters.links;
+    assert_eq!((links["persona1"].human_clicks, links["persona1"].clicks), (2, 2));
+    assert_eq!((links["persona2"].bot_clicks, links["persona2"].human_clicks), (1, 0));
+    assert!(!links.contains_key("synth001"), "synthetic taps stay out of stats");
+    assert_eq!(batch.counters.campaigns["spring \"sale\" \\ 春"].clicks, 4);
+    let leads: Vec<&str> = batch.candidates.iter().map(|c| c.lead.code.as_str()).collect();
+    assert_eq!(leads, ["persona1"], "bots, anonymous and synthetic taps open no lead");
+    let lead = &batch.candidates[0].lead;
+    assert_eq!(lead.recipient_id.as_deref(), Some("r1"));
+    assert_eq!(lead.owner_id.as_deref(), Some("rep-7"));
+    assert_eq!(lead.created_at, TS);
+    let (_, first) = batch.iter().next().unwrap();
+    let first: Event = serde_json::from_slice(first).unwrap();
+    assert_eq!(Some(&lead.click_id), first.click_id.as_ref());
+}
+
+#[test]
+fn a_replayed_click_counts_and_opens_candidates_like_a_live_one() {
+    let interner = Interner::default();
+    let mut ip = IpHasher::new(b"secret");
+    let mut memo = BatchMemo::default();
+    let mut live = Batch::default();
+    let t = tap(&interner, "persona1", Agent::Human, Some("r1"));
+    live.push_click(&t, &mut memo, &interner, &mut ip);
+    let mut replayed = Batch::default();
+    let spooled: Vec<Event> = live.iter().map(|(_, j)| serde_json::from_slice(j).unwrap()).collect();
+    replayed.push_event(&spooled[0]);
+    assert_eq!(replayed.lines(1), live.lines(1));
+    assert_eq!(replayed.counters.links, live.counters.links);
+    assert_eq!(replayed.candidates.len(), 1);
+    assert_eq!(replayed.candidates[0].lead.click_id, live.candidates[0].lead.click_id);
+}
+
+#[test]
+fn truncate_drops_the_added_leads_only() {
+    let interner = Interner::default();
+    let mut ip = IpHasher::new(b"secret");
+    let mut memo = BatchMemo::default();
+    let mut batch = Batch::default();
+    batch.push_click(
+        &tap(&interner, "persona1", Agent::Human, Some("r1")),
+        &mut memo,
+        &interner,
+        &mut ip,
+    );
+    let before = batch.lines(1);
+    let lead = batch.candidates[0].lead.clone();
+    batch.push_lead(&lead, Some(LinkKind::Sms));
+    assert_eq!(batch.counts(), [1, 1, 0]);
+    batch.truncate(1);
+    assert_eq!(batch.len(), 1);
+    assert_eq!(batch.lines(5), before);
+    batch.truncate(0);
+    assert!(batch.is_empty() && batch.lines(5).is_empty());
+}

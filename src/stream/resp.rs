@@ -1,0 +1,287 @@
+//! The event sink's own Redis connection: RESP written straight into one buffer per batch, and
+//! replies checked without being decoded into values.
+//!
+//! Why not redis-rs here (it serves everything else): a batch is thousands of `XADD`s, and under
+//! load (perf of `loadtest/compare`) building a `redis::Cmd` per event, encoding the pipeline and
+//! decoding every reply into a `Value` took more than half of the batcher's CPU. A batch needs none
+//! of that: its commands are known byte strings, and its replies only have to be counted and
+//! checked for errors. The connection is opened from the same `redis://` URL (via redis-rs's
+//! parser, so user, password and database number mean the same), lazily, and dropped on any
+//! error so the next batch reconnects; the batch that failed goes to the spool.
+
+use std::time::Duration;
+
+use redis::{ConnectionAddr, IntoConnectionInfo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How long one batch may take to write and be answered before the connection is given up.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RespError {
+    #[error("redis connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("redis url: {0}")]
+    Url(String),
+    #[error("redis answered an error: {0}")]
+    Reply(String),
+    #[error("redis sent a malformed reply")]
+    Protocol,
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Commands encoded as RESP arrays of bulk strings, back to back.
+#[derive(Default)]
+pub struct RespWriter {
+    buf: Vec<u8>,
+    commands: usize,
+}
+
+impl RespWriter {
+    /// Empties the writer, keeping its buffer.
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.commands = 0;
+    }
+
+    /// Appends one command.
+    pub fn command(&mut self, args: &[&[u8]]) {
+        self.buf.push(b'*');
+        push_decimal(&mut self.buf, args.len() as u64);
+        self.buf.extend_from_slice(b"\r\n");
+        for a in args {
+            self.buf.push(b'$');
+            push_decimal(&mut self.buf, a.len() as u64);
+            self.buf.extend_from_slice(b"\r\n");
+            self.buf.extend_from_slice(a);
+            self.buf.extend_from_slice(b"\r\n");
+        }
+        self.commands += 1;
+    }
+
+    pub fn commands(&self) -> usize {
+        self.commands
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+/// Appends `v` in decimal.
+pub fn push_decimal(out: &mut Vec<u8>, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// One connection to Redis for pipelines whose replies are only checked.
+pub struct RespConnection {
+    stream: TcpStream,
+    /// Bytes read but not yet parsed.
+    pending: Vec<u8>,
+}
+
+impl RespConnection {
+    /// Connects to the Redis of `url`, authenticating and selecting its database.
+    pub async fn connect(url: &str) -> Result<Self, RespError> {
+        let info = url.into_connection_info().map_err(|e| RespError::Url(e.to_string()))?;
+        let (host, port) = match info.addr() {
+            ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
+            other => return Err(RespError::Url(format!("unsupported address {other}"))),
+        };
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host.as_str(), port)))
+            .await
+            .map_err(|_| RespError::Timeout(CONNECT_TIMEOUT))??;
+        stream.set_nodelay(true)?;
+        let mut conn = Self {
+            stream,
+            pending: Vec::with_capacity(64 * 1024),
+        };
+        let settings = info.redis_settings();
+        let mut hello = RespWriter::default();
+        if let Some(password) = settings.password() {
+            match settings.username() {
+                Some(user) => hello.command(&[b"AUTH", user.as_bytes(), password.as_bytes()]),
+                None => hello.command(&[b"AUTH", password.as_bytes()]),
+            }
+        }
+        if settings.db() != 0 {
+            let mut db = Vec::new();
+            push_decimal(&mut db, settings.db() as u64);
+            hello.command(&[b"SELECT", &db]);
+        }
+        if hello.commands() > 0 {
+            conn.run(&hello).await?;
+        }
+        Ok(conn)
+    }
+
+    /// Sends every command of `w` and waits for all their replies. Fails when any reply is an
+    /// error (the first one is returned), the connection fails, or Redis takes longer than
+    /// [`REPLY_TIMEOUT`]; the caller then drops this connection.
+    pub async fn run(&mut self, w: &RespWriter) -> Result<(), RespError> {
+        tokio::time::timeout(REPLY_TIMEOUT, self.exchange(w))
+            .await
+            .map_err(|_| RespError::Timeout(REPLY_TIMEOUT))?
+    }
+
+    async fn exchange(&mut self, w: &RespWriter) -> Result<(), RespError> {
+        // Write and read concurrently: a large batch's replies must be drained while it is still
+        // being written, or both sides' socket buffers fill up and stall.
+        let (mut reader, mut writer) = self.stream.split();
+        let pending = &mut self.pending;
+        let write = async {
+            writer.write_all(w.bytes()).await?;
+            writer.flush().await?;
+            Ok::<(), RespError>(())
+        };
+        let read = async {
+            let mut left = w.commands();
+            let mut first_error = None;
+            while left > 0 {
+                let mut at = 0;
+                while left > 0 {
+                    match skip_reply(&pending[at..])? {
+                        Some((used, error)) => {
+                            if let (Some(e), None) = (error, &first_error) {
+                                first_error = Some(e);
+                            }
+                            at += used;
+                            left -= 1;
+                        }
+                        None => break,
+                    }
+                }
+                pending.drain(..at);
+                if left > 0 {
+                    let start = pending.len();
+                    pending.resize(start + 64 * 1024, 0);
+                    let n = reader.read(&mut pending[start..]).await?;
+                    pending.truncate(start + n);
+                    if n == 0 {
+                        return Err(RespError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                    }
+                }
+            }
+            match first_error {
+                Some(e) => Err(RespError::Reply(e)),
+                None => Ok(()),
+            }
+        };
+        let (wrote, read) = tokio::join!(write, read);
+        wrote?;
+        read
+    }
+}
+
+/// The length of the complete reply at the start of `buf` and, when it is an error, its text;
+/// `None` while the reply is incomplete.
+pub fn skip_reply(buf: &[u8]) -> Result<Option<(usize, Option<String>)>, RespError> {
+    let Some(line_end) = buf.windows(2).position(|w| w == b"\r\n") else {
+        return Ok(None);
+    };
+    let (kind, line) = (buf.first().copied(), &buf[1.min(buf.len())..line_end]);
+    let after_line = line_end + 2;
+    let number = || -> Result<i64, RespError> {
+        std::str::from_utf8(line)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or(RespError::Protocol)
+    };
+    match kind {
+        Some(b'+' | b':') => Ok(Some((after_line, None))),
+        Some(b'-') => Ok(Some((after_line, Some(String::from_utf8_lossy(line).into_owned())))),
+        Some(b'$') => {
+            let len = number()?;
+            if len < 0 {
+                return Ok(Some((after_line, None)));
+            }
+            let end = after_line + len as usize + 2;
+            Ok((buf.len() >= end).then_some((end, None)))
+        }
+        Some(b'*') => {
+            let items = number()?;
+            let mut at = after_line;
+            let mut error = None;
+            for _ in 0..items.max(0) {
+                match skip_reply(&buf[at..])? {
+                    Some((used, e)) => {
+                        error = error.or(e);
+                        at += used;
+                    }
+                    None => return Ok(None),
+                }
+            }
+            Ok(Some((at, error)))
+        }
+        _ => Err(RespError::Protocol),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_resp_arrays_of_bulk_strings() {
+        let mut w = RespWriter::default();
+        w.command(&[b"XADD", b"s", b"*", b"json", b"{\"a\":1}"]);
+        w.command(&[b"HINCRBY", b"k", b"clicks", b"10"]);
+        assert_eq!(w.commands(), 2);
+        assert_eq!(
+            w.bytes(),
+            b"*5\r\n$4\r\nXADD\r\n$1\r\ns\r\n$1\r\n*\r\n$4\r\njson\r\n$7\r\n{\"a\":1}\r\n*4\r\n$7\r\nHINCRBY\r\n$1\r\nk\r\n$6\r\nclicks\r\n$2\r\n10\r\n"
+        );
+    }
+
+    #[test]
+    fn replies_are_measured_and_errors_found() {
+        let replies: &[&[u8]] = &[
+            b"+OK\r\n",
+            b":42\r\n",
+            b"$15\r\n1732512345678-0\r\n",
+            b"$-1\r\n",
+            b"*2\r\n$1\r\na\r\n:1\r\n",
+            b"*-1\r\n",
+        ];
+        for r in replies {
+            assert_eq!(
+                skip_reply(r).unwrap(),
+                Some((r.len(), None)),
+                "{}",
+                String::from_utf8_lossy(r)
+            );
+            // Every proper prefix is incomplete, not an error.
+            for cut in 0..r.len() {
+                assert_eq!(skip_reply(&r[..cut]).unwrap(), None);
+            }
+        }
+        let e = b"-WRONGTYPE Operation against a key\r\n:1\r\n";
+        assert_eq!(
+            skip_reply(e).unwrap(),
+            Some((e.len() - 4, Some("WRONGTYPE Operation against a key".into())))
+        );
+        assert!(matches!(skip_reply(b"?what\r\n"), Err(RespError::Protocol)));
+    }
+
+    #[test]
+    fn decimals() {
+        for v in [0u64, 7, 10, 4096, u64::MAX] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, v);
+            assert_eq!(out, v.to_string().as_bytes());
+        }
+    }
+}
