@@ -113,8 +113,8 @@ fn main() {
                 state: LinkState::Active,
                 synthetic: false,
                 ts: 1_795_507_200 + (i / 1000) as i64,
-                user_agent: Some(http::HeaderValue::from_static(
-                    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148",
+                user_agent: Some(linkgate::click::event::header_json(
+                    b"Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148",
                 )),
                 referer: None,
                 ip: Some(std::net::IpAddr::from([198, 51, 100, (i % 250) as u8])),

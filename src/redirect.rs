@@ -19,7 +19,9 @@ use crate::click::event::InlineCode;
 use crate::click::{ClickRecord, Queued};
 use crate::link::click_id::RawClickId;
 
-use crate::click::{Agent, classify};
+use crate::click::Agent;
+use crate::click::agent::classify_tap;
+use crate::click::event::{HeaderJson, header_json};
 use crate::link::code::is_code_shaped;
 use crate::resolve::{CachedLink, LinkState, Lookup};
 use crate::server::{App, Body};
@@ -40,6 +42,8 @@ struct Tap<'a> {
     headers: &'a HeaderMap,
     user_agent: Option<&'a [u8]>,
     agent: Agent,
+    /// The user agent's text for the event.
+    user_agent_json: Option<HeaderJson>,
     head: bool,
     now: i64,
     peer: Option<IpAddr>,
@@ -53,11 +57,13 @@ pub async fn handle<B>(app: &App, req: &Request<B>, peer: Option<IpAddr>) -> Res
     let head = req.method() == Method::HEAD;
     let headers = req.headers();
     let user_agent = headers.get(USER_AGENT).map(HeaderValue::as_bytes);
+    let (agent, user_agent_json) = classify_tap(head, user_agent);
     let tap = Tap {
         query: req.uri().query(),
         headers,
         user_agent,
-        agent: classify(head, user_agent),
+        agent,
+        user_agent_json,
         head,
         now: now_secs(),
         peer,
@@ -154,8 +160,10 @@ fn click_record(app: &App, link: &CachedLink, tap: &Tap, state: LinkState, click
         state,
         synthetic,
         ts: tap.now,
-        user_agent: tap.headers.get(USER_AGENT).cloned(),
-        referer: tap.headers.get(REFERER).cloned(),
+        user_agent: tap.user_agent_json.clone(),
+        // Copied, not shared: holding a piece of the request would keep hyper from reusing its
+        // read buffer. Taps from SMS and QR codes rarely carry a referer.
+        referer: tap.headers.get(REFERER).map(|v| header_json(v.as_bytes())),
         ip: client_ip(tap),
     }
 }

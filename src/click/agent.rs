@@ -13,6 +13,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
+use super::event::{HeaderJson, header_json};
+
 use aho_corasick::AhoCorasick;
 
 /// The class of a requester.
@@ -167,34 +169,65 @@ static MATCHERS: LazyLock<Matchers> = LazyLock::new(|| {
 /// Distinct user agents remembered per thread; the cache starts over when full.
 pub const UA_CACHE_ENTRIES: usize = 4096;
 
+/// A remembered user agent: its class and its JSON text for events.
+struct Known {
+    /// The scanned bytes, compared on a hit so a hash collision can never mix two user agents up.
+    prefix: Box<[u8]>,
+    agent: Agent,
+    json: HeaderJson,
+}
+
 thread_local! {
-    /// xxh3 of a user agent → its class. Phones of one model send one user agent, so a small
-    /// per-thread cache answers most taps without scanning (no lock, no sharing between threads).
-    static UA_CACHE: RefCell<HashMap<u64, Agent>> = RefCell::new(HashMap::with_capacity(UA_CACHE_ENTRIES));
+    /// xxh3 of a user agent → what is known of it. Phones of one model send one user agent, so a
+    /// small per-thread cache answers most taps without scanning or encoding (no lock, no sharing
+    /// between threads).
+    static UA_CACHE: RefCell<HashMap<u64, Known>> = RefCell::new(HashMap::with_capacity(UA_CACHE_ENTRIES));
 }
 
 /// Classifies a request from its method and User-Agent (case-insensitive, no allocation).
 pub fn classify(is_head: bool, user_agent: Option<&[u8]>) -> Agent {
-    if is_head {
-        return Agent::Bot;
-    }
-    let Some(ua) = user_agent.filter(|u| !u.iter().all(u8::is_ascii_whitespace)) else {
-        return Agent::Bot;
+    classify_tap(is_head, user_agent).0
+}
+
+/// [`classify`], plus the user agent's JSON text for the click event (shared, not copied, when
+/// the user agent was seen before).
+pub fn classify_tap(is_head: bool, user_agent: Option<&[u8]>) -> (Agent, Option<HeaderJson>) {
+    let Some(raw) = user_agent else {
+        return (Agent::Bot, None);
     };
-    let ua = &ua[..ua.len().min(MAX_UA_SCAN)];
+    if is_head {
+        // A HEAD is never recorded: no text needed.
+        return (Agent::Bot, None);
+    }
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        return (Agent::Bot, Some(header_json(raw)));
+    }
+    let ua = &raw[..raw.len().min(MAX_UA_SCAN)];
     let key = xxhash_rust::xxh3::xxh3_64(ua);
-    if let Some(agent) = UA_CACHE.with(|c| c.borrow().get(&key).copied()) {
-        return agent;
+    let hit = UA_CACHE.with(|c| {
+        c.borrow()
+            .get(&key)
+            .filter(|k| *k.prefix == *ua)
+            .map(|k| (k.agent, k.json.clone()))
+    });
+    if let Some((agent, json)) = hit {
+        return (agent, Some(json));
     }
     let agent = scan(ua);
+    let json = header_json(raw);
     UA_CACHE.with(|c| {
         let mut c = c.borrow_mut();
         if c.len() >= UA_CACHE_ENTRIES {
             c.clear();
         }
-        c.insert(key, agent);
+        let known = Known {
+            prefix: ua.into(),
+            agent,
+            json: json.clone(),
+        };
+        c.insert(key, known);
     });
-    agent
+    (agent, Some(json))
 }
 
 fn scan(ua: &[u8]) -> Agent {

@@ -10,7 +10,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::attribution::model::{CounterDelta, Lead, LeadSource, Stats};
-use crate::click::event::{ClickRecord, IpHasher, state_str, truncated_str};
+use crate::click::event::{ClickRecord, IpHasher, state_str};
 use crate::click::{Agent, Event, EventType};
 use crate::link::LinkKind;
 use crate::resolve::Interner;
@@ -185,11 +185,11 @@ impl Batch {
         j.push(b'"');
         if let Some(ua) = &c.user_agent {
             j.extend_from_slice(b",\"user_agent\":");
-            write_str(j, &truncated_str(ua.as_bytes()));
+            j.extend_from_slice(ua.as_bytes());
         }
         if let Some(referer) = &c.referer {
             j.extend_from_slice(b",\"referer\":");
-            write_str(j, &truncated_str(referer.as_bytes()));
+            j.extend_from_slice(referer.as_bytes());
         }
         if let Some(addr) = c.ip {
             j.extend_from_slice(b",\"ip_hash\":\"");

@@ -1,9 +1,7 @@
 use std::net::IpAddr;
 
-use http::HeaderValue;
-
 use super::*;
-use crate::click::event::InlineCode;
+use crate::click::event::{HeaderJson, InlineCode, MAX_HEADER_IN_EVENT, header_json};
 use crate::link::click_id::ClickSigner;
 use crate::resolve::LinkState;
 
@@ -22,7 +20,7 @@ fn tap(interner: &Interner, code: &str, agent: Agent, recipient: Option<&str>) -
         state: LinkState::Expired,
         synthetic: false,
         ts: TS,
-        user_agent: Some(HeaderValue::from_static("Mozilla/5.0 (iPhone) \"quoted\"")),
+        user_agent: Some(header_json(b"Mozilla/5.0 (iPhone) \"quoted\"")),
         referer: None,
         ip: Some(IpAddr::from([203, 0, 113, 7])),
     }
@@ -41,8 +39,10 @@ fn as_event(c: &ClickRecord, ip: &mut IpHasher, interner: &Interner) -> Event {
     e.agent = Some(c.agent);
     e.bot = Some(c.agent != Agent::Human);
     e.state = Some(state_str(c.state).to_string());
-    e.user_agent = c.user_agent.as_ref().map(crate::click::event::truncated);
-    e.referer = c.referer.as_ref().map(crate::click::event::truncated);
+    // The JSON text the record carries is the header's truncated text, encoded.
+    let text = |h: &Option<HeaderJson>| h.as_deref().map(|j| serde_json::from_str::<String>(j).unwrap());
+    e.user_agent = text(&c.user_agent);
+    e.referer = text(&c.referer);
     e.ip_hash = c.ip.map(|a| ip.hash(a, c.ts));
     e.click_id = Some(click_id);
     e
@@ -60,7 +60,7 @@ fn a_directly_encoded_click_is_the_serde_encoding_of_its_event() {
     ];
     taps[1].synthetic = true;
     taps[1].user_agent = None;
-    taps[1].referer = Some(HeaderValue::from_bytes(&[b'a'; 400]).unwrap());
+    taps[1].referer = Some(header_json(&[b'a'; 400]));
     taps[1].ip = None;
     taps[1].campaign = 0;
     for t in &taps {
@@ -148,4 +148,13 @@ fn truncate_drops_the_added_leads_only() {
     assert_eq!(batch.lines(5), before);
     batch.truncate(0);
     assert!(batch.is_empty() && batch.lines(5).is_empty());
+}
+
+#[test]
+fn header_text_is_truncated_on_a_char_boundary_and_escaped() {
+    let long = "é".repeat(200);
+    let text: String = serde_json::from_str(&header_json(long.as_bytes())).unwrap();
+    assert!(text.len() <= MAX_HEADER_IN_EVENT && text.chars().all(|c| c == 'é'));
+    let odd: String = serde_json::from_str(&header_json(b"a\"b\\c\xff")).unwrap();
+    assert_eq!(odd, "a\"b\\c\u{FFFD}", "quotes survive, invalid UTF-8 is replaced");
 }
