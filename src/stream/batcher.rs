@@ -32,7 +32,13 @@ pub const QUEUE_CAPACITY: usize = 65_536;
 /// Most events delivered in one batch.
 pub const BATCH_MAX: usize = 4096;
 /// How long an idle batcher sleeps before looking at the queue again: the most a quiet event waits.
-pub const FLUSH_INTERVAL: Duration = Duration::from_millis(2);
+/// Measured with `loadtest/compare` (1M links): 10 ms instead of 2 ms cut the server's CPU per
+/// redirect by 4%, Redis's CPU per event by 20%, and p99 at half the maximum rate from 2.0 to
+/// 1.8 ms (bigger batches, fewer round trips; the batch is encoded in slices, so its size does
+/// not hold up taps). Stats may lag by up to a second, so 10 ms is far inside the contract.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(10);
+/// Events encoded between two yields to the connections sharing the batcher's thread.
+pub const ENCODE_SLICE: usize = 64;
 /// How often a non-empty spool is retried.
 pub const REPLAY_INTERVAL: Duration = Duration::from_millis(250);
 /// Most spool batches replayed before live events get a turn.
@@ -260,7 +266,7 @@ impl Batcher {
                     () = self.pipeline.stop.notified() => {}
                 }
             } else {
-                let batch = self.batch_of(&mut queued);
+                let batch = self.batch_of(&mut queued).await;
                 self.queued = queued;
                 self.handle(batch).await;
             }
@@ -285,13 +291,18 @@ impl Batcher {
     }
 
     /// Encodes what the queue held: taps straight into JSON, other events through serde. The
-    /// batch reuses the buffers of the previous one.
-    fn batch_of(&mut self, queued: &mut Vec<Queued>) -> Batch {
+    /// batch reuses the buffers of the previous one. The batcher shares its thread with the
+    /// connections, so it yields every [`ENCODE_SLICE`] events: a large batch never holds up the
+    /// taps waiting behind it for more than a few tens of microseconds.
+    async fn batch_of(&mut self, queued: &mut Vec<Queued>) -> Batch {
         let mut batch = std::mem::take(&mut self.spare);
         batch.clear();
         let mut memo = BatchMemo::default();
         let interner = self.resolver.interner();
-        for q in queued.drain(..) {
+        for (i, q) in queued.drain(..).enumerate() {
+            if i % ENCODE_SLICE == ENCODE_SLICE - 1 {
+                tokio::task::yield_now().await;
+            }
             match q {
                 Queued::Click(c) => batch.push_click(&c, &mut memo, interner, &mut self.ip),
                 Queued::Event(e) if e.id.is_empty() => {}
