@@ -17,6 +17,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -49,6 +50,29 @@ const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempote
 
 pub struct EmbeddedStore {
     db: Arc<Database>,
+    /// Answers stored under an `Idempotency-Key`, counted to pace [`purge_expired`].
+    idempotency_puts: Arc<AtomicU64>,
+}
+
+/// Expired `Idempotency-Key` answers are removed when the store opens and with every
+/// `PURGE_EVERY`th answer stored, so the table holds about one TTL's worth of keys (Redis expires
+/// its copies by itself).
+const PURGE_EVERY: u64 = 256;
+
+/// Whether an idempotency record (expiry, u64 BE Unix seconds, then the answer) has expired.
+fn expired(record: &[u8], now: u64) -> bool {
+    record
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .is_none_or(|b| u64::from_be_bytes(b) <= now)
+}
+
+fn purge_expired(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let now = now_secs() as u64;
+    txn.open_table(IDEMPOTENCY)
+        .map_err(err)?
+        .retain(|_, record| !expired(record, now))
+        .map_err(err)
 }
 
 fn index_key(name: &IndexName) -> String {
@@ -76,7 +100,6 @@ impl EmbeddedStore {
             txn.open_table(RECIPIENTS).map_err(err)?;
             txn.open_table(LINK_INDEX).map_err(err)?;
             txn.open_table(META).map_err(err)?;
-            txn.open_table(IDEMPOTENCY).map_err(err)?;
             txn.open_table(LEADS).map_err(err)?;
             txn.open_table(LEAD_CLAIMS).map_err(err)?;
             txn.open_table(LEAD_INDEX).map_err(err)?;
@@ -85,8 +108,12 @@ impl EmbeddedStore {
             txn.open_table(ORDERS).map_err(err)?;
             txn.open_table(STATS).map_err(err)?;
         }
+        purge_expired(&txn)?;
         txn.commit().map_err(err)?;
-        Ok(Self { db: Arc::new(db) })
+        Ok(Self {
+            db: Arc::new(db),
+            idempotency_puts: Arc::default(),
+        })
     }
 
     async fn blocking<T: Send + 'static>(
@@ -418,8 +445,7 @@ impl Store for EmbeddedStore {
                 return Ok(None);
             };
             let v = v.value();
-            let expires = u64::from_be_bytes(v[..8].try_into().unwrap_or_default());
-            Ok((expires > now_secs() as u64).then(|| v[8..].to_vec()))
+            Ok((!expired(v, now_secs() as u64)).then(|| v[8..].to_vec()))
         })
         .await
     }
@@ -428,12 +454,16 @@ impl Store for EmbeddedStore {
         let key = key.to_string();
         let mut record = (now_secs() as u64 + IDEMPOTENCY_TTL_SECS).to_be_bytes().to_vec();
         record.extend_from_slice(value);
+        let purge = self.idempotency_puts.fetch_add(1, Ordering::Relaxed) % PURGE_EVERY == PURGE_EVERY - 1;
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(err)?;
             txn.open_table(IDEMPOTENCY)
                 .map_err(err)?
                 .insert(key.as_str(), record.as_slice())
                 .map_err(err)?;
+            if purge {
+                purge_expired(&txn)?;
+            }
             txn.commit().map_err(err)?;
             Ok(())
         })
@@ -582,5 +612,57 @@ impl Store for EmbeddedStore {
             Ok(ranked)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(store: &EmbeddedStore) -> usize {
+        let txn = store.db.begin_read().unwrap();
+        txn.open_table(IDEMPOTENCY).unwrap().iter().unwrap().count()
+    }
+
+    #[tokio::test]
+    async fn expired_idempotency_answers_are_purged() {
+        let dir = std::env::temp_dir().join(format!("linkgate-idem-purge-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = EmbeddedStore::open(&dir).unwrap();
+        // An answer stored a day and a second ago: its TTL has passed.
+        let stale = (now_secs() as u64 - 1).to_be_bytes();
+        let txn = store.db.begin_write().unwrap();
+        txn.open_table(IDEMPOTENCY)
+            .unwrap()
+            .insert("old", stale.as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+        store.idempotency_put("fresh", b"{}").await.unwrap();
+        assert_eq!(
+            store.idempotency_get("old").await.unwrap(),
+            None,
+            "expired answers are not served"
+        );
+        assert_eq!(count(&store), 2);
+        drop(store);
+
+        // Reopening purges; so does every PURGE_EVERY-th answer stored.
+        let store = EmbeddedStore::open(&dir).unwrap();
+        assert_eq!(count(&store), 1);
+        assert_eq!(
+            store.idempotency_get("fresh").await.unwrap().as_deref(),
+            Some(&b"{}"[..])
+        );
+        let txn = store.db.begin_write().unwrap();
+        txn.open_table(IDEMPOTENCY)
+            .unwrap()
+            .insert("old", stale.as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+        for i in 0..PURGE_EVERY {
+            store.idempotency_put(&format!("k{i}"), b"{}").await.unwrap();
+        }
+        assert_eq!(count(&store), 1 + PURGE_EVERY as usize, "the stale one is gone");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
