@@ -95,6 +95,8 @@ pub struct Config {
     pub dest_allowlist: Vec<String>,
     pub synthetic_token: Option<String>,
     pub drain_timeout: Duration,
+    /// API requests per second per key (`None`: unlimited).
+    pub api_rate_limit: Option<u32>,
     pub log_format: LogFormat,
 }
 
@@ -128,6 +130,7 @@ pub const VARS: &[(&str, Option<&str>)] = &[
     ("LINKGATE_SYNTHETIC_TOKEN", None),
     ("LINKGATE_DRAIN_TIMEOUT", Some("20s")),
     ("LINKGATE_LOG_FORMAT", Some("text")),
+    ("LINKGATE_API_RATE_LIMIT", None),
 ];
 
 /// Shortest accepted click secret, in bytes.
@@ -230,6 +233,19 @@ impl Config {
                     format!("`{drain}` is not a duration like 20s"),
                 )
             })?;
+        let api_rate_limit = match get("LINKGATE_API_RATE_LIMIT") {
+            None => None,
+            Some(v) => match v.trim().parse::<u32>() {
+                Ok(0) => None,
+                Ok(n) => Some(n),
+                Err(_) => {
+                    return Err(bad(
+                        "LINKGATE_API_RATE_LIMIT",
+                        format!("`{v}` is not a number of requests per second (0 or unset: no limit)"),
+                    ));
+                }
+            },
+        };
         let log_format = match get("LINKGATE_LOG_FORMAT").as_deref() {
             Some("json") => LogFormat::Json,
             Some("text") | None => LogFormat::Text,
@@ -250,6 +266,7 @@ impl Config {
             dest_allowlist,
             synthetic_token: get("LINKGATE_SYNTHETIC_TOKEN"),
             drain_timeout,
+            api_rate_limit,
             log_format,
         })
     }
@@ -318,6 +335,8 @@ mod tests {
             ("LINKGATE_DEST_ALLOWLIST", "a b"),
             ("LINKGATE_DRAIN_TIMEOUT", "soon"),
             ("LINKGATE_LOG_FORMAT", "xml"),
+            ("LINKGATE_API_RATE_LIMIT", "-5"),
+            ("LINKGATE_API_RATE_LIMIT", "lots"),
         ] {
             let map = HashMap::from([(var, value)]);
             let err = Config::from_map(&map).unwrap_err();

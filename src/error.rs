@@ -88,6 +88,8 @@ pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
     pub details: Vec<Value>,
+    /// Seconds to send as `Retry-After` (rate limits).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -96,6 +98,7 @@ impl ApiError {
             code,
             message: message.into(),
             details: Vec::new(),
+            retry_after: None,
         }
     }
 
@@ -135,6 +138,7 @@ impl ApiError {
             code: ErrorCode::ValidationFailed,
             message,
             details: errors.iter().map(FieldError::to_json).collect(),
+            retry_after: None,
         }
     }
     pub fn field(field: &str, message: impl Into<String>) -> Self {

@@ -67,6 +67,9 @@ struct ServeArgs {
     /// LINKGATE_LOG_FORMAT (text or json)
     #[arg(long)]
     log_format: Option<String>,
+    /// LINKGATE_API_RATE_LIMIT (API requests per second per key; unset: no limit)
+    #[arg(long)]
+    api_rate_limit: Option<String>,
 }
 
 impl ServeArgs {
@@ -85,6 +88,7 @@ impl ServeArgs {
             ("LINKGATE_SYNTHETIC_TOKEN", self.synthetic_token),
             ("LINKGATE_DRAIN_TIMEOUT", self.drain_timeout),
             ("LINKGATE_LOG_FORMAT", self.log_format),
+            ("LINKGATE_API_RATE_LIMIT", self.api_rate_limit),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| (k, v)))

@@ -5,7 +5,9 @@ mod support;
 
 use http::StatusCode;
 use serde_json::{Value, json};
-use support::{BACKENDS, Backend, Env, READ_KEY, TestServer};
+use std::time::Duration;
+
+use support::{BACKENDS, Backend, Env, READ_KEY, TestServer, eventually};
 
 async fn mint(s: &TestServer, body: Value) -> Value {
     let r = s.api("POST", "/v1/links", Some(body)).await;
@@ -772,4 +774,56 @@ async fn embedded_links_survive_a_restart() {
     s.stop().await;
     let again = TestServer::start(&env).await;
     assert_eq!(again.get("/durable").await.location(), "https://durable.example/");
+}
+
+#[tokio::test]
+async fn api_keys_over_the_rate_limit_get_429_and_taps_are_never_limited() {
+    let env = Env::new(Backend::Embedded);
+    let s = TestServer::start_with(&env, &[("LINKGATE_API_RATE_LIMIT", "5")]).await;
+    for i in 0..5 {
+        let r = s
+            .api(
+                "POST",
+                "/v1/links",
+                Some(json!({"destination": "https://a.example/", "code": format!("rl{i}")})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED);
+    }
+    let refused = s
+        .api(
+            "POST",
+            "/v1/links",
+            Some(json!({"destination": "https://a.example/", "code": "rl5"})),
+        )
+        .await;
+    assert_eq!(
+        (refused.status, refused.error_code().as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
+    );
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert_eq!(
+        s.api_as(READ_KEY, "GET", "/v1/links/rl0", None).await.status,
+        StatusCode::OK,
+        "each key has its own budget"
+    );
+    for _ in 0..50 {
+        assert_eq!(s.get("/rl0").await.status, StatusCode::FOUND, "taps are never limited");
+    }
+    // The refused call created nothing; once tokens refill, the same call goes through.
+    assert_eq!(
+        s.api_as(READ_KEY, "GET", "/v1/links/rl5", None).await.status,
+        StatusCode::NOT_FOUND
+    );
+    eventually(Duration::from_secs(3), "the bucket refills", || async {
+        let r = s
+            .api(
+                "POST",
+                "/v1/links",
+                Some(json!({"destination": "https://a.example/", "code": "rl5"})),
+            )
+            .await;
+        (r.status == StatusCode::CREATED).then_some(())
+    })
+    .await;
 }

@@ -7,6 +7,7 @@
 mod conversions;
 mod fields;
 mod leads;
+pub mod limit;
 pub mod links;
 mod partners;
 pub mod qr;
@@ -45,6 +46,9 @@ where
     B::Error: Into<crate::server::BoxError>,
 {
     let key = authenticate(app, req.headers())?;
+    if let Some(limiter) = &app.rate_limiter {
+        limiter.check(key)?;
+    }
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_start_matches("/v1").trim_matches('/').split('/').collect();
     let method = req.method().clone();

@@ -19,6 +19,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 pub use self::body::Body;
+use crate::api::limit::RateLimiter;
 use crate::config::{ApiKey, Config};
 use crate::link::click_id::ClickSigner;
 use crate::metrics::RequestMetrics;
@@ -46,6 +47,8 @@ pub struct App {
     pub resolver: Arc<Resolver>,
     pub signer: ClickSigner,
     pub api_keys: Vec<ApiKey>,
+    /// `LINKGATE_API_RATE_LIMIT`, when set.
+    pub rate_limiter: Option<RateLimiter>,
     pub readiness: Readiness,
     /// Where taps, leads and conversions go; `None` only in benchmarks that measure the redirect
     /// without recording.
@@ -94,6 +97,7 @@ impl App {
             store,
             signer: ClickSigner::new(click_secret),
             api_keys,
+            rate_limiter: config.api_rate_limit.map(RateLimiter::new),
             readiness: Readiness::default(),
             events: None,
             metrics: RequestMetrics::default(),

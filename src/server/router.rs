@@ -80,7 +80,12 @@ pub fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
 }
 
 pub fn json_error(e: &ApiError) -> Response<Body> {
-    json(e.status(), e.body())
+    let mut r = json(e.status(), e.body());
+    if let Some(secs) = e.retry_after {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+    }
+    r
 }
 
 /// A HEAD answer: the same status and headers, no body.
