@@ -84,7 +84,11 @@ fn main() {
         let store = Arc::new(RedisStore::connect(&url).await.unwrap());
         let resolver = Resolver::new(store.clone() as Arc<dyn Store>);
         let pipeline = EventPipeline::start(BatcherParts {
-            sink: Arc::new(RedisStreamSink::new(&url, "bench:events")),
+            sink: Arc::new(RedisStreamSink::new(
+                &url,
+                "bench:events",
+                linkgate::stream::STREAM_MAXLEN,
+            )),
             store,
             resolver: resolver.clone(),
             spool: Spool::open(&dir).unwrap(),

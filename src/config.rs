@@ -95,6 +95,8 @@ pub struct Config {
     pub dest_allowlist: Vec<String>,
     pub synthetic_token: Option<String>,
     pub drain_timeout: Duration,
+    /// Approximate cap of the Redis Stream, in entries.
+    pub stream_maxlen: u64,
     /// API requests per second per key (`None`: unlimited).
     pub api_rate_limit: Option<u32>,
     pub log_format: LogFormat,
@@ -131,6 +133,7 @@ pub const VARS: &[(&str, Option<&str>)] = &[
     ("LINKGATE_DRAIN_TIMEOUT", Some("20s")),
     ("LINKGATE_LOG_FORMAT", Some("text")),
     ("LINKGATE_API_RATE_LIMIT", None),
+    ("LINKGATE_STREAM_MAXLEN", Some("1000000")),
 ];
 
 /// Shortest accepted click secret, in bytes.
@@ -233,6 +236,18 @@ impl Config {
                     format!("`{drain}` is not a duration like 20s"),
                 )
             })?;
+        let maxlen = get("LINKGATE_STREAM_MAXLEN").unwrap_or_default();
+        let stream_maxlen = maxlen
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n >= 1000)
+            .ok_or_else(|| {
+                bad(
+                    "LINKGATE_STREAM_MAXLEN",
+                    format!("`{maxlen}` is not a number of entries of at least 1000"),
+                )
+            })?;
         let api_rate_limit = match get("LINKGATE_API_RATE_LIMIT") {
             None => None,
             Some(v) => match v.trim().parse::<u32>() {
@@ -267,6 +282,7 @@ impl Config {
             synthetic_token: get("LINKGATE_SYNTHETIC_TOKEN"),
             drain_timeout,
             api_rate_limit,
+            stream_maxlen,
             log_format,
         })
     }
@@ -337,6 +353,8 @@ mod tests {
             ("LINKGATE_LOG_FORMAT", "xml"),
             ("LINKGATE_API_RATE_LIMIT", "-5"),
             ("LINKGATE_API_RATE_LIMIT", "lots"),
+            ("LINKGATE_STREAM_MAXLEN", "10"),
+            ("LINKGATE_STREAM_MAXLEN", "many"),
         ] {
             let map = HashMap::from([(var, value)]);
             let err = Config::from_map(&map).unwrap_err();

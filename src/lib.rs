@@ -13,9 +13,10 @@
 //!    as a [`click::ClickRecord`] pushed onto a lock-free queue (never awaited).
 //! 5. **Attribute** — [`attribution`]: leads on the first human tap of a personalised link,
 //!    partner chains, campaigns, conversions and their commission.
-//! 6. **Stream** — [`stream`]: one batcher drains the queue, claims leads, adds up counters and
-//!    writes pipelined `XADD`s to Redis (or the embedded event log); what cannot be written goes to
-//!    the spool and is replayed in order.
+//! 6. **Stream** — [`stream`]: one batcher drains the queue, encodes each batch's JSON once
+//!    ([`stream::batch`]), claims leads, adds up counters and writes pipelined `XADD`s to Redis on
+//!    its own connection ([`stream::resp`]) or to the embedded event log; what cannot be written
+//!    goes to the spool and is replayed in order.
 //!
 //! Links are minted through the API ([`api::links`]), validated by [`link`] (codes, destinations),
 //! and written to one of two [`store`] backends: Redis (production, shared by replicas) or an

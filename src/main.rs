@@ -70,6 +70,9 @@ struct ServeArgs {
     /// LINKGATE_API_RATE_LIMIT (API requests per second per key; unset: no limit)
     #[arg(long)]
     api_rate_limit: Option<String>,
+    /// LINKGATE_STREAM_MAXLEN (approximate cap of the Redis Stream, in entries)
+    #[arg(long)]
+    stream_maxlen: Option<String>,
 }
 
 impl ServeArgs {
@@ -89,6 +92,7 @@ impl ServeArgs {
             ("LINKGATE_DRAIN_TIMEOUT", self.drain_timeout),
             ("LINKGATE_LOG_FORMAT", self.log_format),
             ("LINKGATE_API_RATE_LIMIT", self.api_rate_limit),
+            ("LINKGATE_STREAM_MAXLEN", self.stream_maxlen),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| (k, v)))

@@ -528,3 +528,26 @@ async fn events_reach_the_password_protected_database_named_in_the_url() {
         "nothing in database 0"
     );
 }
+
+#[tokio::test]
+async fn the_stream_is_capped_near_linkgate_stream_maxlen() {
+    let env = Env::new(Backend::Redis);
+    let url = env.redis.as_ref().unwrap().url();
+    let s = TestServer::start_with(&env, &[("LINKGATE_STREAM_MAXLEN", "1000")]).await;
+    let r = s
+        .api(
+            "POST",
+            "/v1/links",
+            Some(json!({"destination": "https://a.example/", "code": "capped"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    for _ in 0..3000 {
+        assert_eq!(s.get("/capped").await.status, StatusCode::FOUND);
+    }
+    json_until(&s, "/v1/links/capped/stats", |v| v["clicks"] == 3000).await;
+    let len = stream_entries(&url, "linkgate:events").len();
+    // `MAXLEN ~` trims whole stream nodes (100 entries each by default): never below the cap,
+    // never far above it.
+    assert!((1000..1200).contains(&len), "XLEN {len}");
+}

@@ -63,7 +63,7 @@ impl App {
         let (store, sink): (Arc<dyn Store>, Arc<dyn EventSink>) = match &config.redis_url {
             Some(url) => {
                 let redis = Arc::new(RedisStore::connect(url).await?);
-                let sink = RedisStreamSink::new(url, &config.stream);
+                let sink = RedisStreamSink::new(url, &config.stream, config.stream_maxlen);
                 (redis, Arc::new(sink))
             }
             None => {

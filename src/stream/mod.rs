@@ -1,10 +1,12 @@
 //! Stream: events downstream, and nothing accepted lost.
 //!
 //! The redirect path and the API hand events to [`EventPipeline::try_send`] (never awaiting).
-//! One [`batcher`] task drains the queue, opens leads for first human taps, adds up the counters
-//! and hands each batch to an [`EventSink`]: [`RedisStreamSink`] (pipelined `XADD … MAXLEN ~` plus
-//! the counter updates) or [`LogSink`] (the embedded event log plus counters in redb). When the sink
-//! fails, the batch goes to the [`log::Spool`] and is replayed, in order, once the sink answers.
+//! One [`batcher`] task drains the queue into a [`Batch`] (each event's JSON encoded once, the
+//! counter increments, the lead candidates), opens leads for first human taps, and hands the batch
+//! to an [`EventSink`]: [`RedisStreamSink`] (one pipeline of `XADD … MAXLEN ~` plus the counter
+//! updates, on its own [`resp`] connection) or [`LogSink`] (the embedded event log plus counters in
+//! redb). When the sink fails, the batch's JSON lines go to the [`log::Spool`] and are replayed, in
+//! order, once the sink answers.
 
 pub mod batch;
 pub mod batcher;
@@ -19,8 +21,8 @@ pub use self::batch::Batch;
 pub use self::batcher::EventPipeline;
 use crate::store::{EmbeddedStore, Store, StoreError};
 
-/// Approximate cap of the Redis Stream (`XADD … MAXLEN ~`).
-pub const STREAM_MAXLEN: usize = 1_000_000;
+/// Default approximate cap of the Redis Stream (`XADD … MAXLEN ~`; `LINKGATE_STREAM_MAXLEN`).
+pub const STREAM_MAXLEN: u64 = 1_000_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -44,6 +46,8 @@ pub trait EventSink: Send + Sync + 'static {
 pub struct RedisStreamSink {
     url: String,
     stream: String,
+    /// `MAXLEN ~` in decimal.
+    maxlen: Vec<u8>,
     state: tokio::sync::Mutex<SinkState>,
 }
 
@@ -55,11 +59,15 @@ struct SinkState {
 }
 
 impl RedisStreamSink {
-    /// A sink for `stream` on the Redis at `url`; it connects on its first batch.
-    pub fn new(url: &str, stream: &str) -> Self {
+    /// A sink for `stream`, capped at about `maxlen` entries, on the Redis at `url`; it connects
+    /// on its first batch.
+    pub fn new(url: &str, stream: &str, maxlen: u64) -> Self {
+        let mut cap = Vec::new();
+        resp::push_decimal(&mut cap, maxlen);
         Self {
             url: url.to_string(),
             stream: stream.to_string(),
+            maxlen: cap,
             state: tokio::sync::Mutex::new(SinkState {
                 conn: None,
                 commands: resp::RespWriter::default(),
@@ -71,15 +79,13 @@ impl RedisStreamSink {
     /// event, then the counter updates.
     fn write_commands(&self, batch: &Batch, w: &mut resp::RespWriter) {
         w.clear();
-        let mut cap = Vec::new();
-        resp::push_decimal(&mut cap, STREAM_MAXLEN as u64);
         for (t, json) in batch.iter() {
             w.command(&[
                 b"XADD",
                 self.stream.as_bytes(),
                 b"MAXLEN",
                 b"~",
-                &cap,
+                &self.maxlen,
                 b"*",
                 b"type",
                 t.as_str().as_bytes(),
