@@ -624,19 +624,23 @@ mod tests {
         txn.open_table(IDEMPOTENCY).unwrap().iter().unwrap().count()
     }
 
+    /// Stores an answer whose TTL ran out a second ago.
+    fn insert_expired(store: &EmbeddedStore, key: &str) {
+        let expired_at = (now_secs() as u64 - 1).to_be_bytes();
+        let txn = store.db.begin_write().unwrap();
+        txn.open_table(IDEMPOTENCY)
+            .unwrap()
+            .insert(key, expired_at.as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+
     #[tokio::test]
     async fn expired_idempotency_answers_are_purged() {
         let dir = std::env::temp_dir().join(format!("linkgate-idem-purge-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let store = EmbeddedStore::open(&dir).unwrap();
-        // An answer stored a day and a second ago: its TTL has passed.
-        let stale = (now_secs() as u64 - 1).to_be_bytes();
-        let txn = store.db.begin_write().unwrap();
-        txn.open_table(IDEMPOTENCY)
-            .unwrap()
-            .insert("old", stale.as_slice())
-            .unwrap();
-        txn.commit().unwrap();
+        insert_expired(&store, "old");
         store.idempotency_put("fresh", b"{}").await.unwrap();
         assert_eq!(
             store.idempotency_get("old").await.unwrap(),
@@ -653,12 +657,7 @@ mod tests {
             store.idempotency_get("fresh").await.unwrap().as_deref(),
             Some(&b"{}"[..])
         );
-        let txn = store.db.begin_write().unwrap();
-        txn.open_table(IDEMPOTENCY)
-            .unwrap()
-            .insert("old", stale.as_slice())
-            .unwrap();
-        txn.commit().unwrap();
+        insert_expired(&store, "old");
         for i in 0..PURGE_EVERY {
             store.idempotency_put(&format!("k{i}"), b"{}").await.unwrap();
         }
