@@ -13,9 +13,9 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
-use super::event::{HeaderJson, header_json};
-
 use aho_corasick::AhoCorasick;
+
+use super::event::{HeaderJson, header_json};
 
 /// The class of a requester.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

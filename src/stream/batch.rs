@@ -82,11 +82,6 @@ impl Batch {
         out
     }
 
-    /// Bytes of JSON in the batch.
-    pub fn json_bytes(&self) -> usize {
-        self.json.len()
-    }
-
     /// Events per type: click, lead, conversion.
     pub fn counts(&self) -> [u64; 3] {
         let mut c = [0; 3];
@@ -286,7 +281,7 @@ fn click_stats(human: bool) -> Stats {
     }
 }
 
-pub fn type_index(t: EventType) -> usize {
+fn type_index(t: EventType) -> usize {
     match t {
         EventType::Click => 0,
         EventType::Lead => 1,
@@ -306,7 +301,7 @@ fn write_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
 }
 
 /// A campaign or owner name, and its JSON value (a string or `null`).
-pub struct Name {
+struct Name {
     name: Option<String>,
     json: String,
 }

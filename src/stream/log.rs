@@ -12,16 +12,6 @@ use super::super::click::Event;
 /// Size at which the event log starts a new file.
 pub const LOG_ROTATE_BYTES: u64 = 64 * 1024 * 1024;
 
-/// `events` as JSON lines.
-pub fn lines(events: &[Event]) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(events.len() * 320);
-    for e in events {
-        serde_json::to_writer(&mut buf, e).expect("events always serialise");
-        buf.push(b'\n');
-    }
-    buf
-}
-
 /// `events-000001.jsonl`, `events-000002.jsonl`, … in `<data>/events/`.
 pub struct EventLog {
     dir: PathBuf,
@@ -154,6 +144,15 @@ impl Spool {
 mod tests {
     use super::*;
     use crate::click::EventType;
+
+    /// `events` as the JSON lines the batcher appends.
+    fn lines(events: &[Event]) -> Vec<u8> {
+        let mut batch = crate::stream::Batch::default();
+        for e in events {
+            batch.push_event(e);
+        }
+        batch.lines(events.len())
+    }
 
     fn ev(i: usize) -> Event {
         Event::new(format!("e{i}"), EventType::Click, 0)

@@ -103,13 +103,11 @@ impl EventSink for RedisStreamSink {
         let mut state = self.state.lock().await;
         let SinkState { conn, commands } = &mut *state;
         self.write_commands(batch, commands);
-        if conn.is_none() {
-            *conn = Some(resp::RespConnection::connect(&self.url).await?);
-        }
-        let result = match conn.as_mut() {
-            Some(c) => c.run(commands).await,
-            None => Ok(()),
+        let c = match conn {
+            Some(c) => c,
+            None => conn.insert(resp::RespConnection::connect(&self.url).await?),
         };
+        let result = c.run(commands).await;
         if result.is_err() {
             // Whatever state the connection is in, the next batch starts on a fresh one.
             *conn = None;
