@@ -9,12 +9,6 @@ use std::time::Duration;
 
 use support::{BACKENDS, Backend, Env, READ_KEY, TestServer, eventually};
 
-async fn mint(s: &TestServer, body: Value) -> Value {
-    let r = s.api("POST", "/v1/links", Some(body)).await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
-    r.json()
-}
-
 fn query_of(location: &str) -> Vec<(String, String)> {
     let q = location.split_once('?').map(|(_, q)| q).unwrap_or("");
     let q = q.split('#').next().unwrap();
@@ -29,11 +23,9 @@ async fn mint_then_redirect_with_query_merge_and_click_id() {
     for b in BACKENDS {
         let env = Env::new(b);
         let s = TestServer::start(&env).await;
-        let link = mint(
-            &s,
-            json!({"destination": "https://brand.example/spring?src=sms#offer", "kind": "sms"}),
-        )
-        .await;
+        let link = s
+            .mint(json!({"destination": "https://brand.example/spring?src=sms#offer", "kind": "sms"}))
+            .await;
         let code = link["code"].as_str().unwrap();
         assert!(
             code.len() >= 7 && code.bytes().all(|c| c.is_ascii_alphanumeric()),
@@ -74,23 +66,21 @@ async fn redirect_status_overrides_and_untracked_links() {
         let env = Env::new(b);
         let s = TestServer::start(&env).await;
         for status in [301u16, 307, 308] {
-            let l = mint(
-                &s,
-                json!({"destination": "https://a.example/", "redirect_status": status, "track_conversions": false}),
-            )
-            .await;
+            let l = s
+                .mint(
+                    json!({"destination": "https://a.example/", "redirect_status": status, "track_conversions": false}),
+                )
+                .await;
             let r = s.get(&format!("/{}", l["code"].as_str().unwrap())).await;
             assert_eq!(r.status.as_u16(), status, "{b:?}");
             assert_eq!(r.location(), "https://a.example/", "untracked links carry no lg_click");
         }
-        let l = mint(
-            &s,
-            json!({
+        let l = s
+            .mint(json!({
                 "destination": "https://a.example/web", "ios_destination": "https://apps.apple.com/app/x",
                 "android_destination": "https://play.google.com/store/apps/details?id=x", "track_conversions": false
-            }),
-        )
-        .await;
+            }))
+            .await;
         let path = format!("/{}", l["code"].as_str().unwrap());
         let ios = s
             .get_ua(&path, "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X)")
@@ -108,11 +98,8 @@ async fn custom_codes_conflict_and_recipients_get_one_link() {
     for b in BACKENDS {
         let env = Env::new(b);
         let s = TestServer::start(&env).await;
-        mint(
-            &s,
-            json!({"destination": "https://first.example/", "code": "Spring_26"}),
-        )
-        .await;
+        s.mint(json!({"destination": "https://first.example/", "code": "Spring_26"}))
+            .await;
         let r = s
             .api(
                 "POST",
@@ -137,11 +124,9 @@ async fn custom_codes_conflict_and_recipients_get_one_link() {
             "codes are case-sensitive"
         );
 
-        let first = mint(
-            &s,
-            json!({"destination": "https://x.example/", "campaign_id": "react", "recipient_id": "cust-1"}),
-        )
-        .await;
+        let first = s
+            .mint(json!({"destination": "https://x.example/", "campaign_id": "react", "recipient_id": "cust-1"}))
+            .await;
         let again = s
             .api(
                 "POST",
@@ -359,11 +344,9 @@ async fn bulk_mints_in_order_dedupes_recipients_and_exports_csv() {
     for b in BACKENDS {
         let env = Env::new(b);
         let s = TestServer::start(&env).await;
-        let pre = mint(
-            &s,
-            json!({"destination": "https://old.example/", "campaign_id": "camp", "recipient_id": "r2"}),
-        )
-        .await;
+        let pre = s
+            .mint(json!({"destination": "https://old.example/", "campaign_id": "camp", "recipient_id": "r2"}))
+            .await;
         let items: Vec<Value> = (0..50)
             .map(|i| json!({"recipient_id": format!("r{i}")}))
             .chain([json!({"recipient_id": "r7"})])
@@ -413,7 +396,8 @@ async fn a_bulk_call_with_one_bad_item_creates_nothing() {
     for b in BACKENDS {
         let env = Env::new(b);
         let s = TestServer::start(&env).await;
-        mint(&s, json!({"destination": "https://a.example/", "code": "taken-code"})).await;
+        s.mint(json!({"destination": "https://a.example/", "code": "taken-code"}))
+            .await;
         let mut items: Vec<Value> = (0..20).map(|i| json!({"recipient_id": format!("r{i}")})).collect();
         items[10] = json!({"recipient_id": "r10", "destination": "javascript:alert(1)"});
         items[13] = json!("not an object");
@@ -478,7 +462,8 @@ async fn lists_page_with_cursors() {
             )
             .await;
         assert_eq!(r.status, StatusCode::CREATED);
-        mint(&s, json!({"destination": "https://a.example/", "campaign_id": "other"})).await;
+        s.mint(json!({"destination": "https://a.example/", "campaign_id": "other"}))
+            .await;
         let mut seen = Vec::new();
         let mut cursor = String::new();
         let mut pages = 0;
@@ -524,11 +509,9 @@ async fn patch_and_delete_change_what_taps_get() {
     for b in BACKENDS {
         let env = Env::new(b);
         let s = TestServer::start(&env).await;
-        let l = mint(
-            &s,
-            json!({"destination": "https://v1.example/", "code": "promo", "track_conversions": false}),
-        )
-        .await;
+        let l = s
+            .mint(json!({"destination": "https://v1.example/", "code": "promo", "track_conversions": false}))
+            .await;
         assert_eq!(l["code"], "promo");
         assert_eq!(s.get("/promo").await.location(), "https://v1.example/");
 
@@ -603,7 +586,9 @@ async fn max_clicks_counts_only_human_taps() {
     for b in BACKENDS {
         let env = Env::new(b);
         let s = TestServer::start(&env).await;
-        let l = mint(&s, json!({"destination": "https://a.example/", "max_clicks": 2})).await;
+        let l = s
+            .mint(json!({"destination": "https://a.example/", "max_clicks": 2}))
+            .await;
         let path = format!("/{}", l["code"].as_str().unwrap());
         for _ in 0..3 {
             assert_eq!(
@@ -655,9 +640,7 @@ async fn unicode_paths_are_percent_encoded_and_allowlist_applies() {
     for b in BACKENDS {
         let env = Env::new(b);
         let s = TestServer::start_with(&env, &[("LINKGATE_DEST_ALLOWLIST", "brand.cn")]).await;
-        let l = mint(
-            &s,
-            json!({"destination": "https://m.brand.cn/冰箱", "track_conversions": false, "metadata": {"名": "张三"}}),
+        let l = s.mint(json!({"destination": "https://m.brand.cn/冰箱", "track_conversions": false, "metadata": {"名": "张三"}}),
         )
         .await;
         assert_eq!(l["destination"], "https://m.brand.cn/%E5%86%B0%E7%AE%B1");
@@ -713,11 +696,9 @@ async fn qr_codes_decode_to_the_short_url() {
     for b in BACKENDS {
         let env = Env::new(b);
         let s = TestServer::start(&env).await;
-        let l = mint(
-            &s,
-            json!({"destination": "https://a.example/", "kind": "qr_lead", "owner_id": "installer-3"}),
-        )
-        .await;
+        let l = s
+            .mint(json!({"destination": "https://a.example/", "kind": "qr_lead", "owner_id": "installer-3"}))
+            .await;
         let code = l["code"].as_str().unwrap();
         let png = s
             .api(
@@ -765,11 +746,9 @@ async fn qr_codes_decode_to_the_short_url() {
 async fn embedded_links_survive_a_restart() {
     let env = Env::new(Backend::Embedded);
     let s = TestServer::start(&env).await;
-    let l = mint(
-        &s,
-        json!({"destination": "https://durable.example/", "code": "durable", "track_conversions": false}),
-    )
-    .await;
+    let l = s
+        .mint(json!({"destination": "https://durable.example/", "code": "durable", "track_conversions": false}))
+        .await;
     assert_eq!(l["code"], "durable");
     s.stop().await;
     let again = TestServer::start(&env).await;
@@ -781,14 +760,8 @@ async fn api_keys_over_the_rate_limit_get_429_and_taps_are_never_limited() {
     let env = Env::new(Backend::Embedded);
     let s = TestServer::start_with(&env, &[("LINKGATE_API_RATE_LIMIT", "5")]).await;
     for i in 0..5 {
-        let r = s
-            .api(
-                "POST",
-                "/v1/links",
-                Some(json!({"destination": "https://a.example/", "code": format!("rl{i}")})),
-            )
+        s.mint(json!({"destination": "https://a.example/", "code": format!("rl{i}")}))
             .await;
-        assert_eq!(r.status, StatusCode::CREATED);
     }
     let refused = s
         .api(

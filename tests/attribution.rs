@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 use serde_json::{Value, json};
-use support::{BACKENDS, Backend, Env, RedisGuard, TempDir, TestServer, eventually, stream_entries};
+use support::{BACKENDS, Backend, Env, RedisGuard, TestServer, eventually, stream_entries};
 
 const IPHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1";
 const WHATSAPP: &str = "WhatsApp/2.23.20.0 A";
@@ -496,21 +496,11 @@ async fn a_late_tap_on_an_expired_link_is_recorded_and_opens_the_lead() {
 /// given in LINKGATE_REDIS_URL, like the store's.
 #[tokio::test]
 async fn events_reach_the_password_protected_database_named_in_the_url() {
-    let env = Env {
-        backend: Backend::Redis,
-        redis: Some(RedisGuard::start_with_password("s3cret-pw", 3)),
-        dir: TempDir::new(),
-    };
+    let env = Env::with_redis(RedisGuard::start_with_password("s3cret-pw", 3));
     let url = env.redis.as_ref().unwrap().url();
     let s = TestServer::start(&env).await;
-    let r = s
-        .api(
-            "POST",
-            "/v1/links",
-            Some(json!({"destination": "https://a.example/", "code": "authd"})),
-        )
+    s.mint(json!({"destination": "https://a.example/", "code": "authd"}))
         .await;
-    assert_eq!(r.status, StatusCode::CREATED);
     for _ in 0..3 {
         assert_eq!(s.get("/authd").await.status, StatusCode::FOUND);
     }
@@ -534,14 +524,8 @@ async fn the_stream_is_capped_near_linkgate_stream_maxlen() {
     let env = Env::new(Backend::Redis);
     let url = env.redis.as_ref().unwrap().url();
     let s = TestServer::start_with(&env, &[("LINKGATE_STREAM_MAXLEN", "1000")]).await;
-    let r = s
-        .api(
-            "POST",
-            "/v1/links",
-            Some(json!({"destination": "https://a.example/", "code": "capped"})),
-        )
+    s.mint(json!({"destination": "https://a.example/", "code": "capped"}))
         .await;
-    assert_eq!(r.status, StatusCode::CREATED);
     for _ in 0..3000 {
         assert_eq!(s.get("/capped").await.status, StatusCode::FOUND);
     }

@@ -12,8 +12,7 @@ use std::time::Duration;
 use http::StatusCode;
 use serde_json::json;
 use support::{
-    ADMIN_KEY, Backend, CLICK_SECRET, Env, RedisGuard, TempDir, TestServer, eventually, free_port, stream_entries,
-    try_send,
+    ADMIN_KEY, CLICK_SECRET, Env, RedisGuard, TempDir, TestServer, eventually, free_port, stream_entries, try_send,
 };
 
 const UA: &str = "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 Chrome/120.0 Mobile Safari/537.36";
@@ -66,21 +65,11 @@ fn distinct_clicks(url: &str) -> (usize, usize) {
 async fn a_redis_outage_mid_load_loses_no_tap() {
     let redis_dir = TempDir::new();
     let port = free_port();
-    let mut env = Env {
-        backend: Backend::Redis,
-        redis: Some(RedisGuard::start_persistent(port, &redis_dir.0)),
-        dir: TempDir::new(),
-    };
+    let mut env = Env::with_redis(RedisGuard::start_persistent(port, &redis_dir.0));
     let url = env.redis.as_ref().unwrap().url();
     let s = TestServer::start(&env).await;
-    let r = s
-        .api(
-            "POST",
-            "/v1/links",
-            Some(json!({"destination": "https://a.example/", "code": "steady", "campaign_id": "outage"})),
-        )
+    s.mint(json!({"destination": "https://a.example/", "code": "steady", "campaign_id": "outage"}))
         .await;
-    assert_eq!(r.status, StatusCode::CREATED);
 
     let (stop, ok) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
     let tasks = tappers(s.addr, "/steady", 4, stop.clone(), ok.clone());

@@ -172,10 +172,21 @@ pub struct Env {
 
 impl Env {
     pub fn new(backend: Backend) -> Self {
-        let redis = (backend == Backend::Redis).then(RedisGuard::start);
+        match backend {
+            Backend::Redis => Self::with_redis(RedisGuard::start()),
+            Backend::Embedded => Self {
+                backend,
+                redis: None,
+                dir: TempDir::new(),
+            },
+        }
+    }
+
+    /// Redis mode on a Redis started by the test (persistent, password-protected, …).
+    pub fn with_redis(redis: RedisGuard) -> Self {
         Self {
-            backend,
-            redis,
+            backend: Backend::Redis,
+            redis: Some(redis),
             dir: TempDir::new(),
         }
     }
@@ -254,6 +265,13 @@ impl TestServer {
 
     pub async fn get_ua(&self, path: &str, ua: &str) -> Resp {
         send(self.addr, "GET", path, &[("user-agent", ua)], Vec::new()).await
+    }
+
+    /// Mints one link with the admin key; fails the test unless it answers 201.
+    pub async fn mint(&self, body: Value) -> Value {
+        let r = self.api("POST", "/v1/links", Some(body)).await;
+        assert_eq!(r.status, http::StatusCode::CREATED, "{}", r.text());
+        r.json()
     }
 
     /// An API call with the admin key.
