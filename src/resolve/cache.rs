@@ -1,8 +1,8 @@
 //! The sharded in-memory link cache, packed for millions of links.
 //!
 //! Keys are the xxh3-64 hash of the code (computed once per request with the one-shot function, not
-//! the streaming hasher), and the map's own hasher passes that hash through. Each value is one boxed
-//! [`CachedLink`] holding the code, the destination and the recipient id in a single string, the
+//! the streaming hasher), used as is by the sharded open-addressing table of [`super::table`]. Each
+//! value is one boxed [`CachedLink`] holding the code, the destination and the recipient id in a single string, the
 //! campaign and owner as interned `u32` ids (thousands of links share them), and the hot flags. The
 //! code is kept to detect the rare hash collision, which is then served as a miss.
 //!
@@ -13,6 +13,7 @@ use std::sync::{Arc, RwLock};
 
 use dashmap::DashMap;
 
+use super::table::ShardedTable;
 use crate::link::{Link, LinkKind};
 
 /// Hash of a code, as used for cache keys.
@@ -227,7 +228,7 @@ impl CachedLink {
 
 /// The cache proper: code hash → packed link.
 pub struct ShardedCache {
-    map: DashMap<u64, CachedLink, PassThrough>,
+    table: ShardedTable<CachedLink>,
 }
 
 impl Default for ShardedCache {
@@ -239,30 +240,31 @@ impl Default for ShardedCache {
 impl ShardedCache {
     pub fn new() -> Self {
         Self {
-            map: DashMap::with_hasher(PassThrough::default()),
+            table: ShardedTable::default(),
         }
     }
 
     /// Runs `f` on the cached link for `code` (whose hash is `hash`), under the shard's read lock.
     #[inline]
     pub fn with<R>(&self, hash: u64, code: &str, f: impl FnOnce(&CachedLink) -> R) -> Option<R> {
-        let entry = self.map.get(&hash)?;
-        (entry.code() == code).then(|| f(&entry))
+        self.table
+            .with(hash, |entry| (entry.code() == code).then(|| f(entry)))
+            .flatten()
     }
 
     pub fn insert(&self, hash: u64, link: CachedLink) {
-        self.map.insert(hash, link);
+        self.table.insert(hash, link);
     }
 
     pub fn remove(&self, hash: u64) {
-        self.map.remove(&hash);
+        self.table.remove(hash);
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.table.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.table.is_empty()
     }
 }

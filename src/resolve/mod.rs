@@ -10,6 +10,7 @@
 //! restart does not turn cached taps into errors.
 
 pub mod cache;
+mod table;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
