@@ -9,11 +9,9 @@ use std::convert::Infallible;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use linkgate::server::{HEADER_READ_TIMEOUT, MAX_HEAD_BYTES, MAX_HEADERS};
+use hyper_util::rt::TokioIo;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -22,13 +20,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> std::io::Result<()> {
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:8081".into());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEAD_BYTES)
-        .max_headers(MAX_HEADERS)
-        .keep_alive(true);
+    let builder = linkgate::server::http1_builder();
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);

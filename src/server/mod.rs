@@ -108,10 +108,10 @@ impl App {
     }
 }
 
-/// Serves `listener` until `shutdown` resolves, then drains: readiness off, stop accepting, let
-/// in-flight requests finish within the configured drain deadline.
-pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let graceful = GracefulShutdown::new();
+/// The HTTP/1 connection settings of the public listener: bounded heads, a slowloris guard,
+/// keep-alive. Public so `examples/bare_302.rs`, the stack-only baseline of `loadtest/compare`,
+/// runs with exactly the same ones.
+pub fn http1_builder() -> http1::Builder {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -119,6 +119,14 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
         .max_buf_size(MAX_HEAD_BYTES)
         .max_headers(MAX_HEADERS)
         .keep_alive(true);
+    builder
+}
+
+/// Serves `listener` until `shutdown` resolves, then drains: readiness off, stop accepting, let
+/// in-flight requests finish within the configured drain deadline.
+pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let graceful = GracefulShutdown::new();
+    let builder = http1_builder();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
