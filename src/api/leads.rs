@@ -12,7 +12,7 @@ use crate::click::Queued;
 use crate::config::{ApiKey, Scope};
 use crate::error::ApiError;
 use crate::server::{App, BoxError};
-use crate::stream::batcher::{lead_event, new_lead_id};
+use crate::stream::batch::{lead_event, new_lead_id};
 use crate::time::now_secs;
 
 /// `POST /v1/leads`: one lead per click id (a repeat answers 200 with the first lead).

@@ -36,14 +36,6 @@ pub struct Batch {
 }
 
 impl Batch {
-    pub fn with_capacity(events: usize) -> Self {
-        Self {
-            json: Vec::with_capacity(events * 420),
-            entries: Vec::with_capacity(events),
-            ..Self::default()
-        }
-    }
-
     /// Empties the batch for reuse, keeping its buffers.
     pub fn clear(&mut self) {
         self.json.clear();
@@ -72,10 +64,10 @@ impl Batch {
         })
     }
 
-    /// The first `n` events as JSON lines (the event log's and the spool's format).
-    pub fn lines(&self, n: usize) -> Vec<u8> {
+    /// The events as JSON lines (the event log's and the spool's format).
+    pub fn lines(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.json.len() + self.entries.len());
-        for (_, json) in self.iter().take(n) {
+        for (_, json) in self.iter() {
             out.extend_from_slice(json);
             out.push(b'\n');
         }

@@ -325,7 +325,7 @@ impl Batcher {
                 }
             };
             if !delivered {
-                self.to_spool(batch.lines(batch.len()), batch.len()).await;
+                self.to_spool(batch.lines(), batch.len()).await;
             }
         }
         self.spare = batch;
@@ -359,11 +359,14 @@ impl Batcher {
                 return;
             };
             if !events.is_empty() {
-                let mut batch = Batch::with_capacity(events.len());
+                let mut batch = std::mem::take(&mut self.spare);
+                batch.clear();
                 for e in &events {
                     batch.push_event(e);
                 }
-                if let Err(e) = self.process(&mut batch).await {
+                let result = self.process(&mut batch).await;
+                self.spare = batch;
+                if let Err(e) = result {
                     tracing::debug!(error = %e, "spool replay deferred");
                     return;
                 }
@@ -430,5 +433,3 @@ impl Batcher {
         Ok(())
     }
 }
-
-pub use super::batch::{lead_event, new_lead_id};

@@ -151,7 +151,7 @@ mod tests {
         for e in events {
             batch.push_event(e);
         }
-        batch.lines(events.len())
+        batch.lines()
     }
 
     fn ev(i: usize) -> Event {

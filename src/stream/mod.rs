@@ -130,7 +130,7 @@ pub struct LogSink {
 impl EventSink for LogSink {
     async fn deliver(&self, batch: &Batch) -> Result<(), SinkError> {
         let log = self.log.clone();
-        let lines = batch.lines(batch.len());
+        let lines = batch.lines();
         tokio::task::spawn_blocking(move || log.lock().unwrap_or_else(|e| e.into_inner()).append(&lines))
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))??;
