@@ -5,8 +5,9 @@
 //! 1. **Request** — [`server`] runs the hyper accept loop on a bound listener and routes each request
 //!    by method and path: the public edge (`GET /{code}`, probes) or the `/v1` API ([`api`]).
 //! 2. **Resolve** — [`resolve`] answers "which link is this code?" from a sharded in-memory map
-//!    (64 shards of open-addressing tables keyed by the xxh3 hash of the code). A miss reads the [`store`] once (concurrent misses
-//!    coalesce), unknown codes are remembered briefly, and Redis pub/sub keeps replicas coherent.
+//!    (64 shards of open-addressing tables keyed by the xxh3 hash of the code). A miss reads the
+//!    [`store`] once (concurrent misses coalesce), unknown codes are remembered briefly, and Redis
+//!    pub/sub keeps replicas coherent.
 //! 3. **Redirect** — [`redirect`] turns the resolved link into a 301/302/307/308, a 410 or a 404,
 //!    with the click id ([`link::click_id`]) appended for conversion tracking. A cache hit does no I/O.
 //! 4. **Click** — [`click`] classifies the visitor (human, link previewer, bot) and records the tap

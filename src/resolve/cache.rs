@@ -2,9 +2,10 @@
 //!
 //! Keys are the xxh3-64 hash of the code (computed once per request with the one-shot function, not
 //! the streaming hasher), used as is by the sharded open-addressing table of [`super::table`]. Each
-//! value is one boxed [`CachedLink`] holding the code, the destination and the recipient id in a single string, the
-//! campaign and owner as interned `u32` ids (thousands of links share them), and the hot flags. The
-//! code is kept to detect the rare hash collision, which is then served as a miss.
+//! value is one boxed [`CachedLink`] holding the code, the destination and the recipient id in a
+//! single string, the campaign and owner as interned `u32` ids (thousands of links share them), and
+//! the hot flags. The code is kept to detect the rare hash collision, which is then served as a
+//! miss.
 //!
 //! Rarely used fields (fallback and device overrides) live behind one optional box.
 
