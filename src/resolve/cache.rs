@@ -1,7 +1,7 @@
 //! The sharded in-memory link cache, packed for millions of links.
 //!
 //! Keys are the xxh3-64 hash of the code (computed once per request with the one-shot function, not
-//! the streaming hasher), used as is by the sharded open-addressing table of [`super::table`]. Each
+//! the streaming hasher), used as is by the sharded open-addressing table in `resolve/table.rs`. Each
 //! value is one boxed [`CachedLink`] holding the code, the destination and the recipient id in a
 //! single string, the campaign and owner as interned `u32` ids (thousands of links share them), and
 //! the hot flags. The code is kept to detect the rare hash collision, which is then served as a
