@@ -1,5 +1,5 @@
 //! Batcher → Redis throughput: 500,000 click records pushed into the event queue as fast as the
-//! pushing thread can, delivered as pipelined `XADD … MAXLEN ~` batches (with counter updates) to a
+//! pushing thread can, delivered as pipelined `XADD` batches (with `XTRIM` and counter updates) to a
 //! local redis-server spawned on a free port. Reports events/s, the mean batch size, and Redis's own
 //! CPU time per event (from `INFO cpu`), all from the same run.
 //!

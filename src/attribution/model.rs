@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+use crate::resolve::cache::Xxh3State;
 use crate::time::format_rfc3339;
 
 /// How a lead was opened.
@@ -213,12 +214,17 @@ impl Stats {
 
     /// The non-zero stored fields (what a counter update has to write). `clicks` is not stored: it
     /// is `human_clicks + bot_clicks`, which saves one counter update per tap.
-    pub fn nonzero(&self) -> impl Iterator<Item = (&'static str, i64)> + '_ {
-        Self::FIELDS
-            .into_iter()
-            .filter(|f| *f != "clicks")
-            .map(|f| (f, self.get(f)))
-            .filter(|(_, v)| *v != 0)
+    pub fn nonzero(&self) -> impl Iterator<Item = (&'static str, i64)> + use<> {
+        [
+            ("links", self.links),
+            ("human_clicks", self.human_clicks),
+            ("bot_clicks", self.bot_clicks),
+            ("leads", self.leads),
+            ("conversions", self.conversions),
+            ("revenue", self.revenue),
+        ]
+        .into_iter()
+        .filter(|(_, v)| *v != 0)
     }
 
     /// Fills the derived fields after reading the stored ones.
@@ -257,10 +263,10 @@ impl RankBy {
 /// Counter increments gathered from one batch of events, applied in one store round trip.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CounterDelta {
-    pub links: HashMap<String, Stats>,
-    pub campaigns: HashMap<String, Stats>,
+    pub links: HashMap<String, Stats, Xxh3State>,
+    pub campaigns: HashMap<String, Stats, Xxh3State>,
     /// `(campaign_id, owner_id)` → increments; the leaderboards.
-    pub owners: HashMap<(String, String), Stats>,
+    pub owners: HashMap<(String, String), Stats, Xxh3State>,
 }
 
 impl CounterDelta {
@@ -277,7 +283,7 @@ impl CounterDelta {
     /// Adds `s` to the link, its campaign and (for leaderboard fields) its owner.
     pub fn add(&mut self, code: Option<&str>, campaign: Option<&str>, owner: Option<&str>, s: Stats) {
         // Looked up before inserting: a key is allocated once per batch, not once per event.
-        fn bump(map: &mut HashMap<String, Stats>, key: &str, s: &Stats) {
+        fn bump(map: &mut HashMap<String, Stats, Xxh3State>, key: &str, s: &Stats) {
             match map.get_mut(key) {
                 Some(v) => v.add(s),
                 None => {
@@ -319,6 +325,35 @@ mod tests {
         assert_eq!(commission(1_999_900, 100), 19_999);
         assert_eq!(commission(999, 333), 33);
         assert_eq!(commission(i64::MAX, 10_000), i64::MAX);
+    }
+
+    #[test]
+    fn only_nonzero_stored_fields_are_written() {
+        let s = Stats {
+            links: 0,
+            clicks: 3,
+            human_clicks: 2,
+            bot_clicks: 1,
+            leads: 0,
+            conversions: -1,
+            revenue: 500,
+        };
+        let fields: Vec<_> = s.nonzero().collect();
+        assert_eq!(
+            fields,
+            [
+                ("human_clicks", 2),
+                ("bot_clicks", 1),
+                ("conversions", -1),
+                ("revenue", 500)
+            ]
+        );
+        // Each written field reads back under the same name; `clicks` is derived instead.
+        let mut back = Stats::default();
+        for (f, v) in &fields {
+            back.set(f, *v);
+        }
+        assert_eq!(back.derive(), s);
     }
 
     #[test]

@@ -94,6 +94,15 @@ pub enum EventType {
 }
 
 impl EventType {
+    /// 0, 1, 2 for click, lead, conversion: for per-type arrays.
+    pub fn index(self) -> usize {
+        match self {
+            Self::Click => 0,
+            Self::Lead => 1,
+            Self::Conversion => 2,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Click => "click",

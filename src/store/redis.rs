@@ -74,7 +74,16 @@ fn lead_claim_key(claim: &str) -> String {
     format!("lg:leadclaim:{{{claim}}}")
 }
 fn link_stats_key(code: &str) -> String {
-    format!("lg:stats:link:{{{code}}}")
+    let mut key = Vec::new();
+    link_stats_key_into(&mut key, code);
+    String::from_utf8(key).expect("a key built from a str is UTF-8")
+}
+/// [`link_stats_key`] into a buffer the batcher reuses (one key per tapped link per batch).
+fn link_stats_key_into(out: &mut Vec<u8>, code: &str) {
+    out.clear();
+    out.extend_from_slice(b"lg:stats:link:{");
+    out.extend_from_slice(code.as_bytes());
+    out.push(b'}');
 }
 fn campaign_stats_key(id: &str) -> String {
     format!("lg:stats:camp:{{{id}}}")
@@ -85,17 +94,25 @@ fn leaderboard_key(campaign: &str, by: RankBy) -> String {
 
 /// The commands that add `delta` to the stored counters, each handed to `command` as its
 /// arguments (`HINCRBY key field n`, `ZINCRBY key n owner`).
+///
+/// A batch has about one tapped link per event, so the keys and numbers of those are written into
+/// two reused buffers rather than allocated per command.
 pub(crate) fn counter_updates(delta: &CounterDelta, mut command: impl FnMut(&[&[u8]])) {
-    let hincr = |key: String, s: &Stats, command: &mut dyn FnMut(&[&[u8]])| {
+    let mut number = Vec::with_capacity(20);
+    let mut hincr = |key: &[u8], s: &Stats, command: &mut dyn FnMut(&[&[u8]])| {
         for (field, v) in s.nonzero() {
-            command(&[b"HINCRBY", key.as_bytes(), field.as_bytes(), v.to_string().as_bytes()]);
+            number.clear();
+            crate::stream::resp::push_signed(&mut number, v);
+            command(&[b"HINCRBY", key, field.as_bytes(), &number]);
         }
     };
+    let mut key = Vec::with_capacity(96);
     for (code, s) in &delta.links {
-        hincr(link_stats_key(code), s, &mut command);
+        link_stats_key_into(&mut key, code);
+        hincr(&key, s, &mut command);
     }
     for (id, s) in &delta.campaigns {
-        hincr(campaign_stats_key(id), s, &mut command);
+        hincr(campaign_stats_key(id).as_bytes(), s, &mut command);
     }
     for ((campaign, owner), s) in &delta.owners {
         for by in [RankBy::Leads, RankBy::Conversions, RankBy::Revenue] {

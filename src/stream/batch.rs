@@ -7,7 +7,7 @@
 //! ([`Batch::push_event`]); both produce the same object (a unit test holds them together). The
 //! same bytes go to the Redis Stream, the event log and, when delivery fails, the spool.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use crate::attribution::model::{CounterDelta, Lead, LeadSource, Stats};
 use crate::click::event::{ClickRecord, IpHasher, state_str};
@@ -78,7 +78,7 @@ impl Batch {
     pub fn counts(&self) -> [u64; 3] {
         let mut c = [0; 3];
         for (t, _) in &self.entries {
-            c[type_index(*t)] += 1;
+            c[t.index()] += 1;
         }
         c
     }
@@ -136,7 +136,7 @@ impl Batch {
     pub fn push_click(&mut self, c: &ClickRecord, memo: &mut BatchMemo, interner: &Interner, ip: &mut IpHasher) {
         let code = c.code();
         memo.prepare(interner, c);
-        let (campaign, owner) = (&memo.names[&c.campaign], &memo.names[&c.owner]);
+        let (campaign, owner) = (memo.name(c.campaign), memo.name(c.owner));
         let ts = memo.ts.as_ref().map_or("", |(_, s)| s.as_str());
         let j = &mut self.json;
         let click_start = j.len() + 7;
@@ -191,7 +191,8 @@ impl Batch {
         let human = c.agent == Agent::Human;
         let (campaign, owner) = (campaign.name.as_deref(), owner.name.as_deref());
         self.counters.add(Some(code), campaign, owner, click_stats(human));
-        if human {
+        // Only a personalised link opens a lead: no candidate (and no click id copy) otherwise.
+        if human && c.recipient.is_some() {
             let tap = Tap {
                 code,
                 campaign,
@@ -273,14 +274,6 @@ fn click_stats(human: bool) -> Stats {
     }
 }
 
-fn type_index(t: EventType) -> usize {
-    match t {
-        EventType::Click => 0,
-        EventType::Lead => 1,
-        EventType::Conversion => 2,
-    }
-}
-
 fn write_str(out: &mut Vec<u8>, s: &str) {
     serde_json::to_writer(out, s).expect("strings always serialise");
 }
@@ -298,12 +291,13 @@ struct Name {
     json: String,
 }
 
-/// What a batch's taps share (timestamps within a second, campaign and owner names), formatted
-/// once per batch instead of once per event.
+/// What taps share (timestamps within a second, campaign and owner names), formatted once instead
+/// of once per event. The batcher keeps one for its lifetime.
 #[derive(Default)]
 pub struct BatchMemo {
     ts: Option<(i64, String)>,
-    names: HashMap<u32, Name>,
+    /// Indexed by interned id: ids are small and dense ([`Interner`]).
+    names: Vec<Option<Name>>,
 }
 
 impl BatchMemo {
@@ -313,7 +307,11 @@ impl BatchMemo {
             self.ts = Some((c.ts, crate::time::format_rfc3339(c.ts)));
         }
         for id in [c.campaign, c.owner] {
-            self.names.entry(id).or_insert_with(|| {
+            let i = id as usize;
+            if self.names.len() <= i {
+                self.names.resize_with(i + 1, || None);
+            }
+            self.names[i].get_or_insert_with(|| {
                 let name = interner.name(id).map(|s| s.to_string());
                 let mut json = Vec::new();
                 write_opt_str(&mut json, name.as_deref());
@@ -323,6 +321,11 @@ impl BatchMemo {
                 }
             });
         }
+    }
+
+    /// The name of `id`, after [`BatchMemo::prepare`] saw it.
+    fn name(&self, id: u32) -> &Name {
+        self.names[id as usize].as_ref().expect("prepared before use")
     }
 }
 

@@ -110,6 +110,7 @@ impl EventPipeline {
             resolver: parts.resolver,
             spare: Batch::default(),
             queued: Vec::with_capacity(BATCH_MAX),
+            memo: BatchMemo::default(),
         };
         tokio::spawn(async move {
             batcher.run().await;
@@ -247,6 +248,9 @@ struct Batcher {
     spare: Batch,
     /// What was taken from the queue, kept for its buffer.
     queued: Vec<Queued>,
+    /// Campaign and owner names as JSON, kept from batch to batch (an interned id's name never
+    /// changes).
+    memo: BatchMemo,
 }
 
 impl Batcher {
@@ -297,14 +301,13 @@ impl Batcher {
     async fn batch_of(&mut self, queued: &mut Vec<Queued>) -> Batch {
         let mut batch = std::mem::take(&mut self.spare);
         batch.clear();
-        let mut memo = BatchMemo::default();
         let interner = self.resolver.interner();
         for (i, q) in queued.drain(..).enumerate() {
             if i % ENCODE_SLICE == ENCODE_SLICE - 1 {
                 tokio::task::yield_now().await;
             }
             match q {
-                Queued::Click(c) => batch.push_click(&c, &mut memo, interner, &mut self.ip),
+                Queued::Click(c) => batch.push_click(&c, &mut self.memo, interner, &mut self.ip),
                 Queued::Event(e) if e.id.is_empty() => {}
                 Queued::Event(e) => batch.push_event(&e),
             }

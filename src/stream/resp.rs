@@ -53,12 +53,16 @@ impl RespWriter {
         push_decimal(&mut self.buf, args.len() as u64);
         self.buf.extend_from_slice(b"\r\n");
         for a in args {
-            self.buf.push(b'$');
-            push_decimal(&mut self.buf, a.len() as u64);
-            self.buf.extend_from_slice(b"\r\n");
-            self.buf.extend_from_slice(a);
-            self.buf.extend_from_slice(b"\r\n");
+            bulk(&mut self.buf, a);
         }
+        self.commands += 1;
+    }
+
+    /// Appends one command made of `prefix`'s arguments and then `last`: the constant part of a
+    /// command is encoded once, not once per event.
+    pub fn command_after(&mut self, prefix: &Prefix, last: &[u8]) {
+        self.buf.extend_from_slice(&prefix.0);
+        bulk(&mut self.buf, last);
         self.commands += 1;
     }
 
@@ -71,19 +75,63 @@ impl RespWriter {
     }
 }
 
-/// Appends `v` in decimal.
-pub fn push_decimal(out: &mut Vec<u8>, mut v: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
+/// The first arguments of a command, encoded once, and the array header counting one more
+/// argument: [`RespWriter::command_after`] appends the last.
+pub struct Prefix(Vec<u8>);
+
+impl Prefix {
+    pub fn new(first: &[&[u8]]) -> Self {
+        let mut buf = vec![b'*'];
+        push_decimal(&mut buf, first.len() as u64 + 1);
+        buf.extend_from_slice(b"\r\n");
+        for a in first {
+            bulk(&mut buf, a);
         }
+        Self(buf)
     }
-    out.extend_from_slice(&digits[i..]);
+}
+
+/// Appends `a` as a RESP bulk string.
+fn bulk(out: &mut Vec<u8>, a: &[u8]) {
+    out.push(b'$');
+    push_decimal(out, a.len() as u64);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(a);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `v` in decimal.
+pub fn push_decimal(out: &mut Vec<u8>, v: u64) {
+    // Lengths are mostly two or three digits: no loop, no copy call for those.
+    if v < 10 {
+        out.push(b'0' + v as u8);
+    } else if v < 100 {
+        out.extend_from_slice(&[b'0' + (v / 10) as u8, b'0' + (v % 10) as u8]);
+    } else if v < 1000 {
+        out.extend_from_slice(&[
+            b'0' + (v / 100) as u8,
+            b'0' + (v / 10 % 10) as u8,
+            b'0' + (v % 10) as u8,
+        ]);
+    } else {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        let mut v = v;
+        while v > 0 {
+            i -= 1;
+            digits[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+        out.extend_from_slice(&digits[i..]);
+    }
+}
+
+/// Appends `v` in decimal, with a sign when negative (a counter decrement).
+pub fn push_signed(out: &mut Vec<u8>, v: i64) {
+    if v < 0 {
+        out.push(b'-');
+    }
+    push_decimal(out, v.unsigned_abs());
 }
 
 /// One connection to Redis for pipelines whose replies are only checked.
@@ -277,10 +325,25 @@ mod tests {
     }
 
     #[test]
+    fn a_prefixed_command_is_the_same_command() {
+        let mut whole = RespWriter::default();
+        whole.command(&[b"XADD", b"s", b"*", b"json", b"{\"a\":1}"]);
+        let mut prefixed = RespWriter::default();
+        prefixed.command_after(&Prefix::new(&[b"XADD", b"s", b"*", b"json"]), b"{\"a\":1}");
+        assert_eq!(prefixed.bytes(), whole.bytes());
+        assert_eq!(prefixed.commands(), 1);
+    }
+
+    #[test]
     fn decimals() {
-        for v in [0u64, 7, 10, 4096, u64::MAX] {
+        for v in [0u64, 7, 9, 10, 42, 99, 100, 512, 999, 1000, 4096, u64::MAX] {
             let mut out = Vec::new();
             push_decimal(&mut out, v);
+            assert_eq!(out, v.to_string().as_bytes());
+        }
+        for v in [0i64, 1, -1, -1000, 123_456, i64::MIN, i64::MAX] {
+            let mut out = Vec::new();
+            push_signed(&mut out, v);
             assert_eq!(out, v.to_string().as_bytes());
         }
     }

@@ -73,6 +73,13 @@ fn a_directly_encoded_click_is_the_serde_encoding_of_its_event() {
         assert_eq!(ty, EventType::Click);
         assert_eq!(std::str::from_utf8(json).unwrap(), std::str::from_utf8(&want).unwrap());
     }
+    // The batcher keeps its memo from batch to batch: a later batch encodes the same taps the same.
+    let first = batch.lines();
+    batch.clear();
+    for t in &taps {
+        batch.push_click(t, &mut memo, &interner, &mut ip);
+    }
+    assert_eq!(batch.lines(), first);
 }
 
 #[test]
