@@ -53,7 +53,7 @@ impl RawClickId {
     pub fn write(&self, code: &str, out: &mut String) {
         out.push_str(code);
         out.push('.');
-        out.extend(self.encoded().map(char::from));
+        out.push_str(std::str::from_utf8(&self.encoded()).expect("the base64url alphabet is ASCII"));
     }
 
     /// Appends `<code>.<payload>` to a byte buffer (the batcher's JSON).
