@@ -519,6 +519,29 @@ async fn events_reach_the_password_protected_database_named_in_the_url() {
     );
 }
 
+/// A Redis on the same host can be named by its Unix socket: the store, the invalidation
+/// subscriber and the event sink all use it.
+#[tokio::test]
+async fn events_and_counters_reach_a_redis_on_a_unix_socket() {
+    let env = Env::with_redis(RedisGuard::start_with_socket());
+    let url = env.redis.as_ref().unwrap().url();
+    assert!(url.starts_with("unix://"), "{url}");
+    let s = TestServer::start(&env).await;
+    s.mint(json!({"destination": "https://a.example/", "code": "viasock"}))
+        .await;
+    for _ in 0..3 {
+        assert_eq!(s.get("/viasock").await.status, StatusCode::FOUND);
+    }
+    let clicks = eventually(LAG, "three clicks in the stream", || async {
+        let entries = stream_entries(&url, "linkgate:events");
+        (entries.len() >= 3).then_some(entries)
+    })
+    .await;
+    assert_eq!(clicks.len(), 3);
+    assert!(clicks.iter().all(|(t, e)| t == "click" && e["code"] == "viasock"));
+    json_until(&s, "/v1/links/viasock/stats", |v| v["clicks"] == 3).await;
+}
+
 #[tokio::test]
 async fn the_stream_is_capped_near_linkgate_stream_maxlen() {
     let env = Env::new(Backend::Redis);

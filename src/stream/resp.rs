@@ -5,15 +5,16 @@
 //! load (perf of `loadtest/compare`) building a `redis::Cmd` per event, encoding the pipeline and
 //! decoding every reply into a `Value` took more than half of the batcher's CPU. A batch needs none
 //! of that: its commands are known byte strings, and its replies only have to be counted and
-//! checked for errors. The connection is opened from the same `redis://` URL (via redis-rs's
-//! parser, so user, password and database number mean the same), lazily, and dropped on any
-//! error so the next batch reconnects; the batch that failed goes to the spool.
+//! checked for errors. The connection is opened from the same URL as the store's (`redis://…`, or
+//! `unix:///path` for a Redis on the same host; parsed by redis-rs, so user, password and database
+//! number mean the same), lazily, and dropped on any error so the next batch reconnects; the batch
+//! that failed goes to the spool.
 
 use std::time::Duration;
 
 use redis::{ConnectionAddr, IntoConnectionInfo};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
 
 /// How long one batch may take to write and be answered before the connection is given up.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -134,9 +135,16 @@ pub fn push_signed(out: &mut Vec<u8>, v: i64) {
     push_decimal(out, v.unsigned_abs());
 }
 
+/// A TCP connection, or a Unix socket (`unix:///path` or `redis+unix:///path`: a Redis beside
+/// linkgate, where the socket skips the TCP stack on both sides).
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
 /// One connection to Redis for pipelines whose replies are only checked.
 pub struct RespConnection {
-    stream: TcpStream,
+    stream: Stream,
     /// Bytes read but not yet parsed.
     pending: Vec<u8>,
 }
@@ -145,14 +153,20 @@ impl RespConnection {
     /// Connects to the Redis of `url`, authenticating and selecting its database.
     pub async fn connect(url: &str) -> Result<Self, RespError> {
         let info = url.into_connection_info().map_err(|e| RespError::Url(e.to_string()))?;
-        let (host, port) = match info.addr() {
-            ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
-            other => return Err(RespError::Url(format!("unsupported address {other}"))),
+        let connect = async {
+            match info.addr() {
+                ConnectionAddr::Tcp(host, port) => {
+                    let stream = TcpStream::connect((host.as_str(), *port)).await?;
+                    stream.set_nodelay(true)?;
+                    Ok(Stream::Tcp(stream))
+                }
+                ConnectionAddr::Unix(path) => Ok(Stream::Unix(UnixStream::connect(path).await?)),
+                other => Err(RespError::Url(format!("unsupported address {other}"))),
+            }
         };
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host.as_str(), port)))
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
             .map_err(|_| RespError::Timeout(CONNECT_TIMEOUT))??;
-        stream.set_nodelay(true)?;
         let mut conn = Self {
             stream,
             pending: Vec::with_capacity(64 * 1024),
@@ -186,52 +200,68 @@ impl RespConnection {
     }
 
     async fn exchange(&mut self, w: &RespWriter) -> Result<(), RespError> {
-        // Write and read concurrently: a large batch's replies must be drained while it is still
-        // being written, or both sides' socket buffers fill up and stall.
-        let (mut reader, mut writer) = self.stream.split();
-        let pending = &mut self.pending;
-        let write = async {
-            writer.write_all(w.bytes()).await?;
-            writer.flush().await?;
-            Ok::<(), RespError>(())
-        };
-        let read = async {
-            let mut left = w.commands();
-            let mut first_error = None;
-            while left > 0 {
-                let mut at = 0;
-                while left > 0 {
-                    match skip_reply(&pending[at..])? {
-                        Some((used, error)) => {
-                            if let (Some(e), None) = (error, &first_error) {
-                                first_error = Some(e);
-                            }
-                            at += used;
-                            left -= 1;
-                        }
-                        None => break,
-                    }
-                }
-                pending.drain(..at);
-                if left > 0 {
-                    let start = pending.len();
-                    pending.resize(start + 64 * 1024, 0);
-                    let n = reader.read(&mut pending[start..]).await?;
-                    pending.truncate(start + n);
-                    if n == 0 {
-                        return Err(RespError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-                    }
-                }
+        match &mut self.stream {
+            Stream::Tcp(s) => {
+                let (reader, writer) = s.split();
+                exchange(reader, writer, &mut self.pending, w).await
             }
-            match first_error {
-                Some(e) => Err(RespError::Reply(e)),
-                None => Ok(()),
+            Stream::Unix(s) => {
+                let (reader, writer) = s.split();
+                exchange(reader, writer, &mut self.pending, w).await
             }
-        };
-        let (wrote, read) = tokio::join!(write, read);
-        wrote?;
-        read
+        }
     }
+}
+
+/// Writes `w` and reads its replies into `pending`, both at once: a large batch's replies must be
+/// drained while it is still being written, or both sides' socket buffers fill up and stall.
+async fn exchange(
+    mut reader: impl AsyncRead + Unpin,
+    mut writer: impl AsyncWrite + Unpin,
+    pending: &mut Vec<u8>,
+    w: &RespWriter,
+) -> Result<(), RespError> {
+    let write = async {
+        writer.write_all(w.bytes()).await?;
+        writer.flush().await?;
+        Ok::<(), RespError>(())
+    };
+    let read = async {
+        let mut left = w.commands();
+        let mut first_error = None;
+        while left > 0 {
+            let mut at = 0;
+            while left > 0 {
+                match skip_reply(&pending[at..])? {
+                    Some((used, error)) => {
+                        if let (Some(e), None) = (error, &first_error) {
+                            first_error = Some(e);
+                        }
+                        at += used;
+                        left -= 1;
+                    }
+                    None => break,
+                }
+            }
+            pending.drain(..at);
+            if left > 0 {
+                let start = pending.len();
+                pending.resize(start + 64 * 1024, 0);
+                let n = reader.read(&mut pending[start..]).await?;
+                pending.truncate(start + n);
+                if n == 0 {
+                    return Err(RespError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(RespError::Reply(e)),
+            None => Ok(()),
+        }
+    };
+    let (wrote, read) = tokio::join!(write, read);
+    wrote?;
+    read
 }
 
 /// The length of the complete reply at the start of `buf` and, when it is an error, its text;

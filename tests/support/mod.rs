@@ -35,6 +35,8 @@ pub struct RedisGuard {
     pub port: u16,
     /// `:password@` and `/db` of the URL, for a guard started with a password.
     auth: Option<(String, u32)>,
+    /// The Unix socket it also listens on, for a guard whose URL names it.
+    socket: Option<PathBuf>,
 }
 
 impl RedisGuard {
@@ -76,6 +78,27 @@ impl RedisGuard {
         guard
     }
 
+    /// A Redis that also listens on a Unix socket; its URL is the socket's (`unix:///path`).
+    pub fn start_with_socket() -> Self {
+        let port = free_port();
+        let socket = std::env::temp_dir().join(format!("linkgate-test-redis-{port}.sock"));
+        let mut guard = Self::spawn(
+            port,
+            &[
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--unixsocket",
+                &socket.to_string_lossy(),
+                "--unixsocketperm",
+                "700",
+            ],
+        );
+        guard.socket = Some(socket);
+        guard
+    }
+
     fn spawn(port: u16, extra: &[&str]) -> Self {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -90,6 +113,7 @@ impl RedisGuard {
             child,
             port,
             auth: None,
+            socket: None,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -112,6 +136,9 @@ impl RedisGuard {
     }
 
     pub fn url(&self) -> String {
+        if let Some(socket) = &self.socket {
+            return format!("unix://{}", socket.display());
+        }
         match &self.auth {
             Some((password, db)) => format!("redis://:{password}@127.0.0.1:{}/{db}", self.port),
             None => format!("redis://127.0.0.1:{}", self.port),
@@ -128,6 +155,9 @@ impl RedisGuard {
 impl Drop for RedisGuard {
     fn drop(&mut self) {
         self.kill();
+        if let Some(socket) = &self.socket {
+            let _ = std::fs::remove_file(socket);
+        }
     }
 }
 
