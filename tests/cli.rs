@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use http::StatusCode;
-use support::{TempDir, eventually, free_port, send};
+use support::{TempDir, eventually, free_port, send, try_send};
 
 const BIN: &str = env!("CARGO_BIN_EXE_linkgate");
 
@@ -46,8 +46,9 @@ async fn embedded_first_start_writes_an_admin_key_and_sigterm_stops_cleanly() {
         .unwrap();
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     eventually(Duration::from_secs(10), "the binary answering /healthz", || async {
-        let up = tokio::net::TcpStream::connect(addr).await.is_ok();
-        (up && send(addr, "GET", "/healthz", &[], vec![]).await.status == StatusCode::OK).then_some(())
+        // `try_send`: a connection the starting process drops is "not yet", not a failure.
+        let r = try_send(addr, "GET", "/healthz", &[], vec![]).await;
+        r.is_some_and(|r| r.status == StatusCode::OK).then_some(())
     })
     .await;
     let key = std::fs::read_to_string(dir.0.join("admin.key"))
