@@ -109,6 +109,7 @@ fn main() {
             ClickRecord {
                 click: signer.sign(&code, 1_795_507_200 + (i / 1000) as i64),
                 code: linkgate::click::event::InlineCode::new(&code),
+                seq: (i % 100_000) as u64 + 1,
                 campaign: campaigns[i % campaigns.len()],
                 owner: owners[i % owners.len()],
                 recipient: None,

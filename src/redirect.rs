@@ -151,6 +151,7 @@ fn click_record(app: &App, link: &CachedLink, tap: &Tap, state: LinkState, click
     });
     ClickRecord {
         code: InlineCode::new(link.code()),
+        seq: link.seq(),
         click,
         campaign: link.campaign(),
         owner: link.owner(),

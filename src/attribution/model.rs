@@ -263,10 +263,19 @@ impl RankBy {
 /// Counter increments gathered from one batch of events, applied in one store round trip.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CounterDelta {
-    pub links: HashMap<String, Stats, Xxh3State>,
+    pub links: HashMap<String, LinkDelta, Xxh3State>,
     pub campaigns: HashMap<String, Stats, Xxh3State>,
     /// `(campaign_id, owner_id)` → increments; the leaderboards.
     pub owners: HashMap<(String, String), Stats, Xxh3State>,
+}
+
+/// A link's increments in one batch, and its sequence number when the taps carried it (0 when
+/// not: replayed and API events), which lets the Redis store count clicks without a command per
+/// link ([`crate::store::redis`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkDelta {
+    pub seq: u64,
+    pub stats: Stats,
 }
 
 impl CounterDelta {
@@ -282,20 +291,31 @@ impl CounterDelta {
 
     /// Adds `s` to the link, its campaign and (for leaderboard fields) its owner.
     pub fn add(&mut self, code: Option<&str>, campaign: Option<&str>, owner: Option<&str>, s: Stats) {
+        self.add_seq(code.map(|c| (c, 0)), campaign, owner, s);
+    }
+
+    /// [`CounterDelta::add`], with the link's sequence number when known (not 0): the Redis
+    /// sink then counts its clicks in the link's slot of a counter array ([`LinkDelta`]).
+    pub fn add_seq(&mut self, link: Option<(&str, u64)>, campaign: Option<&str>, owner: Option<&str>, s: Stats) {
         // Looked up before inserting: a key is allocated once per batch, not once per event.
-        fn bump(map: &mut HashMap<String, Stats, Xxh3State>, key: &str, s: &Stats) {
-            match map.get_mut(key) {
-                Some(v) => v.add(s),
+        if let Some((code, seq)) = link {
+            match self.links.get_mut(code) {
+                Some(d) => {
+                    d.stats.add(&s);
+                    d.seq = d.seq.max(seq);
+                }
                 None => {
-                    map.insert(key.to_string(), *s);
+                    self.links.insert(code.to_string(), LinkDelta { seq, stats: s });
                 }
             }
         }
-        if let Some(code) = code {
-            bump(&mut self.links, code, &s);
-        }
         if let Some(c) = campaign {
-            bump(&mut self.campaigns, c, &s);
+            match self.campaigns.get_mut(c) {
+                Some(v) => v.add(&s),
+                None => {
+                    self.campaigns.insert(c.to_string(), s);
+                }
+            }
             if let Some(o) = owner {
                 let ranked = Stats {
                     leads: s.leads,
@@ -375,7 +395,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        assert_eq!(d.links["a"].clicks, 2);
+        assert_eq!(d.links["a"].stats.clicks, 2);
         assert_eq!(d.campaigns["c"].leads, 1);
         assert_eq!(
             d.owners[&("c".into(), "o".into())],

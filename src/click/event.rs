@@ -25,6 +25,8 @@ pub const MAX_HEADER_IN_EVENT: usize = 256;
 #[derive(Debug)]
 pub struct ClickRecord {
     pub code: InlineCode,
+    /// The link's sequence number (0 when unknown): the Redis sink counts the click at it.
+    pub seq: u64,
     pub click: RawClickId,
     pub campaign: u32,
     pub owner: u32,

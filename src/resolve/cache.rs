@@ -128,7 +128,8 @@ const EXPIRES: usize = 12; // u32, 0 = never
 const MAX_CLICKS: usize = 16; // u32, 0 = unlimited
 const LENS: usize = 20; // 6 × u16: code, destination, recipient, fallback, ios, android
 const GENERATION: usize = LENS + 12; // u32: the resolver generation the entry was read in
-const HEADER: usize = GENERATION + 4;
+const SEQ: usize = GENERATION + 4; // u64: the link's sequence number (where its click counters are)
+const HEADER: usize = SEQ + 8;
 
 /// One cached link, packed into a single allocation: on a 50-byte SMS destination that is about
 /// 100 bytes, and a lookup touches one heap line after the map's own.
@@ -174,6 +175,7 @@ impl CachedLink {
             b.extend_from_slice(&(s.len().min(u16::MAX as usize) as u16).to_le_bytes());
         }
         b.extend_from_slice(&generation.to_le_bytes());
+        b.extend_from_slice(&link.seq.to_le_bytes());
         for s in &strings {
             b.extend_from_slice(&s.as_bytes()[..s.len().min(u16::MAX as usize)]);
         }
@@ -235,6 +237,13 @@ impl CachedLink {
     /// The resolver generation this entry was read in (older ones are revalidated).
     pub fn generation(&self) -> u32 {
         self.u32_at(GENERATION)
+    }
+
+    /// The link's sequence number in its store (0 when unknown).
+    pub fn seq(&self) -> u64 {
+        let mut le = [0u8; 8];
+        le.copy_from_slice(&self.0[SEQ..SEQ + 8]);
+        u64::from_le_bytes(le)
     }
 
     /// `max_clicks`, 0 when unlimited.

@@ -235,8 +235,8 @@ fn add_counters(txn: &redb::WriteTransaction, delta: &CounterDelta) -> Result<()
         }
         Ok(())
     };
-    for (code, s) in &delta.links {
-        add(format!("l\x1f{code}"), s)?;
+    for (code, d) in &delta.links {
+        add(format!("l\x1f{code}"), &d.stats)?;
     }
     for (c, s) in &delta.campaigns {
         add(format!("c\x1f{c}"), s)?;

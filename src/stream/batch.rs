@@ -190,7 +190,8 @@ impl Batch {
         }
         let human = c.agent == Agent::Human;
         let (campaign, owner) = (campaign.name.as_deref(), owner.name.as_deref());
-        self.counters.add(Some(code), campaign, owner, click_stats(human));
+        self.counters
+            .add_seq(Some((code, c.seq)), campaign, owner, click_stats(human));
         // Only a personalised link opens a lead: no candidate (and no click id copy) otherwise.
         if human && c.recipient.is_some() {
             let tap = Tap {
