@@ -492,27 +492,32 @@ async fn a_late_tap_on_an_expired_link_is_recorded_and_opens_the_lead() {
     }
 }
 
-/// The stream sink has its own Redis connection: it must authenticate and select the database
-/// given in LINKGATE_REDIS_URL, like the store's.
-#[tokio::test]
-async fn events_reach_the_password_protected_database_named_in_the_url() {
-    let env = Env::with_redis(RedisGuard::start_with_password("s3cret-pw", 3));
+/// Mints `code` on a server over `env`'s Redis, taps it three times, and checks that the three
+/// clicks reach the stream at the Redis URL and the link's stats.
+async fn three_taps_reach_the_stream_and_the_stats(env: &Env, code: &str) {
     let url = env.redis.as_ref().unwrap().url();
-    let s = TestServer::start(&env).await;
-    s.mint(json!({"destination": "https://a.example/", "code": "authd"}))
-        .await;
+    let s = TestServer::start(env).await;
+    s.mint(json!({"destination": "https://a.example/", "code": code})).await;
     for _ in 0..3 {
-        assert_eq!(s.get("/authd").await.status, StatusCode::FOUND);
+        assert_eq!(s.get(&format!("/{code}")).await.status, StatusCode::FOUND);
     }
-    let clicks = eventually(LAG, "three clicks in database 3's stream", || async {
+    let clicks = eventually(LAG, "three clicks in the stream", || async {
         let entries = stream_entries(&url, "linkgate:events");
         (entries.len() >= 3).then_some(entries)
     })
     .await;
     assert_eq!(clicks.len(), 3);
-    assert!(clicks.iter().all(|(t, e)| t == "click" && e["code"] == "authd"));
-    json_until(&s, "/v1/links/authd/stats", |v| v["clicks"] == 3).await;
-    let db0 = url.replace("/3", "/0");
+    assert!(clicks.iter().all(|(t, e)| t == "click" && e["code"] == code));
+    json_until(&s, &format!("/v1/links/{code}/stats"), |v| v["clicks"] == 3).await;
+}
+
+/// The stream sink has its own Redis connection: it must authenticate and select the database
+/// given in LINKGATE_REDIS_URL, like the store's.
+#[tokio::test]
+async fn events_reach_the_password_protected_database_named_in_the_url() {
+    let env = Env::with_redis(RedisGuard::start_with_password("s3cret-pw", 3));
+    three_taps_reach_the_stream_and_the_stats(&env, "authd").await;
+    let db0 = env.redis.as_ref().unwrap().url().replace("/3", "/0");
     assert!(
         stream_entries(&db0, "linkgate:events").is_empty(),
         "nothing in database 0"
@@ -526,20 +531,7 @@ async fn events_and_counters_reach_a_redis_on_a_unix_socket() {
     let env = Env::with_redis(RedisGuard::start_with_socket());
     let url = env.redis.as_ref().unwrap().url();
     assert!(url.starts_with("unix://"), "{url}");
-    let s = TestServer::start(&env).await;
-    s.mint(json!({"destination": "https://a.example/", "code": "viasock"}))
-        .await;
-    for _ in 0..3 {
-        assert_eq!(s.get("/viasock").await.status, StatusCode::FOUND);
-    }
-    let clicks = eventually(LAG, "three clicks in the stream", || async {
-        let entries = stream_entries(&url, "linkgate:events");
-        (entries.len() >= 3).then_some(entries)
-    })
-    .await;
-    assert_eq!(clicks.len(), 3);
-    assert!(clicks.iter().all(|(t, e)| t == "click" && e["code"] == "viasock"));
-    json_until(&s, "/v1/links/viasock/stats", |v| v["clicks"] == 3).await;
+    three_taps_reach_the_stream_and_the_stats(&env, "viasock").await;
 }
 
 #[tokio::test]
