@@ -81,13 +81,13 @@ fn link_stats_key(code: &str) -> String {
     link_stats_key_into(&mut key, code);
     String::from_utf8(key).expect("a key built from a str is UTF-8")
 }
-/// The counter array holding the clicks of the link numbered `seq`, and the link's `i64` slots in
-/// it (`#2i` human clicks, `#2i+1` bot clicks, in `BITFIELD` terms).
-fn clicks_key(seq: u64) -> (String, u64) {
-    (
-        format!("lg:clicks:{{{}}}", seq / CLICK_ARRAY_LINKS),
-        2 * (seq % CLICK_ARRAY_LINKS),
-    )
+/// The counter array holding the clicks of the link numbered `seq`, and the link's first `i64`
+/// slot in it (`#2i` human clicks, `#2i+1` bot clicks, in `BITFIELD` terms).
+fn click_slot(seq: u64) -> (u64, u64) {
+    (seq / CLICK_ARRAY_LINKS, 2 * (seq % CLICK_ARRAY_LINKS))
+}
+fn clicks_key(array: u64) -> String {
+    format!("lg:clicks:{{{array}}}")
 }
 
 /// [`link_stats_key`] into a buffer the batcher reuses (one key per tapped link per batch).
@@ -130,6 +130,10 @@ pub(crate) fn counter_updates(delta: &CounterDelta, mut command: impl FnMut(&[&[
             arrays.push((d.seq, s.human_clicks, s.bot_clicks));
             (s.human_clicks, s.bot_clicks) = (0, 0);
         }
+        // Nearly always so for a tap: nothing left for the hash, no key to build.
+        if s.nonzero().next().is_none() {
+            continue;
+        }
         link_stats_key_into(&mut key, code);
         hincr(&key, &s, &mut command);
     }
@@ -151,11 +155,11 @@ pub(crate) fn counter_updates(delta: &CounterDelta, mut command: impl FnMut(&[&[
 /// One `BITFIELD … INCRBY` per counter array for `(seq, human, bot)` click increments.
 fn click_array_updates(clicks: &mut [(u64, i64, i64)], command: &mut dyn FnMut(&[&[u8]])) {
     clicks.sort_unstable_by_key(|c| c.0);
-    for run in clicks.chunk_by(|a, b| a.0 / CLICK_ARRAY_LINKS == b.0 / CLICK_ARRAY_LINKS) {
+    for run in clicks.chunk_by(|a, b| click_slot(a.0).0 == click_slot(b.0).0) {
         // The slots and numbers of the whole command in one buffer, sliced into arguments after.
         let (mut text, mut ends) = (Vec::new(), Vec::new());
         for &(seq, human, bot) in run {
-            let slot = clicks_key(seq).1;
+            let slot = click_slot(seq).1;
             for (at, n) in [(slot, human), (slot + 1, bot)] {
                 if n != 0 {
                     text.push(b'#');
@@ -169,7 +173,7 @@ fn click_array_updates(clicks: &mut [(u64, i64, i64)], command: &mut dyn FnMut(&
         if ends.is_empty() {
             continue;
         }
-        let key = clicks_key(run[0].0).0;
+        let key = clicks_key(click_slot(run[0].0).0);
         let mut args: Vec<&[u8]> = vec![b"BITFIELD", key.as_bytes()];
         let mut start = 0;
         for pair in ends.chunks(2) {
@@ -646,16 +650,12 @@ impl Store for RedisStore {
 
     async fn link_stats(&self, code: &str) -> Result<Stats, StoreError> {
         let mut conn = self.conn().await?;
-        let map: std::collections::HashMap<String, i64> = conn.hgetall(link_stats_key(code)).await?;
-        let mut stats = Stats::default();
-        for (k, v) in map {
-            stats.set(&k, v);
-        }
+        let mut stats = stats_from(conn.hgetall(link_stats_key(code)).await?);
         // The clicks counted in the link's counter array, added to any counted in its hash.
         if let Some(link) = self.get_link(code).await?.filter(|l| l.seq != 0) {
-            let (key, slot) = clicks_key(link.seq);
+            let (array, slot) = click_slot(link.seq);
             let (human, bot): (i64, i64) = redis::cmd("BITFIELD")
-                .arg(key)
+                .arg(clicks_key(array))
                 .arg(&["GET", "i64"])
                 .arg(format!("#{slot}"))
                 .arg(&["GET", "i64"])
