@@ -2,7 +2,7 @@
 //! labels come only from closed enums (route class, status class, cache result, event type, sink),
 //! never from a code, URL or address.
 //!
-//! Metrics are plain atomics owned by the [`App`](crate::server::App) (and its resolver and event
+//! Metrics are plain atomics owned by the [`App`] (and its resolver and event
 //! pipeline), rendered in the Prometheus text format by [`render`] on the admin listener. That keeps
 //! the hot path at one relaxed atomic add per counter, with no registry lookup, and lets tests run
 //! several servers in one process without sharing a global recorder.

@@ -271,7 +271,7 @@ pub struct CounterDelta {
 
 /// A link's increments in one batch, and its sequence number when the taps carried it (0 when
 /// not: replayed and API events), which lets the Redis store count clicks without a command per
-/// link ([`crate::store::redis`]).
+/// link (the Redis store's counter arrays).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LinkDelta {
     pub seq: u64,
