@@ -17,10 +17,15 @@ pub const MAX_RANKS: usize = 1000;
 
 pub async fn link(app: &App, key: &ApiKey, code: &str) -> ApiResult {
     require(key, Scope::StatsRead)?;
-    if !is_code_shaped(code) || app.store.get_link(code).await?.is_none() {
+    let link = if is_code_shaped(code) {
+        app.store.get_link(code).await?
+    } else {
+        None
+    };
+    let Some(link) = link else {
         return Err(ApiError::not_found("link"));
-    }
-    let s = app.store.link_stats(code).await?;
+    };
+    let s = app.store.link_stats(&link).await?;
     ok_json(
         StatusCode::OK,
         &json!({

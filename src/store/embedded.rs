@@ -573,8 +573,8 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn link_stats(&self, code: &str) -> Result<Stats, StoreError> {
-        let scope = format!("l\x1f{code}");
+    async fn link_stats(&self, link: &Link) -> Result<Stats, StoreError> {
+        let scope = format!("l\x1f{}", link.code);
         self.blocking(move |db| read_stats(db, &scope)).await
     }
 

@@ -126,7 +126,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Adds a batch of counter increments.
     async fn apply_counters(&self, delta: &CounterDelta) -> Result<(), StoreError>;
-    async fn link_stats(&self, code: &str) -> Result<Stats, StoreError>;
+    /// The counters of `link`, as just read from this store (its sequence number locates its
+    /// clicks in the Redis counter arrays).
+    async fn link_stats(&self, link: &Link) -> Result<Stats, StoreError>;
     async fn campaign_stats(&self, campaign_id: &str) -> Result<Stats, StoreError>;
     /// Owners of a campaign ranked by `by`, best first, with their leads, conversions and revenue.
     async fn leaderboard(

@@ -648,23 +648,27 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    async fn link_stats(&self, code: &str) -> Result<Stats, StoreError> {
-        let mut conn = self.conn().await?;
-        let mut stats = stats_from(conn.hgetall(link_stats_key(code)).await?);
-        // The clicks counted in the link's counter array, added to any counted in its hash.
-        if let Some(link) = self.get_link(code).await?.filter(|l| l.seq != 0) {
-            let (array, slot) = click_slot(link.seq);
-            let (human, bot): (i64, i64) = redis::cmd("BITFIELD")
-                .arg(clicks_key(array))
-                .arg(&["GET", "i64"])
-                .arg(format!("#{slot}"))
-                .arg(&["GET", "i64"])
-                .arg(format!("#{}", slot + 1))
-                .query_async(&mut conn)
-                .await?;
-            stats.human_clicks += human;
-            stats.bot_clicks += bot;
+    /// One round trip: the link's hash and, when it has a sequence number, its two slots in its
+    /// counter array (live clicks), which are added to any clicks counted in the hash.
+    async fn link_stats(&self, link: &Link) -> Result<Stats, StoreError> {
+        let mut p = redis::pipe();
+        p.hgetall(link_stats_key(&link.code));
+        if link.seq == 0 {
+            let (hash,): (std::collections::HashMap<String, i64>,) = p.query_async(&mut self.conn().await?).await?;
+            return Ok(stats_from(hash));
         }
+        let (array, slot) = click_slot(link.seq);
+        p.cmd("BITFIELD")
+            .arg(clicks_key(array))
+            .arg(&["GET", "i64"])
+            .arg(format!("#{slot}"))
+            .arg(&["GET", "i64"])
+            .arg(format!("#{}", slot + 1));
+        let (hash, (human, bot)): (std::collections::HashMap<String, i64>, (i64, i64)) =
+            p.query_async(&mut self.conn().await?).await?;
+        let mut stats = stats_from(hash);
+        stats.human_clicks += human;
+        stats.bot_clicks += bot;
         Ok(stats.derive())
     }
 
