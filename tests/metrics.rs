@@ -75,6 +75,32 @@ async fn metrics_count_known_traffic() {
     for (name, want) in expect {
         assert_eq!(sample(&text, name), Some(want), "{name}\n{text}");
     }
+    // Every metric the Grafana dashboard (k8s/) queries is exposed: a renamed metric would leave a
+    // panel silently empty.
+    let dashboard =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/k8s/grafana-dashboard.yaml")).unwrap();
+    let mut queried: Vec<&str> = dashboard
+        .match_indices("linkgate_")
+        .map(|(at, _)| {
+            let rest = &dashboard[at..];
+            &rest[..rest
+                .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+                .unwrap_or(rest.len())]
+        })
+        .collect();
+    queried.sort_unstable();
+    queried.dedup();
+    assert!(queried.len() >= 5, "read the dashboard's metrics: {queried:?}");
+    for name in queried {
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(name);
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "the dashboard queries {name}, which /metrics does not expose"
+        );
+    }
     let inf = sample(&text, "linkgate_redirect_duration_seconds_bucket{le=\"+Inf\"}");
     assert_eq!(inf, Some(5.0));
     assert!(!text.contains("metered"), "no code ever appears in a label");
