@@ -4,7 +4,8 @@
 //!   would be ignored, and the default used);
 //! - together they make a config that validates;
 //! - the container ports, the probes and the data volume match that config;
-//! - the grace period outlasts the drain deadline plus the preStop pause.
+//! - the grace period outlasts the drain deadline plus the preStop pause;
+//! - the Redis URL names the dev Redis Service in the kustomization's namespace.
 //!
 //! The manifests are flat YAML written by hand, so a line reader is enough here.
 
@@ -103,5 +104,25 @@ fn configmap_and_secret_make_a_valid_config_that_the_pod_matches() {
         grace > config.drain_timeout.as_secs() + pre_stop,
         "grace period {grace} s must outlast the drain ({} s) plus the preStop pause ({pre_stop} s)",
         config.drain_timeout.as_secs()
+    );
+}
+
+#[test]
+fn the_redis_url_names_the_dev_redis_service() {
+    let env = deployment_env();
+    let kustomization = manifest("kustomization.yaml");
+    let namespace = kustomization
+        .lines()
+        .find_map(|l| l.strip_prefix("namespace: "))
+        .expect("the kustomization sets a namespace");
+    let service = manifest("redis-service.yaml");
+    let name = service
+        .lines()
+        .find_map(|l| l.strip_prefix("  name: "))
+        .expect("the Redis Service has a name");
+    let port = number_after(&service, "port");
+    assert_eq!(
+        env["LINKGATE_REDIS_URL"],
+        format!("redis://{name}.{namespace}.svc.cluster.local:{port}")
     );
 }
