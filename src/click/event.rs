@@ -96,7 +96,10 @@ pub enum EventType {
 }
 
 impl EventType {
-    /// 0, 1, 2 for click, lead, conversion: for per-type arrays.
+    /// Every type, in [`EventType::index`] order: per-type arrays are built and read through it.
+    pub const ALL: [EventType; 3] = [Self::Click, Self::Lead, Self::Conversion];
+
+    /// The type's position in [`EventType::ALL`]: for per-type arrays.
     pub fn index(self) -> usize {
         match self {
             Self::Click => 0,
@@ -296,6 +299,13 @@ impl IpHasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_event_type_sits_at_its_index() {
+        for (i, t) in EventType::ALL.into_iter().enumerate() {
+            assert_eq!(t.index(), i, "{t:?}");
+        }
+    }
 
     #[test]
     fn ip_hashes_are_stable_per_day_and_hide_the_address() {

@@ -22,7 +22,7 @@ use super::log::Spool;
 use super::{EventSink, SinkError};
 use crate::attribution::model::LeadClaim;
 use crate::click::Queued;
-use crate::click::event::IpHasher;
+use crate::click::event::{EventType, IpHasher};
 use crate::metrics::{self, Histogram};
 use crate::resolve::Resolver;
 use crate::store::Store;
@@ -159,12 +159,13 @@ impl EventPipeline {
             out,
             "# HELP linkgate_events_written_total Events delivered, by sink and type.\n# TYPE linkgate_events_written_total counter"
         );
-        for (i, t) in ["click", "lead", "conversion"].iter().enumerate() {
+        for t in EventType::ALL {
             let _ = writeln!(
                 out,
-                "linkgate_events_written_total{{sink=\"{}\",type=\"{t}\"}} {}",
+                "linkgate_events_written_total{{sink=\"{}\",type=\"{}\"}} {}",
                 self.sink_name,
-                get(&self.delivered_by_type[i])
+                t.as_str(),
+                get(&self.delivered_by_type[t.index()])
             );
         }
         metrics::histogram(

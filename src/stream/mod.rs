@@ -68,7 +68,7 @@ impl RedisStreamSink {
     pub fn new(url: &str, stream: &str, maxlen: u64) -> Self {
         let mut cap = Vec::new();
         resp::push_decimal(&mut cap, maxlen);
-        let xadd = [EventType::Click, EventType::Lead, EventType::Conversion].map(|t| {
+        let xadd = EventType::ALL.map(|t| {
             resp::Prefix::new(&[
                 b"XADD",
                 stream.as_bytes(),
