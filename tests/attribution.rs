@@ -550,3 +550,36 @@ async fn the_stream_is_capped_near_linkgate_stream_maxlen() {
     // never far above it.
     assert!((1000..1200).contains(&len), "XLEN {len}");
 }
+
+/// Stats of a code that names no link, well-formed or not: 404 `not_found` as JSON, and asking
+/// creates nothing (the code stays free to mint).
+#[tokio::test]
+async fn stats_of_an_unknown_or_malformed_code_are_a_json_404() {
+    for b in BACKENDS {
+        let env = Env::new(b);
+        let s = TestServer::start(&env).await;
+        for path in [
+            "/v1/links/nosuch1/stats",
+            "/v1/links/a%20b/stats",
+            "/v1/links/%E6%98%A5x/stats",
+        ] {
+            let r = s.api("GET", path, None).await;
+            assert_eq!(r.status, StatusCode::NOT_FOUND, "{b:?} {path}");
+            assert_eq!(r.json()["error"]["code"], "not_found", "{b:?} {path}");
+        }
+        let r = s
+            .api(
+                "POST",
+                "/v1/links",
+                Some(json!({"destination": "https://a.example/", "code": "nosuch1"})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{b:?}");
+        let stats = s.api("GET", "/v1/links/nosuch1/stats", None).await.json();
+        assert_eq!(
+            (stats["clicks"].clone(), stats["leads"].clone()),
+            (json!(0), json!(0)),
+            "{b:?}"
+        );
+    }
+}
