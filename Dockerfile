@@ -5,9 +5,10 @@ WORKDIR /src
 # Dependencies first, so source edits reuse the cached dependency layer.
 COPY Cargo.toml Cargo.lock ./
 COPY k8s/stub-sources.sh /usr/local/bin/
-RUN sh /usr/local/bin/stub-sources.sh && cargo build --release --locked && rm -rf src benches
+RUN sh /usr/local/bin/stub-sources.sh && cargo build --release --locked && rm -rf src benches examples
 COPY src ./src
 COPY benches ./benches
+COPY examples ./examples
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked
 
 FROM debian:bookworm-slim
