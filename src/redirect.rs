@@ -38,6 +38,8 @@ const NO_STORE: HeaderValue = HeaderValue::from_static("private, no-store");
 
 /// What the redirect needs from the request.
 struct Tap<'a> {
+    /// The tapped code; the cache entry found for it holds the same bytes.
+    code: &'a str,
     query: Option<&'a str>,
     headers: &'a HeaderMap,
     user_agent: Option<&'a [u8]>,
@@ -59,6 +61,7 @@ pub async fn handle<B>(app: &App, req: &Request<B>, peer: Option<IpAddr>) -> Res
     let user_agent = headers.get(USER_AGENT).map(HeaderValue::as_bytes);
     let (agent, user_agent_json) = classify_tap(head, user_agent);
     let tap = Tap {
+        code,
         query: req.uri().query(),
         headers,
         user_agent,
@@ -105,40 +108,40 @@ fn respond(app: &App, link: &CachedLink, tap: &Tap) -> Response<Body> {
     }
     // HEAD is never a click. Every GET is, whatever the link's state (a late tap on an expired
     // reactivation link is still a warm lead).
-    // Decoded once: the code is signed, queued and written into the Location.
-    let code = link.code();
+    let code = tap.code;
     let click = (!tap.head).then(|| app.signer.sign(code, tap.now));
     if let (Some(events), Some(click)) = (&app.events, click) {
         events.try_send(Queued::Click(click_record(app, link, tap, state, click)));
     }
     if state != LinkState::Active {
         return match link.fallback_url() {
-            Some(fallback) => redirect(StatusCode::FOUND, fallback.to_string()),
+            Some(fallback) => redirect(StatusCode::FOUND, fallback.as_bytes().to_vec()),
             None => page(StatusCode::GONE, GONE_PAGE),
         };
     }
+    // Built as bytes: the destination was validated as ASCII when minted, and the header value
+    // checks every byte anyway.
     let dest = pick_destination(link, tap.user_agent);
-    let mut location = String::with_capacity(dest.len() + tap.query.map_or(0, str::len) + 48);
-    let (base, fragment) = match dest.find('#') {
+    let mut location = Vec::with_capacity(dest.len() + tap.query.map_or(0, str::len) + 48);
+    let (base, fragment) = match dest.iter().position(|&b| b == b'#') {
         Some(i) => dest.split_at(i),
-        None => (dest, ""),
+        None => (dest, &[][..]),
     };
-    location.push_str(base);
-    let mut sep = if base.contains('?') { '&' } else { '?' };
+    location.extend_from_slice(base);
+    let mut sep = if base.contains(&b'?') { b'&' } else { b'?' };
     if let Some(q) = tap.query.filter(|q| !q.is_empty()) {
         location.push(sep);
-        location.push_str(q);
-        sep = '&';
+        location.extend_from_slice(q.as_bytes());
+        sep = b'&';
     }
     if link.track_conversions() {
         location.push(sep);
-        location.push_str("lg_click=");
-        match click {
-            Some(c) => c.write(code, &mut location),
-            None => app.signer.issue_into(code, tap.now, &mut location),
-        }
+        location.extend_from_slice(b"lg_click=");
+        click
+            .unwrap_or_else(|| app.signer.sign(code, tap.now))
+            .write_bytes(code, &mut location);
     }
-    location.push_str(fragment);
+    location.extend_from_slice(fragment);
     let status = StatusCode::from_u16(link.redirect_status()).unwrap_or(StatusCode::FOUND);
     redirect(status, location)
 }
@@ -150,7 +153,7 @@ fn click_record(app: &App, link: &CachedLink, tap: &Tap, state: LinkState, click
             .is_some_and(|v| bool::from(token.as_bytes().ct_eq(v.as_bytes())))
     });
     ClickRecord {
-        code: InlineCode::new(link.code()),
+        code: InlineCode::new(tap.code),
         seq: link.seq(),
         click,
         campaign: link.campaign(),
@@ -180,25 +183,25 @@ fn client_ip(tap: &Tap) -> Option<IpAddr> {
         .or(tap.peer)
 }
 
-fn pick_destination<'l>(link: &'l CachedLink, user_agent: Option<&[u8]>) -> &'l str {
+fn pick_destination<'l>(link: &'l CachedLink, user_agent: Option<&[u8]>) -> &'l [u8] {
     if let Some(ua) = user_agent {
         let has = |needle: &[u8]| ua.windows(needle.len()).any(|w| w == needle);
         if let Some(ios) = link
             .ios_destination()
             .filter(|_| has(b"iPhone") || has(b"iPad") || has(b"iPod"))
         {
-            return ios;
+            return ios.as_bytes();
         }
         if let Some(android) = link.android_destination().filter(|_| has(b"Android")) {
-            return android;
+            return android.as_bytes();
         }
     }
-    link.destination()
+    link.destination_bytes()
 }
 
-fn redirect(status: StatusCode, location: String) -> Response<Body> {
+fn redirect(status: StatusCode, location: Vec<u8>) -> Response<Body> {
     let mut r = Response::new(Body::empty());
-    match HeaderValue::try_from(location) {
+    match HeaderValue::from_maybe_shared(bytes::Bytes::from(location)) {
         Ok(v) => {
             *r.status_mut() = status;
             r.headers_mut().insert(LOCATION, v);
@@ -221,7 +224,7 @@ fn page(status: StatusCode, html: &'static [u8]) -> Response<Body> {
 
 fn not_found(app: &App) -> Response<Body> {
     match &app.config.not_found_url {
-        Some(url) => redirect(StatusCode::FOUND, url.clone()),
+        Some(url) => redirect(StatusCode::FOUND, url.clone().into_bytes()),
         None => page(StatusCode::NOT_FOUND, NOT_FOUND_PAGE),
     }
 }

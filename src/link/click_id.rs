@@ -49,23 +49,19 @@ impl RawClickId {
         out
     }
 
-    /// Appends `<code>.<payload>` to `out`.
-    pub fn write(&self, code: &str, out: &mut String) {
-        out.push_str(code);
-        out.push('.');
-        out.push_str(std::str::from_utf8(&self.encoded()).expect("the base64url alphabet is ASCII"));
-    }
-
-    /// Appends `<code>.<payload>` to a byte buffer (the batcher's JSON).
+    /// Appends `<code>.<payload>` to a byte buffer (the `Location` header, the batcher's JSON).
     pub fn write_bytes(&self, code: &str, out: &mut Vec<u8>) {
         out.extend_from_slice(code.as_bytes());
         out.push(b'.');
         out.extend_from_slice(&self.encoded());
     }
 
+    /// `<code>.<payload>` as text.
     pub fn to_id(&self, code: &str) -> String {
-        let mut s = String::with_capacity(code.len() + 28);
-        self.write(code, &mut s);
+        let mut s = String::with_capacity(code.len() + 1 + ENCODED_LEN);
+        s.push_str(code);
+        s.push('.');
+        s.push_str(std::str::from_utf8(&self.encoded()).expect("the base64url alphabet is ASCII"));
         s
     }
 }
@@ -110,15 +106,9 @@ impl ClickSigner {
         RawClickId { payload }
     }
 
-    /// Appends a fresh click id for `code` at `unix_secs` to `out`.
-    pub fn issue_into(&self, code: &str, unix_secs: i64, out: &mut String) {
-        self.sign(code, unix_secs).write(code, out);
-    }
-
+    /// A fresh click id for `code` at `unix_secs`, as text.
     pub fn issue(&self, code: &str, unix_secs: i64) -> String {
-        let mut s = String::with_capacity(code.len() + 28);
-        self.issue_into(code, unix_secs, &mut s);
-        s
+        self.sign(code, unix_secs).to_id(code)
     }
 
     /// Verifies `id`; `None` for anything not issued with this secret.

@@ -189,12 +189,18 @@ impl CachedLink {
         u32::from_le_bytes([self.0[at], self.0[at + 1], self.0[at + 2], self.0[at + 3]])
     }
 
-    /// The `i`-th string (0 code, 1 destination, 2 recipient, 3 fallback, 4 ios, 5 android).
-    fn string(&self, i: usize) -> &str {
+    /// The `i`-th string's bytes (0 code, 1 destination, 2 recipient, 3 fallback, 4 ios, 5 android).
+    fn bytes(&self, i: usize) -> &[u8] {
         let start = HEADER + (0..i).map(|j| self.u16_at(LENS + 2 * j) as usize).sum::<usize>();
         let len = self.u16_at(LENS + 2 * i) as usize;
+        &self.0[start..start + len]
+    }
+
+    /// The `i`-th string, checked as UTF-8 on every read (the redirect path reads the code and the
+    /// destination as bytes instead: they are ASCII, and a hit would pay the check twice).
+    fn string(&self, i: usize) -> &str {
         // Built from `&str`s whose lengths are the offsets, so the range is on char boundaries.
-        std::str::from_utf8(&self.0[start..start + len]).unwrap_or("")
+        std::str::from_utf8(self.bytes(i)).unwrap_or("")
     }
 
     fn non_empty(&self, i: usize) -> Option<&str> {
@@ -206,6 +212,10 @@ impl CachedLink {
     }
     pub fn destination(&self) -> &str {
         self.string(1)
+    }
+    /// The destination's bytes, for the `Location` header (validated ASCII when minted).
+    pub fn destination_bytes(&self) -> &[u8] {
+        self.bytes(1)
     }
     pub fn recipient(&self) -> Option<&str> {
         self.non_empty(2)
@@ -291,7 +301,7 @@ impl ShardedCache {
     #[inline]
     pub fn with<R>(&self, hash: u64, code: &str, f: impl FnOnce(&CachedLink) -> R) -> Option<R> {
         self.table
-            .with(hash, |entry| (entry.code() == code).then(|| f(entry)))
+            .with(hash, |entry| (entry.bytes(0) == code.as_bytes()).then(|| f(entry)))
             .flatten()
     }
 
