@@ -156,8 +156,10 @@ pub(crate) fn counter_updates(delta: &CounterDelta, mut command: impl FnMut(&[&[
 fn click_array_updates(clicks: &mut [(u64, i64, i64)], command: &mut dyn FnMut(&[&[u8]])) {
     clicks.sort_unstable_by_key(|c| c.0);
     for run in clicks.chunk_by(|a, b| click_slot(a.0).0 == click_slot(b.0).0) {
-        // The slots and numbers of the whole command in one buffer, sliced into arguments after.
-        let (mut text, mut ends) = (Vec::new(), Vec::new());
+        // The slots and numbers of the whole command in one buffer, sliced into arguments after;
+        // sized for the run up front (a tap's `#slot` and count take about 8 bytes), so it rarely
+        // grows by copying.
+        let (mut text, mut ends) = (Vec::with_capacity(run.len() * 16), Vec::with_capacity(run.len() * 2));
         for &(seq, human, bot) in run {
             let slot = click_slot(seq).1;
             for (at, n) in [(slot, human), (slot + 1, bot)] {
@@ -174,7 +176,8 @@ fn click_array_updates(clicks: &mut [(u64, i64, i64)], command: &mut dyn FnMut(&
             continue;
         }
         let key = clicks_key(click_slot(run[0].0).0);
-        let mut args: Vec<&[u8]> = vec![b"BITFIELD", key.as_bytes()];
+        let mut args: Vec<&[u8]> = Vec::with_capacity(2 + ends.len() * 2);
+        args.extend([b"BITFIELD".as_slice(), key.as_bytes()]);
         let mut start = 0;
         for pair in ends.chunks(2) {
             args.extend([
