@@ -30,10 +30,10 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(about = "Open-loop HTTP/1.1 GETs at a fixed rate; latency from each request's due time")]
 struct Args {
-    /// Base URL, http only (loopback in every script here).
+    /// Base URL: http, on a loopback address (load tests never leave the machine).
     #[arg(long)]
     url: String,
-    /// File of codes, one per line; each request taps one drawn uniformly with a fixed seed.
+    /// File of codes, one per line; each request taps one, drawn with a fixed seed.
     #[arg(long)]
     codes: String,
     /// Requests per second.
@@ -186,6 +186,9 @@ fn run(args: &Args) -> Result<Report, Box<dyn std::error::Error>> {
         .ok_or("--url must start with http://")?
         .trim_end_matches('/');
     let addr = hostport.to_socket_addrs()?.next().ok_or("--url names no address")?;
+    if !addr.ip().is_loopback() {
+        return Err(format!("loopback addresses only: {addr}").into());
+    }
     let codes: Vec<String> = std::fs::read_to_string(&args.codes)?
         .lines()
         .filter(|l| !l.is_empty())
@@ -322,6 +325,15 @@ mod tests {
         assert_eq!(complete_response(&two), Some((404, whole.len(), false)));
         let closing = b"HTTP/1.1 302 Found\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
         assert_eq!(complete_response(closing), Some((302, closing.len(), true)));
+    }
+
+    #[test]
+    fn only_loopback_addresses_are_loaded() {
+        for url in ["http://10.1.2.3:8080", "http://192.0.2.1:80"] {
+            let args = Args::parse_from(["pace", "--url", url, "--codes", "/nonexistent", "--rate", "10"]);
+            let e = run(&args).err().expect("refused").to_string();
+            assert!(e.contains("loopback addresses only"), "{e}");
+        }
     }
 
     #[test]
