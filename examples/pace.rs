@@ -91,11 +91,23 @@ fn complete_response(buf: &[u8]) -> Option<(u16, usize, bool)> {
     (buf.len() >= head_end + body).then_some((status, head_end + body, close))
 }
 
-fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
-    let s = TcpStream::connect(addr)?;
-    s.set_nodelay(true)?;
-    s.set_nonblocking(true)?;
-    Ok(s)
+impl Conn {
+    fn open(addr: SocketAddr) -> std::io::Result<Self> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        stream.set_nonblocking(true)?;
+        Ok(Self {
+            stream,
+            buf: Vec::with_capacity(4096),
+            due: None,
+        })
+    }
+
+    /// A fresh connection in place of this one, with nothing in flight.
+    fn reopen(&mut self, addr: SocketAddr) -> std::io::Result<()> {
+        *self = Self::open(addr)?;
+        Ok(())
+    }
 }
 
 /// Code indices from a fixed seed (xorshift64*), uniform or Zipf.
@@ -198,13 +210,7 @@ fn run(args: &Args) -> Result<Report, Box<dyn std::error::Error>> {
         return Err(format!("no codes in {}", args.codes).into());
     }
     let mut conns = (0..args.connections)
-        .map(|_| {
-            Ok(Conn {
-                stream: connect(addr)?,
-                buf: Vec::with_capacity(4096),
-                due: None,
-            })
-        })
+        .map(|_| Conn::open(addr))
         .collect::<std::io::Result<Vec<_>>>()?;
     let mut headers = format!("HTTP/1.1\r\nHost: {hostport}\r\nUser-Agent: {}\r\n", args.user_agent);
     if let Some(token) = &args.synthetic {
@@ -249,7 +255,7 @@ fn run(args: &Args) -> Result<Report, Box<dyn std::error::Error>> {
             if c.stream.write_all(&request).is_err() {
                 // Reconnect and try this request again on the next turn.
                 errors += 1;
-                c.stream = connect(addr)?;
+                c.reopen(addr)?;
                 idle.push(i);
                 continue;
             }
@@ -279,17 +285,14 @@ fn run(args: &Args) -> Result<Report, Box<dyn std::error::Error>> {
                     classes[usize::from(status / 100).min(5)] += 1;
                     c.buf.drain(..len);
                     if close {
-                        c.buf.clear();
-                        c.stream = connect(addr)?;
+                        c.reopen(addr)?;
                     }
                     busy.swap_remove(j);
                     idle.push(i);
                 }
                 Err(()) => {
                     errors += 1;
-                    c.due = None;
-                    c.buf.clear();
-                    c.stream = connect(addr)?;
+                    c.reopen(addr)?;
                     busy.swap_remove(j);
                     idle.push(i);
                 }
