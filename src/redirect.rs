@@ -139,7 +139,7 @@ fn respond(app: &App, link: &CachedLink, tap: &Tap) -> Response<Body> {
         location.extend_from_slice(b"lg_click=");
         click
             .unwrap_or_else(|| app.signer.sign(code, tap.now))
-            .write_bytes(code, &mut location);
+            .write_bytes(code.as_bytes(), &mut location);
     }
     location.extend_from_slice(fragment);
     let status = StatusCode::from_u16(link.redirect_status()).unwrap_or(StatusCode::FOUND);

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+use crate::click::event::InlineCode;
 use crate::resolve::cache::Xxh3State;
 use crate::time::format_rfc3339;
 
@@ -263,7 +264,8 @@ impl RankBy {
 /// Counter increments gathered from one batch of events, applied in one store round trip.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CounterDelta {
-    pub links: HashMap<String, LinkDelta, Xxh3State>,
+    /// Keyed by code, held inline: a batch of taps on a million links allocates no key per link.
+    pub links: HashMap<InlineCode, LinkDelta, Xxh3State>,
     pub campaigns: HashMap<String, Stats, Xxh3State>,
     /// `(campaign_id, owner_id)` → increments; the leaderboards.
     pub owners: HashMap<(String, String), Stats, Xxh3State>,
@@ -289,25 +291,24 @@ impl CounterDelta {
         self.owners.clear();
     }
 
+    /// The increments of the link `code`, if the batch has any.
+    pub fn link(&self, code: &str) -> Option<&LinkDelta> {
+        self.links.get(&InlineCode::new(code))
+    }
+
     /// Adds `s` to the link, its campaign and (for leaderboard fields) its owner.
     pub fn add(&mut self, code: Option<&str>, campaign: Option<&str>, owner: Option<&str>, s: Stats) {
-        self.add_seq(code.map(|c| (c, 0)), campaign, owner, s);
+        let code = code.map(InlineCode::new);
+        self.add_seq(code.as_ref().map(|c| (c, 0)), campaign, owner, s);
     }
 
     /// [`CounterDelta::add`], with the link's sequence number when known (not 0): the Redis
     /// sink then counts its clicks in the link's slot of a counter array ([`LinkDelta`]).
-    pub fn add_seq(&mut self, link: Option<(&str, u64)>, campaign: Option<&str>, owner: Option<&str>, s: Stats) {
-        // Looked up before inserting: a key is allocated once per batch, not once per event.
+    pub fn add_seq(&mut self, link: Option<(&InlineCode, u64)>, campaign: Option<&str>, owner: Option<&str>, s: Stats) {
         if let Some((code, seq)) = link {
-            match self.links.get_mut(code) {
-                Some(d) => {
-                    d.stats.add(&s);
-                    d.seq = d.seq.max(seq);
-                }
-                None => {
-                    self.links.insert(code.to_string(), LinkDelta { seq, stats: s });
-                }
-            }
+            let d = self.links.entry(*code).or_default();
+            d.stats.add(&s);
+            d.seq = d.seq.max(seq);
         }
         if let Some(c) = campaign {
             match self.campaigns.get_mut(c) {
@@ -395,7 +396,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        assert_eq!(d.links["a"].stats.clicks, 2);
+        assert_eq!(d.link("a").unwrap().stats.clicks, 2);
         assert_eq!(d.campaigns["c"].leads, 1);
         assert_eq!(
             d.owners[&("c".into(), "o".into())],

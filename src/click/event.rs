@@ -69,7 +69,28 @@ impl InlineCode {
 
     pub fn as_str(&self) -> &str {
         // Codes are ASCII (validated), so any prefix is valid UTF-8.
-        std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or("")
+        std::str::from_utf8(self.as_bytes()).unwrap_or("")
+    }
+
+    /// The code's bytes, without the UTF-8 check of [`InlineCode::as_str`] (for JSON, keys, hashing).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+/// Equal when the codes are: the unused tail is not compared.
+impl PartialEq for InlineCode {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for InlineCode {}
+
+/// Hashes the code's bytes only (a batch's counters are keyed by code, without a `String` each).
+impl std::hash::Hash for InlineCode {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write(self.as_bytes());
     }
 }
 
@@ -287,10 +308,13 @@ impl IpHasher {
             IpAddr::V4(v4) => std::hash::Hasher::write(&mut h, &v4.to_ipv6_mapped().octets()),
             IpAddr::V6(v6) => std::hash::Hasher::write(&mut h, &v6.octets()),
         }
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
         let mut hex = [0u8; 32];
-        let v = h.finish128().as_u128();
-        for (i, d) in hex.iter_mut().enumerate() {
-            *d = b"0123456789abcdef"[((v >> (124 - 4 * i)) & 0xf) as usize];
+        // Big-endian bytes, two digits each: the same text as the u128's hex digits, without a
+        // 128-bit shift per digit.
+        for (pair, b) in hex.chunks_exact_mut(2).zip(h.finish128().as_u128().to_be_bytes()) {
+            pair[0] = DIGITS[(b >> 4) as usize];
+            pair[1] = DIGITS[(b & 0xf) as usize];
         }
         hex
     }
@@ -316,6 +340,21 @@ mod tests {
         assert_ne!(a, h.hash(ip, 1_795_507_200 + 86_400), "the salt rotates daily");
         assert_ne!(a, IpHasher::new(b"other").hash(ip, 1_795_507_200));
         assert_eq!(a.len(), 32);
+        h.hash(ip, 1_795_507_200); // back to that day's key
+        let mut sip = SipHasher13::new_with_key(&h.key);
+        std::hash::Hasher::write(
+            &mut sip,
+            &"203.0.113.7"
+                .parse::<std::net::Ipv4Addr>()
+                .unwrap()
+                .to_ipv6_mapped()
+                .octets(),
+        );
+        assert_eq!(
+            a,
+            format!("{:032x}", sip.finish128().as_u128()),
+            "the hash's hex digits, high first"
+        );
         assert!(!a.contains("203") && a.bytes().all(|b| b.is_ascii_hexdigit()));
     }
 }

@@ -50,8 +50,8 @@ impl RawClickId {
     }
 
     /// Appends `<code>.<payload>` to a byte buffer (the `Location` header, the batcher's JSON).
-    pub fn write_bytes(&self, code: &str, out: &mut Vec<u8>) {
-        out.extend_from_slice(code.as_bytes());
+    pub fn write_bytes(&self, code: &[u8], out: &mut Vec<u8>) {
+        out.extend_from_slice(code);
         out.push(b'.');
         out.extend_from_slice(&self.encoded());
     }
@@ -183,7 +183,7 @@ mod tests {
             let want = format!("abcdefg.{}", URL_SAFE_NO_PAD.encode(payload));
             assert_eq!(raw.to_id("abcdefg"), want);
             let mut bytes = Vec::new();
-            raw.write_bytes("abcdefg", &mut bytes);
+            raw.write_bytes(b"abcdefg", &mut bytes);
             assert_eq!(bytes, want.as_bytes());
         }
     }

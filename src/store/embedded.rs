@@ -236,7 +236,7 @@ fn add_counters(txn: &redb::WriteTransaction, delta: &CounterDelta) -> Result<()
         Ok(())
     };
     for (code, d) in &delta.links {
-        add(format!("l\x1f{code}"), &d.stats)?;
+        add(format!("l\x1f{}", code.as_str()), &d.stats)?;
     }
     for (c, s) in &delta.campaigns {
         add(format!("c\x1f{c}"), s)?;

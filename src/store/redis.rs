@@ -78,7 +78,7 @@ fn lead_claim_key(claim: &str) -> String {
 }
 fn link_stats_key(code: &str) -> String {
     let mut key = Vec::new();
-    link_stats_key_into(&mut key, code);
+    link_stats_key_into(&mut key, code.as_bytes());
     String::from_utf8(key).expect("a key built from a str is UTF-8")
 }
 /// The counter array holding the clicks of the link numbered `seq`, and the link's first `i64`
@@ -91,10 +91,10 @@ fn clicks_key(array: u64) -> String {
 }
 
 /// [`link_stats_key`] into a buffer the batcher reuses (one key per tapped link per batch).
-fn link_stats_key_into(out: &mut Vec<u8>, code: &str) {
+fn link_stats_key_into(out: &mut Vec<u8>, code: &[u8]) {
     out.clear();
     out.extend_from_slice(b"lg:stats:link:{");
-    out.extend_from_slice(code.as_bytes());
+    out.extend_from_slice(code);
     out.push(b'}');
 }
 fn campaign_stats_key(id: &str) -> String {
@@ -114,7 +114,7 @@ fn leaderboard_key(campaign: &str, by: RankBy) -> String {
 /// replayed from the spool or counted by the API) goes to the link's hash; its keys and numbers are
 /// written into two reused buffers rather than allocated per command.
 pub(crate) fn counter_updates(delta: &CounterDelta, mut command: impl FnMut(&[&[u8]])) {
-    let mut arrays: Vec<(u64, i64, i64)> = Vec::new();
+    let mut arrays: Vec<(u64, i64, i64)> = Vec::with_capacity(delta.links.len());
     let mut number = Vec::with_capacity(20);
     let mut hincr = |key: &[u8], s: &Stats, command: &mut dyn FnMut(&[&[u8]])| {
         for (field, v) in s.nonzero() {
@@ -134,7 +134,7 @@ pub(crate) fn counter_updates(delta: &CounterDelta, mut command: impl FnMut(&[&[
         if s.nonzero().next().is_none() {
             continue;
         }
-        link_stats_key_into(&mut key, code);
+        link_stats_key_into(&mut key, code.as_bytes());
         hincr(&key, &s, &mut command);
     }
     click_array_updates(&mut arrays, &mut command);
@@ -153,8 +153,8 @@ pub(crate) fn counter_updates(delta: &CounterDelta, mut command: impl FnMut(&[&[
 }
 
 /// One `BITFIELD … INCRBY` per counter array for `(seq, human, bot)` click increments.
-fn click_array_updates(clicks: &mut [(u64, i64, i64)], command: &mut dyn FnMut(&[&[u8]])) {
-    clicks.sort_unstable_by_key(|c| c.0);
+fn click_array_updates(clicks: &mut Vec<(u64, i64, i64)>, command: &mut dyn FnMut(&[&[u8]])) {
+    group_by_array(clicks);
     for run in clicks.chunk_by(|a, b| click_slot(a.0).0 == click_slot(b.0).0) {
         // The slots and numbers of the whole command in one buffer, sliced into arguments after;
         // sized for the run up front (a tap's `#slot` and count take about 8 bytes), so it rarely
@@ -190,6 +190,42 @@ fn click_array_updates(clicks: &mut [(u64, i64, i64)], command: &mut dyn FnMut(&
         }
         command(&args);
     }
+}
+
+/// Reorders `clicks` so that the taps of each counter array are adjacent, in one counting pass
+/// (increments of distinct slots commute, so no order is needed within an array). Sorting a
+/// 4,096-tap batch by sequence number took about 500 instructions per tap under callgrind.
+fn group_by_array(clicks: &mut Vec<(u64, i64, i64)>) {
+    let array = |c: &(u64, i64, i64)| click_slot(c.0).0;
+    let Some(first) = clicks.first().map(array) else { return };
+    let (lo, hi) = clicks
+        .iter()
+        .map(array)
+        .fold((first, first), |(lo, hi), a| (lo.min(a), hi.max(a)));
+    if lo == hi {
+        return;
+    }
+    let span = (hi - lo) as usize + 1;
+    if span > 4 * clicks.len() {
+        // Arrays far apart (a few very old and very new links): sorting is cheaper than counting.
+        clicks.sort_unstable_by_key(array);
+        return;
+    }
+    let mut next = vec![0usize; span];
+    for c in clicks.iter() {
+        next[(array(c) - lo) as usize] += 1;
+    }
+    let mut at = 0;
+    for n in next.iter_mut() {
+        (*n, at) = (at, at + *n);
+    }
+    let mut grouped = vec![(0, 0, 0); clicks.len()];
+    for c in clicks.iter() {
+        let slot = &mut next[(array(c) - lo) as usize];
+        grouped[*slot] = *c;
+        *slot += 1;
+    }
+    *clicks = grouped;
 }
 
 fn stats_from(map: std::collections::HashMap<String, i64>) -> Stats {
@@ -802,6 +838,33 @@ impl RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::click::event::InlineCode;
+
+    #[test]
+    fn taps_are_grouped_by_counter_array_and_none_is_lost() {
+        let a = CLICK_ARRAY_LINKS;
+        // Counted (arrays close together) and sorted (one array far away) groupings.
+        for far in [3 * a, 1_000_000 * a] {
+            let taps: Vec<(u64, i64, i64)> = [2 * a + 1, 5, far + 9, 2 * a + 4, 7, far, 1, a + 2]
+                .iter()
+                .enumerate()
+                .map(|(i, &seq)| (seq, i as i64, 1))
+                .collect();
+            let mut grouped = taps.clone();
+            group_by_array(&mut grouped);
+            let arrays: Vec<u64> = grouped.iter().map(|t| click_slot(t.0).0).collect();
+            let mut runs = arrays.clone();
+            runs.dedup();
+            let mut distinct = runs.clone();
+            distinct.sort();
+            distinct.dedup();
+            assert_eq!(runs.len(), distinct.len(), "each array's taps are adjacent: {arrays:?}");
+            let (mut before, mut after) = (taps, grouped);
+            before.sort();
+            after.sort();
+            assert_eq!(before, after, "the same taps, only reordered");
+        }
+    }
 
     #[test]
     fn clicks_of_numbered_links_go_to_their_counter_arrays() {
@@ -812,20 +875,25 @@ mod tests {
             ..Stats::default()
         };
         let mut d = CounterDelta::default();
-        d.add_seq(Some(("a", 5)), None, None, click(true));
-        d.add_seq(Some(("a", 5)), None, None, click(true));
-        d.add_seq(Some(("b", CLICK_ARRAY_LINKS + 3)), None, None, click(false));
+        let code = InlineCode::new;
+        d.add_seq(Some((&code("a"), 5)), None, None, click(true));
+        d.add_seq(Some((&code("a"), 5)), None, None, click(true));
+        d.add_seq(Some((&code("b"), CLICK_ARRAY_LINKS + 3)), None, None, click(false));
         let lead = Stats {
             leads: 1,
             ..click(true)
         };
-        d.add_seq(Some(("c", 7)), None, None, lead);
+        d.add_seq(Some((&code("c"), 7)), None, None, lead);
         // A replayed tap carries no sequence number: counted in the link's hash.
         d.add(Some("r"), None, None, click(true));
         let mut cmds = Vec::new();
         counter_updates(&d, |args| {
             let words: Vec<_> = args.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-            cmds.push(words.join(" "));
+            // The increments of one array come in no particular order: sorted here to compare.
+            let (head, ops) = words.split_at(if words[0] == "BITFIELD" { 2 } else { words.len() });
+            let mut ops: Vec<String> = ops.chunks(4).map(|op| op.join(" ")).collect();
+            ops.sort();
+            cmds.push([head.join(" ")].into_iter().chain(ops).collect::<Vec<_>>().join(" "));
         });
         cmds.sort();
         assert_eq!(

@@ -134,7 +134,7 @@ impl Batch {
     /// Adds a tap, encoding its JSON directly (field for field what serde writes for the same
     /// click as an [`Event`]).
     pub fn push_click(&mut self, c: &ClickRecord, memo: &mut BatchMemo, interner: &Interner, ip: &mut IpHasher) {
-        let code = c.code();
+        let code = c.code.as_bytes();
         memo.prepare(interner, c);
         let (campaign, owner) = (memo.name(c.campaign), memo.name(c.owner));
         let ts = memo.ts.as_ref().map_or("", |(_, s)| s.as_str());
@@ -146,7 +146,7 @@ impl Batch {
         j.extend_from_slice(b"\",\"type\":\"click\",\"ts\":\"");
         j.extend_from_slice(ts.as_bytes());
         j.extend_from_slice(b"\",\"code\":\"");
-        j.extend_from_slice(code.as_bytes());
+        j.extend_from_slice(code);
         j.extend_from_slice(b"\",\"campaign_id\":");
         j.extend_from_slice(campaign.json.as_bytes());
         j.extend_from_slice(b",\"owner_id\":");
@@ -191,11 +191,11 @@ impl Batch {
         let human = c.agent == Agent::Human;
         let (campaign, owner) = (campaign.name.as_deref(), owner.name.as_deref());
         self.counters
-            .add_seq(Some((code, c.seq)), campaign, owner, click_stats(human));
+            .add_seq(Some((&c.code, c.seq)), campaign, owner, click_stats(human));
         // Only a personalised link opens a lead: no candidate (and no click id copy) otherwise.
         if human && c.recipient.is_some() {
             let tap = Tap {
-                code,
+                code: c.code(),
                 campaign,
                 owner,
                 recipient: c.recipient.as_deref(),

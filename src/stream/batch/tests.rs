@@ -102,16 +102,17 @@ fn taps_count_and_open_one_candidate_per_personalised_link() {
     }
     assert_eq!(batch.len(), 5);
     assert_eq!(batch.counts(), [5, 0, 0]);
-    let links = &batch.counters.links;
-    let p1 = links["persona1"].stats;
+    let links = &batch.counters;
+    let p1 = links.link("persona1").unwrap().stats;
     assert_eq!((p1.human_clicks, p1.clicks), (2, 2));
     assert_eq!(
-        links["persona1"].seq, 42,
+        links.link("persona1").unwrap().seq,
+        42,
         "the link's sequence number travels with its counts"
     );
-    let p2 = links["persona2"].stats;
+    let p2 = links.link("persona2").unwrap().stats;
     assert_eq!((p2.bot_clicks, p2.human_clicks), (1, 0));
-    assert!(!links.contains_key("synth001"), "synthetic taps stay out of stats");
+    assert!(links.link("synth001").is_none(), "synthetic taps stay out of stats");
     assert_eq!(batch.counters.campaigns["spring \"sale\" \\ 春"].clicks, 4);
     let leads: Vec<&str> = batch.candidates.iter().map(|c| c.lead.code.as_str()).collect();
     assert_eq!(leads, ["persona1"], "bots, anonymous and synthetic taps open no lead");
@@ -136,7 +137,10 @@ fn a_replayed_click_counts_and_opens_candidates_like_a_live_one() {
     let spooled: Vec<Event> = live.iter().map(|(_, j)| serde_json::from_slice(j).unwrap()).collect();
     replayed.push_event(&spooled[0]);
     assert_eq!(replayed.lines(), live.lines());
-    let (r, l) = (&replayed.counters.links["persona1"], &live.counters.links["persona1"]);
+    let (r, l) = (
+        replayed.counters.link("persona1").unwrap(),
+        live.counters.link("persona1").unwrap(),
+    );
     assert_eq!((replayed.counters.links.len(), r.stats), (1, l.stats));
     // A replay does not know the link's number: the Redis store counts its clicks in the hash.
     assert_eq!((r.seq, l.seq), (0, 42));
