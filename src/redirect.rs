@@ -74,27 +74,34 @@ pub async fn handle<B>(app: &App, req: &Request<B>, peer: Option<IpAddr>) -> Res
     match app.resolver.lookup(code, |link| respond(app, link, &tap)) {
         Lookup::Hit(resp) => resp,
         Lookup::Unknown => not_found(app),
-        Lookup::Miss => match app.resolver.fill(code).await {
-            Ok(None) => not_found(app),
-            Ok(Some(link)) => match app.resolver.lookup(code, |cached| respond(app, cached, &tap)) {
-                Lookup::Hit(resp) => resp,
-                // Invalidated while we read it: serve what the store said, uncached.
-                _ => respond(app, &app.resolver.pack(&link), &tap),
-            },
-            Err(e) => {
-                crate::metrics::STORE_ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!(error = %e, "store read failed on a cache miss");
-                // A stale entry (its generation predates a lost subscription) beats an error.
-                app.resolver
-                    .lookup_stale(code, |link| respond(app, link, &tap))
-                    .unwrap_or_else(|| {
-                        let mut r =
-                            crate::server::router::text(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable\n");
-                        r.headers_mut().insert(CACHE_CONTROL, NO_STORE);
-                        r
-                    })
-            }
+        // Boxed, so that a hit's future (which hyper moves on every request) stays small.
+        Lookup::Miss => Box::pin(miss(app, &tap)).await,
+    }
+}
+
+/// A code the cache does not hold: one store read, then the answer.
+async fn miss(app: &App, tap: &Tap<'_>) -> Response<Body> {
+    let code = tap.code;
+    match app.resolver.fill(code).await {
+        Ok(None) => not_found(app),
+        Ok(Some(link)) => match app.resolver.lookup(code, |cached| respond(app, cached, tap)) {
+            Lookup::Hit(resp) => resp,
+            // Invalidated while we read it: serve what the store said, uncached.
+            _ => respond(app, &app.resolver.pack(&link), tap),
         },
+        Err(e) => {
+            crate::metrics::STORE_ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(error = %e, "store read failed on a cache miss");
+            // A stale entry (its generation predates a lost subscription) beats an error.
+            app.resolver
+                .lookup_stale(code, |link| respond(app, link, tap))
+                .unwrap_or_else(|| {
+                    let mut r =
+                        crate::server::router::text(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable\n");
+                    r.headers_mut().insert(CACHE_CONTROL, NO_STORE);
+                    r
+                })
+        }
     }
 }
 
@@ -122,19 +129,30 @@ fn respond(app: &App, link: &CachedLink, tap: &Tap) -> Response<Body> {
     // Built as bytes: the destination was validated as ASCII when minted, and the header value
     // checks every byte anyway.
     let dest = pick_destination(link, tap.user_agent);
-    let mut location = Vec::with_capacity(dest.len() + tap.query.map_or(0, str::len) + 48);
+    let query = tap.query.filter(|q| !q.is_empty());
+    let track = link.track_conversions();
+    // Sized exactly: a full buffer becomes the header's `Bytes` as it is, where spare capacity
+    // would cost another allocation for the shared header.
+    let len = dest.len()
+        + query.map_or(0, |q| 1 + q.len())
+        + if track {
+            "&lg_click=".len() + RawClickId::id_len(code.as_bytes())
+        } else {
+            0
+        };
+    let mut location = Vec::with_capacity(len);
     let (base, fragment) = match dest.iter().position(|&b| b == b'#') {
         Some(i) => dest.split_at(i),
         None => (dest, &[][..]),
     };
     location.extend_from_slice(base);
     let mut sep = if base.contains(&b'?') { b'&' } else { b'?' };
-    if let Some(q) = tap.query.filter(|q| !q.is_empty()) {
+    if let Some(q) = query {
         location.push(sep);
         location.extend_from_slice(q.as_bytes());
         sep = b'&';
     }
-    if link.track_conversions() {
+    if track {
         location.push(sep);
         location.extend_from_slice(b"lg_click=");
         click
@@ -142,6 +160,7 @@ fn respond(app: &App, link: &CachedLink, tap: &Tap) -> Response<Body> {
             .write_bytes(code.as_bytes(), &mut location);
     }
     location.extend_from_slice(fragment);
+    debug_assert_eq!(location.len(), len, "the Location's length was computed exactly");
     let status = StatusCode::from_u16(link.redirect_status()).unwrap_or(StatusCode::FOUND);
     redirect(status, location)
 }

@@ -49,6 +49,11 @@ impl RawClickId {
         out
     }
 
+    /// Length of the id of a click on `code`: `<code>.<payload>`.
+    pub const fn id_len(code: &[u8]) -> usize {
+        code.len() + 1 + ENCODED_LEN
+    }
+
     /// Appends `<code>.<payload>` to a byte buffer (the `Location` header, the batcher's JSON).
     pub fn write_bytes(&self, code: &[u8], out: &mut Vec<u8>) {
         out.extend_from_slice(code);

@@ -22,7 +22,9 @@ where
     let path = req.uri().path();
     let get_like = matches!(*req.method(), Method::GET | Method::HEAD);
     if path == "/v1" || path.starts_with("/v1/") {
-        let resp = crate::api::handle(app, req).await;
+        // Boxed: the API's future is several kilobytes, and hyper moves the request's future
+        // into place on every request; inline, every redirect would carry (and copy) it.
+        let resp = Box::pin(crate::api::handle(app, req)).await;
         app.metrics.record(RouteClass::Api, resp.status());
         return resp;
     }
@@ -34,7 +36,7 @@ where
     let head = req.method() == Method::HEAD;
     let (route, resp) = match path {
         "/healthz" => (RouteClass::Probe, text(StatusCode::OK, "ok\n")),
-        "/readyz" => (RouteClass::Probe, readyz(app).await),
+        "/readyz" => (RouteClass::Probe, Box::pin(readyz(app)).await),
         "/robots.txt" => (RouteClass::Probe, text(StatusCode::OK, "User-agent: *\nDisallow: /\n")),
         _ => {
             let started = Instant::now();
