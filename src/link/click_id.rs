@@ -1,10 +1,17 @@
 //! Signed click ids: verifiable later with no storage.
 //!
 //! A click id is `<code>.<payload>` where the payload is base64url of
-//! `unix_secs (u32 BE) | nonce (u32) | HMAC-SHA256(secret, code | unix_secs | nonce)[..12]`.
-//! The conversion API recovers the code and the click time from the id alone and rejects forgeries
-//! (any change to the code, time or nonce breaks the 96-bit tag). The nonce makes ids of clicks in the
-//! same second distinct; it needs no secrecy because the tag carries the authenticity.
+//! `unix_secs (u32 BE) | nonce (u32) | tag[..12]`, and the tag is SipHash-2-4 (128-bit output) of
+//! `code | unix_secs | nonce` under a 128-bit key derived from the click secret. The conversion API
+//! recovers the code and the click time from the id alone and rejects forgeries (any change to the
+//! code, time or nonce breaks the 96-bit tag). The nonce makes ids of clicks in the same second
+//! distinct; it needs no secrecy because the tag carries the authenticity.
+//!
+//! SipHash is a keyed PRF made for short inputs, which is what a click id is; every tap signs one on
+//! the redirect path, and HMAC-SHA256 (two SHA-256 blocks, even with SHA-NI) took about 0.2 µs of
+//! it where SipHash takes a few tens of nanoseconds. Ids issued before the switch carry an
+//! HMAC-SHA256 tag under the secret itself; [`ClickSigner::verify`] still accepts those, so links
+//! tapped before an upgrade keep attributing their conversions.
 
 use std::cell::Cell;
 
@@ -12,6 +19,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
+use siphasher::sip128::{Hasher128, SipHasher24};
 use subtle::ConstantTimeEq;
 
 const TAG_LEN: usize = 12;
@@ -81,20 +89,35 @@ pub struct ClickClaims {
 /// Issues and verifies click ids with one secret.
 #[derive(Clone)]
 pub struct ClickSigner {
-    /// The keyed HMAC state, cloned per id so the key schedule is computed once.
-    keyed: Hmac<Sha256>,
+    /// The SipHash key, derived from the secret (HMAC-SHA256 of a fixed label, first 16 bytes).
+    key: [u8; 16],
+    /// The keyed HMAC state of the earlier tag, cloned per verification so the key schedule is
+    /// computed once.
+    legacy: Hmac<Sha256>,
 }
 
 impl ClickSigner {
     pub fn new(secret: &[u8]) -> Self {
-        Self {
-            keyed: Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any size"),
-        }
+        let legacy = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any size");
+        let mut derive = legacy.clone();
+        derive.update(b"linkgate click-id siphash-2-4 key");
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&derive.finalize().into_bytes()[..16]);
+        Self { key, legacy }
     }
 
-    fn tag(&self, code: &str, ts: u32, nonce: u32) -> [u8; 32] {
-        let mut mac = self.keyed.clone();
-        mac.update(code.as_bytes());
+    fn tag(&self, code: &[u8], ts: u32, nonce: u32) -> [u8; 16] {
+        let mut h = SipHasher24::new_with_key(&self.key);
+        std::hash::Hasher::write(&mut h, code);
+        std::hash::Hasher::write(&mut h, &ts.to_be_bytes());
+        std::hash::Hasher::write(&mut h, &nonce.to_be_bytes());
+        h.finish128().as_bytes()
+    }
+
+    /// The tag of ids issued before SipHash: HMAC-SHA256 under the secret.
+    fn legacy_tag(&self, code: &[u8], ts: u32, nonce: u32) -> [u8; 32] {
+        let mut mac = self.legacy.clone();
+        mac.update(code);
         mac.update(&ts.to_be_bytes());
         mac.update(&nonce.to_be_bytes());
         mac.finalize().into_bytes().into()
@@ -107,7 +130,7 @@ impl ClickSigner {
         let mut payload = [0u8; PAYLOAD_LEN];
         payload[..4].copy_from_slice(&ts.to_be_bytes());
         payload[4..8].copy_from_slice(&nonce.to_be_bytes());
-        payload[8..].copy_from_slice(&self.tag(code, ts, nonce)[..TAG_LEN]);
+        payload[8..].copy_from_slice(&self.tag(code.as_bytes(), ts, nonce)[..TAG_LEN]);
         RawClickId { payload }
     }
 
@@ -128,8 +151,11 @@ impl ClickSigner {
         }
         let ts = u32::from_be_bytes(bytes[..4].try_into().ok()?);
         let nonce = u32::from_be_bytes(bytes[4..8].try_into().ok()?);
-        let want = self.tag(code, ts, nonce);
-        if bool::from(want[..TAG_LEN].ct_eq(&bytes[8..])) {
+        let got = &bytes[8..];
+        let current = self.tag(code.as_bytes(), ts, nonce)[..TAG_LEN].ct_eq(got);
+        // Both compared every time, so timing tells nothing about which tag matched.
+        let legacy = self.legacy_tag(code.as_bytes(), ts, nonce)[..TAG_LEN].ct_eq(got);
+        if bool::from(current | legacy) {
             Some(ClickClaims {
                 code: code.to_string(),
                 clicked_at: ts as i64,
@@ -206,5 +232,47 @@ mod tests {
         for junk in ["", ".", "abc", "abc.", "abc.!!!!", "a b.AAAA"] {
             assert_eq!(s.verify(junk), None, "{junk}");
         }
+    }
+
+    /// An id as the HMAC-SHA256 signer issued it, before SipHash.
+    fn legacy_id(secret: &[u8], code: &str, ts: u32, nonce: u32) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
+        mac.update(code.as_bytes());
+        mac.update(&ts.to_be_bytes());
+        mac.update(&nonce.to_be_bytes());
+        let tag = mac.finalize().into_bytes();
+        let mut payload = ts.to_be_bytes().to_vec();
+        payload.extend_from_slice(&nonce.to_be_bytes());
+        payload.extend_from_slice(&tag[..TAG_LEN]);
+        format!("{code}.{}", URL_SAFE_NO_PAD.encode(payload))
+    }
+
+    #[test]
+    fn ids_issued_with_the_earlier_hmac_tag_still_verify() {
+        let s = ClickSigner::new(b"k");
+        let old = legacy_id(b"k", "abcdefg", 1_700_000_000, 7);
+        assert_eq!(
+            s.verify(&old),
+            Some(ClickClaims {
+                code: "abcdefg".into(),
+                clicked_at: 1_700_000_000
+            })
+        );
+        assert_eq!(ClickSigner::new(b"other").verify(&old), None, "other secret");
+        let moved = old.replacen("abcdefg", "abcdefh", 1);
+        assert_eq!(s.verify(&moved), None, "moved to another code");
+    }
+
+    #[test]
+    fn new_ids_carry_the_siphash_tag_not_the_hmac_one() {
+        let s = ClickSigner::new(b"k");
+        let raw = s.sign("abcdefg", 1_700_000_000);
+        let (ts, nonce) = (
+            u32::from_be_bytes(raw.payload[..4].try_into().unwrap()),
+            u32::from_be_bytes(raw.payload[4..8].try_into().unwrap()),
+        );
+        assert_eq!(raw.payload[8..], s.tag(b"abcdefg", ts, nonce)[..TAG_LEN]);
+        assert_ne!(raw.payload[8..], s.legacy_tag(b"abcdefg", ts, nonce)[..TAG_LEN]);
+        assert_ne!(s.key, ClickSigner::new(b"other").key, "the key follows the secret");
     }
 }
