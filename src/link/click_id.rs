@@ -71,7 +71,7 @@ impl RawClickId {
 
     /// `<code>.<payload>` as text.
     pub fn to_id(&self, code: &str) -> String {
-        let mut s = String::with_capacity(code.len() + 1 + ENCODED_LEN);
+        let mut s = String::with_capacity(Self::id_len(code.as_bytes()));
         s.push_str(code);
         s.push('.');
         s.push_str(std::str::from_utf8(&self.encoded()).expect("the base64url alphabet is ASCII"));
