@@ -7,17 +7,39 @@
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use linkgate::click::EventQueue;
 use linkgate::click::event::ClickRecord;
 use linkgate::click::{Agent, Queued};
 use linkgate::link::LinkKind;
-use linkgate::resolve::{LinkState, Resolver};
+use linkgate::link::LinkState;
+use linkgate::metrics::Metrics;
+use linkgate::resolve::Resolver;
 use linkgate::store::{RedisStore, Store};
-use linkgate::stream::batcher::BatcherParts;
 use linkgate::stream::log::Spool;
-use linkgate::stream::{EventPipeline, RedisStreamSink};
+use linkgate::stream::{Batch, BatcherParts, Delivery, EventSink, RedisStreamSink, SinkError};
+
+/// The Redis sink, counting what it delivered (events and batches).
+struct Counted {
+    inner: RedisStreamSink,
+    events: AtomicU64,
+    batches: AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl EventSink for Counted {
+    async fn deliver(&self, batch: &Batch) -> Result<(), SinkError> {
+        self.inner.deliver(batch).await?;
+        self.events.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+}
 
 /// The server's allocator, so the figures match the binary's.
 #[global_allocator]
@@ -80,21 +102,29 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let (pipeline, resolver) = rt.block_on(async {
+    let metrics = Metrics::new();
+    let sink = Arc::new(Counted {
+        inner: RedisStreamSink::new(&url, "bench:events", linkgate::stream::STREAM_MAXLEN),
+        events: AtomicU64::new(0),
+        batches: AtomicU64::new(0),
+    });
+    let (queue, resolver, _delivery) = rt.block_on(async {
         let store = Arc::new(RedisStore::connect(&url).await.unwrap());
-        let resolver = Resolver::new(store.clone() as Arc<dyn Store>);
-        let pipeline = EventPipeline::start(BatcherParts {
-            sink: Arc::new(RedisStreamSink::new(
-                &url,
-                "bench:events",
-                linkgate::stream::STREAM_MAXLEN,
-            )),
-            store,
-            resolver: resolver.clone(),
-            spool: Spool::open(&dir).unwrap(),
-            ip_secret: b"bench".to_vec(),
-        });
-        (pipeline, resolver)
+        let resolver = Resolver::new(store.clone() as Arc<dyn Store>, metrics.cache.clone());
+        let events = metrics.events("redis");
+        let queue = Arc::new(EventQueue::new(events.clone()));
+        let delivery = Delivery::start(
+            queue.clone(),
+            BatcherParts {
+                sink: sink.clone(),
+                store,
+                resolver: resolver.clone(),
+                spool: Spool::open(&dir).unwrap(),
+                ip_secret: b"bench".to_vec(),
+                metrics: events,
+            },
+        );
+        (queue, resolver, delivery)
     });
     let campaigns: Vec<u32> = (0..100)
         .map(|i| resolver.interner().intern(Some(&format!("campaign-{i}"))))
@@ -108,7 +138,7 @@ fn main() {
             let code = format!("c{:07}", i % 100_000);
             ClickRecord {
                 click: signer.sign(&code, 1_795_507_200 + (i / 1000) as i64),
-                code: linkgate::click::event::InlineCode::new(&code),
+                code: linkgate::link::code::InlineCode::new(&code),
                 seq: (i % 100_000) as u64 + 1,
                 campaign: campaigns[i % campaigns.len()],
                 owner: owners[i % owners.len()],
@@ -130,15 +160,15 @@ fn main() {
     let own_before = own_cpu_secs();
     let start = Instant::now();
     for r in records {
-        pipeline.try_send(Queued::Click(r));
+        queue.try_send(Queued::Click(r));
     }
-    while pipeline.delivered.load(Ordering::Relaxed) < n as u64 {
+    while sink.events.load(Ordering::Relaxed) < n as u64 {
         std::thread::sleep(Duration::from_millis(5));
     }
     let elapsed = start.elapsed();
     let cpu = redis_cpu_secs(&url) - cpu_before;
     let own = own_cpu_secs() - own_before;
-    let batches = pipeline.batches.load(Ordering::Relaxed).max(1);
+    let batches = sink.batches.load(Ordering::Relaxed).max(1);
     println!(
         "batcher -> redis: {n} events in {:.2} s = {:.0} events/s; mean batch {:.0} events; batcher process CPU {:.2} µs/event; redis CPU {:.2} µs/event",
         elapsed.as_secs_f64(),

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use linkgate::app::App;
 use linkgate::config::Config;
-use linkgate::server::{self, App};
+use linkgate::server;
 use serde_json::json;
 
 const LINKS: usize = 100_000;

@@ -13,14 +13,13 @@
 use std::sync::Arc;
 
 use futures_util::FutureExt;
+use linkgate::app::App;
 use linkgate::config::Config;
 use linkgate::link::code::generate_codes;
 use linkgate::link::{Link, LinkKind};
-use linkgate::server::App;
 use linkgate::store::{EmbeddedStore, Store};
-use linkgate::stream::batcher::BatcherParts;
 use linkgate::stream::log::Spool;
-use linkgate::stream::{EventPipeline, EventSink, SinkError};
+use linkgate::stream::{EventSink, SinkError};
 
 struct NullSink;
 
@@ -66,13 +65,7 @@ fn main() {
     }
     if on {
         let _guard = rt.enter();
-        app.events = Some(EventPipeline::start(BatcherParts {
-            sink: Arc::new(NullSink),
-            store,
-            resolver: app.resolver.clone(),
-            spool: Spool::open(&dir).unwrap(),
-            ip_secret: b"profile".to_vec(),
-        }));
+        app.start_events(Arc::new(NullSink), Spool::open(&dir).unwrap(), b"profile".to_vec());
     }
     let peer: std::net::IpAddr = "198.51.100.23".parse().unwrap();
     let ua = http::HeaderValue::from_static(

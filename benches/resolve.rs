@@ -14,15 +14,14 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::FutureExt;
+use linkgate::app::App;
 use linkgate::config::Config;
 use linkgate::link::code::generate_codes;
 use linkgate::link::{Link, LinkKind};
 use linkgate::resolve::{Lookup, Resolver};
-use linkgate::server::App;
 use linkgate::store::{EmbeddedStore, Store};
-use linkgate::stream::batcher::BatcherParts;
 use linkgate::stream::log::Spool;
-use linkgate::stream::{EventPipeline, EventSink, SinkError};
+use linkgate::stream::{EventSink, SinkError};
 
 pub fn sms_link(code: String, i: usize) -> Link {
     let destination = format!("https://shop.brand.example/reactivate?cust={i:012}&x=1");
@@ -45,7 +44,7 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
 /// A resolver over an (empty) embedded store, with `n` links put straight into its cache.
 fn filled_resolver(n: usize, dir: &std::path::Path) -> (Arc<Resolver>, Vec<String>) {
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir).unwrap());
-    let resolver = Resolver::new(store);
+    let resolver = Resolver::new(store, linkgate::metrics::Metrics::new().cache);
     let codes = generate_codes(n);
     for (i, code) in codes.iter().enumerate() {
         resolver.prime(&sms_link(code.clone(), i));
@@ -142,7 +141,7 @@ fn bench_miss(c: &mut Criterion) {
         .iter()
         .map(|m| m.link().code.clone())
         .collect();
-    let resolver = Resolver::new(store);
+    let resolver = Resolver::new(store, linkgate::metrics::Metrics::new().cache);
     let mut rng = Rng(42);
     let mut group = c.benchmark_group("resolve");
     group.throughput(Throughput::Elements(1));
@@ -189,13 +188,7 @@ fn redirect_app(dir: &std::path::Path, codes: &[String], rt: Option<&tokio::runt
     }
     if let Some(rt) = rt {
         let _guard = rt.enter();
-        app.events = Some(EventPipeline::start(BatcherParts {
-            sink: Arc::new(NullSink),
-            store,
-            resolver: app.resolver.clone(),
-            spool: Spool::open(dir).unwrap(),
-            ip_secret: b"bench".to_vec(),
-        }));
+        app.start_events(Arc::new(NullSink), Spool::open(dir).unwrap(), b"bench".to_vec());
     }
     app
 }
@@ -262,7 +255,7 @@ fn bench_redirect(c: &mut Criterion) {
     }
     group.finish();
     if let Some(events) = &on.events {
-        let overflowed = events.overflowed.load(std::sync::atomic::Ordering::Relaxed);
+        let overflowed = events.overflowed();
         println!("recording_on: {overflowed} events went through the overflow list");
     }
     let _ = std::fs::remove_dir_all(&dir_off);

@@ -33,7 +33,7 @@ async fn main() -> anyhow::Result<()> {
     // The store is never read: every code is primed into the cache before the port opens.
     let dir = std::env::temp_dir().join(format!("linkgate-lookup-302-{}", std::process::id()));
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir)?);
-    let resolver = Resolver::new(store);
+    let resolver = Resolver::new(store, linkgate::metrics::Metrics::new().cache);
     // Nothing is written to it either, and the process is ended by a signal: unlink it now.
     let _ = std::fs::remove_dir_all(&dir);
     for code in std::fs::read_to_string(&codes)?.lines().filter(|c| !c.is_empty()) {

@@ -4,9 +4,13 @@
 //! assigns to its code. Internal errors (store failures) are logged here and answered as `unavailable`
 //! with a generic message: internal text never reaches a client.
 
-use http::StatusCode;
+use http::header::{CACHE_CONTROL, HeaderValue, RETRY_AFTER};
+use http::{Response, StatusCode};
 use serde_json::{Value, json};
 
+use crate::body::Body;
+
+pub use crate::field::FieldError;
 use crate::store::StoreError;
 
 /// The error codes of SPEC "Errors", each with its status.
@@ -52,31 +56,6 @@ impl ErrorCode {
             Self::ValidationFailed => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        }
-    }
-}
-
-/// One bad field: which field, which bulk item (if any), and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    pub index: Option<usize>,
-    pub field: String,
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            index: None,
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-
-    fn to_json(&self) -> Value {
-        match self.index {
-            Some(i) => json!({"index": i, "field": self.field, "message": self.message}),
-            None => json!({"field": self.field, "message": self.message}),
         }
     }
 }
@@ -152,6 +131,15 @@ impl ApiError {
         self.code.status()
     }
 
+    /// The answer: the JSON body with the code's status (and `Retry-After` for rate limits).
+    pub fn response(&self) -> Response<Body> {
+        let mut r = crate::body::json(self.status(), self.body());
+        if let Some(secs) = self.retry_after {
+            r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
+        r
+    }
+
     /// The JSON body of this error.
     pub fn body(&self) -> Vec<u8> {
         let v = json!({"error": {
@@ -161,6 +149,39 @@ impl ApiError {
         }});
         serde_json::to_vec(&v).unwrap_or_default()
     }
+}
+
+/// The public edge's own error pages: HTML for people who tapped a link, never cached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EdgeError {
+    /// No link has this code (404).
+    NotFound,
+    /// The link is disabled or expired, and has no fallback (410).
+    Gone,
+    /// The store could not be read and nothing cached can answer (503).
+    Unavailable,
+}
+
+const NOT_FOUND_PAGE: &[u8] = b"<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><title>Link not found</title></head><body><h1>Link not found</h1><p>This link does not exist. Check that it was copied completely.</p></body></html>\n";
+const GONE_PAGE: &[u8] = b"<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><title>Link expired</title></head><body><h1>This link has expired</h1><p>The offer behind it is no longer available.</p></body></html>\n";
+
+/// Every answer of the edge carries it, so each tap reaches the server.
+pub const NO_STORE: HeaderValue = HeaderValue::from_static("private, no-store");
+
+impl EdgeError {
+    pub fn response(self) -> Response<Body> {
+        let mut r = match self {
+            Self::NotFound => html(StatusCode::NOT_FOUND, NOT_FOUND_PAGE),
+            Self::Gone => html(StatusCode::GONE, GONE_PAGE),
+            Self::Unavailable => crate::body::text(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable\n"),
+        };
+        r.headers_mut().insert(CACHE_CONTROL, NO_STORE);
+        r
+    }
+}
+
+fn html(status: StatusCode, page: &'static [u8]) -> Response<Body> {
+    crate::body::with_type(status, Body::from_static(page), "text/html; charset=utf-8")
 }
 
 impl From<StoreError> for ApiError {
@@ -180,8 +201,8 @@ impl From<StoreError> for ApiError {
                     ..Self::validation(errors)
                 }
             }
+            // Counted by the API's dispatcher (`linkgate_store_errors_total`).
             other => {
-                crate::metrics::STORE_ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::error!(error = %other, "store error");
                 Self::unavailable()
             }

@@ -1,41 +1,53 @@
 //! linkgate: a short-link redirect and attribution service.
 //!
-//! A tap travels through the modules top to bottom:
+//! The folders follow a tap from the socket down, and every import points down this list (a test,
+//! `tests/architecture.rs`, keeps it so):
 //!
-//! 1. **Request** — [`server`] runs the hyper accept loop on a bound listener and routes each request
-//!    by method and path: the public edge (`GET /{code}`, probes) or the `/v1` API ([`api`]).
-//! 2. **Resolve** — [`resolve`] answers "which link is this code?" from a sharded in-memory map
-//!    (64 shards of open-addressing tables keyed by the xxh3 hash of the code). A miss reads the
-//!    [`store`] once (concurrent misses coalesce), unknown codes are remembered briefly, and Redis
-//!    pub/sub keeps replicas coherent.
+//! 1. **Request** — [`server`] runs the hyper accept loop on a bound listener, routes each request
+//!    by method and path to the public edge ([`redirect`], probes) or the `/v1` API ([`api`]),
+//!    serves `/metrics` on the admin listener, and drains on shutdown.
+//! 2. **Application** — [`app`] assembles everything a handler needs from the [`config`]: the
+//!    store, the resolver, the click queue and the batcher behind it, the metrics.
 //! 3. **Redirect** — [`redirect`] turns the resolved link into a 301/302/307/308, a 410 or a 404,
-//!    with the click id ([`link::click_id`]) appended for conversion tracking. A cache hit does no I/O.
-//! 4. **Click** — [`click`] classifies the visitor (human, link previewer, bot) and records the tap
-//!    as a [`click::ClickRecord`] pushed onto a lock-free queue (never awaited).
-//! 5. **Attribute** — [`attribution`]: leads on the first human tap of a personalised link,
-//!    partner chains, campaigns, conversions and their commission.
-//! 6. **Stream** — [`stream`]: one batcher drains the queue, encodes each batch's JSON once
-//!    ([`stream::batch`]), claims leads, adds up counters and writes pipelined `XADD`s to Redis on
-//!    its own connection ([`stream::resp`]) or to the embedded event log; what cannot be written
-//!    goes to the spool and is replayed in order.
-//!
-//! Links are minted through the API ([`api::links`]), validated by [`link`] (codes, destinations),
-//! and written to one of two [`store`] backends: Redis (production, shared by replicas) or an
-//! embedded redb file (the default, so `cargo run` serves at once).
-//!
-//! [`config`] reads and validates every setting before a port is bound; [`error`] is the single
-//! place that turns errors into JSON HTTP answers; [`metrics`] declares every metric;
-//! [`shutdown`] owns the drain order.
+//!    with the click id ([`link::click_id`]) appended for conversion tracking. A cache hit does no
+//!    I/O. The API's handlers ([`api`]) sit beside it.
+//! 4. **Stream** — [`stream`]: one batcher drains the click queue, encodes each batch's JSON once,
+//!    claims leads, adds up counters and writes pipelined `XADD`s to Redis on its own connection
+//!    ([`resp`]) or to the embedded event log; what cannot be written goes to the spool and is
+//!    replayed in order.
+//! 5. **Errors** — [`error`] is the one place errors become HTTP answers: the API's JSON errors and
+//!    the edge's 404/410/503 pages. [`limit`] is the API's per-key rate limit.
+//! 6. **Click** — [`click`] classifies the visitor (human, link previewer, bot), records the tap as
+//!    a [`click::ClickRecord`] and hands it to a bounded lock-free queue ([`click::EventQueue`],
+//!    never awaited). It also defines the events consumers read.
+//! 7. **Resolve** — [`resolve`] answers "which link is this code?" from a sharded in-memory map. A
+//!    miss reads the [`store`] once (concurrent misses coalesce), unknown codes are remembered
+//!    briefly, and Redis pub/sub keeps replicas coherent.
+//! 8. **Store** — [`store`]: narrow traits (links, attribution records, counters) and two backends,
+//!    Redis (production, shared by replicas) and an embedded redb file (the default).
+//! 9. **Attribute** — [`attribution`]: plain records and functions: who becomes a lead, whether a
+//!    conversion is attributed, the partner chain and its commission.
+//! 10. **Model** — [`config`] reads and validates every setting before a port is bound; [`link`]
+//!     holds the Link and its rules (codes, destinations, click ids, API input).
+//! 11. **Foundations** — [`time`], [`hash`], [`body`] (the response body), [`resp`] (the RESP
+//!     wire), [`field`] (one bad field), [`shutdown`] (signals, readiness), [`metrics`] (every
+//!     metric, declared once).
 
 pub mod api;
+pub mod app;
 pub mod attribution;
+pub mod body;
 pub mod click;
 pub mod config;
 pub mod error;
+pub mod field;
+pub mod hash;
+pub mod limit;
 pub mod link;
 pub mod metrics;
 pub mod redirect;
 pub mod resolve;
+pub mod resp;
 pub mod server;
 pub mod shutdown;
 pub mod store;

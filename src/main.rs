@@ -5,8 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use linkgate::app::App;
 use linkgate::config::{Config, LogFormat};
-use linkgate::server::{self, App};
+use linkgate::server;
 
 /// mimalloc: measured on the redirect path under load, glibc's malloc/free took about 10% of the
 /// server's CPU (hyper's buffers, the batcher's batches); see BENCHMARKS.md.

@@ -2,17 +2,14 @@
 //! labels come only from closed enums (route class, status class, cache result, event type, sink),
 //! never from a code, URL or address.
 //!
-//! Metrics are plain atomics owned by the [`App`] (and its resolver and event
-//! pipeline), rendered in the Prometheus text format by [`render`] on the admin listener. That keeps
-//! the hot path at one relaxed atomic add per counter, with no registry lookup, and lets tests run
-//! several servers in one process without sharing a global recorder.
-
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+//! Metrics go through the `metrics` facade into a `metrics-exporter-prometheus` recorder owned by
+//! one [`Metrics`] value per application (no global recorder), so tests can run several servers
+//! in one process. Every handle is registered here, once, at start-up: the hot path increments a
+//! handle it already holds and never looks a metric up by name.
 
 use http::StatusCode;
-
-use crate::server::App;
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, SharedString, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 /// Which part of the server answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,143 +31,199 @@ impl RouteClass {
 }
 
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// Event types as labels, in the order of `click::EventType::ALL`.
+const EVENT_TYPES: [&str; 3] = ["click", "lead", "conversion"];
 
-/// Upper bounds of the redirect latency buckets, in microseconds.
-pub const LATENCY_BUCKETS_US: [u64; 12] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 100_000];
+/// Upper bounds of the redirect latency buckets, in seconds: 5 µs to 100 ms.
+pub const REDIRECT_BUCKETS: [f64; 12] = [
+    0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.1,
+];
+/// Upper bounds of the batch size buckets, in events.
+pub const BATCH_BUCKETS: [f64; 12] = [
+    5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10_000.0, 100_000.0,
+];
 
-/// A fixed-bucket histogram over [`LATENCY_BUCKETS_US`] (microseconds for latencies, events for
-/// batch sizes); `render` scales the bounds to the exposed unit.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    buckets: [AtomicU64; LATENCY_BUCKETS_US.len()],
-    count: AtomicU64,
-    sum: AtomicU64,
+const REDIRECT_DURATION: &str = "linkgate_redirect_duration_seconds";
+const BATCH_EVENTS: &str = "linkgate_batch_events";
+
+/// Resolver metrics.
+#[derive(Clone)]
+pub struct CacheMetrics {
+    pub hits: Counter,
+    pub misses: Counter,
+    pub negative_hits: Counter,
+    pub store_reads: Counter,
 }
 
-impl Histogram {
-    #[inline]
-    pub fn observe(&self, value: u64) {
-        if let Some(i) = LATENCY_BUCKETS_US.iter().position(|&b| value <= b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum.fetch_add(value, Ordering::Relaxed);
+/// Event pipeline metrics: the queue, the batcher, the sink and the spool.
+#[derive(Clone)]
+pub struct EventMetrics {
+    pub queue_depth: Gauge,
+    pub queue_capacity: Gauge,
+    pub overflow: Counter,
+    /// Events delivered, by type, in `EventType::ALL` order.
+    pub written: [Counter; 3],
+    pub batch_events: Histogram,
+    pub spooled_batches: Counter,
+    pub spool_bytes: Gauge,
+    pub replayed: Counter,
+    pub leads_opened: Counter,
+    pub conversions: Counter,
+    pub revenue: Counter,
+}
+
+/// The application's metrics: its recorder and every handle.
+pub struct Metrics {
+    registry: Registry,
+    handle: PrometheusHandle,
+    requests: [[Counter; 5]; 3],
+    pub redirect_duration: Histogram,
+    pub cache: CacheMetrics,
+    pub cache_links: Gauge,
+    pub store_errors: Counter,
+}
+
+/// Registers handles and help texts on one recorder.
+struct Registry {
+    recorder: PrometheusRecorder,
+}
+
+const METADATA: Metadata<'static> = Metadata::new("linkgate", Level::INFO, Some(module_path!()));
+
+impl Registry {
+    fn counter(&self, name: &'static str, help: &'static str, labels: &[(&'static str, &'static str)]) -> Counter {
+        self.recorder
+            .describe_counter(KeyName::from_const_str(name), None, SharedString::const_str(help));
+        self.recorder.register_counter(&key(name, labels), &METADATA)
+    }
+
+    fn gauge(&self, name: &'static str, help: &'static str) -> Gauge {
+        self.recorder
+            .describe_gauge(KeyName::from_const_str(name), None, SharedString::const_str(help));
+        self.recorder.register_gauge(&key(name, &[]), &METADATA)
+    }
+
+    fn histogram(&self, name: &'static str, help: &'static str, unit: Option<Unit>) -> Histogram {
+        self.recorder
+            .describe_histogram(KeyName::from_const_str(name), unit, SharedString::const_str(help));
+        self.recorder.register_histogram(&key(name, &[]), &METADATA)
     }
 }
 
-/// Request metrics of one server.
-#[derive(Debug, Default)]
-pub struct RequestMetrics {
-    requests: [[AtomicU64; 5]; 3],
-    pub redirect_latency: Histogram,
+fn key(name: &'static str, labels: &[(&'static str, &'static str)]) -> Key {
+    let labels: Vec<Label> = labels.iter().map(|&(k, v)| Label::from_static_parts(k, v)).collect();
+    Key::from_parts(name, labels)
 }
 
-impl RequestMetrics {
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Every request and cache metric, registered on a new recorder.
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(REDIRECT_DURATION.into()), &REDIRECT_BUCKETS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_EVENTS.into()), &BATCH_BUCKETS))
+            .expect("bucket lists are not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        let r = Registry { recorder };
+        let requests = RouteClass::ALL.map(|route| {
+            STATUS_CLASSES.map(|status| {
+                r.counter(
+                    "linkgate_requests_total",
+                    "Requests answered, by route class and status class.",
+                    &[("route", route.as_str()), ("status", status)],
+                )
+            })
+        });
+        let lookups = |result| {
+            r.counter(
+                "linkgate_cache_lookups_total",
+                "Redirect lookups by result.",
+                &[("result", result)],
+            )
+        };
+        let cache = CacheMetrics {
+            hits: lookups("hit"),
+            misses: lookups("miss"),
+            negative_hits: lookups("negative_hit"),
+            store_reads: r.counter("linkgate_store_reads_total", "Store reads made to fill the cache.", &[]),
+        };
+        Self {
+            requests,
+            redirect_duration: r.histogram(
+                REDIRECT_DURATION,
+                "Time from request routed to redirect answer built.",
+                Some(Unit::Seconds),
+            ),
+            cache,
+            cache_links: r.gauge("linkgate_cache_links", "Links held in the cache."),
+            store_errors: r.counter("linkgate_store_errors_total", "Store operations that failed.", &[]),
+            registry: r,
+            handle,
+        }
+    }
+
+    /// The event pipeline's metrics, registered once when it starts; `sink` names the event sink
+    /// (`redis`, `log`) in `linkgate_events_written_total`.
+    pub fn events(&self, sink: &'static str) -> EventMetrics {
+        let r = &self.registry;
+        EventMetrics {
+            queue_depth: r.gauge("linkgate_event_queue_depth", "Events waiting for the batcher."),
+            queue_capacity: r.gauge("linkgate_event_queue_capacity", "Capacity of the event queue."),
+            overflow: r.counter(
+                "linkgate_event_overflow_total",
+                "Events parked in the overflow list because the queue was full.",
+                &[],
+            ),
+            written: EVENT_TYPES.map(|t| {
+                r.counter(
+                    "linkgate_events_written_total",
+                    "Events delivered, by sink and type.",
+                    &[("sink", sink), ("type", t)],
+                )
+            }),
+            batch_events: r.histogram(BATCH_EVENTS, "Events per delivered batch.", None),
+            spooled_batches: r.counter(
+                "linkgate_spooled_batches_total",
+                "Batches written to the spool because the sink failed.",
+                &[],
+            ),
+            spool_bytes: r.gauge("linkgate_spool_bytes", "Bytes in the spool waiting for replay."),
+            replayed: r.counter(
+                "linkgate_spool_replayed_events_total",
+                "Events delivered from the spool.",
+                &[],
+            ),
+            leads_opened: r.counter("linkgate_leads_opened_total", "Lead events delivered.", &[]),
+            conversions: r.counter("linkgate_conversions_total", "Conversion events delivered.", &[]),
+            revenue: r.counter(
+                "linkgate_revenue_minor_total",
+                "Revenue of attributed conversions delivered, in minor units.",
+                &[],
+            ),
+        }
+    }
+
+    /// Counts one answered request.
     #[inline]
     pub fn record(&self, route: RouteClass, status: StatusCode) {
         let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
-        self.requests[route as usize][class].fetch_add(1, Ordering::Relaxed);
+        self.requests[route as usize][class].increment(1);
     }
 
-    pub fn requests(&self, route: RouteClass, status_class: usize) -> u64 {
-        self.requests[route as usize][status_class - 1].load(Ordering::Relaxed)
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        self.handle.render()
     }
-}
 
-/// Resolver metrics.
-#[derive(Debug, Default)]
-pub struct CacheMetrics {
-    pub hits: AtomicU64,
-    pub misses: AtomicU64,
-    pub negative_hits: AtomicU64,
-    pub store_reads: AtomicU64,
-}
-
-/// Store failures seen anywhere (API, cache fills, batcher).
-pub static STORE_ERRORS: AtomicU64 = AtomicU64::new(0);
-
-pub(crate) fn counter(out: &mut String, name: &str, help: &str, v: u64) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
-}
-
-pub(crate) fn gauge(out: &mut String, name: &str, help: &str, v: u64) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-}
-
-pub(crate) fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram, scale: f64) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-    let mut cumulative = 0;
-    for (i, le) in LATENCY_BUCKETS_US.iter().enumerate() {
-        cumulative += h.buckets[i].load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {cumulative}", *le as f64 * scale);
+    /// Drains recorded histogram samples into their buckets (run on a timer, so memory stays
+    /// bounded between scrapes).
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
     }
-    let count = h.count.load(Ordering::Relaxed);
-    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-    let _ = writeln!(out, "{name}_sum {}", h.sum.load(Ordering::Relaxed) as f64 * scale);
-    let _ = writeln!(out, "{name}_count {count}");
-}
-
-/// The Prometheus text exposition of `app`'s metrics.
-pub fn render(app: &App) -> String {
-    let mut out = String::with_capacity(8192);
-    let m = &app.metrics;
-    let _ = writeln!(
-        out,
-        "# HELP linkgate_requests_total Requests answered, by route class and status class.\n# TYPE linkgate_requests_total counter"
-    );
-    for route in RouteClass::ALL {
-        for (i, class) in STATUS_CLASSES.iter().enumerate() {
-            let v = m.requests(route, i + 1);
-            let _ = writeln!(
-                out,
-                "linkgate_requests_total{{route=\"{}\",status=\"{class}\"}} {v}",
-                route.as_str()
-            );
-        }
-    }
-    histogram(
-        &mut out,
-        "linkgate_redirect_duration_seconds",
-        "Time from request routed to redirect answer built.",
-        &m.redirect_latency,
-        1e-6,
-    );
-    let c = app.resolver.metrics();
-    let _ = writeln!(
-        out,
-        "# HELP linkgate_cache_lookups_total Redirect lookups by result.\n# TYPE linkgate_cache_lookups_total counter"
-    );
-    for (result, v) in [
-        ("hit", &c.hits),
-        ("miss", &c.misses),
-        ("negative_hit", &c.negative_hits),
-    ] {
-        let _ = writeln!(
-            out,
-            "linkgate_cache_lookups_total{{result=\"{result}\"}} {}",
-            v.load(Ordering::Relaxed)
-        );
-    }
-    counter(
-        &mut out,
-        "linkgate_store_reads_total",
-        "Store reads made to fill the cache.",
-        c.store_reads.load(Ordering::Relaxed),
-    );
-    gauge(
-        &mut out,
-        "linkgate_cache_links",
-        "Links held in the cache.",
-        app.resolver.cached_links() as u64,
-    );
-    counter(
-        &mut out,
-        "linkgate_store_errors_total",
-        "Store operations that failed.",
-        STORE_ERRORS.load(Ordering::Relaxed),
-    );
-    if let Some(p) = &app.events {
-        p.render_metrics(&mut out);
-    }
-    out
 }

@@ -11,30 +11,26 @@
 
 use std::net::IpAddr;
 
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderName, HeaderValue, LOCATION, REFERER, USER_AGENT};
+use http::header::{CACHE_CONTROL, HeaderName, HeaderValue, LOCATION, REFERER, USER_AGENT};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use subtle::ConstantTimeEq;
 
-use crate::click::event::InlineCode;
-use crate::click::{ClickRecord, Queued};
-use crate::link::click_id::RawClickId;
-
+use crate::app::App;
+use crate::body::Body;
 use crate::click::Agent;
 use crate::click::agent::classify_tap;
 use crate::click::event::{HeaderJson, header_json};
-use crate::link::code::is_code_shaped;
-use crate::resolve::{CachedLink, LinkState, Lookup};
-use crate::server::{App, Body};
+use crate::click::{ClickRecord, Queued};
+use crate::error::{EdgeError, NO_STORE};
+use crate::link::LinkState;
+use crate::link::click_id::RawClickId;
+use crate::link::code::{InlineCode, is_code_shaped};
+use crate::resolve::{CachedLink, Lookup};
 use crate::time::now_secs;
-
-const NOT_FOUND_PAGE: &[u8] = b"<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><title>Link not found</title></head><body><h1>Link not found</h1><p>This link does not exist. Check that it was copied completely.</p></body></html>\n";
-const GONE_PAGE: &[u8] = b"<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><title>Link expired</title></head><body><h1>This link has expired</h1><p>The offer behind it is no longer available.</p></body></html>\n";
 
 /// Marks load-test traffic when its value equals `LINKGATE_SYNTHETIC_TOKEN`.
 pub const SYNTHETIC: HeaderName = HeaderName::from_static("x-linkgate-synthetic");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-
-const NO_STORE: HeaderValue = HeaderValue::from_static("private, no-store");
 
 /// What the redirect needs from the request.
 struct Tap<'a> {
@@ -90,17 +86,12 @@ async fn miss(app: &App, tap: &Tap<'_>) -> Response<Body> {
             _ => respond(app, &app.resolver.pack(&link), tap),
         },
         Err(e) => {
-            crate::metrics::STORE_ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            app.metrics.store_errors.increment(1);
             tracing::warn!(error = %e, "store read failed on a cache miss");
             // A stale entry (its generation predates a lost subscription) beats an error.
             app.resolver
                 .lookup_stale(code, |link| respond(app, link, tap))
-                .unwrap_or_else(|| {
-                    let mut r =
-                        crate::server::router::text(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable\n");
-                    r.headers_mut().insert(CACHE_CONTROL, NO_STORE);
-                    r
-                })
+                .unwrap_or_else(|| EdgeError::Unavailable.response())
         }
     }
 }
@@ -123,7 +114,7 @@ fn respond(app: &App, link: &CachedLink, tap: &Tap) -> Response<Body> {
     if state != LinkState::Active {
         return match link.fallback_url() {
             Some(fallback) => redirect(StatusCode::FOUND, fallback.as_bytes().to_vec()),
-            None => page(StatusCode::GONE, GONE_PAGE),
+            None => EdgeError::Gone.response(),
         };
     }
     // Built as bytes: the destination was validated as ASCII when minted, and the header value
@@ -232,18 +223,9 @@ fn redirect(status: StatusCode, location: Vec<u8>) -> Response<Body> {
     r
 }
 
-fn page(status: StatusCode, html: &'static [u8]) -> Response<Body> {
-    let mut r = Response::new(Body::from_static(html));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
-    r.headers_mut().insert(CACHE_CONTROL, NO_STORE);
-    r
-}
-
 fn not_found(app: &App) -> Response<Body> {
     match &app.config.not_found_url {
         Some(url) => redirect(StatusCode::FOUND, url.clone().into_bytes()),
-        None => page(StatusCode::NOT_FOUND, NOT_FOUND_PAGE),
+        None => EdgeError::NotFound.response(),
     }
 }

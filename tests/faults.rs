@@ -12,7 +12,8 @@ use std::time::Duration;
 use http::StatusCode;
 use serde_json::json;
 use support::{
-    ADMIN_KEY, CLICK_SECRET, Env, RedisGuard, TempDir, TestServer, eventually, free_port, stream_entries, try_send,
+    ADMIN_KEY, CLICK_SECRET, Env, RedisGuard, TempDir, TestServer, eventually, free_port, metric, stream_entries,
+    try_send,
 };
 
 const UA: &str = "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 Chrome/120.0 Mobile Safari/537.36";
@@ -78,7 +79,7 @@ async fn a_redis_outage_mid_load_loses_no_tap() {
     let at_kill = ok.load(Ordering::Relaxed);
     wait_for(&ok, at_kill + 300).await;
     assert!(
-        s.app.events.as_ref().unwrap().spooled_batches.load(Ordering::Relaxed) > 0,
+        metric(&s.app, "linkgate_spooled_batches_total") > 0.0,
         "the outage was spooled"
     );
     env.redis = Some(RedisGuard::start_persistent(port, &redis_dir.0));

@@ -9,18 +9,18 @@ use http::{Request, StatusCode};
 
 use super::fields::Fields;
 use super::{ApiResult, MAX_BODY_BYTES, ok_json, parse_object, read_body, require};
+use crate::app::App;
+use crate::attribution::conversions::is_attributed;
 use crate::attribution::model::{Conversion, DEFAULT_WINDOW_SECS};
 use crate::attribution::{chain, commissions};
-use crate::click::{Event, EventType, Queued};
+use crate::body::BoxError;
+use crate::click::{Event, Queued};
 use crate::config::{ApiKey, Scope};
 use crate::link::code::{generate_codes, is_code_shaped};
-use crate::server::{App, BoxError};
 use crate::time::now_secs;
 
 /// Largest amount accepted, in minor units (10^15: ten trillion in major units).
 pub const MAX_AMOUNT: i64 = 1_000_000_000_000_000;
-/// Clicks stamped this far in the future (clock skew between replicas) still count.
-pub const CLOCK_SKEW_SECS: i64 = 300;
 
 enum Source {
     Click(String),
@@ -95,12 +95,13 @@ where
         Some(id) => app.store.get_campaign(id).await?,
         None => None,
     };
-    let window = campaign.as_ref().map_or(DEFAULT_WINDOW_SECS, |c| c.attribution_window) as i64;
-    let attributed = link.is_some() && clicked_at.is_some_and(|t| now - t <= window && t - now <= CLOCK_SKEW_SECS);
+    let window = campaign.as_ref().map_or(DEFAULT_WINDOW_SECS, |c| c.attribution_window);
+    let attributed = is_attributed(link.is_some(), clicked_at, now, window);
     let owner = link.as_ref().and_then(|l| l.owner_id.clone());
     let levels = match (&owner, attributed) {
         (Some(o), true) => {
-            let ids = chain(app.store.as_ref(), o).await?;
+            let store = app.store.as_ref();
+            let ids = chain(o, |id| async move { store.get_partner(&id).await }).await?;
             commissions(&ids, amount, campaign.as_ref().map_or(&[][..], |c| &c.commission_bps))
         }
         _ => Vec::new(),
@@ -125,29 +126,8 @@ where
         return ok_json(StatusCode::OK, &first.to_api_json());
     }
     if let Some(events) = &app.events {
-        events.try_send(Queued::Event(Box::new(conversion_event(
-            &conversion,
-            link.map(|l| l.kind),
-        ))));
+        let kind = link.map(|l| l.kind);
+        events.try_send(Queued::Event(Box::new(Event::conversion(&conversion, kind))));
     }
     ok_json(StatusCode::CREATED, &conversion.to_api_json())
-}
-
-fn conversion_event(c: &Conversion, kind: Option<crate::link::LinkKind>) -> Event {
-    let mut e = Event::new(c.conversion_id.clone(), EventType::Conversion, c.created_at);
-    e.code = c.code.clone();
-    e.campaign_id = c.campaign_id.clone();
-    e.owner_id = c.owner_id.clone();
-    e.recipient_id = c.recipient_id.clone();
-    e.kind = kind;
-    e.click_id = c.click_id.clone();
-    e.lead_id = c.lead_id.clone();
-    e.conversion_id = Some(c.conversion_id.clone());
-    e.order_id = Some(c.order_id.clone());
-    e.conversion_type = Some(c.conversion_type.clone());
-    e.amount = Some(c.amount);
-    e.currency = c.currency.clone();
-    e.attributed = Some(c.attributed);
-    e.chain = Some(c.chain.clone());
-    e
 }

@@ -7,12 +7,13 @@ use serde_json::{Value, json};
 
 use super::fields::Fields;
 use super::{ApiResult, MAX_BODY_BYTES, ok_json, page_query, parse_object, read_body, require};
-use crate::attribution::model::{Lead, LeadClaim, LeadSource};
-use crate::click::Queued;
+use crate::app::App;
+use crate::attribution::leads::lead_for_scan;
+use crate::attribution::model::{Lead, LeadClaim};
+use crate::body::BoxError;
+use crate::click::{Event, Queued};
 use crate::config::{ApiKey, Scope};
 use crate::error::ApiError;
-use crate::server::{App, BoxError};
-use crate::stream::batch::{lead_event, new_lead_id};
 use crate::time::now_secs;
 
 /// `POST /v1/leads`: one lead per click id (a repeat answers 200 with the first lead).
@@ -40,22 +41,11 @@ where
         .get_link(&claims.code)
         .await?
         .ok_or_else(|| ApiError::field("click_id", "the link of this click no longer exists"))?;
-    let lead = Lead {
-        lead_id: new_lead_id(),
-        code: link.code.clone(),
-        campaign_id: link.campaign_id.clone(),
-        owner_id: link.owner_id.clone(),
-        recipient_id: customer_id.or(link.recipient_id.clone()),
-        click_id,
-        source: LeadSource::Api,
-        attributes,
-        created_at: now_secs(),
-        seq: 0,
-    };
+    let lead = lead_for_scan(&link, click_id, customer_id, attributes, now_secs());
     match app.store.claim_leads(vec![lead]).await?.pop() {
         Some(LeadClaim::Won(lead)) => {
             if let Some(events) = &app.events {
-                events.try_send(Queued::Event(Box::new(lead_event(&lead, Some(link.kind)))));
+                events.try_send(Queued::Event(Box::new(Event::lead(&lead, Some(link.kind)))));
             }
             ok_json(StatusCode::CREATED, &lead.to_api_json())
         }

@@ -13,13 +13,14 @@ use tokio::sync::mpsc;
 use super::{
     ApiResult, MAX_BODY_BYTES, MAX_BULK_BODY_BYTES, MAX_PAGE, ok_json, page_query, parse_object, read_body, require,
 };
+use crate::app::App;
+use crate::body::Body;
+use crate::body::json;
 use crate::config::{ApiKey, Scope};
 use crate::error::{ApiError, ErrorCode, FieldError};
 use crate::link::code::is_code_shaped;
 use crate::link::input::{Errors, LinkPatch, Rules, merged, parse_new};
 use crate::link::{Link, short_url};
-use crate::server::router::json;
-use crate::server::{App, Body};
 use crate::store::{Invalidation, LinkFilter, Minted, StoreError};
 use crate::time::now_secs;
 
@@ -40,7 +41,7 @@ fn rules(app: &App) -> Rules<'_> {
 pub async fn create<B>(app: &App, key: &ApiKey, req: Request<B>) -> ApiResult
 where
     B: http_body::Body<Data = Bytes>,
-    B::Error: Into<crate::server::BoxError>,
+    B::Error: Into<crate::body::BoxError>,
 {
     require(key, Scope::LinksWrite)?;
     let idem = idempotency_key(req.headers())?;
@@ -100,7 +101,7 @@ struct BulkItem<'a> {
 pub async fn bulk<B>(app: &App, key: &ApiKey, req: Request<B>) -> ApiResult
 where
     B: http_body::Body<Data = Bytes>,
-    B::Error: Into<crate::server::BoxError>,
+    B::Error: Into<crate::body::BoxError>,
 {
     require(key, Scope::LinksWrite)?;
     let idem = idempotency_key(req.headers())?;
@@ -385,7 +386,7 @@ async fn load(app: &App, code: &str) -> Result<Link, ApiError> {
 pub async fn patch<B>(app: &App, key: &ApiKey, code: &str, req: Request<B>) -> ApiResult
 where
     B: http_body::Body<Data = Bytes>,
-    B::Error: Into<crate::server::BoxError>,
+    B::Error: Into<crate::body::BoxError>,
 {
     require(key, Scope::LinksWrite)?;
     let body = read_body(req, MAX_BODY_BYTES).await?;

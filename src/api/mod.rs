@@ -7,7 +7,6 @@
 mod conversions;
 mod fields;
 mod leads;
-pub mod limit;
 pub mod links;
 mod partners;
 pub mod qr;
@@ -20,10 +19,11 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::app::App;
+use crate::body::Body;
+use crate::body::json;
 use crate::config::{ApiKey, Scope};
-use crate::error::{ApiError, FieldError};
-use crate::server::router::{json, json_error};
-use crate::server::{App, Body};
+use crate::error::{ApiError, ErrorCode, FieldError};
 
 /// Largest body of a single-link call.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -35,15 +35,20 @@ pub type ApiResult = Result<Response<Body>, ApiError>;
 pub async fn handle<B>(app: &App, req: Request<B>) -> Response<Body>
 where
     B: http_body::Body<Data = Bytes>,
-    B::Error: Into<crate::server::BoxError>,
+    B::Error: Into<crate::body::BoxError>,
 {
-    dispatch(app, req).await.unwrap_or_else(|e| json_error(&e))
+    dispatch(app, req).await.unwrap_or_else(|e| {
+        if e.code == ErrorCode::Unavailable {
+            app.metrics.store_errors.increment(1);
+        }
+        e.response()
+    })
 }
 
 async fn dispatch<B>(app: &App, req: Request<B>) -> ApiResult
 where
     B: http_body::Body<Data = Bytes>,
-    B::Error: Into<crate::server::BoxError>,
+    B::Error: Into<crate::body::BoxError>,
 {
     let key = authenticate(app, req.headers())?;
     if let Some(limiter) = &app.rate_limiter {
@@ -118,7 +123,7 @@ pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2)
 pub async fn read_body<B>(req: Request<B>, limit: usize) -> Result<Bytes, ApiError>
 where
     B: http_body::Body<Data = Bytes>,
-    B::Error: Into<crate::server::BoxError>,
+    B::Error: Into<crate::body::BoxError>,
 {
     let declared = req
         .headers()

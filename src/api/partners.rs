@@ -6,11 +6,12 @@ use serde_json::json;
 
 use super::fields::Fields;
 use super::{ApiResult, MAX_BODY_BYTES, ok_json, parse_object, read_body, require};
+use crate::app::App;
 use crate::attribution::model::{Campaign, DEFAULT_WINDOW_SECS, Partner};
 use crate::attribution::{MAX_LEVELS, TreeError, chain, check_parent};
+use crate::body::BoxError;
 use crate::config::{ApiKey, Scope};
 use crate::error::ApiError;
-use crate::server::{App, BoxError};
 
 /// Longest partner or campaign name, in bytes.
 pub const MAX_NAME_LEN: usize = 256;
@@ -36,7 +37,8 @@ where
         parent_id,
         name,
     };
-    match check_parent(app.store.as_ref(), &partner).await? {
+    let store = app.store.as_ref();
+    match check_parent(&partner, |id| async move { store.get_partner(&id).await }).await? {
         Ok(()) => {}
         Err(TreeError::ParentMissing) => {
             return Err(ApiError::field("parent_id", "no partner has this id"));
@@ -55,7 +57,8 @@ where
 }
 
 async fn partner_json(app: &App, p: &Partner) -> Result<serde_json::Value, ApiError> {
-    let chain = chain(app.store.as_ref(), &p.id).await?;
+    let store = app.store.as_ref();
+    let chain = chain(&p.id, |id| async move { store.get_partner(&id).await }).await?;
     Ok(json!({"id": p.id, "parent_id": p.parent_id, "name": p.name, "chain": chain}))
 }
 

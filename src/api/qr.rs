@@ -10,11 +10,12 @@ use image::ImageEncoder;
 use qrcode::{Color, EcLevel, QrCode};
 
 use super::{ApiResult, query_pairs, require};
+use crate::app::App;
+use crate::body::Body;
 use crate::config::{ApiKey, Scope};
 use crate::error::{ApiError, FieldError};
 use crate::link::code::is_code_shaped;
 use crate::link::short_url;
-use crate::server::{App, Body};
 
 pub const MIN_SIZE: u32 = 64;
 pub const MAX_SIZE: u32 = 4096;

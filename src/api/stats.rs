@@ -5,11 +5,11 @@ use http::StatusCode;
 use serde_json::{Value, json};
 
 use super::{ApiResult, ok_json, query_pairs, require};
+use crate::app::App;
 use crate::attribution::model::RankBy;
 use crate::config::{ApiKey, Scope};
 use crate::error::{ApiError, FieldError};
 use crate::link::code::is_code_shaped;
-use crate::server::App;
 
 /// Leaderboard length: default and maximum.
 pub const DEFAULT_RANKS: usize = 10;

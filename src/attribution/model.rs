@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use crate::click::event::InlineCode;
-use crate::resolve::cache::Xxh3State;
+use crate::hash::Xxh3State;
+use crate::link::code::InlineCode;
 use crate::time::format_rfc3339;
 
 /// How a lead was opened.

@@ -12,10 +12,10 @@ use sha2::Sha256;
 use siphasher::sip128::{Hasher128, SipHasher13};
 
 use super::Agent;
-use crate::attribution::model::{ChainLevel, LeadSource};
-use crate::link::LinkKind;
+use crate::attribution::model::{ChainLevel, Conversion, Lead, LeadSource};
 use crate::link::click_id::RawClickId;
-use crate::resolve::LinkState;
+use crate::link::code::InlineCode;
+use crate::link::{LinkKind, LinkState};
 
 /// Longest user agent or referer kept in an event, in bytes.
 pub const MAX_HEADER_IN_EVENT: usize = 256;
@@ -49,54 +49,6 @@ impl ClickRecord {
 
     pub fn click_id(&self) -> String {
         self.click.to_id(self.code())
-    }
-}
-
-/// A code (at most 64 bytes) stored inline.
-#[derive(Clone, Copy)]
-pub struct InlineCode {
-    len: u8,
-    bytes: [u8; 64],
-}
-
-impl InlineCode {
-    pub fn new(code: &str) -> Self {
-        let mut bytes = [0u8; 64];
-        let len = code.len().min(64);
-        bytes[..len].copy_from_slice(&code.as_bytes()[..len]);
-        Self { len: len as u8, bytes }
-    }
-
-    pub fn as_str(&self) -> &str {
-        // Codes are ASCII (validated), so any prefix is valid UTF-8.
-        std::str::from_utf8(self.as_bytes()).unwrap_or("")
-    }
-
-    /// The code's bytes, without the UTF-8 check of [`InlineCode::as_str`] (for JSON, keys, hashing).
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..self.len as usize]
-    }
-}
-
-/// Equal when the codes are: the unused tail is not compared.
-impl PartialEq for InlineCode {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_bytes() == other.as_bytes()
-    }
-}
-
-impl Eq for InlineCode {}
-
-/// Hashes the code's bytes only (a batch's counters are keyed by code, without a `String` each).
-impl std::hash::Hash for InlineCode {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        state.write(self.as_bytes());
-    }
-}
-
-impl std::fmt::Debug for InlineCode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -194,6 +146,40 @@ impl Event {
         Self::at(id, event_type, crate::time::format_rfc3339(ts))
     }
 
+    /// The `lead` event of a lead (`kind`: its link's).
+    pub fn lead(lead: &Lead, kind: Option<LinkKind>) -> Self {
+        let mut e = Self::new(lead.lead_id.clone(), EventType::Lead, lead.created_at);
+        e.code = Some(lead.code.clone());
+        e.campaign_id = lead.campaign_id.clone();
+        e.owner_id = lead.owner_id.clone();
+        e.recipient_id = lead.recipient_id.clone();
+        e.kind = kind;
+        e.lead_id = Some(lead.lead_id.clone());
+        e.click_id = Some(lead.click_id.clone());
+        e.source = Some(lead.source);
+        e
+    }
+
+    /// The `conversion` event of a conversion (`kind`: its link's).
+    pub fn conversion(c: &Conversion, kind: Option<LinkKind>) -> Self {
+        let mut e = Self::new(c.conversion_id.clone(), EventType::Conversion, c.created_at);
+        e.code = c.code.clone();
+        e.campaign_id = c.campaign_id.clone();
+        e.owner_id = c.owner_id.clone();
+        e.recipient_id = c.recipient_id.clone();
+        e.kind = kind;
+        e.click_id = c.click_id.clone();
+        e.lead_id = c.lead_id.clone();
+        e.conversion_id = Some(c.conversion_id.clone());
+        e.order_id = Some(c.order_id.clone());
+        e.conversion_type = Some(c.conversion_type.clone());
+        e.amount = Some(c.amount);
+        e.currency = c.currency.clone();
+        e.attributed = Some(c.attributed);
+        e.chain = Some(c.chain.clone());
+        e
+    }
+
     /// Like [`Event::new`], with the timestamp already formatted.
     pub fn at(id: String, event_type: EventType, ts: String) -> Self {
         Self {
@@ -223,14 +209,6 @@ impl Event {
             attributed: None,
             chain: None,
         }
-    }
-}
-
-pub fn state_str(s: LinkState) -> &'static str {
-    match s {
-        LinkState::Active => "active",
-        LinkState::Expired => "expired",
-        LinkState::Disabled => "disabled",
     }
 }
 

@@ -1,6 +1,6 @@
 //! Short codes: generated ones (CSPRNG, base62, unguessable) and custom ones (validated).
 
-use crate::error::FieldError;
+use crate::field::FieldError;
 
 /// Length of generated codes. 62^8 ≈ 2.2e14: with 10 million live links a random guess hits one
 /// with probability ≈ 5e-8, and a collision on minting (retried) is about as rare.
@@ -52,6 +52,54 @@ pub fn validate_custom(code: &str) -> Result<(), FieldError> {
         return Err(FieldError::new("code", format!("`{code}` is reserved")));
     }
     Ok(())
+}
+
+/// A code (at most 64 bytes) stored inline.
+#[derive(Clone, Copy)]
+pub struct InlineCode {
+    len: u8,
+    bytes: [u8; 64],
+}
+
+impl InlineCode {
+    pub fn new(code: &str) -> Self {
+        let mut bytes = [0u8; 64];
+        let len = code.len().min(64);
+        bytes[..len].copy_from_slice(&code.as_bytes()[..len]);
+        Self { len: len as u8, bytes }
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Codes are ASCII (validated), so any prefix is valid UTF-8.
+        std::str::from_utf8(self.as_bytes()).unwrap_or("")
+    }
+
+    /// The code's bytes, without the UTF-8 check of [`InlineCode::as_str`] (for JSON, keys, hashing).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+/// Equal when the codes are: the unused tail is not compared.
+impl PartialEq for InlineCode {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for InlineCode {}
+
+/// Hashes the code's bytes only (a batch's counters are keyed by code, without a `String` each).
+impl std::hash::Hash for InlineCode {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write(self.as_bytes());
+    }
+}
+
+impl std::fmt::Debug for InlineCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 use serde_json::{Map, Value};
 
 use super::{Link, LinkKind, code, dest};
-use crate::error::FieldError;
+use crate::field::FieldError;
 
 /// Longest campaign, owner or recipient id, in bytes.
 pub const MAX_ID_LEN: usize = 128;

@@ -53,6 +53,25 @@ impl LinkKind {
     }
 }
 
+/// What a link's state is at a given instant (before `max_clicks`, which the resolver counts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    Active,
+    Expired,
+    Disabled,
+}
+
+impl LinkState {
+    /// The state as events show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Expired => "expired",
+            Self::Disabled => "disabled",
+        }
+    }
+}
+
 /// A short link as stored. Times are Unix seconds; the API shows them as RFC 3339.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Link {

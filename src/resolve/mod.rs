@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use tokio::sync::OnceCell;
 
-pub use self::cache::{CachedLink, Interner, LinkState, ShardedCache, code_hash};
+pub use self::cache::{CachedLink, Interner, ShardedCache};
+pub use crate::hash::code_hash;
 use crate::link::Link;
 use crate::metrics::CacheMetrics;
 use crate::store::{Invalidation, Store, StoreError};
@@ -42,10 +43,10 @@ type Inflight = Arc<OnceCell<Option<Arc<Link>>>>;
 
 pub struct Resolver {
     cache: ShardedCache,
-    negative: DashMap<u64, Instant, cache::PassThrough>,
+    negative: DashMap<u64, Instant, crate::hash::PassThrough>,
     inflight: DashMap<Box<str>, Inflight>,
     /// Human taps counted here, for links with `max_clicks` only.
-    human_clicks: DashMap<u64, AtomicU32, cache::PassThrough>,
+    human_clicks: DashMap<u64, AtomicU32, crate::hash::PassThrough>,
     interner: Interner,
     /// Bumped by every invalidation, so a store read that raced one is not cached.
     epoch: AtomicU64,
@@ -56,7 +57,7 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    pub fn new(store: Arc<dyn Store>) -> Arc<Self> {
+    pub fn new(store: Arc<dyn Store>, metrics: CacheMetrics) -> Arc<Self> {
         let resolver = Arc::new(Self {
             cache: ShardedCache::new(),
             negative: DashMap::with_hasher(Default::default()),
@@ -65,7 +66,7 @@ impl Resolver {
             interner: Interner::default(),
             epoch: AtomicU64::new(0),
             generation: AtomicU32::new(0),
-            metrics: CacheMetrics::default(),
+            metrics,
             store: store.clone(),
         });
         let weak = Arc::downgrade(&resolver);
@@ -79,10 +80,6 @@ impl Resolver {
 
     pub fn interner(&self) -> &Interner {
         &self.interner
-    }
-
-    pub fn metrics(&self) -> &CacheMetrics {
-        &self.metrics
     }
 
     pub fn cached_links(&self) -> usize {
@@ -99,22 +96,22 @@ impl Resolver {
             .with(hash, code, |l| (l.generation() == generation).then(|| f(l)))
         {
             Some(Some(r)) => {
-                self.metrics.hits.fetch_add(1, Ordering::Relaxed);
+                self.metrics.hits.increment(1);
                 return Lookup::Hit(r);
             }
             Some(None) => {
-                self.metrics.misses.fetch_add(1, Ordering::Relaxed);
+                self.metrics.misses.increment(1);
                 return Lookup::Miss;
             }
             None => {}
         }
         match self.negative.get(&hash) {
             Some(until) if *until > Instant::now() => {
-                self.metrics.negative_hits.fetch_add(1, Ordering::Relaxed);
+                self.metrics.negative_hits.increment(1);
                 Lookup::Unknown
             }
             _ => {
-                self.metrics.misses.fetch_add(1, Ordering::Relaxed);
+                self.metrics.misses.increment(1);
                 Lookup::Miss
             }
         }
@@ -139,7 +136,7 @@ impl Resolver {
         let result = cell
             .get_or_try_init(|| async {
                 let epoch = self.epoch.load(Ordering::Acquire);
-                self.metrics.store_reads.fetch_add(1, Ordering::Relaxed);
+                self.metrics.store_reads.increment(1);
                 let link = self.store.get_link(code).await?;
                 if self.epoch.load(Ordering::Acquire) == epoch {
                     self.remember(code, link.as_ref());

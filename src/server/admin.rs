@@ -10,7 +10,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use super::{App, Body};
+use crate::app::App;
+use crate::body::Body;
 
 /// Serves the admin routes until `shutdown` resolves.
 pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
@@ -40,7 +41,7 @@ pub fn answer(app: &App, method: &Method, path: &str) -> Response<Body> {
         (&Method::GET, "/metrics") => (
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            crate::metrics::render(app).into_bytes(),
+            app.render_metrics().into_bytes(),
         ),
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain; charset=utf-8", b"ok\n".to_vec()),
         _ => (

@@ -4,9 +4,10 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
+use http::{Method, Request, Response, StatusCode};
 
-use super::{App, Body};
+use crate::app::App;
+use crate::body::{Body, BoxError, text};
 use crate::error::ApiError;
 use crate::metrics::RouteClass;
 
@@ -17,7 +18,7 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(1);
 pub async fn route<B>(app: &App, req: Request<B>, peer: Option<std::net::IpAddr>) -> Response<Body>
 where
     B: http_body::Body<Data = Bytes>,
-    B::Error: Into<crate::server::BoxError>,
+    B::Error: Into<BoxError>,
 {
     let path = req.uri().path();
     let get_like = matches!(*req.method(), Method::GET | Method::HEAD);
@@ -29,7 +30,7 @@ where
         return resp;
     }
     if !get_like {
-        let resp = json_error(&ApiError::method_not_allowed());
+        let resp = ApiError::method_not_allowed().response();
         app.metrics.record(RouteClass::Redirect, resp.status());
         return resp;
     }
@@ -41,9 +42,7 @@ where
         _ => {
             let started = Instant::now();
             let resp = crate::redirect::handle(app, &req, peer).await;
-            app.metrics
-                .redirect_latency
-                .observe(started.elapsed().as_micros() as u64);
+            app.metrics.redirect_duration.record(started.elapsed().as_secs_f64());
             (RouteClass::Redirect, resp)
         }
     };
@@ -59,35 +58,6 @@ async fn readyz(app: &App) -> Response<Body> {
         Ok(Ok(())) => text(StatusCode::OK, "ready\n"),
         _ => text(StatusCode::SERVICE_UNAVAILABLE, "store unreachable\n"),
     }
-}
-
-pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut r = Response::new(Body::from_static(body.as_bytes()));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
-}
-
-pub fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
-    let mut r = Response::new(Body::from(body));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-pub fn json_error(e: &ApiError) -> Response<Body> {
-    let mut r = json(e.status(), e.body());
-    if let Some(secs) = e.retry_after {
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
-    }
-    r
 }
 
 /// A HEAD answer: the same status and headers, no body.

@@ -119,7 +119,7 @@ pub(crate) fn counter_updates(delta: &CounterDelta, mut command: impl FnMut(&[&[
     let mut hincr = |key: &[u8], s: &Stats, command: &mut dyn FnMut(&[&[u8]])| {
         for (field, v) in s.nonzero() {
             number.clear();
-            crate::stream::resp::push_signed(&mut number, v);
+            crate::resp::push_signed(&mut number, v);
             command(&[b"HINCRBY", key, field.as_bytes(), &number]);
         }
     };
@@ -165,9 +165,9 @@ fn click_array_updates(clicks: &mut Vec<(u64, i64, i64)>, command: &mut dyn FnMu
             for (at, n) in [(slot, human), (slot + 1, bot)] {
                 if n != 0 {
                     text.push(b'#');
-                    crate::stream::resp::push_decimal(&mut text, at);
+                    crate::resp::push_decimal(&mut text, at);
                     ends.push(text.len());
-                    crate::stream::resp::push_signed(&mut text, n);
+                    crate::resp::push_signed(&mut text, n);
                     ends.push(text.len());
                 }
             }
@@ -838,7 +838,7 @@ impl RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::click::event::InlineCode;
+    use crate::link::code::InlineCode;
 
     #[test]
     fn taps_are_grouped_by_counter_array_and_none_is_lost() {

@@ -9,8 +9,9 @@
 
 use std::collections::HashSet;
 
-use crate::attribution::model::{CounterDelta, Lead, LeadSource, Stats};
-use crate::click::event::{ClickRecord, IpHasher, state_str};
+use crate::attribution::leads::{Tap, lead_for_tap, opens_lead};
+use crate::attribution::model::{CounterDelta, Lead, Stats};
+use crate::click::event::{ClickRecord, IpHasher};
 use crate::click::{Agent, Event, EventType};
 use crate::link::LinkKind;
 use crate::resolve::Interner;
@@ -103,17 +104,17 @@ impl Batch {
             EventType::Click => {
                 let human = e.agent == Some(Agent::Human);
                 self.counters.add(code, campaign, owner, click_stats(human));
-                if let (true, Some(code), Some(click_id)) = (human, code, &e.click_id) {
+                if let (Some(code), Some(click_id)) = (code, &e.click_id) {
                     let ts = crate::time::parse_rfc3339(&e.ts).unwrap_or_else(crate::time::now_secs);
                     let tap = Tap {
                         code,
                         campaign,
                         owner,
                         recipient: e.recipient_id.as_deref(),
-                        kind: e.kind,
+                        human,
                         ts,
                     };
-                    self.candidate(&tap, || click_id.clone());
+                    self.candidate(&tap, e.kind, || click_id.clone());
                 }
             }
             EventType::Lead => self.counters.add(code, campaign, owner, LEAD),
@@ -168,7 +169,7 @@ impl Batch {
         } else {
             b"\",\"bot\":true,\"state\":\""
         });
-        j.extend_from_slice(state_str(c.state).as_bytes());
+        j.extend_from_slice(c.state.as_str().as_bytes());
         j.push(b'"');
         if let Some(ua) = &c.user_agent {
             j.extend_from_slice(b",\"user_agent\":");
@@ -193,47 +194,34 @@ impl Batch {
         self.counters
             .add_seq(Some((&c.code, c.seq)), campaign, owner, click_stats(human));
         // Only a personalised link opens a lead: no candidate (and no click id copy) otherwise.
-        if human && c.recipient.is_some() {
+        if opens_lead(human, c.recipient.as_deref()) {
             let tap = Tap {
                 code: c.code(),
                 campaign,
                 owner,
                 recipient: c.recipient.as_deref(),
-                kind: Some(c.kind),
+                human,
                 ts: c.ts,
             };
             let click_id = &self.json[click_start..click_end];
             let click_id = String::from_utf8_lossy(click_id).into_owned();
-            self.candidate(&tap, || click_id);
+            self.candidate(&tap, Some(c.kind), || click_id);
         }
     }
 
-    /// Records a lead candidate for a human tap on a personalised link, once per link per batch.
-    fn candidate(&mut self, tap: &Tap, click_id: impl FnOnce() -> String) {
-        let Some(recipient) = tap.recipient else { return };
-        if !self.candidate_codes.insert(tap.code.to_string()) {
+    /// Records the lead candidate of a tap (if it is one), once per link per batch.
+    fn candidate(&mut self, tap: &Tap, kind: Option<LinkKind>, click_id: impl FnOnce() -> String) {
+        if !opens_lead(tap.human, tap.recipient) || !self.candidate_codes.insert(tap.code.to_string()) {
             return;
         }
-        self.candidates.push(Candidate {
-            lead: Lead {
-                lead_id: new_lead_id(),
-                code: tap.code.to_string(),
-                campaign_id: tap.campaign.map(String::from),
-                owner_id: tap.owner.map(String::from),
-                recipient_id: Some(recipient.to_string()),
-                click_id: click_id(),
-                source: LeadSource::Click,
-                attributes: None,
-                created_at: tap.ts,
-                seq: 0,
-            },
-            kind: tap.kind,
-        });
+        if let Some(lead) = lead_for_tap(tap, click_id) {
+            self.candidates.push(Candidate { lead, kind });
+        }
     }
 
     /// Adds the lead event of a lead this batch opened (or re-emits on replay).
     pub fn push_lead(&mut self, lead: &Lead, kind: Option<LinkKind>) {
-        self.push_event(&lead_event(lead, kind));
+        self.push_event(&Event::lead(lead, kind));
     }
 
     /// Drops everything after the first `n` events (the leads added before a failed delivery).
@@ -244,16 +232,6 @@ impl Batch {
             self.json.truncate(end);
         }
     }
-}
-
-/// What a candidate lead needs from a tap, whichever way the tap arrived.
-struct Tap<'a> {
-    code: &'a str,
-    campaign: Option<&'a str>,
-    owner: Option<&'a str>,
-    recipient: Option<&'a str>,
-    kind: Option<LinkKind>,
-    ts: i64,
 }
 
 const LEAD: Stats = Stats {
@@ -328,25 +306,6 @@ impl BatchMemo {
     fn name(&self, id: u32) -> &Name {
         self.names[id as usize].as_ref().expect("prepared before use")
     }
-}
-
-/// A fresh lead id: `ld_` and 16 base62 characters from the CSPRNG.
-pub fn new_lead_id() -> String {
-    format!("ld_{}", crate::link::code::generate_codes(2).concat())
-}
-
-/// The `lead` event of a lead.
-pub fn lead_event(lead: &Lead, kind: Option<LinkKind>) -> Event {
-    let mut e = Event::new(lead.lead_id.clone(), EventType::Lead, lead.created_at);
-    e.code = Some(lead.code.clone());
-    e.campaign_id = lead.campaign_id.clone();
-    e.owner_id = lead.owner_id.clone();
-    e.recipient_id = lead.recipient_id.clone();
-    e.kind = kind;
-    e.lead_id = Some(lead.lead_id.clone());
-    e.click_id = Some(lead.click_id.clone());
-    e.source = Some(lead.source);
-    e
 }
 
 #[cfg(test)]

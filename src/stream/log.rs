@@ -7,7 +7,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use super::super::click::Event;
+use crate::click::Event;
 
 /// Size at which the event log starts a new file.
 pub const LOG_ROTATE_BYTES: u64 = 64 * 1024 * 1024;

@@ -1,25 +1,25 @@
 //! Stream: events downstream, and nothing accepted lost.
 //!
-//! The redirect path and the API hand events to [`EventPipeline::try_send`] (never awaiting).
-//! One [`batcher`] task drains the queue into a [`Batch`] (each event's JSON encoded once, the
+//! The redirect path and the API hand events to the click queue ([`crate::click::EventQueue`],
+//! never awaiting). One [`batcher`] task drains it into a [`Batch`] (each event's JSON encoded once, the
 //! counter increments, the lead candidates), opens leads for first human taps, and hands the batch
 //! to an [`EventSink`]: [`RedisStreamSink`] (one pipeline of `XADD`s, one `XTRIM … MAXLEN ~` and
-//! the counter updates, on its own [`resp`] connection) or [`LogSink`] (the embedded event log plus counters in
+//! the counter updates, on its own [`crate::resp`] connection) or [`LogSink`] (the embedded event log plus counters in
 //! redb). When the sink fails, the batch's JSON lines go to the [`log::Spool`] and are replayed, in
 //! order, once the sink answers.
 
 pub mod batch;
 pub mod batcher;
 pub mod log;
-pub mod resp;
 
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
 pub use self::batch::Batch;
-pub use self::batcher::EventPipeline;
+pub use self::batcher::{BatcherParts, Delivery};
 use crate::click::EventType;
+use crate::resp;
 use crate::store::{EmbeddedStore, Store, StoreError};
 
 /// Default approximate cap of the Redis Stream (`XTRIM … MAXLEN ~` after each batch;

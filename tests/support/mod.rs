@@ -14,8 +14,9 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use linkgate::app::App;
 use linkgate::config::Config;
-use linkgate::server::{self, App};
+use linkgate::server;
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -494,4 +495,14 @@ where
         assert!(Instant::now() < deadline, "{what} did not happen within {within:?}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// The value of the sample `series` (a metric name with its labels, as exposed) in `app`'s
+/// Prometheus text; 0 when absent.
+pub fn metric(app: &App, series: &str) -> f64 {
+    app.render_metrics()
+        .lines()
+        .filter_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .find_map(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
 }

@@ -1,9 +1,10 @@
 use std::net::IpAddr;
 
 use super::*;
-use crate::click::event::{HeaderJson, InlineCode, MAX_HEADER_IN_EVENT, header_json};
+use crate::click::event::{HeaderJson, MAX_HEADER_IN_EVENT, header_json};
+use crate::link::LinkState;
 use crate::link::click_id::ClickSigner;
-use crate::resolve::LinkState;
+use crate::link::code::InlineCode;
 
 const TS: i64 = 1_795_507_200;
 
@@ -39,7 +40,7 @@ fn as_event(c: &ClickRecord, ip: &mut IpHasher, interner: &Interner) -> Event {
     e.synthetic = c.synthetic;
     e.agent = Some(c.agent);
     e.bot = Some(c.agent != Agent::Human);
-    e.state = Some(state_str(c.state).to_string());
+    e.state = Some(c.state.as_str().to_string());
     // The JSON text the record carries is the header's truncated text, encoded.
     let text = |h: &Option<HeaderJson>| h.as_deref().map(|j| serde_json::from_str::<String>(j).unwrap());
     e.user_agent = text(&c.user_agent);

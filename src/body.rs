@@ -5,8 +5,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::{Response, StatusCode, header};
 use http_body::{Frame, SizeHint};
 use tokio::sync::mpsc;
+
+/// The error type request bodies convert into.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub enum Body {
     Full(Option<Bytes>),
@@ -71,4 +75,23 @@ impl http_body::Body for Body {
             Body::Channel(_) => SizeHint::default(),
         }
     }
+}
+
+/// A plain-text answer.
+pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    with_type(status, Body::from_static(body.as_bytes()), "text/plain; charset=utf-8")
+}
+
+/// A JSON answer (`body` is already encoded).
+pub fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    with_type(status, Body::from(body), "application/json")
+}
+
+/// An answer of `status` with `body` of `content_type`.
+pub fn with_type(status: StatusCode, body: Body, content_type: &'static str) -> Response<Body> {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    r
 }

@@ -1,0 +1,138 @@
+//! The application: everything a handler needs, assembled once from a [`Config`].
+//!
+//! [`App::build`] opens the store and the event sink the config names (Redis, or the embedded
+//! redb file and event log), provisions embedded-mode secrets ([`provision`]), registers the
+//! metrics and starts the batcher. Handlers receive `&App`; the server only accepts, routes and
+//! drains.
+
+mod provision;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::click::EventQueue;
+use crate::config::{ApiKey, Config};
+use crate::limit::RateLimiter;
+use crate::link::click_id::ClickSigner;
+use crate::metrics::Metrics;
+use crate::resolve::Resolver;
+use crate::shutdown::Readiness;
+use crate::store::{EmbeddedStore, RedisStore, Store};
+use crate::stream::log::{EventLog, LOG_ROTATE_BYTES, Spool};
+use crate::stream::{BatcherParts, Delivery, EventSink, LogSink, RedisStreamSink};
+
+/// How often histogram samples are folded into their buckets between scrapes.
+pub const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Everything a handler needs, built once at start-up.
+pub struct App {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub resolver: Arc<Resolver>,
+    pub signer: ClickSigner,
+    pub api_keys: Vec<ApiKey>,
+    /// `LINKGATE_API_RATE_LIMIT`, when set.
+    pub rate_limiter: Option<RateLimiter>,
+    pub readiness: Readiness,
+    /// Where taps, leads and conversions go; `None` only in benchmarks that measure the redirect
+    /// without recording.
+    pub events: Option<Arc<EventQueue>>,
+    /// The batcher draining `events`.
+    delivery: Option<Delivery>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl App {
+    /// Opens the store and event sink named by the config, provisions embedded-mode secrets and
+    /// starts the batcher. Must run inside a Tokio runtime.
+    pub async fn build(config: Config) -> anyhow::Result<Arc<Self>> {
+        let (store, sink): (Arc<dyn Store>, Arc<dyn EventSink>) = match &config.redis_url {
+            Some(url) => {
+                let redis = Arc::new(RedisStore::connect(url).await?);
+                let sink = RedisStreamSink::new(url, &config.stream, config.stream_maxlen);
+                (redis, Arc::new(sink))
+            }
+            None => {
+                let embedded = Arc::new(EmbeddedStore::open(&config.data_dir)?);
+                let log = EventLog::open(&config.data_dir, LOG_ROTATE_BYTES)?;
+                let sink = LogSink {
+                    log: Arc::new(std::sync::Mutex::new(log)),
+                    store: embedded.clone(),
+                };
+                (embedded, Arc::new(sink))
+            }
+        };
+        let api_keys = provision::api_keys(&config)?;
+        let click_secret = provision::click_secret(&config)?;
+        let spool = Spool::open(&config.data_dir)?;
+        let mut app = Self::assemble(config, store, api_keys, &click_secret);
+        app.start_events(sink, spool, click_secret);
+        let upkeep = Arc::downgrade(&app.metrics);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                match upkeep.upgrade() {
+                    Some(m) => m.run_upkeep(),
+                    None => break,
+                }
+            }
+        });
+        Ok(Arc::new(app))
+    }
+
+    /// Starts recording: the click queue, and the batcher that delivers it to `sink` (spooling
+    /// to `spool` what the sink does not take). Must run inside a Tokio runtime.
+    pub fn start_events(&mut self, sink: Arc<dyn EventSink>, spool: Spool, ip_secret: Vec<u8>) {
+        let metrics = self.metrics.events(sink.name());
+        let queue = Arc::new(EventQueue::new(metrics.clone()));
+        let parts = BatcherParts {
+            sink,
+            store: self.store.clone(),
+            resolver: self.resolver.clone(),
+            spool,
+            ip_secret,
+            metrics,
+        };
+        self.delivery = Some(Delivery::start(queue.clone(), parts));
+        self.events = Some(queue);
+    }
+
+    /// An app without event recording (benchmarks of the bare redirect).
+    pub fn assemble(config: Config, store: Arc<dyn Store>, api_keys: Vec<ApiKey>, click_secret: &[u8]) -> Self {
+        let metrics = Arc::new(Metrics::new());
+        let app = Self {
+            resolver: Resolver::new(store.clone(), metrics.cache.clone()),
+            store,
+            signer: ClickSigner::new(click_secret),
+            api_keys,
+            rate_limiter: config.api_rate_limit.map(RateLimiter::new),
+            readiness: Readiness::default(),
+            events: None,
+            delivery: None,
+            metrics,
+            config,
+        };
+        app.readiness.set(true);
+        app
+    }
+
+    /// The Prometheus text exposition of this app's metrics, with the sampled gauges read now.
+    pub fn render_metrics(&self) -> String {
+        self.metrics.cache_links.set(self.resolver.cached_links() as f64);
+        if let Some(q) = &self.events {
+            q.sample_depth();
+        }
+        self.metrics.render()
+    }
+
+    /// Flushes every queued event to the sink or the spool, waiting at most `deadline`. Returns
+    /// whether the batcher finished in time.
+    pub async fn flush_events(&self, deadline: Duration) -> bool {
+        match &self.delivery {
+            Some(d) => d.shutdown(deadline).await,
+            None => true,
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! Hashers shared by the cache, the resolver's side maps and the batcher's per-batch maps.
+//!
+//! The design card's `xxhash-rust` is used through the one-shot `xxh3_64` functions: its
+//! streaming `Xxh3Builder` made map lookups several times slower here (see `loadtest/optimisations.md`).
+
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+
+/// Hash of a code, as used for cache keys.
+#[inline]
+pub fn code_hash(code: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(code.as_bytes())
+}
+
+/// A hasher for keys that already are xxh3 hashes.
+#[derive(Default, Clone, Copy)]
+pub struct PassThroughHasher(u64);
+
+impl Hasher for PassThroughHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed here; fold anything else deterministically.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ b as u64;
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+pub type PassThrough = BuildHasherDefault<PassThroughHasher>;
+
+/// Hashes string keys with one-shot xxh3, seeded at random per map so that keys cannot be chosen
+/// to collide: for the batcher's per-batch maps, where std's SipHash was a visible cost.
+#[derive(Clone)]
+pub struct Xxh3State(u64);
+
+impl Default for Xxh3State {
+    fn default() -> Self {
+        Self(std::collections::hash_map::RandomState::new().hash_one(0u8))
+    }
+}
+
+impl BuildHasher for Xxh3State {
+    type Hasher = Xxh3Hasher;
+    fn build_hasher(&self) -> Xxh3Hasher {
+        Xxh3Hasher(self.0)
+    }
+}
+
+pub struct Xxh3Hasher(u64);
+
+impl Hasher for Xxh3Hasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.0);
+    }
+    /// The terminator `str` writes after its bytes: mixed in without another xxh3 call.
+    fn write_u8(&mut self, i: u8) {
+        self.0 = (self.0 ^ u64::from(i)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
