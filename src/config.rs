@@ -117,24 +117,102 @@ fn bad(var: &'static str, message: impl Into<String>) -> ConfigError {
     }
 }
 
-/// Every variable `Config` reads, with its default.
-pub const VARS: &[(&str, Option<&str>)] = &[
-    ("LINKGATE_LISTEN", Some("0.0.0.0:8080")),
-    ("LINKGATE_ADMIN_LISTEN", Some("127.0.0.1:9090")),
-    ("LINKGATE_PUBLIC_BASE_URL", Some("http://localhost:8080")),
-    ("LINKGATE_REDIS_URL", None),
-    ("LINKGATE_DATA_DIR", Some("./data")),
-    ("LINKGATE_API_KEYS", None),
-    ("LINKGATE_CLICK_SECRET", None),
-    ("LINKGATE_STREAM", Some("linkgate:events")),
-    ("LINKGATE_NOT_FOUND_URL", None),
-    ("LINKGATE_DEST_ALLOWLIST", None),
-    ("LINKGATE_SYNTHETIC_TOKEN", None),
-    ("LINKGATE_DRAIN_TIMEOUT", Some("20s")),
-    ("LINKGATE_LOG_FORMAT", Some("text")),
-    ("LINKGATE_API_RATE_LIMIT", None),
-    ("LINKGATE_STREAM_MAXLEN", Some("1000000")),
+/// One setting: its environment variable (also, lower-cased and dashed, its `linkgate serve`
+/// flag), its default, and what it means.
+pub struct Var {
+    pub name: &'static str,
+    pub default: Option<&'static str>,
+    pub help: &'static str,
+}
+
+impl Var {
+    /// The `linkgate serve` flag: `LINKGATE_DATA_DIR` → `data-dir`.
+    pub fn flag(&self) -> String {
+        self.name
+            .trim_start_matches("LINKGATE_")
+            .to_ascii_lowercase()
+            .replace('_', "-")
+    }
+}
+
+const fn var(name: &'static str, default: Option<&'static str>, help: &'static str) -> Var {
+    Var { name, default, help }
+}
+
+/// Every setting `Config` reads: the one table clap's flags and environment lookups, the
+/// defaults, and the README's configuration table come from.
+pub const VARS: &[Var] = &[
+    var("LINKGATE_LISTEN", Some("0.0.0.0:8080"), "public edge and API"),
+    var("LINKGATE_ADMIN_LISTEN", Some("127.0.0.1:9090"), "/metrics"),
+    var(
+        "LINKGATE_PUBLIC_BASE_URL",
+        Some("http://localhost:8080"),
+        "base of short_url and of QR content",
+    ),
+    var("LINKGATE_REDIS_URL", None, "redis://… (unset: embedded mode)"),
+    var(
+        "LINKGATE_DATA_DIR",
+        Some("./data"),
+        "embedded store, event log and spool",
+    ),
+    var(
+        "LINKGATE_API_KEYS",
+        None,
+        "comma-separated `secret` or `secret:scope+scope` (prefer the environment: flags show up in `ps`)",
+    ),
+    var(
+        "LINKGATE_CLICK_SECRET",
+        None,
+        "key of the click ids' MAC; required with Redis (prefer the environment)",
+    ),
+    var("LINKGATE_STREAM", Some("linkgate:events"), "Redis Stream key"),
+    var(
+        "LINKGATE_NOT_FOUND_URL",
+        None,
+        "where unknown codes go instead of the 404 page",
+    ),
+    var("LINKGATE_DEST_ALLOWLIST", None, "host suffixes allowed as destinations"),
+    var(
+        "LINKGATE_SYNTHETIC_TOKEN",
+        None,
+        "token that marks load-test traffic as synthetic",
+    ),
+    var(
+        "LINKGATE_DRAIN_TIMEOUT",
+        Some("20s"),
+        "how long shutdown waits for requests and events",
+    ),
+    var("LINKGATE_LOG_FORMAT", Some("text"), "text or json"),
+    var(
+        "LINKGATE_API_RATE_LIMIT",
+        None,
+        "API requests per second per key (unset or 0: no limit)",
+    ),
+    var(
+        "LINKGATE_STREAM_MAXLEN",
+        Some("1000000"),
+        "approximate cap of the Redis Stream, in entries",
+    ),
 ];
+
+/// The `linkgate serve` arguments: one flag per [`VARS`] entry, each also read from its
+/// environment variable by clap (a flag wins over the environment).
+pub fn serve_args() -> Vec<clap::Arg> {
+    VARS.iter()
+        .map(|v| {
+            let help = match v.default {
+                Some(d) => format!("{} [default: {d}]", v.help),
+                None => v.help.to_string(),
+            };
+            clap::Arg::new(v.flag())
+                .long(v.flag())
+                .env(v.name)
+                .hide_env_values(true)
+                .value_name("VALUE")
+                .help(help)
+        })
+        .collect()
+}
 
 /// Shortest accepted click secret, in bytes.
 pub const MIN_CLICK_SECRET_LEN: usize = 16;
@@ -145,8 +223,8 @@ impl Config {
         let get = |var: &'static str| -> Option<String> {
             lookup(var).filter(|v| !v.trim().is_empty()).or_else(|| {
                 VARS.iter()
-                    .find(|(n, _)| *n == var)
-                    .and_then(|(_, d)| d.map(str::to_string))
+                    .find(|v| v.name == var)
+                    .and_then(|v| v.default.map(str::to_string))
             })
         };
         let addr = |var: &'static str| -> Result<SocketAddr, ConfigError> {
@@ -287,6 +365,15 @@ impl Config {
         })
     }
 
+    /// Builds the config from `linkgate serve`'s parsed arguments ([`serve_args`]: flags, then
+    /// the environment).
+    pub fn from_matches(matches: &clap::ArgMatches) -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| {
+            let v = VARS.iter().find(|v| v.name == name)?;
+            matches.get_one::<String>(&v.flag()).cloned()
+        })
+    }
+
     /// Builds the config from a map (tests).
     pub fn from_map(map: &HashMap<&str, &str>) -> Result<Self, ConfigError> {
         Self::from_lookup(|k| map.get(k).map(|v| v.to_string()))
@@ -372,6 +459,26 @@ mod tests {
             ("LINKGATE_API_KEYS", "0123456789abcdef"),
         ]);
         assert_eq!(Config::from_map(&map).unwrap_err().var, "LINKGATE_CLICK_SECRET");
+    }
+
+    #[test]
+    fn every_setting_is_a_serve_flag() {
+        let cmd = clap::Command::new("serve").args(serve_args());
+        let m = cmd
+            .try_get_matches_from(["serve", "--listen", "127.0.0.1:1234", "--stream-maxlen", "5000"])
+            .unwrap();
+        let c = Config::from_matches(&m).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:1234");
+        assert_eq!(c.stream_maxlen, 5000);
+        assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9090", "the table's default");
+        for v in VARS {
+            assert!(v.name.starts_with("LINKGATE_"), "{}", v.name);
+            let m = clap::Command::new("serve")
+                .args(serve_args())
+                .try_get_matches_from(["serve", &format!("--{}", v.flag()), "x"])
+                .unwrap();
+            assert_eq!(m.get_one::<String>(&v.flag()).map(String::as_str), Some("x"));
+        }
     }
 
     #[test]

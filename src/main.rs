@@ -1,12 +1,9 @@
 //! `linkgate serve`: wiring only. Config → bind → `server::run` until SIGTERM.
 
-use std::collections::HashMap;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-
 use linkgate::app::App;
-use linkgate::config::{Config, LogFormat};
+use linkgate::config::{Config, LogFormat, serve_args};
 use linkgate::server;
 
 /// mimalloc: measured on the redirect path under load, glibc's malloc/free took about 10% of the
@@ -14,97 +11,27 @@ use linkgate::server;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[derive(Parser)]
-#[command(name = "linkgate", version, about = "Short-link redirect and attribution service")]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
+fn serve_command() -> clap::Command {
+    clap::Command::new("serve")
+        .about("Serve the public edge and the API (the default). Each flag overrides its environment variable.")
+        .args(serve_args())
 }
 
-#[derive(Subcommand)]
-enum Command {
-    /// Serve the public edge and the API (the default). Each flag overrides its environment variable.
-    Serve(ServeArgs),
-}
-
-#[derive(clap::Args, Default)]
-struct ServeArgs {
-    /// LINKGATE_LISTEN
-    #[arg(long)]
-    listen: Option<String>,
-    /// LINKGATE_ADMIN_LISTEN
-    #[arg(long)]
-    admin_listen: Option<String>,
-    /// LINKGATE_PUBLIC_BASE_URL
-    #[arg(long)]
-    public_base_url: Option<String>,
-    /// LINKGATE_REDIS_URL (unset: embedded mode)
-    #[arg(long)]
-    redis_url: Option<String>,
-    /// LINKGATE_DATA_DIR
-    #[arg(long)]
-    data_dir: Option<String>,
-    /// LINKGATE_API_KEYS (prefer the environment: flags show up in `ps`)
-    #[arg(long)]
-    api_keys: Option<String>,
-    /// LINKGATE_CLICK_SECRET (prefer the environment)
-    #[arg(long)]
-    click_secret: Option<String>,
-    /// LINKGATE_STREAM
-    #[arg(long)]
-    stream: Option<String>,
-    /// LINKGATE_NOT_FOUND_URL
-    #[arg(long)]
-    not_found_url: Option<String>,
-    /// LINKGATE_DEST_ALLOWLIST
-    #[arg(long)]
-    dest_allowlist: Option<String>,
-    /// LINKGATE_SYNTHETIC_TOKEN
-    #[arg(long)]
-    synthetic_token: Option<String>,
-    /// LINKGATE_DRAIN_TIMEOUT
-    #[arg(long)]
-    drain_timeout: Option<String>,
-    /// LINKGATE_LOG_FORMAT (text or json)
-    #[arg(long)]
-    log_format: Option<String>,
-    /// LINKGATE_API_RATE_LIMIT (API requests per second per key; unset: no limit)
-    #[arg(long)]
-    api_rate_limit: Option<String>,
-    /// LINKGATE_STREAM_MAXLEN (approximate cap of the Redis Stream, in entries)
-    #[arg(long)]
-    stream_maxlen: Option<String>,
-}
-
-impl ServeArgs {
-    fn flags(self) -> HashMap<&'static str, String> {
-        [
-            ("LINKGATE_LISTEN", self.listen),
-            ("LINKGATE_ADMIN_LISTEN", self.admin_listen),
-            ("LINKGATE_PUBLIC_BASE_URL", self.public_base_url),
-            ("LINKGATE_REDIS_URL", self.redis_url),
-            ("LINKGATE_DATA_DIR", self.data_dir),
-            ("LINKGATE_API_KEYS", self.api_keys),
-            ("LINKGATE_CLICK_SECRET", self.click_secret),
-            ("LINKGATE_STREAM", self.stream),
-            ("LINKGATE_NOT_FOUND_URL", self.not_found_url),
-            ("LINKGATE_DEST_ALLOWLIST", self.dest_allowlist),
-            ("LINKGATE_SYNTHETIC_TOKEN", self.synthetic_token),
-            ("LINKGATE_DRAIN_TIMEOUT", self.drain_timeout),
-            ("LINKGATE_LOG_FORMAT", self.log_format),
-            ("LINKGATE_API_RATE_LIMIT", self.api_rate_limit),
-            ("LINKGATE_STREAM_MAXLEN", self.stream_maxlen),
-        ]
-        .into_iter()
-        .filter_map(|(k, v)| v.map(|v| (k, v)))
-        .collect()
-    }
+fn cli() -> clap::Command {
+    clap::Command::new("linkgate")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("Short-link redirect and attribution service")
+        .subcommand(serve_command())
 }
 
 fn main() -> ExitCode {
-    let Command::Serve(args) = Cli::parse().command.unwrap_or(Command::Serve(ServeArgs::default()));
-    let flags = args.flags();
-    let config = match Config::from_lookup(|var| flags.get(var).cloned().or_else(|| std::env::var(var).ok())) {
+    let matches = cli().get_matches();
+    // `serve` is the default: `linkgate` alone serves with settings from the environment.
+    let args = match matches.subcommand() {
+        Some(("serve", m)) => m.clone(),
+        _ => serve_command().get_matches_from(["serve"]),
+    };
+    let config = match Config::from_matches(&args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("linkgate: invalid configuration: {e}");

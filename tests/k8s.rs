@@ -61,7 +61,7 @@ fn configmap_and_secret_set_only_variables_linkgate_reads() {
     assert!(env.len() >= 10, "read too few entries: {env:?}");
     for key in env.keys().filter(|k| *k != "RUST_LOG") {
         assert!(
-            VARS.iter().any(|(name, _)| name == key),
+            VARS.iter().any(|v| v.name == key),
             "k8s sets {key}, which linkgate does not read"
         );
     }

@@ -77,9 +77,15 @@ async fn metrics_count_known_traffic() {
     }
     // Bucket bounds print as written (`0.000005`), not as binary-float noise
     // (`0.0000049999999999999996`), so dashboards can name a bucket.
-    assert!(text.contains("linkgate_redirect_duration_seconds_bucket{le=\"0.000005\"}"), "{text}");
+    assert!(
+        text.contains("linkgate_redirect_duration_seconds_bucket{le=\"0.000005\"}"),
+        "{text}"
+    );
     for le in text.split("le=\"").skip(1).filter_map(|rest| rest.split('"').next()) {
-        assert!(le == "+Inf" || le.len() <= 8, "bucket bound `{le}` is not printed exactly");
+        assert!(
+            le == "+Inf" || le.len() <= 8,
+            "bucket bound `{le}` is not printed exactly"
+        );
     }
     // Every metric the Grafana dashboard (k8s/) queries is exposed: a renamed metric would leave a
     // panel silently empty.
