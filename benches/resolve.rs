@@ -19,7 +19,7 @@ use linkgate::config::Config;
 use linkgate::link::code::generate_codes;
 use linkgate::link::{Link, LinkKind};
 use linkgate::resolve::{Lookup, Resolver};
-use linkgate::store::{EmbeddedStore, Store};
+use linkgate::store::{EmbeddedStore, LinkStore, Store};
 use linkgate::stream::log::Spool;
 use linkgate::stream::{EventSink, SinkError};
 

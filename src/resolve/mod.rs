@@ -3,7 +3,7 @@
 //! Answered from memory whenever possible: [`ShardedCache`] holds every link seen, and a negative
 //! cache remembers unknown codes for [`NEGATIVE_TTL`] so a scanner trying random codes cannot hammer
 //! the store. A miss reads the store once, however many requests miss on the same code at the same
-//! time (they wait on one shared read). Replicas stay coherent through [`Store::watch_invalidations`]:
+//! time (they wait on one shared read). Replicas stay coherent through [`LinkStore::watch_invalidations`]:
 //! a PATCH or DELETE anywhere removes the code here within a pub/sub round trip. When the
 //! subscription itself was lost, every entry is marked stale (a new generation) rather than dropped:
 //! each is revalidated by its next tap, and served stale if the store cannot answer yet, so a Redis
@@ -23,7 +23,7 @@ pub use self::cache::{CachedLink, Interner, ShardedCache};
 pub use crate::hash::code_hash;
 use crate::link::Link;
 use crate::metrics::CacheMetrics;
-use crate::store::{Invalidation, Store, StoreError};
+use crate::store::{Invalidation, LinkStore, StoreError};
 
 /// How long an unknown code is answered from memory.
 pub const NEGATIVE_TTL: Duration = Duration::from_secs(5);
@@ -53,11 +53,11 @@ pub struct Resolver {
     /// Entries read in an older generation are stale: revalidated on their next tap.
     generation: AtomicU32,
     metrics: CacheMetrics,
-    store: Arc<dyn Store>,
+    store: Arc<dyn LinkStore>,
 }
 
 impl Resolver {
-    pub fn new(store: Arc<dyn Store>, metrics: CacheMetrics) -> Arc<Self> {
+    pub fn new(store: Arc<dyn LinkStore>, metrics: CacheMetrics) -> Arc<Self> {
         let resolver = Arc::new(Self {
             cache: ShardedCache::new(),
             negative: DashMap::with_hasher(Default::default()),

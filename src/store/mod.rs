@@ -1,4 +1,6 @@
-//! Where links live: one narrow trait, two backends with the same behaviour.
+//! Where links and attribution records live: three narrow traits ([`LinkStore`],
+//! [`AttributionStore`], [`CounterStore`]), each implemented by two backends with the same
+//! behaviour, one file per trait.
 //!
 //! - [`RedisStore`]: production; every replica shares it and pub/sub keeps their caches coherent.
 //! - [`EmbeddedStore`]: a redb file in the data directory; the default when no Redis URL is given.
@@ -79,11 +81,9 @@ pub enum Invalidation {
 
 pub type InvalidationHandler = Arc<dyn Fn(Invalidation) + Send + Sync>;
 
+/// Links: what the API mints and changes, and what the resolver reads on a cache miss.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// Whether the store answers (readiness).
-    async fn ping(&self) -> Result<(), StoreError>;
-
+pub trait LinkStore: Send + Sync + 'static {
     async fn get_link(&self, code: &str) -> Result<Option<Link>, StoreError>;
 
     /// Mints `links` in order. An empty `code` gets a generated one. Pairs must be unique within the
@@ -108,7 +108,11 @@ pub trait Store: Send + Sync + 'static {
     /// Starts delivering invalidations from other replicas to `handler`. Single-node stores deliver
     /// nothing: their own changes are invalidated locally by the caller.
     fn watch_invalidations(&self, handler: InvalidationHandler);
+}
 
+/// Attribution records: leads, partners, campaigns, conversions.
+#[async_trait]
+pub trait AttributionStore: Send + Sync + 'static {
     /// Claims each lead atomically by [`Lead::claim_key`]: exactly one lead per key, however many
     /// replicas try at once. A claim already held answers the lead that holds it.
     async fn claim_leads(&self, leads: Vec<Lead>) -> Result<Vec<LeadClaim>, StoreError>;
@@ -123,7 +127,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records `conversion` under its `order_id` unless one is recorded already, which is returned.
     async fn claim_conversion(&self, conversion: &Conversion) -> Result<Option<Conversion>, StoreError>;
+}
 
+/// Counters: the batcher's increments, and the stats and leaderboards read from them.
+#[async_trait]
+pub trait CounterStore: Send + Sync + 'static {
     /// Adds a batch of counter increments.
     async fn apply_counters(&self, delta: &CounterDelta) -> Result<(), StoreError>;
     /// The counters of `link`, as just read from this store (its sequence number locates its
@@ -137,6 +145,13 @@ pub trait Store: Send + Sync + 'static {
         by: RankBy,
         limit: usize,
     ) -> Result<Vec<(String, Stats)>, StoreError>;
+}
+
+/// A whole backend, as the application holds it; callers that need one part take that trait.
+#[async_trait]
+pub trait Store: LinkStore + AttributionStore + CounterStore {
+    /// Whether the store answers (readiness).
+    async fn ping(&self) -> Result<(), StoreError>;
 }
 
 /// One page of leads.

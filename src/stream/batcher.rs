@@ -19,7 +19,7 @@ use crate::click::event::IpHasher;
 use crate::click::{EventQueue, Queued};
 use crate::metrics::EventMetrics;
 use crate::resolve::Resolver;
-use crate::store::Store;
+use crate::store::AttributionStore;
 
 /// Most events delivered in one batch.
 pub const BATCH_MAX: usize = 4096;
@@ -37,7 +37,7 @@ pub const REPLAY_BATCHES_PER_TURN: usize = 16;
 /// What the batcher needs besides its queue.
 pub struct BatcherParts {
     pub sink: Arc<dyn EventSink>,
-    pub store: Arc<dyn Store>,
+    pub store: Arc<dyn AttributionStore>,
     pub resolver: Arc<Resolver>,
     pub spool: Spool,
     pub ip_secret: Vec<u8>,
@@ -89,7 +89,7 @@ struct Batcher {
     ip: IpHasher,
     spool: Arc<Mutex<Spool>>,
     sink: Arc<dyn EventSink>,
-    store: Arc<dyn Store>,
+    store: Arc<dyn AttributionStore>,
     resolver: Arc<Resolver>,
     /// The last batch, kept for its buffers.
     spare: Batch,

@@ -20,7 +20,7 @@ pub use self::batch::Batch;
 pub use self::batcher::{BatcherParts, Delivery};
 use crate::click::EventType;
 use crate::resp;
-use crate::store::{EmbeddedStore, Store, StoreError};
+use crate::store::{CounterStore, EmbeddedStore, StoreError};
 
 /// Default approximate cap of the Redis Stream (`XTRIM … MAXLEN ~` after each batch;
 /// `LINKGATE_STREAM_MAXLEN`).

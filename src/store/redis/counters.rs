@@ -1,0 +1,311 @@
+//! Counters in Redis: the batcher's increments (hashes, counter arrays, leaderboards) and the
+//! stats read back from them.
+
+use async_trait::async_trait;
+use redis::{AsyncCommands, Value};
+
+use super::*;
+
+/// The commands that add `delta` to the stored counters, each handed to `command` as its
+/// arguments (`HINCRBY key field n`, `ZINCRBY key n owner`, `BITFIELD key INCRBY i64 #slot n …`).
+///
+/// A batch has about one tapped link per event. The clicks of links whose sequence number the
+/// taps carried go into the links' counter arrays, one `BITFIELD` per array per batch instead of
+/// one `HINCRBY` per link: that halved Redis's CPU per event (3.8 → 1.9 µs with 1M links, where
+/// every tap hits another link). What is left per link (leads, conversions, revenue, and clicks
+/// replayed from the spool or counted by the API) goes to the link's hash; its keys and numbers are
+/// written into two reused buffers rather than allocated per command.
+pub(crate) fn counter_updates(delta: &CounterDelta, mut command: impl FnMut(&[&[u8]])) {
+    let mut arrays: Vec<(u64, i64, i64)> = Vec::with_capacity(delta.links.len());
+    let mut number = Vec::with_capacity(20);
+    let mut hincr = |key: &[u8], s: &Stats, command: &mut dyn FnMut(&[&[u8]])| {
+        for (field, v) in s.nonzero() {
+            number.clear();
+            crate::resp::push_signed(&mut number, v);
+            command(&[b"HINCRBY", key, field.as_bytes(), &number]);
+        }
+    };
+    let mut key = Vec::with_capacity(96);
+    for (code, d) in &delta.links {
+        let mut s = d.stats;
+        if d.seq != 0 {
+            arrays.push((d.seq, s.human_clicks, s.bot_clicks));
+            (s.human_clicks, s.bot_clicks) = (0, 0);
+        }
+        // Nearly always so for a tap: nothing left for the hash, no key to build.
+        if s.nonzero().next().is_none() {
+            continue;
+        }
+        link_stats_key_into(&mut key, code.as_bytes());
+        hincr(&key, &s, &mut command);
+    }
+    click_array_updates(&mut arrays, &mut command);
+    for (id, s) in &delta.campaigns {
+        hincr(campaign_stats_key(id).as_bytes(), s, &mut command);
+    }
+    for ((campaign, owner), s) in &delta.owners {
+        for by in [RankBy::Leads, RankBy::Conversions, RankBy::Revenue] {
+            let v = s.get(by.as_str());
+            if v != 0 {
+                let key = leaderboard_key(campaign, by);
+                command(&[b"ZINCRBY", key.as_bytes(), v.to_string().as_bytes(), owner.as_bytes()]);
+            }
+        }
+    }
+}
+
+/// One `BITFIELD … INCRBY` per counter array for `(seq, human, bot)` click increments.
+fn click_array_updates(clicks: &mut Vec<(u64, i64, i64)>, command: &mut dyn FnMut(&[&[u8]])) {
+    group_by_array(clicks);
+    for run in clicks.chunk_by(|a, b| click_slot(a.0).0 == click_slot(b.0).0) {
+        // The slots and numbers of the whole command in one buffer, sliced into arguments after;
+        // sized for the run up front (a tap's `#slot` and count take about 8 bytes), so it rarely
+        // grows by copying.
+        let (mut text, mut ends) = (Vec::with_capacity(run.len() * 16), Vec::with_capacity(run.len() * 2));
+        for &(seq, human, bot) in run {
+            let slot = click_slot(seq).1;
+            for (at, n) in [(slot, human), (slot + 1, bot)] {
+                if n != 0 {
+                    text.push(b'#');
+                    crate::resp::push_decimal(&mut text, at);
+                    ends.push(text.len());
+                    crate::resp::push_signed(&mut text, n);
+                    ends.push(text.len());
+                }
+            }
+        }
+        if ends.is_empty() {
+            continue;
+        }
+        let key = clicks_key(click_slot(run[0].0).0);
+        let mut args: Vec<&[u8]> = Vec::with_capacity(2 + ends.len() * 2);
+        args.extend([b"BITFIELD".as_slice(), key.as_bytes()]);
+        let mut start = 0;
+        for pair in ends.chunks(2) {
+            args.extend([
+                b"INCRBY".as_slice(),
+                b"i64",
+                &text[start..pair[0]],
+                &text[pair[0]..pair[1]],
+            ]);
+            start = pair[1];
+        }
+        command(&args);
+    }
+}
+
+/// Reorders `clicks` so that the taps of each counter array are adjacent, in one counting pass
+/// (increments of distinct slots commute, so no order is needed within an array). Sorting a
+/// 4,096-tap batch by sequence number took about 500 instructions per tap under callgrind.
+fn group_by_array(clicks: &mut Vec<(u64, i64, i64)>) {
+    let array = |c: &(u64, i64, i64)| click_slot(c.0).0;
+    let Some(first) = clicks.first().map(array) else { return };
+    let (lo, hi) = clicks
+        .iter()
+        .map(array)
+        .fold((first, first), |(lo, hi), a| (lo.min(a), hi.max(a)));
+    if lo == hi {
+        return;
+    }
+    let span = (hi - lo) as usize + 1;
+    if span > 4 * clicks.len() {
+        // Arrays far apart (a few very old and very new links): sorting is cheaper than counting.
+        clicks.sort_unstable_by_key(array);
+        return;
+    }
+    let mut next = vec![0usize; span];
+    for c in clicks.iter() {
+        next[(array(c) - lo) as usize] += 1;
+    }
+    let mut at = 0;
+    for n in next.iter_mut() {
+        (*n, at) = (at, at + *n);
+    }
+    let mut grouped = vec![(0, 0, 0); clicks.len()];
+    for c in clicks.iter() {
+        let slot = &mut next[(array(c) - lo) as usize];
+        grouped[*slot] = *c;
+        *slot += 1;
+    }
+    *clicks = grouped;
+}
+
+fn stats_from(map: std::collections::HashMap<String, i64>) -> Stats {
+    let mut s = Stats::default();
+    for (k, v) in map {
+        s.set(&k, v);
+    }
+    s.derive()
+}
+
+#[async_trait]
+impl CounterStore for RedisStore {
+    async fn apply_counters(&self, delta: &CounterDelta) -> Result<(), StoreError> {
+        let mut cmds = Vec::new();
+        counter_updates(delta, |args| {
+            let mut c = redis::Cmd::new();
+            for a in args {
+                c.arg(*a);
+            }
+            cmds.push(c);
+        });
+        self.run_chunked(cmds).await?;
+        Ok(())
+    }
+
+    /// One round trip: the link's hash and, when it has a sequence number, its two slots in its
+    /// counter array (live clicks), which are added to any clicks counted in the hash.
+    async fn link_stats(&self, link: &Link) -> Result<Stats, StoreError> {
+        let mut p = redis::pipe();
+        p.hgetall(link_stats_key(&link.code));
+        if link.seq == 0 {
+            let (hash,): (std::collections::HashMap<String, i64>,) = p.query_async(&mut self.conn().await?).await?;
+            return Ok(stats_from(hash));
+        }
+        let (array, slot) = click_slot(link.seq);
+        p.cmd("BITFIELD")
+            .arg(clicks_key(array))
+            .arg(&["GET", "i64"])
+            .arg(format!("#{slot}"))
+            .arg(&["GET", "i64"])
+            .arg(format!("#{}", slot + 1));
+        let (hash, (human, bot)): (std::collections::HashMap<String, i64>, (i64, i64)) =
+            p.query_async(&mut self.conn().await?).await?;
+        let mut stats = stats_from(hash);
+        stats.human_clicks += human;
+        stats.bot_clicks += bot;
+        Ok(stats.derive())
+    }
+
+    async fn campaign_stats(&self, campaign_id: &str) -> Result<Stats, StoreError> {
+        Ok(stats_from(
+            self.conn().await?.hgetall(campaign_stats_key(campaign_id)).await?,
+        ))
+    }
+
+    async fn leaderboard(
+        &self,
+        campaign_id: &str,
+        by: RankBy,
+        limit: usize,
+    ) -> Result<Vec<(String, Stats)>, StoreError> {
+        let top: Vec<(String, f64)> = redis::cmd("ZREVRANGE")
+            .arg(leaderboard_key(campaign_id, by))
+            .arg(0)
+            .arg(limit.saturating_sub(1))
+            .arg("WITHSCORES")
+            .query_async(&mut self.conn().await?)
+            .await?;
+        let mut cmds = Vec::new();
+        for (owner, _) in &top {
+            for b in [RankBy::Leads, RankBy::Conversions, RankBy::Revenue] {
+                cmds.push(
+                    redis::cmd("ZSCORE")
+                        .arg(leaderboard_key(campaign_id, b))
+                        .arg(owner)
+                        .clone(),
+                );
+            }
+        }
+        let scores = self.run_chunked(cmds).await?;
+        let score = |v: &Value| -> i64 {
+            match v {
+                Value::BulkString(b) => std::str::from_utf8(b)
+                    .ok()
+                    .and_then(|s| s.parse::<f64>().ok())
+                    .unwrap_or(0.0) as i64,
+                Value::Double(d) => *d as i64,
+                Value::Int(i) => *i,
+                _ => 0,
+            }
+        };
+        Ok(top
+            .into_iter()
+            .zip(scores.chunks(3))
+            .map(|((owner, _), s)| {
+                (
+                    owner,
+                    Stats {
+                        leads: score(&s[0]),
+                        conversions: score(&s[1]),
+                        revenue: score(&s[2]),
+                        ..Stats::default()
+                    },
+                )
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::link::code::InlineCode;
+
+    #[test]
+    fn taps_are_grouped_by_counter_array_and_none_is_lost() {
+        let a = CLICK_ARRAY_LINKS;
+        // Counted (arrays close together) and sorted (one array far away) groupings.
+        for far in [3 * a, 1_000_000 * a] {
+            let taps: Vec<(u64, i64, i64)> = [2 * a + 1, 5, far + 9, 2 * a + 4, 7, far, 1, a + 2]
+                .iter()
+                .enumerate()
+                .map(|(i, &seq)| (seq, i as i64, 1))
+                .collect();
+            let mut grouped = taps.clone();
+            group_by_array(&mut grouped);
+            let arrays: Vec<u64> = grouped.iter().map(|t| click_slot(t.0).0).collect();
+            let mut runs = arrays.clone();
+            runs.dedup();
+            let mut distinct = runs.clone();
+            distinct.sort();
+            distinct.dedup();
+            assert_eq!(runs.len(), distinct.len(), "each array's taps are adjacent: {arrays:?}");
+            let (mut before, mut after) = (taps, grouped);
+            before.sort();
+            after.sort();
+            assert_eq!(before, after, "the same taps, only reordered");
+        }
+    }
+
+    #[test]
+    fn clicks_of_numbered_links_go_to_their_counter_arrays() {
+        let click = |human: bool| Stats {
+            clicks: 1,
+            human_clicks: human as i64,
+            bot_clicks: !human as i64,
+            ..Stats::default()
+        };
+        let mut d = CounterDelta::default();
+        let code = InlineCode::new;
+        d.add_seq(Some((&code("a"), 5)), None, None, click(true));
+        d.add_seq(Some((&code("a"), 5)), None, None, click(true));
+        d.add_seq(Some((&code("b"), CLICK_ARRAY_LINKS + 3)), None, None, click(false));
+        let lead = Stats {
+            leads: 1,
+            ..click(true)
+        };
+        d.add_seq(Some((&code("c"), 7)), None, None, lead);
+        // A replayed tap carries no sequence number: counted in the link's hash.
+        d.add(Some("r"), None, None, click(true));
+        let mut cmds = Vec::new();
+        counter_updates(&d, |args| {
+            let words: Vec<_> = args.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+            // The increments of one array come in no particular order: sorted here to compare.
+            let (head, ops) = words.split_at(if words[0] == "BITFIELD" { 2 } else { words.len() });
+            let mut ops: Vec<String> = ops.chunks(4).map(|op| op.join(" ")).collect();
+            ops.sort();
+            cmds.push([head.join(" ")].into_iter().chain(ops).collect::<Vec<_>>().join(" "));
+        });
+        cmds.sort();
+        assert_eq!(
+            cmds,
+            [
+                "BITFIELD lg:clicks:{0} INCRBY i64 #10 2 INCRBY i64 #14 1",
+                "BITFIELD lg:clicks:{1} INCRBY i64 #7 1",
+                "HINCRBY lg:stats:link:{c} leads 1",
+                "HINCRBY lg:stats:link:{r} human_clicks 1",
+            ]
+        );
+    }
+}

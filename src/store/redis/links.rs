@@ -1,0 +1,342 @@
+//! Links in Redis: minting (codes claimed with `SET NX`, recipients claimed per campaign), reads,
+//! changes, lists, idempotency answers and the invalidation channel.
+
+use std::collections::HashSet;
+
+use futures_util::StreamExt;
+
+use async_trait::async_trait;
+use redis::{AsyncCommands, Value};
+
+use super::*;
+
+#[async_trait]
+impl LinkStore for RedisStore {
+    async fn get_link(&self, code: &str) -> Result<Option<Link>, StoreError> {
+        self.get_json(link_key(code), code).await
+    }
+
+    /// Mints in five steps, each one pipelined round trip or a few: (1) refuse custom codes
+    /// already taken, (2) return the links recipients already have, (3) write the new links,
+    /// (4) claim their recipients, (5) index them.
+    async fn mint(&self, mut links: Vec<Link>) -> Result<Vec<Minted>, StoreError> {
+        let n = links.len();
+        let custom = self.refuse_taken_codes(&links).await?;
+        let mut out: Vec<Option<Minted>> = vec![None; n];
+        let paired: Vec<usize> = (0..n).filter(|&i| links[i].recipient_key().is_some()).collect();
+        self.resolve_existing(&links, &paired, &mut out).await?;
+        let written = self.write_new_links(&mut links, &out, &custom).await?;
+        let lost = self.claim_recipients(&links, &written, &mut out).await?;
+        self.index_links(&links, &written, &lost).await?;
+        let mut links = links.into_iter().map(Some).collect::<Vec<_>>();
+        Ok(out
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| m.unwrap_or_else(|| Minted::Created(links[i].take().expect("each link is taken once"))))
+            .collect())
+    }
+
+    async fn update_link(&self, code: &str, patch: &LinkPatch, now: i64) -> Result<Option<Link>, StoreError> {
+        let Some(mut link) = self.get_link(code).await? else {
+            return Ok(None);
+        };
+        patch.apply(&mut link, now);
+        // XX: a concurrent DELETE wins over this PATCH instead of being resurrected by it.
+        let set: Option<String> = redis::cmd("SET")
+            .arg(link_key(code))
+            .arg(encode_link(&link))
+            .arg("XX")
+            .query_async(&mut self.conn().await?)
+            .await?;
+        Ok(set.map(|_| link))
+    }
+
+    async fn delete_link(&self, code: &str) -> Result<bool, StoreError> {
+        let Some(link) = self.get_link(code).await? else {
+            return Ok(false);
+        };
+        let mut p = redis::pipe();
+        p.del(link_key(code));
+        for name in index_names(link.campaign_id.as_deref(), link.owner_id.as_deref()) {
+            p.zrem(index_key(&name), code);
+        }
+        p.query_async::<()>(&mut self.conn().await?).await?;
+        if let Some((c, r)) = link.recipient_key() {
+            let key = rcpt_key(c, r);
+            let owner: Option<String> = self.conn().await?.get(&key).await?;
+            if owner.as_deref() == Some(code) {
+                let _: () = self.conn().await?.del(&key).await?;
+            }
+        }
+        Ok(true)
+    }
+
+    async fn list_links(&self, filter: &LinkFilter, after: u64, limit: usize) -> Result<Page, StoreError> {
+        let key = index_key(&index_for(filter));
+        let rows: Vec<(String, u64)> = redis::cmd("ZRANGEBYSCORE")
+            .arg(&key)
+            .arg(format!("({after}"))
+            .arg("+inf")
+            .arg("WITHSCORES")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut self.conn().await?)
+            .await?;
+        let codes: Vec<String> = rows.iter().map(|(c, _)| c.clone()).collect();
+        let links: Vec<Link> = self.get_links(&codes).await?.into_iter().flatten().collect();
+        let next_cursor = if rows.len() == limit {
+            rows.last().map(|r| r.1)
+        } else {
+            None
+        };
+        Ok(Page { links, next_cursor })
+    }
+
+    async fn idempotency_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.conn().await?.get(format!("lg:idem:{key}")).await?)
+    }
+
+    async fn idempotency_put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let _: () = self
+            .conn()
+            .await?
+            .set_ex(format!("lg:idem:{key}"), value, IDEMPOTENCY_TTL_SECS)
+            .await?;
+        Ok(())
+    }
+
+    async fn publish_invalidation(&self, code: &str) -> Result<(), StoreError> {
+        let _: i64 = self.conn().await?.publish(INVALIDATE_CHANNEL, code).await?;
+        Ok(())
+    }
+
+    fn watch_invalidations(&self, handler: InvalidationHandler) {
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            let mut first = true;
+            loop {
+                match client.get_async_pubsub().await {
+                    Ok(mut pubsub) => {
+                        if pubsub.subscribe(INVALIDATE_CHANNEL).await.is_ok() {
+                            if !first {
+                                // Messages published while we were away are lost: drop everything.
+                                handler(Invalidation::All);
+                            }
+                            first = false;
+                            let mut messages = pubsub.on_message();
+                            while let Some(msg) = messages.next().await {
+                                if let Ok(code) = msg.get_payload::<String>() {
+                                    handler(Invalidation::Code(code));
+                                }
+                            }
+                            tracing::warn!("invalidation subscription ended; reconnecting");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot subscribe to invalidations; retrying")
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        });
+    }
+}
+
+impl RedisStore {
+    /// Fills `out[i]` with `Existing` for each pair in `idx` that already has a link.
+    async fn resolve_existing(
+        &self,
+        links: &[Link],
+        idx: &[usize],
+        out: &mut [Option<Minted>],
+    ) -> Result<(), StoreError> {
+        let cmds = idx
+            .iter()
+            .map(|&i| {
+                let (c, r) = links[i].recipient_key().unwrap_or_default();
+                redis::cmd("GET").arg(rcpt_key(c, r)).clone()
+            })
+            .collect();
+        let replies = self.run_chunked(cmds).await?;
+        let mut found_idx = Vec::new();
+        let mut found_codes = Vec::new();
+        for (&i, v) in idx.iter().zip(replies) {
+            if let Some(code) = bytes_of(v).and_then(|b| String::from_utf8(b).ok()) {
+                found_idx.push(i);
+                found_codes.push(code);
+            }
+        }
+        for (i, link) in found_idx.into_iter().zip(self.get_links(&found_codes).await?) {
+            if let Some(link) = link {
+                out[i] = Some(Minted::Existing(link));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The steps of [`LinkStore::mint`].
+impl RedisStore {
+    /// Step 1: custom codes already taken abort the call before anything is written. Returns the
+    /// indexes of the links with a custom code.
+    async fn refuse_taken_codes(&self, links: &[Link]) -> Result<Vec<usize>, StoreError> {
+        let n = links.len();
+        let custom: Vec<usize> = (0..n).filter(|&i| !links[i].code.is_empty()).collect();
+        let cmds = custom
+            .iter()
+            .map(|&i| redis::cmd("EXISTS").arg(link_key(&links[i].code)).clone())
+            .collect();
+        let exists = self.run_chunked(cmds).await?;
+        let taken: Vec<(usize, String)> = custom
+            .iter()
+            .zip(exists)
+            .filter(|(_, v)| matches!(v, Value::Int(1)))
+            .map(|(&i, _)| (i, links[i].code.clone()))
+            .collect();
+        if !taken.is_empty() {
+            return Err(StoreError::CodesTaken(taken));
+        }
+        Ok(custom)
+    }
+
+    /// Step 3: writes the links that `out` does not answer yet (`SET NX`), numbered in order; a
+    /// generated code that collides is drawn again, a custom code lost to a race undoes the call.
+    /// Returns the indexes written.
+    async fn write_new_links(
+        &self,
+        links: &mut [Link],
+        out: &[Option<Minted>],
+        custom: &[usize],
+    ) -> Result<Vec<usize>, StoreError> {
+        let n = links.len();
+        let mut todo: Vec<usize> = (0..n).filter(|&i| out[i].is_none()).collect();
+        if !todo.is_empty() {
+            let base: u64 = self.conn().await?.incr("lg:seq", todo.len() as u64).await?;
+            let first = base - todo.len() as u64 + 1;
+            let mut fresh = generate_codes(todo.iter().filter(|&&i| links[i].code.is_empty()).count()).into_iter();
+            for (k, &i) in todo.iter().enumerate() {
+                links[i].seq = first + k as u64;
+                if links[i].code.is_empty() {
+                    links[i].code = fresh.next().unwrap_or_default();
+                }
+            }
+        }
+        let mut written = Vec::with_capacity(todo.len());
+        let custom_set: HashSet<usize> = custom.iter().copied().collect();
+        while !todo.is_empty() {
+            let cmds = todo
+                .iter()
+                .map(|&i| {
+                    redis::cmd("SET")
+                        .arg(link_key(&links[i].code))
+                        .arg(encode_link(&links[i]))
+                        .arg("NX")
+                        .clone()
+                })
+                .collect();
+            let replies = self.run_chunked(cmds).await?;
+            let mut retry = Vec::new();
+            for (&i, v) in todo.iter().zip(replies) {
+                if is_ok(&v) {
+                    written.push(i);
+                } else if custom_set.contains(&i) {
+                    // Lost a race for a custom code after step 1: undo this call's writes.
+                    let undo = written
+                        .iter()
+                        .map(|&w| redis::cmd("DEL").arg(link_key(&links[w].code)).clone())
+                        .collect();
+                    self.run_chunked(undo).await?;
+                    return Err(StoreError::CodesTaken(vec![(i, links[i].code.clone())]));
+                } else {
+                    links[i].code = generate_codes(1).remove(0);
+                    retry.push(i);
+                }
+            }
+            todo = retry;
+        }
+        Ok(written)
+    }
+
+    /// Step 4: claims the recipient pairs of the links written; where a replica claimed first,
+    /// ours is withdrawn and theirs returned. Returns the indexes withdrawn.
+    async fn claim_recipients(
+        &self,
+        links: &[Link],
+        written: &[usize],
+        out: &mut [Option<Minted>],
+    ) -> Result<HashSet<usize>, StoreError> {
+        let claims: Vec<usize> = written
+            .iter()
+            .copied()
+            .filter(|&i| links[i].recipient_key().is_some())
+            .collect();
+        let cmds = claims
+            .iter()
+            .map(|&i| {
+                let (c, r) = links[i].recipient_key().unwrap_or_default();
+                redis::cmd("SET")
+                    .arg(rcpt_key(c, r))
+                    .arg(&links[i].code)
+                    .arg("NX")
+                    .clone()
+            })
+            .collect();
+        let replies = self.run_chunked(cmds).await?;
+        let lost: Vec<usize> = claims
+            .iter()
+            .zip(replies)
+            .filter(|(_, v)| !is_ok(v))
+            .map(|(&i, _)| i)
+            .collect();
+        if !lost.is_empty() {
+            let undo = lost
+                .iter()
+                .map(|&i| redis::cmd("DEL").arg(link_key(&links[i].code)).clone())
+                .collect();
+            self.run_chunked(undo).await?;
+            self.resolve_existing(links, &lost, out).await?;
+        }
+        Ok(lost.into_iter().collect())
+    }
+
+    /// Step 5: indexes the links created (one `ZADD` per index and chunk) and counts them in
+    /// their campaigns.
+    async fn index_links(&self, links: &[Link], written: &[usize], lost: &HashSet<usize>) -> Result<(), StoreError> {
+        // One ZADD per index key and chunk of members: a bulk call of one campaign is a few commands.
+        let mut by_index: std::collections::HashMap<String, (redis::Cmd, usize)> = std::collections::HashMap::new();
+        let mut cmds = Vec::new();
+        for &i in written.iter().filter(|i| !lost.contains(i)) {
+            let l = &links[i];
+            for name in index_names(l.campaign_id.as_deref(), l.owner_id.as_deref()) {
+                let key = index_key(&name);
+                let (cmd, members) = by_index
+                    .entry(key.clone())
+                    .or_insert_with(|| (redis::cmd("ZADD").arg(&key).clone(), 0));
+                cmd.arg(l.seq).arg(&l.code);
+                *members += 1;
+                if *members == ZADD_MEMBERS {
+                    cmds.extend(by_index.remove(&key).map(|(c, _)| c));
+                }
+            }
+        }
+        cmds.extend(by_index.into_values().map(|(c, _)| c));
+        let mut per_campaign: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
+        for &i in written.iter().filter(|i| !lost.contains(i)) {
+            if let Some(c) = links[i].campaign_id.as_deref() {
+                *per_campaign.entry(c).or_default() += 1;
+            }
+        }
+        for (c, n) in per_campaign {
+            cmds.push(
+                redis::cmd("HINCRBY")
+                    .arg(campaign_stats_key(c))
+                    .arg("links")
+                    .arg(n)
+                    .clone(),
+            );
+        }
+        self.run_chunked(cmds).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,200 @@
+//! `RedisStore`: links in Redis, shared by every replica.
+//!
+//! Key layout (prefix `lg:`; the part in braces is the Cluster hash tag):
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `lg:link:{<code>}` | string | the link as JSON; created with `SET NX`, the atomic claim of a code |
+//! | `lg:rcpt:{<campaign>}:<recipient>` | string | the code of that recipient's link (`SET NX` claim) |
+//! | `lg:seq` | string | link sequence counter (`INCRBY`), the paging cursor |
+//! | `lg:idx:all`, `lg:idx:c:{<campaign>}`, `lg:idx:o:{<owner>}`, `lg:idx:co:{<campaign>}:<owner>` | zset | code scored by seq |
+//! | `lg:idem:<sha256>` | string | a stored `Idempotency-Key` answer, `EX` 24 h |
+//! | `lg:lead:{<lead_id>}` | string | a lead as JSON |
+//! | `lg:leadclaim:{link:<code>}`, `lg:leadclaim:{click:<click_id>}` | string | the lead holding that claim (`SET NX`) |
+//! | `lg:leadseq`, `lg:lidx:…` | string, zset | lead sequence and list indexes, laid out like the link ones |
+//! | `lg:partner:{<id>}`, `lg:campaign:{<id>}` | string | partner and campaign JSON |
+//! | `lg:order:{<order_id>}` | string | the first answer for an order (`SET NX`: the conversion's idempotency) |
+//! | `lg:stats:link:{<code>}`, `lg:stats:camp:{<campaign>}` | hash | counters: `links`, `human_clicks`, `bot_clicks`, `leads`, `conversions`, `revenue` (`clicks` is their sum) |
+//! | `lg:clicks:{<n>}` | string | counter array (`BITFIELD`) of links numbered `n × 65,536` up to the next: per link, `i64` human then bot clicks counted by live taps; a link's stats add these to its hash's |
+//! | `lg:lb:{<campaign>}:leads` (`:conversions`, `:revenue`) | zset | owners scored for the leaderboards |
+//! | `LINKGATE_STREAM` (default `linkgate:events`) | stream | events, fields `type` and `json`, `MAXLEN ~` capped |
+//!
+//! Pub/sub channel `lg:invalidate` carries codes whose link changed; each replica drops them from
+//! its cache. No command touches two keys at once, so the layout works unchanged on Redis Cluster.
+//! Batch writes are pipelined in chunks of [`PIPELINE_CHUNK`] commands.
+
+mod attribution;
+mod counters;
+mod links;
+
+pub(crate) use self::counters::counter_updates;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Client, Pipeline, Value};
+
+use super::{
+    AttributionStore, CounterStore, IDEMPOTENCY_TTL_SECS, IndexName, Invalidation, InvalidationHandler, LinkFilter,
+    LinkStore, Minted, Page, Store, StoreError, decode_link, encode_link, index_for, index_names,
+};
+use super::{LeadPage, decode, encode};
+use crate::attribution::model::{Campaign, Conversion, CounterDelta, Lead, LeadClaim, Partner, RankBy, Stats};
+use crate::link::Link;
+use crate::link::code::generate_codes;
+use crate::link::input::LinkPatch;
+
+pub const PIPELINE_CHUNK: usize = 10_000;
+/// Most members added by one `ZADD`.
+pub const ZADD_MEMBERS: usize = 5_000;
+pub const INVALIDATE_CHANNEL: &str = "lg:invalidate";
+/// Links per click counter array (`lg:clicks:{n}`, 16 bytes per link: 1 MiB when full).
+pub const CLICK_ARRAY_LINKS: u64 = 65_536;
+
+pub struct RedisStore {
+    client: Client,
+    /// Connected on first use, so linkgate starts (not ready) while Redis is still unreachable.
+    conn: tokio::sync::OnceCell<ConnectionManager>,
+}
+
+fn link_key(code: &str) -> String {
+    format!("lg:link:{{{code}}}")
+}
+fn rcpt_key(campaign: &str, recipient: &str) -> String {
+    format!("lg:rcpt:{{{campaign}}}:{recipient}")
+}
+fn index_key(name: &IndexName) -> String {
+    named_index_key("idx", name)
+}
+fn named_index_key(prefix: &str, name: &IndexName) -> String {
+    match name {
+        IndexName::All => format!("lg:{prefix}:all"),
+        IndexName::Campaign(c) => format!("lg:{prefix}:c:{{{c}}}"),
+        IndexName::Owner(o) => format!("lg:{prefix}:o:{{{o}}}"),
+        IndexName::CampaignOwner(c, o) => format!("lg:{prefix}:co:{{{c}}}:{o}"),
+    }
+}
+fn lead_key(id: &str) -> String {
+    format!("lg:lead:{{{id}}}")
+}
+fn lead_claim_key(claim: &str) -> String {
+    format!("lg:leadclaim:{{{claim}}}")
+}
+fn link_stats_key(code: &str) -> String {
+    let mut key = Vec::new();
+    link_stats_key_into(&mut key, code.as_bytes());
+    String::from_utf8(key).expect("a key built from a str is UTF-8")
+}
+/// The counter array holding the clicks of the link numbered `seq`, and the link's first `i64`
+/// slot in it (`#2i` human clicks, `#2i+1` bot clicks, in `BITFIELD` terms).
+fn click_slot(seq: u64) -> (u64, u64) {
+    (seq / CLICK_ARRAY_LINKS, 2 * (seq % CLICK_ARRAY_LINKS))
+}
+fn clicks_key(array: u64) -> String {
+    format!("lg:clicks:{{{array}}}")
+}
+
+/// [`link_stats_key`] into a buffer the batcher reuses (one key per tapped link per batch).
+fn link_stats_key_into(out: &mut Vec<u8>, code: &[u8]) {
+    out.clear();
+    out.extend_from_slice(b"lg:stats:link:{");
+    out.extend_from_slice(code);
+    out.push(b'}');
+}
+fn campaign_stats_key(id: &str) -> String {
+    format!("lg:stats:camp:{{{id}}}")
+}
+fn leaderboard_key(campaign: &str, by: RankBy) -> String {
+    format!("lg:lb:{{{campaign}}}:{}", by.as_str())
+}
+
+impl RedisStore {
+    /// Connects; fails when Redis does not answer within a few seconds.
+    /// Opens a client for `url` and tries to connect. An unreachable Redis is not an error here:
+    /// every call retries the connection until it succeeds (`/readyz` answers 503 meanwhile).
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let store = Self {
+            client: Client::open(url)?,
+            conn: tokio::sync::OnceCell::new(),
+        };
+        if let Err(e) = store.conn().await {
+            tracing::warn!(error = %e, "Redis is not reachable yet; serving cached links only until it is");
+        }
+        Ok(store)
+    }
+
+    /// The shared connection (a cheap handle clone), connecting on first use.
+    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        let conn = self
+            .conn
+            .get_or_try_init(|| async {
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(2)))
+                    .set_response_timeout(Some(Duration::from_secs(5)))
+                    .set_number_of_retries(2);
+                self.client.get_connection_manager_with_config(config).await
+            })
+            .await?;
+        Ok(conn.clone())
+    }
+
+    /// The JSON record at `key` (`what` names it in a corruption error).
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, key: String, what: &str) -> Result<Option<T>, StoreError> {
+        let bytes: Option<Vec<u8>> = self.conn().await?.get(key).await?;
+        bytes.map(|b| decode(what, &b)).transpose()
+    }
+
+    async fn set_json<T: serde::Serialize + Sync>(&self, key: String, value: &T) -> Result<(), StoreError> {
+        let _: () = self.conn().await?.set(key, encode(value)).await?;
+        Ok(())
+    }
+
+    /// Runs `cmds` in pipelines of at most [`PIPELINE_CHUNK`] commands, returning every reply.
+    async fn run_chunked(&self, cmds: Vec<redis::Cmd>) -> Result<Vec<Value>, StoreError> {
+        let mut out = Vec::with_capacity(cmds.len());
+        let mut cmds = cmds.into_iter().peekable();
+        while cmds.peek().is_some() {
+            let mut p = Pipeline::with_capacity(PIPELINE_CHUNK);
+            for c in cmds.by_ref().take(PIPELINE_CHUNK) {
+                p.add_command(c);
+            }
+            let replies: Vec<Value> = p.query_async(&mut self.conn().await?).await?;
+            out.extend(replies);
+        }
+        Ok(out)
+    }
+
+    async fn get_links(&self, codes: &[String]) -> Result<Vec<Option<Link>>, StoreError> {
+        let cmds = codes
+            .iter()
+            .map(|c| redis::cmd("GET").arg(link_key(c)).clone())
+            .collect();
+        let replies = self.run_chunked(cmds).await?;
+        codes
+            .iter()
+            .zip(replies)
+            .map(|(code, v)| bytes_of(v).map(|b| decode_link(code, &b)).transpose())
+            .collect()
+    }
+}
+
+fn bytes_of(v: Value) -> Option<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.into_bytes()),
+        _ => None,
+    }
+}
+
+fn is_ok(v: &Value) -> bool {
+    matches!(v, Value::Okay) || matches!(v, Value::SimpleString(s) if s == "OK")
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        let _: String = redis::cmd("PING").query_async(&mut self.conn().await?).await?;
+        Ok(())
+    }
+}
