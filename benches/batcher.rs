@@ -10,16 +10,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use linkgate::click::EventQueue;
-use linkgate::click::event::ClickRecord;
-use linkgate::click::{Agent, Queued};
-use linkgate::link::LinkKind;
-use linkgate::link::LinkState;
-use linkgate::metrics::Metrics;
-use linkgate::resolve::Resolver;
-use linkgate::store::{RedisStore, Store};
-use linkgate::stream::log::Spool;
-use linkgate::stream::{Batch, BatcherParts, Delivery, EventSink, RedisStreamSink, SinkError};
+use linkgate::ClickRecord;
+use linkgate::EventQueue;
+use linkgate::LinkKind;
+use linkgate::LinkState;
+use linkgate::Metrics;
+use linkgate::Resolver;
+use linkgate::Spool;
+use linkgate::{Agent, Queued};
+use linkgate::{Batch, BatcherParts, Delivery, EventSink, RedisStreamSink, SinkError};
+use linkgate::{RedisStore, Store};
 
 /// The Redis sink, counting what it delivered (events and batches).
 struct Counted {
@@ -104,7 +104,7 @@ fn main() {
         .unwrap();
     let metrics = Metrics::new();
     let sink = Arc::new(Counted {
-        inner: RedisStreamSink::new(&url, "bench:events", linkgate::stream::STREAM_MAXLEN),
+        inner: RedisStreamSink::new(&url, "bench:events", linkgate::STREAM_MAXLEN),
         events: AtomicU64::new(0),
         batches: AtomicU64::new(0),
     });
@@ -132,13 +132,13 @@ fn main() {
     let owners: Vec<u32> = (0..1000)
         .map(|i| resolver.interner().intern(Some(&format!("owner-{i}"))))
         .collect();
-    let signer = linkgate::link::click_id::ClickSigner::new(b"bench-secret-0123456789");
+    let signer = linkgate::ClickSigner::new(b"bench-secret-0123456789");
     let records: Vec<ClickRecord> = (0..n)
         .map(|i| {
             let code = format!("c{:07}", i % 100_000);
             ClickRecord {
                 click: signer.sign(&code, 1_795_507_200 + (i / 1000) as i64),
-                code: linkgate::link::code::InlineCode::new(&code),
+                code: linkgate::InlineCode::new(&code),
                 seq: (i % 100_000) as u64 + 1,
                 campaign: campaigns[i % campaigns.len()],
                 owner: owners[i % owners.len()],
@@ -148,7 +148,7 @@ fn main() {
                 state: LinkState::Active,
                 synthetic: false,
                 ts: 1_795_507_200 + (i / 1000) as i64,
-                user_agent: Some(linkgate::click::event::header_json(
+                user_agent: Some(linkgate::header_json(
                     b"Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148",
                 )),
                 referer: None,

@@ -12,9 +12,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use linkgate::app::App;
-use linkgate::config::Config;
-use linkgate::server;
+use linkgate::App;
+use linkgate::Config;
 use serde_json::json;
 
 const LINKS: usize = 100_000;
@@ -53,7 +52,7 @@ async fn measure(name: &str, vars: HashMap<&str, &str>) {
     let app: Arc<App> = App::build(Config::from_map(&vars).unwrap()).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(server::run(listener, app, std::future::pending()));
+    tokio::spawn(linkgate::serve(listener, app, std::future::pending()));
     let mut times = Vec::new();
     for run in 0..RUNS {
         let b = body(run);

@@ -6,10 +6,10 @@
 
 use std::sync::Arc;
 
-use linkgate::link::code::generate_codes;
-use linkgate::link::{Link, LinkKind};
-use linkgate::resolve::Resolver;
-use linkgate::store::{EmbeddedStore, Store};
+use linkgate::Resolver;
+use linkgate::generate_codes;
+use linkgate::{EmbeddedStore, Store};
+use linkgate::{Link, LinkKind};
 
 fn rss_bytes() -> usize {
     let statm = std::fs::read_to_string("/proc/self/statm").expect("Linux /proc");
@@ -24,7 +24,7 @@ fn main() {
         .unwrap_or(1_000_000);
     let dir = std::env::temp_dir().join(format!("linkgate-bench-mem-{}", std::process::id()));
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir).unwrap());
-    let resolver = Resolver::new(store, linkgate::metrics::Metrics::new().cache);
+    let resolver = Resolver::new(store, linkgate::Metrics::new().cache);
     // Codes are generated up front (they arrive with each request in production, not in the cache).
     let codes = generate_codes(n);
     let campaigns: Vec<String> = (0..100).map(|i| format!("reactivation-2026-{i:03}")).collect();

@@ -13,19 +13,19 @@
 use std::sync::Arc;
 
 use futures_util::FutureExt;
-use linkgate::app::App;
-use linkgate::config::Config;
-use linkgate::link::code::generate_codes;
-use linkgate::link::{Link, LinkKind};
-use linkgate::store::{EmbeddedStore, Store};
-use linkgate::stream::log::Spool;
-use linkgate::stream::{EventSink, SinkError};
+use linkgate::App;
+use linkgate::Config;
+use linkgate::Spool;
+use linkgate::generate_codes;
+use linkgate::{EmbeddedStore, Store};
+use linkgate::{EventSink, SinkError};
+use linkgate::{Link, LinkKind};
 
 struct NullSink;
 
 #[async_trait::async_trait]
 impl EventSink for NullSink {
-    async fn deliver(&self, batch: &linkgate::stream::Batch) -> Result<(), SinkError> {
+    async fn deliver(&self, batch: &linkgate::Batch) -> Result<(), SinkError> {
         std::hint::black_box(batch.len());
         Ok(())
     }
@@ -77,7 +77,7 @@ fn main() {
             .parse()
             .unwrap();
         req.headers_mut().insert(http::header::USER_AGENT, ua.clone());
-        let resp = linkgate::server::router::route(&app, req, Some(peer))
+        let resp = linkgate::route(&app, req, Some(peer))
             .now_or_never()
             .expect("a cache hit never waits");
         assert_eq!(resp.status(), 302);

@@ -14,14 +14,14 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::FutureExt;
-use linkgate::app::App;
-use linkgate::config::Config;
-use linkgate::link::code::generate_codes;
-use linkgate::link::{Link, LinkKind};
-use linkgate::resolve::{Lookup, Resolver};
-use linkgate::store::{EmbeddedStore, LinkStore, Store};
-use linkgate::stream::log::Spool;
-use linkgate::stream::{EventSink, SinkError};
+use linkgate::App;
+use linkgate::Config;
+use linkgate::Spool;
+use linkgate::generate_codes;
+use linkgate::{EmbeddedStore, LinkStore, Store};
+use linkgate::{EventSink, SinkError};
+use linkgate::{Link, LinkKind};
+use linkgate::{Lookup, Resolver};
 
 pub fn sms_link(code: String, i: usize) -> Link {
     let destination = format!("https://shop.brand.example/reactivate?cust={i:012}&x=1");
@@ -44,7 +44,7 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
 /// A resolver over an (empty) embedded store, with `n` links put straight into its cache.
 fn filled_resolver(n: usize, dir: &std::path::Path) -> (Arc<Resolver>, Vec<String>) {
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir).unwrap());
-    let resolver = Resolver::new(store, linkgate::metrics::Metrics::new().cache);
+    let resolver = Resolver::new(store, linkgate::Metrics::new().cache);
     let codes = generate_codes(n);
     for (i, code) in codes.iter().enumerate() {
         resolver.prime(&sms_link(code.clone(), i));
@@ -141,14 +141,14 @@ fn bench_miss(c: &mut Criterion) {
         .iter()
         .map(|m| m.link().code.clone())
         .collect();
-    let resolver = Resolver::new(store, linkgate::metrics::Metrics::new().cache);
+    let resolver = Resolver::new(store, linkgate::Metrics::new().cache);
     let mut rng = Rng(42);
     let mut group = c.benchmark_group("resolve");
     group.throughput(Throughput::Elements(1));
     group.bench_function("miss_embedded/100k", |b| {
         b.iter(|| {
             let code = &codes[rng.next(codes.len())];
-            resolver.invalidate(&linkgate::store::Invalidation::Code(code.clone()));
+            resolver.invalidate(&linkgate::Invalidation::Code(code.clone()));
             rt.block_on(resolver.fill(code)).unwrap().expect("the link exists")
         })
     });
@@ -162,7 +162,7 @@ struct NullSink;
 
 #[async_trait::async_trait]
 impl EventSink for NullSink {
-    async fn deliver(&self, batch: &linkgate::stream::Batch) -> Result<(), SinkError> {
+    async fn deliver(&self, batch: &linkgate::Batch) -> Result<(), SinkError> {
         black_box(batch.len());
         Ok(())
     }
@@ -236,7 +236,7 @@ fn bench_redirect(c: &mut Criterion) {
                         let mut req = http::Request::new(http_body_util::Empty::<bytes::Bytes>::new());
                         *req.uri_mut() = src.uri().clone();
                         *req.headers_mut() = src.headers().clone();
-                        let resp = linkgate::server::router::route(app, req, Some(peer))
+                        let resp = linkgate::route(app, req, Some(peer))
                             .now_or_never()
                             .expect("a cache hit never waits");
                         assert_eq!(resp.status(), 302);

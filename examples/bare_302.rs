@@ -20,7 +20,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> std::io::Result<()> {
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:8081".into());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
-    let builder = linkgate::server::http1_builder();
+    let builder = linkgate::http1_builder();
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);

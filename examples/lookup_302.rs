@@ -16,9 +16,9 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper::{Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use linkgate::link::Link;
-use linkgate::resolve::{Lookup, Resolver};
-use linkgate::store::{EmbeddedStore, Store};
+use linkgate::Link;
+use linkgate::{EmbeddedStore, Store};
+use linkgate::{Lookup, Resolver};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -33,7 +33,7 @@ async fn main() -> anyhow::Result<()> {
     // The store is never read: every code is primed into the cache before the port opens.
     let dir = std::env::temp_dir().join(format!("linkgate-lookup-302-{}", std::process::id()));
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir)?);
-    let resolver = Resolver::new(store, linkgate::metrics::Metrics::new().cache);
+    let resolver = Resolver::new(store, linkgate::Metrics::new().cache);
     // Nothing is written to it either, and the process is ended by a signal: unlink it now.
     let _ = std::fs::remove_dir_all(&dir);
     for code in std::fs::read_to_string(&codes)?.lines().filter(|c| !c.is_empty()) {
@@ -45,7 +45,7 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
     let listener = tokio::net::TcpListener::bind(&addr).await?;
-    let builder = linkgate::server::http1_builder();
+    let builder = linkgate::http1_builder();
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);

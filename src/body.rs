@@ -10,7 +10,7 @@ use http_body::{Frame, SizeHint};
 use tokio::sync::mpsc;
 
 /// The error type request bodies convert into.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub enum Body {
     Full(Option<Bytes>),
@@ -24,20 +24,6 @@ impl Body {
 
     pub fn from_static(s: &'static [u8]) -> Self {
         Body::Full(Some(Bytes::from_static(s)))
-    }
-
-    /// Collects the body (tests and small internal uses).
-    pub async fn collect_bytes(self) -> Bytes {
-        match self {
-            Body::Full(b) => b.unwrap_or_default(),
-            Body::Channel(mut rx) => {
-                let mut out = Vec::new();
-                while let Some(chunk) = rx.recv().await {
-                    out.extend_from_slice(&chunk);
-                }
-                out.into()
-            }
-        }
     }
 }
 
@@ -78,17 +64,17 @@ impl http_body::Body for Body {
 }
 
 /// A plain-text answer.
-pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+pub(crate) fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     with_type(status, Body::from_static(body.as_bytes()), "text/plain; charset=utf-8")
 }
 
 /// A JSON answer (`body` is already encoded).
-pub fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+pub(crate) fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
     with_type(status, Body::from(body), "application/json")
 }
 
 /// An answer of `status` with `body` of `content_type`.
-pub fn with_type(status: StatusCode, body: Body, content_type: &'static str) -> Response<Body> {
+pub(crate) fn with_type(status: StatusCode, body: Body, content_type: &'static str) -> Response<Body> {
     let mut r = Response::new(body);
     *r.status_mut() = status;
     r.headers_mut()

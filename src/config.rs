@@ -215,7 +215,7 @@ pub fn serve_args() -> Vec<clap::Arg> {
 }
 
 /// Shortest accepted click secret, in bytes.
-pub const MIN_CLICK_SECRET_LEN: usize = 16;
+pub(crate) const MIN_CLICK_SECRET_LEN: usize = 16;
 
 impl Config {
     /// Builds the config from a lookup (`std::env::var` in production, a map in tests).
@@ -381,7 +381,7 @@ impl Config {
 }
 
 /// Parses `secret` or `secret:scope+scope`, comma-separated.
-pub fn parse_api_keys(v: &str) -> Result<Vec<ApiKey>, ConfigError> {
+pub(crate) fn parse_api_keys(v: &str) -> Result<Vec<ApiKey>, ConfigError> {
     const VAR: &str = "LINKGATE_API_KEYS";
     v.split(',')
         .map(str::trim)

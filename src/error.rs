@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::body::Body;
 
-pub use crate::field::FieldError;
+pub(crate) use crate::field::FieldError;
 use crate::store::StoreError;
 
 /// The error codes of SPEC "Errors", each with its status.
@@ -153,7 +153,7 @@ impl ApiError {
 
 /// The public edge's own error pages: HTML for people who tapped a link, never cached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EdgeError {
+pub(crate) enum EdgeError {
     /// No link has this code (404).
     NotFound,
     /// The link is disabled or expired, and has no fallback (410).
@@ -166,10 +166,10 @@ const NOT_FOUND_PAGE: &[u8] = b"<!doctype html><html><head><meta charset=\"utf-8
 const GONE_PAGE: &[u8] = b"<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><title>Link expired</title></head><body><h1>This link has expired</h1><p>The offer behind it is no longer available.</p></body></html>\n";
 
 /// Every answer of the edge carries it, so each tap reaches the server.
-pub const NO_STORE: HeaderValue = HeaderValue::from_static("private, no-store");
+pub(crate) const NO_STORE: HeaderValue = HeaderValue::from_static("private, no-store");
 
 impl EdgeError {
-    pub fn response(self) -> Response<Body> {
+    pub(crate) fn response(self) -> Response<Body> {
         let mut r = match self {
             Self::NotFound => html(StatusCode::NOT_FOUND, NOT_FOUND_PAGE),
             Self::Gone => html(StatusCode::GONE, GONE_PAGE),

@@ -7,13 +7,13 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
 /// Hash of a code, as used for cache keys.
 #[inline]
-pub fn code_hash(code: &str) -> u64 {
+pub(crate) fn code_hash(code: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(code.as_bytes())
 }
 
 /// A hasher for keys that already are xxh3 hashes.
 #[derive(Default, Clone, Copy)]
-pub struct PassThroughHasher(u64);
+pub(crate) struct PassThroughHasher(u64);
 
 impl Hasher for PassThroughHasher {
     fn finish(&self) -> u64 {
@@ -30,7 +30,7 @@ impl Hasher for PassThroughHasher {
     }
 }
 
-pub type PassThrough = BuildHasherDefault<PassThroughHasher>;
+pub(crate) type PassThrough = BuildHasherDefault<PassThroughHasher>;
 
 /// Hashes string keys with one-shot xxh3, seeded at random per map so that keys cannot be chosen
 /// to collide: for the batcher's per-batch maps, where std's SipHash was a visible cost.

@@ -1,10 +1,9 @@
-//! `linkgate serve`: wiring only. Config → bind → `server::run` until SIGTERM.
+//! `linkgate serve`: wiring only. Config → bind → `linkgate::serve` until SIGTERM.
 
 use std::process::ExitCode;
 
-use linkgate::app::App;
-use linkgate::config::{Config, LogFormat, serve_args};
-use linkgate::server;
+use linkgate::App;
+use linkgate::{Config, LogFormat, serve_args};
 
 /// mimalloc: measured on the redirect path under load, glibc's malloc/free took about 10% of the
 /// server's CPU (hyper's buffers, the batcher's batches); see BENCHMARKS.md.
@@ -71,15 +70,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, admin = %admin.local_addr()?, mode, "linkgate serving");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        linkgate::shutdown::signal().await;
+        linkgate::signal().await;
         tracing::info!("shutting down: draining connections and events");
         let _ = stop.send(true);
     });
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    tokio::spawn(server::admin::run(admin, app.clone(), wait(stopped.clone())));
-    server::run(listener, app, wait(stopped)).await?;
+    tokio::spawn(linkgate::serve_admin(admin, app.clone(), wait(stopped.clone())));
+    linkgate::serve(listener, app, wait(stopped)).await?;
     tracing::info!("linkgate stopped");
     Ok(())
 }

@@ -35,11 +35,11 @@ const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 const EVENT_TYPES: [&str; 3] = ["click", "lead", "conversion"];
 
 /// Upper bounds of the redirect latency buckets, in seconds: 5 µs to 100 ms.
-pub const REDIRECT_BUCKETS: [f64; 12] = [
+pub(crate) const REDIRECT_BUCKETS: [f64; 12] = [
     0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.1,
 ];
 /// Upper bounds of the batch size buckets, in events.
-pub const BATCH_BUCKETS: [f64; 12] = [
+pub(crate) const BATCH_BUCKETS: [f64; 12] = [
     5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10_000.0, 100_000.0,
 ];
 

@@ -29,7 +29,7 @@ use crate::resolve::{CachedLink, Lookup};
 use crate::time::now_secs;
 
 /// Marks load-test traffic when its value equals `LINKGATE_SYNTHETIC_TOKEN`.
-pub const SYNTHETIC: HeaderName = HeaderName::from_static("x-linkgate-synthetic");
+pub(crate) const SYNTHETIC: HeaderName = HeaderName::from_static("x-linkgate-synthetic");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// What the redirect needs from the request.
@@ -47,7 +47,7 @@ struct Tap<'a> {
     peer: Option<IpAddr>,
 }
 
-pub async fn handle<B>(app: &App, req: &Request<B>, peer: Option<IpAddr>) -> Response<Body> {
+pub(crate) async fn handle<B>(app: &App, req: &Request<B>, peer: Option<IpAddr>) -> Response<Body> {
     let code = &req.uri().path()[1..];
     if !is_code_shaped(code) {
         return not_found(app);

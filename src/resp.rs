@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
 /// How long one batch may take to write and be answered before the connection is given up.
-pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
@@ -36,20 +36,20 @@ pub enum RespError {
 
 /// Commands encoded as RESP arrays of bulk strings, back to back.
 #[derive(Default)]
-pub struct RespWriter {
+pub(crate) struct RespWriter {
     buf: Vec<u8>,
     commands: usize,
 }
 
 impl RespWriter {
     /// Empties the writer, keeping its buffer.
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.buf.clear();
         self.commands = 0;
     }
 
     /// Appends one command.
-    pub fn command(&mut self, args: &[&[u8]]) {
+    pub(crate) fn command(&mut self, args: &[&[u8]]) {
         self.buf.push(b'*');
         push_decimal(&mut self.buf, args.len() as u64);
         self.buf.extend_from_slice(b"\r\n");
@@ -61,27 +61,27 @@ impl RespWriter {
 
     /// Appends one command made of `prefix`'s arguments and then `last`: the constant part of a
     /// command is encoded once, not once per event.
-    pub fn command_after(&mut self, prefix: &Prefix, last: &[u8]) {
+    pub(crate) fn command_after(&mut self, prefix: &Prefix, last: &[u8]) {
         self.buf.extend_from_slice(&prefix.0);
         bulk(&mut self.buf, last);
         self.commands += 1;
     }
 
-    pub fn commands(&self) -> usize {
+    pub(crate) fn commands(&self) -> usize {
         self.commands
     }
 
-    pub fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         &self.buf
     }
 }
 
 /// The first arguments of a command, encoded once, and the array header counting one more
 /// argument: [`RespWriter::command_after`] appends the last.
-pub struct Prefix(Vec<u8>);
+pub(crate) struct Prefix(Vec<u8>);
 
 impl Prefix {
-    pub fn new(first: &[&[u8]]) -> Self {
+    pub(crate) fn new(first: &[&[u8]]) -> Self {
         let mut buf = vec![b'*'];
         push_decimal(&mut buf, first.len() as u64 + 1);
         buf.extend_from_slice(b"\r\n");
@@ -102,7 +102,7 @@ fn bulk(out: &mut Vec<u8>, a: &[u8]) {
 }
 
 /// Appends `v` in decimal.
-pub fn push_decimal(out: &mut Vec<u8>, v: u64) {
+pub(crate) fn push_decimal(out: &mut Vec<u8>, v: u64) {
     // Lengths are mostly two or three digits: no loop, no copy call for those.
     if v < 10 {
         out.push(b'0' + v as u8);
@@ -128,7 +128,7 @@ pub fn push_decimal(out: &mut Vec<u8>, v: u64) {
 }
 
 /// Appends `v` in decimal, with a sign when negative (a counter decrement).
-pub fn push_signed(out: &mut Vec<u8>, v: i64) {
+pub(crate) fn push_signed(out: &mut Vec<u8>, v: i64) {
     if v < 0 {
         out.push(b'-');
     }
@@ -143,7 +143,7 @@ enum Stream {
 }
 
 /// One connection to Redis for pipelines whose replies are only checked.
-pub struct RespConnection {
+pub(crate) struct RespConnection {
     stream: Stream,
     /// Bytes read but not yet parsed.
     pending: Vec<u8>,
@@ -151,7 +151,7 @@ pub struct RespConnection {
 
 impl RespConnection {
     /// Connects to the Redis of `url`, authenticating and selecting its database.
-    pub async fn connect(url: &str) -> Result<Self, RespError> {
+    pub(crate) async fn connect(url: &str) -> Result<Self, RespError> {
         let info = url.into_connection_info().map_err(|e| RespError::Url(e.to_string()))?;
         let connect = async {
             match info.addr() {
@@ -193,7 +193,7 @@ impl RespConnection {
     /// Sends every command of `w` and waits for all their replies. Fails when any reply is an
     /// error (the first one is returned), the connection fails, or Redis takes longer than
     /// [`REPLY_TIMEOUT`]; the caller then drops this connection.
-    pub async fn run(&mut self, w: &RespWriter) -> Result<(), RespError> {
+    pub(crate) async fn run(&mut self, w: &RespWriter) -> Result<(), RespError> {
         tokio::time::timeout(REPLY_TIMEOUT, self.exchange(w))
             .await
             .map_err(|_| RespError::Timeout(REPLY_TIMEOUT))?
@@ -265,7 +265,7 @@ async fn exchange(
 
 /// The length of the complete reply at the start of `buf` and, when it is an error, its text;
 /// `None` while the reply is incomplete.
-pub fn skip_reply(buf: &[u8]) -> Result<Option<(usize, Option<String>)>, RespError> {
+pub(crate) fn skip_reply(buf: &[u8]) -> Result<Option<(usize, Option<String>)>, RespError> {
     let Some(line_end) = buf.windows(2).position(|w| w == b"\r\n") else {
         return Ok(None);
     };

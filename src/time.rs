@@ -6,7 +6,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Seconds since the Unix epoch, now.
-pub fn now_secs() -> i64 {
+pub(crate) fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -37,7 +37,7 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 }
 
 /// Formats Unix seconds as `YYYY-MM-DDTHH:MM:SSZ`.
-pub fn format_rfc3339(secs: i64) -> String {
+pub(crate) fn format_rfc3339(secs: i64) -> String {
     let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
     let s = secs.rem_euclid(86_400);
     format!(
@@ -49,7 +49,7 @@ pub fn format_rfc3339(secs: i64) -> String {
 }
 
 /// Parses an RFC 3339 date-time (`2026-11-24T08:00:00Z`, `…T08:00:00.5+08:00`) to Unix seconds.
-pub fn parse_rfc3339(s: &str) -> Option<i64> {
+pub(crate) fn parse_rfc3339(s: &str) -> Option<i64> {
     let b = s.as_bytes();
     if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
         return None;
@@ -102,7 +102,7 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
 }
 
 /// Parses a duration such as `30d`, `12h`, `45m`, `90s` to seconds.
-pub fn parse_duration_secs(s: &str) -> Option<u64> {
+pub(crate) fn parse_duration_secs(s: &str) -> Option<u64> {
     let (n, unit) = s.split_at(s.len().checked_sub(1)?);
     let n: u64 = n.parse().ok()?;
     let mult = match unit {

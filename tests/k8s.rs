@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use linkgate::config::{Config, VARS};
+use linkgate::{Config, VARS};
 
 fn manifest(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("k8s").join(name);

@@ -20,11 +20,7 @@ async fn metrics_count_known_traffic() {
     let s = TestServer::start(&env).await;
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin_addr = admin.local_addr().unwrap();
-    tokio::spawn(linkgate::server::admin::run(
-        admin,
-        s.app.clone(),
-        std::future::pending(),
-    ));
+    tokio::spawn(linkgate::serve_admin(admin, s.app.clone(), std::future::pending()));
 
     let r = s
         .api(

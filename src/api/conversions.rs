@@ -20,7 +20,7 @@ use crate::link::code::{generate_codes, is_code_shaped};
 use crate::time::now_secs;
 
 /// Largest amount accepted, in minor units (10^15: ten trillion in major units).
-pub const MAX_AMOUNT: i64 = 1_000_000_000_000_000;
+pub(super) const MAX_AMOUNT: i64 = 1_000_000_000_000_000;
 
 enum Source {
     Click(String),
@@ -28,7 +28,7 @@ enum Source {
     Code(String),
 }
 
-pub async fn create<B>(app: &App, key: &ApiKey, req: Request<B>) -> ApiResult
+pub(super) async fn create<B>(app: &App, key: &ApiKey, req: Request<B>) -> ApiResult
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,

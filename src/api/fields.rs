@@ -6,14 +6,14 @@ use serde_json::{Map, Value};
 use crate::error::{ApiError, FieldError};
 use crate::link::input;
 
-pub struct Fields<'a> {
+pub(super) struct Fields<'a> {
     obj: &'a Map<String, Value>,
     errors: Vec<FieldError>,
 }
 
 impl<'a> Fields<'a> {
     /// Starts reading `obj`, refusing every field not in `allowed`.
-    pub fn new(obj: &'a Map<String, Value>, allowed: &[&str]) -> Self {
+    pub(super) fn new(obj: &'a Map<String, Value>, allowed: &[&str]) -> Self {
         let errors = obj
             .keys()
             .filter(|k| !allowed.contains(&k.as_str()))
@@ -26,7 +26,7 @@ impl<'a> Fields<'a> {
         self.obj.get(name).filter(|v| !v.is_null())
     }
 
-    pub fn error(&mut self, name: &str, message: impl Into<String>) {
+    pub(super) fn error(&mut self, name: &str, message: impl Into<String>) {
         self.errors.push(FieldError::new(name, message));
     }
 
@@ -35,7 +35,7 @@ impl<'a> Fields<'a> {
     }
 
     /// An id (1–128 bytes, no control characters).
-    pub fn id(&mut self, name: &str, required: bool) -> Option<String> {
+    pub(super) fn id(&mut self, name: &str, required: bool) -> Option<String> {
         match self.present(name) {
             None => {
                 if required {
@@ -48,7 +48,7 @@ impl<'a> Fields<'a> {
     }
 
     /// A string of 1 to `max` bytes.
-    pub fn string(&mut self, name: &str, max: usize, required: bool) -> Option<String> {
+    pub(super) fn string(&mut self, name: &str, max: usize, required: bool) -> Option<String> {
         match self.present(name) {
             None => {
                 if required {
@@ -65,7 +65,7 @@ impl<'a> Fields<'a> {
     }
 
     /// An integer in `min..=max`.
-    pub fn int(&mut self, name: &str, min: i64, max: i64) -> Option<i64> {
+    pub(super) fn int(&mut self, name: &str, min: i64, max: i64) -> Option<i64> {
         let v = self.present(name)?;
         match v.as_i64() {
             Some(n) if (min..=max).contains(&n) => Some(n),
@@ -77,17 +77,17 @@ impl<'a> Fields<'a> {
     }
 
     /// An object of at most 4 KiB as JSON.
-    pub fn object(&mut self, name: &str) -> Option<Map<String, Value>> {
+    pub(super) fn object(&mut self, name: &str) -> Option<Map<String, Value>> {
         let v = self.present(name)?;
         input::metadata(v).map_err(|m| self.error(name, m)).ok().flatten()
     }
 
     /// The raw value, for fields with their own rules.
-    pub fn raw(&self, name: &str) -> Option<&'a Value> {
+    pub(super) fn raw(&self, name: &str) -> Option<&'a Value> {
         self.present(name)
     }
 
-    pub fn finish(self) -> Result<(), ApiError> {
+    pub(super) fn finish(self) -> Result<(), ApiError> {
         if self.errors.is_empty() {
             Ok(())
         } else {

@@ -17,7 +17,7 @@ use crate::error::ApiError;
 use crate::time::now_secs;
 
 /// `POST /v1/leads`: one lead per click id (a repeat answers 200 with the first lead).
-pub async fn create<B>(app: &App, key: &ApiKey, req: Request<B>) -> ApiResult
+pub(super) async fn create<B>(app: &App, key: &ApiKey, req: Request<B>) -> ApiResult
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -54,7 +54,7 @@ where
     }
 }
 
-pub async fn get(app: &App, key: &ApiKey, id: &str) -> ApiResult {
+pub(super) async fn get(app: &App, key: &ApiKey, id: &str) -> ApiResult {
     require(key, Scope::StatsRead)?;
     let lead = app
         .store
@@ -64,7 +64,7 @@ pub async fn get(app: &App, key: &ApiKey, id: &str) -> ApiResult {
     ok_json(StatusCode::OK, &lead.to_api_json())
 }
 
-pub async fn list(app: &App, key: &ApiKey, query: Option<&str>) -> ApiResult {
+pub(super) async fn list(app: &App, key: &ApiKey, query: Option<&str>) -> ApiResult {
     require(key, Scope::StatsRead)?;
     let q = page_query(query, |_, _, _| false)?;
     let page = app.store.list_leads(&q.filter, q.cursor, q.limit).await?;

@@ -25,11 +25,11 @@ use crate::store::{Invalidation, LinkFilter, Minted, StoreError};
 use crate::time::now_secs;
 
 /// Most links in one bulk call.
-pub const MAX_BULK_ITEMS: usize = 100_000;
+pub(crate) const MAX_BULK_ITEMS: usize = 100_000;
 /// Most field errors listed in one answer.
-pub const MAX_ERROR_DETAILS: usize = 1000;
+pub(crate) const MAX_ERROR_DETAILS: usize = 1000;
 /// Longest accepted `Idempotency-Key`.
-pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+pub(crate) const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
 fn rules(app: &App) -> Rules<'_> {
     Rules {
@@ -38,7 +38,7 @@ fn rules(app: &App) -> Rules<'_> {
     }
 }
 
-pub async fn create<B>(app: &App, key: &ApiKey, req: Request<B>) -> ApiResult
+pub(crate) async fn create<B>(app: &App, key: &ApiKey, req: Request<B>) -> ApiResult
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<crate::body::BoxError>,
@@ -98,7 +98,7 @@ struct BulkItem<'a> {
     created: bool,
 }
 
-pub async fn bulk<B>(app: &App, key: &ApiKey, req: Request<B>) -> ApiResult
+pub(crate) async fn bulk<B>(app: &App, key: &ApiKey, req: Request<B>) -> ApiResult
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<crate::body::BoxError>,
@@ -281,7 +281,7 @@ fn validate_bulk(rules: &Rules, obj: &Map<String, Value>) -> Result<(Vec<Link>, 
     Err(e)
 }
 
-pub async fn list<B>(app: &App, key: &ApiKey, req: &Request<B>) -> ApiResult {
+pub(crate) async fn list<B>(app: &App, key: &ApiKey, req: &Request<B>) -> ApiResult {
     require(key, Scope::LinksRead)?;
     let mut csv = false;
     let page = page_query(req.uri().query(), |k, v, errors| {
@@ -367,7 +367,7 @@ fn csv_cell(s: &str) -> String {
     }
 }
 
-pub async fn get(app: &App, key: &ApiKey, code: &str) -> ApiResult {
+pub(crate) async fn get(app: &App, key: &ApiKey, code: &str) -> ApiResult {
     require(key, Scope::LinksRead)?;
     let link = load(app, code).await?;
     ok_json(StatusCode::OK, &link.to_api_json(&app.config.public_base_url))
@@ -383,7 +383,7 @@ async fn load(app: &App, code: &str) -> Result<Link, ApiError> {
         .ok_or_else(|| ApiError::not_found("link"))
 }
 
-pub async fn patch<B>(app: &App, key: &ApiKey, code: &str, req: Request<B>) -> ApiResult
+pub(crate) async fn patch<B>(app: &App, key: &ApiKey, code: &str, req: Request<B>) -> ApiResult
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<crate::body::BoxError>,
@@ -404,7 +404,7 @@ where
     ok_json(StatusCode::OK, &link.to_api_json(&app.config.public_base_url))
 }
 
-pub async fn delete(app: &App, key: &ApiKey, code: &str) -> ApiResult {
+pub(crate) async fn delete(app: &App, key: &ApiKey, code: &str) -> ApiResult {
     require(key, Scope::LinksWrite)?;
     if !is_code_shaped(code) || !app.store.delete_link(code).await? {
         return Err(ApiError::not_found("link"));

@@ -7,9 +7,9 @@
 mod conversions;
 mod fields;
 mod leads;
-pub mod links;
+pub(crate) mod links;
 mod partners;
-pub mod qr;
+pub(crate) mod qr;
 mod stats;
 
 use bytes::Bytes;
@@ -26,13 +26,13 @@ use crate::config::{ApiKey, Scope};
 use crate::error::{ApiError, ErrorCode, FieldError};
 
 /// Largest body of a single-link call.
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Largest body of a bulk call (100,000 links).
-pub const MAX_BULK_BODY_BYTES: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_BULK_BODY_BYTES: usize = 64 * 1024 * 1024;
 
-pub type ApiResult = Result<Response<Body>, ApiError>;
+pub(crate) type ApiResult = Result<Response<Body>, ApiError>;
 
-pub async fn handle<B>(app: &App, req: Request<B>) -> Response<Body>
+pub(crate) async fn handle<B>(app: &App, req: Request<B>) -> Response<Body>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<crate::body::BoxError>,
@@ -89,7 +89,7 @@ where
 }
 
 /// Finds the key behind `Authorization: Bearer …`.
-pub fn authenticate<'a>(app: &'a App, headers: &HeaderMap) -> Result<&'a ApiKey, ApiError> {
+pub(crate) fn authenticate<'a>(app: &'a App, headers: &HeaderMap) -> Result<&'a ApiKey, ApiError> {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -106,7 +106,7 @@ pub fn authenticate<'a>(app: &'a App, headers: &HeaderMap) -> Result<&'a ApiKey,
     found.ok_or_else(ApiError::unauthorized)
 }
 
-pub fn require(key: &ApiKey, scope: Scope) -> Result<(), ApiError> {
+pub(crate) fn require(key: &ApiKey, scope: Scope) -> Result<(), ApiError> {
     if key.allows(scope) {
         Ok(())
     } else {
@@ -116,11 +116,11 @@ pub fn require(key: &ApiKey, scope: Scope) -> Result<(), ApiError> {
 
 /// Bytes past the limit that are still read (and dropped) before answering 413, within
 /// [`DRAIN_TIMEOUT`], so the client reads our answer instead of a connection reset.
-pub const DRAIN_EXTRA_BYTES: u64 = 8 * 1024 * 1024;
-pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+pub(crate) const DRAIN_EXTRA_BYTES: u64 = 8 * 1024 * 1024;
+pub(crate) const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Reads a body of at most `limit` bytes; 413 beyond it.
-pub async fn read_body<B>(req: Request<B>, limit: usize) -> Result<Bytes, ApiError>
+pub(crate) async fn read_body<B>(req: Request<B>, limit: usize) -> Result<Bytes, ApiError>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<crate::body::BoxError>,
@@ -168,7 +168,7 @@ async fn drain<B: http_body::Body<Data = Bytes>>(body: B) {
 }
 
 /// Parses a body that must be a JSON object.
-pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+pub(crate) fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err(ApiError::field("body", "must be a JSON object")),
@@ -176,16 +176,16 @@ pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
-pub fn ok_json(status: StatusCode, v: &Value) -> ApiResult {
+pub(crate) fn ok_json(status: StatusCode, v: &Value) -> ApiResult {
     Ok(json(status, serde_json::to_vec(v).unwrap_or_default()))
 }
 
 /// Page size of lists (links, leads): default and maximum.
-pub const DEFAULT_PAGE: usize = 100;
-pub const MAX_PAGE: usize = 1000;
+pub(crate) const DEFAULT_PAGE: usize = 100;
+pub(crate) const MAX_PAGE: usize = 1000;
 
 /// A list call's filter and page: `campaign_id`, `owner_id`, `cursor`, `limit`.
-pub struct PageQuery {
+pub(crate) struct PageQuery {
     pub filter: crate::store::LinkFilter,
     pub cursor: u64,
     pub limit: usize,
@@ -193,7 +193,7 @@ pub struct PageQuery {
 
 /// Parses a list query. `other` sees every other parameter, may record an error, and answers
 /// whether it knew the parameter; unknown ones are refused.
-pub fn page_query(
+pub(crate) fn page_query(
     query: Option<&str>,
     mut other: impl FnMut(&str, &str, &mut Vec<FieldError>) -> bool,
 ) -> Result<PageQuery, ApiError> {
@@ -233,7 +233,7 @@ pub fn page_query(
 }
 
 /// Parses `a=1&b=2` into pairs, percent-decoded.
-pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+pub(crate) fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
     query
         .unwrap_or("")
         .split('&')

@@ -14,13 +14,13 @@ use crate::config::{ApiKey, Scope};
 use crate::error::ApiError;
 
 /// Longest partner or campaign name, in bytes.
-pub const MAX_NAME_LEN: usize = 256;
+pub(super) const MAX_NAME_LEN: usize = 256;
 /// Longest attribution window: one year.
-pub const MAX_WINDOW_SECS: u64 = 366 * 86_400;
+pub(super) const MAX_WINDOW_SECS: u64 = 366 * 86_400;
 
 /// `POST /v1/partners`: creates (201) or updates (200) a partner. The parent must exist and the
 /// tree must stay a tree.
-pub async fn put_partner<B>(app: &App, key: &ApiKey, req: Request<B>) -> ApiResult
+pub(super) async fn put_partner<B>(app: &App, key: &ApiKey, req: Request<B>) -> ApiResult
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -62,7 +62,7 @@ async fn partner_json(app: &App, p: &Partner) -> Result<serde_json::Value, ApiEr
     Ok(json!({"id": p.id, "parent_id": p.parent_id, "name": p.name, "chain": chain}))
 }
 
-pub async fn get_partner(app: &App, key: &ApiKey, id: &str) -> ApiResult {
+pub(super) async fn get_partner(app: &App, key: &ApiKey, id: &str) -> ApiResult {
     require(key, Scope::LinksRead)?;
     let p = app
         .store
@@ -73,7 +73,7 @@ pub async fn get_partner(app: &App, key: &ApiKey, id: &str) -> ApiResult {
 }
 
 /// `POST /v1/campaigns`: creates (201) or updates (200) a campaign's commission and window.
-pub async fn put_campaign<B>(app: &App, key: &ApiKey, req: Request<B>) -> ApiResult
+pub(super) async fn put_campaign<B>(app: &App, key: &ApiKey, req: Request<B>) -> ApiResult
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -126,7 +126,7 @@ where
     ok_json(status, &campaign.to_api_json())
 }
 
-pub async fn get_campaign(app: &App, key: &ApiKey, id: &str) -> ApiResult {
+pub(super) async fn get_campaign(app: &App, key: &ApiKey, id: &str) -> ApiResult {
     require(key, Scope::LinksRead)?;
     let c = app
         .store

@@ -17,18 +17,18 @@ use crate::error::{ApiError, FieldError};
 use crate::link::code::is_code_shaped;
 use crate::link::short_url;
 
-pub const MIN_SIZE: u32 = 64;
-pub const MAX_SIZE: u32 = 4096;
-pub const MAX_MARGIN: u32 = 16;
+pub(crate) const MIN_SIZE: u32 = 64;
+pub(crate) const MAX_SIZE: u32 = 4096;
+pub(crate) const MAX_MARGIN: u32 = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
+pub(crate) enum Format {
     Svg,
     Png,
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct QrParams {
+pub(crate) struct QrParams {
     pub format: Format,
     pub size: u32,
     pub margin: u32,
@@ -36,7 +36,7 @@ pub struct QrParams {
 }
 
 impl QrParams {
-    pub fn parse(query: Option<&str>) -> Result<Self, ApiError> {
+    pub(crate) fn parse(query: Option<&str>) -> Result<Self, ApiError> {
         let mut p = QrParams {
             format: Format::Svg,
             size: 512,
@@ -83,7 +83,7 @@ impl QrParams {
     }
 }
 
-pub async fn get(app: &App, key: &ApiKey, code: &str, query: Option<&str>) -> ApiResult {
+pub(crate) async fn get(app: &App, key: &ApiKey, code: &str, query: Option<&str>) -> ApiResult {
     require(key, Scope::LinksRead)?;
     let params = QrParams::parse(query)?;
     if !is_code_shaped(code) || app.store.get_link(code).await?.is_none() {
@@ -100,7 +100,7 @@ pub async fn get(app: &App, key: &ApiKey, code: &str, query: Option<&str>) -> Ap
 }
 
 /// Renders `data` as a QR image.
-pub fn render(data: &str, p: &QrParams) -> Result<(Vec<u8>, &'static str), ApiError> {
+pub(crate) fn render(data: &str, p: &QrParams) -> Result<(Vec<u8>, &'static str), ApiError> {
     let qr = QrCode::with_error_correction_level(data, p.ecc)
         .map_err(|e| ApiError::field("code", format!("cannot be encoded as a QR code: {e}")))?;
     let width = qr.width() as u32;

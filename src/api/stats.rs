@@ -12,10 +12,10 @@ use crate::error::{ApiError, FieldError};
 use crate::link::code::is_code_shaped;
 
 /// Leaderboard length: default and maximum.
-pub const DEFAULT_RANKS: usize = 10;
-pub const MAX_RANKS: usize = 1000;
+pub(super) const DEFAULT_RANKS: usize = 10;
+pub(super) const MAX_RANKS: usize = 1000;
 
-pub async fn link(app: &App, key: &ApiKey, code: &str) -> ApiResult {
+pub(super) async fn link(app: &App, key: &ApiKey, code: &str) -> ApiResult {
     require(key, Scope::StatsRead)?;
     let link = if is_code_shaped(code) {
         app.store.get_link(code).await?
@@ -35,7 +35,7 @@ pub async fn link(app: &App, key: &ApiKey, code: &str) -> ApiResult {
     )
 }
 
-pub async fn campaign(app: &App, key: &ApiKey, id: &str) -> ApiResult {
+pub(super) async fn campaign(app: &App, key: &ApiKey, id: &str) -> ApiResult {
     require(key, Scope::StatsRead)?;
     let s = app.store.campaign_stats(id).await?;
     ok_json(
@@ -47,7 +47,7 @@ pub async fn campaign(app: &App, key: &ApiKey, id: &str) -> ApiResult {
     )
 }
 
-pub async fn leaderboard(app: &App, key: &ApiKey, id: &str, query: Option<&str>) -> ApiResult {
+pub(super) async fn leaderboard(app: &App, key: &ApiKey, id: &str, query: Option<&str>) -> ApiResult {
     require(key, Scope::StatsRead)?;
     let (mut by, mut limit) = (RankBy::Leads, DEFAULT_RANKS);
     let mut errors = Vec::new();

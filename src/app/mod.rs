@@ -22,7 +22,7 @@ use crate::stream::log::{EventLog, LOG_ROTATE_BYTES, Spool};
 use crate::stream::{BatcherParts, Delivery, EventSink, LogSink, RedisStreamSink};
 
 /// How often histogram samples are folded into their buckets between scrapes.
-pub const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Everything a handler needs, built once at start-up.
 pub struct App {

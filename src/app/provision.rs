@@ -6,8 +6,8 @@ use std::path::Path;
 
 use crate::config::{ApiKey, Config, Scope};
 
-pub const ADMIN_KEY_FILE: &str = "admin.key";
-pub const CLICK_SECRET_FILE: &str = "click.secret";
+pub(super) const ADMIN_KEY_FILE: &str = "admin.key";
+pub(super) const CLICK_SECRET_FILE: &str = "click.secret";
 
 fn read_or_create(path: &Path, len: usize) -> anyhow::Result<(String, bool)> {
     if let Ok(s) = std::fs::read_to_string(path) {
@@ -25,7 +25,7 @@ fn read_or_create(path: &Path, len: usize) -> anyhow::Result<(String, bool)> {
     Ok((secret, true))
 }
 
-pub fn api_keys(config: &Config) -> anyhow::Result<Vec<ApiKey>> {
+pub(super) fn api_keys(config: &Config) -> anyhow::Result<Vec<ApiKey>> {
     if !config.api_keys.is_empty() {
         return Ok(config.api_keys.clone());
     }
@@ -39,7 +39,7 @@ pub fn api_keys(config: &Config) -> anyhow::Result<Vec<ApiKey>> {
     Ok(vec![ApiKey::new(&secret, vec![Scope::Admin])])
 }
 
-pub fn click_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
+pub(super) fn click_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
     match &config.click_secret {
         Some(s) => Ok(s.as_bytes().to_vec()),
         None => Ok(read_or_create(&config.data_dir.join(CLICK_SECRET_FILE), 40)?

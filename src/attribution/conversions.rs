@@ -6,16 +6,16 @@ use std::future::Future;
 use super::model::{ChainLevel, Partner, commission};
 
 /// Levels paid on a conversion: the owner and up to two ancestors.
-pub const MAX_LEVELS: usize = 3;
+pub(crate) const MAX_LEVELS: usize = 3;
 /// How far up a partner tree the cycle check walks before giving up (a tree deeper than this is
 /// refused, which also bounds the work of one `POST /v1/partners`).
-pub const MAX_TREE_DEPTH: usize = 1000;
+pub(crate) const MAX_TREE_DEPTH: usize = 1000;
 /// Clicks stamped this far in the future (clock skew between replicas) still count.
-pub const CLOCK_SKEW_SECS: i64 = 300;
+pub(crate) const CLOCK_SKEW_SECS: i64 = 300;
 
 /// Whether a conversion at `now` is attributed to a click at `clicked_at` on a link that exists
 /// (`link_known`), under an attribution window of `window_secs`.
-pub fn is_attributed(link_known: bool, clicked_at: Option<i64>, now: i64, window_secs: u64) -> bool {
+pub(crate) fn is_attributed(link_known: bool, clicked_at: Option<i64>, now: i64, window_secs: u64) -> bool {
     let window = i64::try_from(window_secs).unwrap_or(i64::MAX);
     link_known
         && clicked_at.is_some_and(|t| now.saturating_sub(t) <= window && t.saturating_sub(now) <= CLOCK_SKEW_SECS)
@@ -24,7 +24,7 @@ pub fn is_attributed(link_known: bool, clicked_at: Option<i64>, now: i64, window
 /// `id` and up to two ancestors, itself first. An id that is not a registered partner is a chain
 /// of one: a salesperson who owns codes is paid at level 1 without being in the partner tree.
 /// `partner` looks a partner up by id.
-pub async fn chain<F, Fut, E>(id: &str, mut partner: F) -> Result<Vec<String>, E>
+pub(crate) async fn chain<F, Fut, E>(id: &str, mut partner: F) -> Result<Vec<String>, E>
 where
     F: FnMut(String) -> Fut,
     Fut: Future<Output = Result<Option<Partner>, E>>,
@@ -40,14 +40,14 @@ where
 
 /// Why a partner cannot be saved.
 #[derive(Debug, PartialEq, Eq)]
-pub enum TreeError {
+pub(crate) enum TreeError {
     ParentMissing,
     Cycle,
     TooDeep,
 }
 
 /// Checks that `new.parent_id` exists and that saving `new` keeps the tree a tree.
-pub async fn check_parent<F, Fut, E>(new: &Partner, mut partner: F) -> Result<Result<(), TreeError>, E>
+pub(crate) async fn check_parent<F, Fut, E>(new: &Partner, mut partner: F) -> Result<Result<(), TreeError>, E>
 where
     F: FnMut(String) -> Fut,
     Fut: Future<Output = Result<Option<Partner>, E>>,
@@ -75,7 +75,7 @@ where
 }
 
 /// The commission of each level of `chain` for `amount` at the campaign's rates.
-pub fn commissions(chain: &[String], amount: i64, bps: &[u32]) -> Vec<ChainLevel> {
+pub(crate) fn commissions(chain: &[String], amount: i64, bps: &[u32]) -> Vec<ChainLevel> {
     chain
         .iter()
         .enumerate()

@@ -8,12 +8,12 @@ use super::model::{Lead, LeadSource};
 use crate::link::Link;
 
 /// A fresh lead id: `ld_` and 16 base62 characters from the CSPRNG.
-pub fn new_lead_id() -> String {
+pub(crate) fn new_lead_id() -> String {
     format!("ld_{}", crate::link::code::generate_codes(2).concat())
 }
 
 /// What a lead needs from a tap.
-pub struct Tap<'a> {
+pub(crate) struct Tap<'a> {
     pub code: &'a str,
     pub campaign: Option<&'a str>,
     pub owner: Option<&'a str>,
@@ -24,12 +24,12 @@ pub struct Tap<'a> {
 
 /// Whether a tap is a lead candidate: a person (not a previewer or bot) tapping a link minted
 /// for a known recipient.
-pub fn opens_lead(human: bool, recipient: Option<&str>) -> bool {
+pub(crate) fn opens_lead(human: bool, recipient: Option<&str>) -> bool {
     human && recipient.is_some()
 }
 
 /// The lead `tap` opens if nobody claimed its link's lead before; `None` when the tap opens none.
-pub fn lead_for_tap(tap: &Tap, click_id: impl FnOnce() -> String) -> Option<Lead> {
+pub(crate) fn lead_for_tap(tap: &Tap, click_id: impl FnOnce() -> String) -> Option<Lead> {
     if !opens_lead(tap.human, tap.recipient) {
         return None;
     }
@@ -49,7 +49,7 @@ pub fn lead_for_tap(tap: &Tap, click_id: impl FnOnce() -> String) -> Option<Lead
 
 /// The lead an API call opens for an anonymous scan of `link` (click `click_id`); the customer,
 /// when given, stands in for the link's recipient.
-pub fn lead_for_scan(
+pub(crate) fn lead_for_scan(
     link: &Link,
     click_id: String,
     customer_id: Option<String>,

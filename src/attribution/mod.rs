@@ -9,8 +9,8 @@
 //! The functions that walk the partner tree take the lookup as an argument, so the API hands them
 //! the store and the tests a map.
 
-pub mod conversions;
-pub mod leads;
-pub mod model;
+pub(crate) mod conversions;
+pub(crate) mod leads;
+pub(crate) mod model;
 
-pub use self::conversions::{MAX_LEVELS, MAX_TREE_DEPTH, TreeError, chain, check_parent, commissions};
+pub(crate) use self::conversions::{MAX_LEVELS, TreeError, chain, check_parent, commissions};

@@ -90,7 +90,7 @@ pub struct Campaign {
 }
 
 /// Thirty days, SPEC's default attribution window.
-pub const DEFAULT_WINDOW_SECS: u64 = 30 * 86_400;
+pub(crate) const DEFAULT_WINDOW_SECS: u64 = 30 * 86_400;
 
 impl Campaign {
     pub fn to_api_json(&self) -> Value {
@@ -104,7 +104,7 @@ impl Campaign {
 }
 
 /// Commission for one level: `floor(amount × bps / 10000)` in minor units.
-pub fn commission(amount: i64, bps: u32) -> i64 {
+pub(crate) fn commission(amount: i64, bps: u32) -> i64 {
     ((amount.max(0) as i128 * bps as i128) / 10_000) as i64
 }
 

@@ -144,7 +144,7 @@ const BOT: &[&str] = &[
 ];
 
 /// Longest user-agent prefix examined.
-pub const MAX_UA_SCAN: usize = 512;
+pub(crate) const MAX_UA_SCAN: usize = 512;
 
 struct Matchers {
     in_app: AhoCorasick,
@@ -167,7 +167,7 @@ static MATCHERS: LazyLock<Matchers> = LazyLock::new(|| {
 });
 
 /// Distinct user agents remembered per thread; the cache starts over when full.
-pub const UA_CACHE_ENTRIES: usize = 4096;
+pub(crate) const UA_CACHE_ENTRIES: usize = 4096;
 
 /// A remembered user agent: its class and its JSON text for events.
 struct Known {
@@ -185,13 +185,14 @@ thread_local! {
 }
 
 /// Classifies a request from its method and User-Agent (case-insensitive, no allocation).
-pub fn classify(is_head: bool, user_agent: Option<&[u8]>) -> Agent {
+#[cfg(test)]
+pub(crate) fn classify(is_head: bool, user_agent: Option<&[u8]>) -> Agent {
     classify_tap(is_head, user_agent).0
 }
 
-/// [`classify`], plus the user agent's JSON text for the click event (shared, not copied, when
+/// Classifies a request from its method and User-Agent (case-insensitive), with the user agent's JSON text for the click event (shared, not copied, when
 /// the user agent was seen before).
-pub fn classify_tap(is_head: bool, user_agent: Option<&[u8]>) -> (Agent, Option<HeaderJson>) {
+pub(crate) fn classify_tap(is_head: bool, user_agent: Option<&[u8]>) -> (Agent, Option<HeaderJson>) {
     let Some(raw) = user_agent else {
         return (Agent::Bot, None);
     };

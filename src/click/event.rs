@@ -18,7 +18,7 @@ use crate::link::code::InlineCode;
 use crate::link::{LinkKind, LinkState};
 
 /// Longest user agent or referer kept in an event, in bytes.
-pub const MAX_HEADER_IN_EVENT: usize = 256;
+pub(crate) const MAX_HEADER_IN_EVENT: usize = 256;
 
 /// A tap, as the redirect path records it: no formatting, no hashing, and no allocation unless
 /// the link is personalised (the recipient id).
@@ -214,7 +214,7 @@ impl Event {
 
 /// Header bytes as text (invalid UTF-8 replaced), cut to [`MAX_HEADER_IN_EVENT`] bytes on a
 /// character boundary; borrowed when the header is valid UTF-8, as nearly all are.
-pub fn truncated_str(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+pub(crate) fn truncated_str(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
     let cut = |s: &str| {
         let mut end = s.len().min(MAX_HEADER_IN_EVENT);
         while !s.is_char_boundary(end) {
@@ -234,7 +234,7 @@ pub fn truncated_str(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
 /// A request header as an event shows it: cut to [`MAX_HEADER_IN_EVENT`] bytes ([`truncated_str`])
 /// and encoded as a JSON string, quotes included, ready to be copied into an event. Shared: one
 /// user agent sent by many phones is encoded once ([`super::agent::classify_tap`]).
-pub type HeaderJson = std::sync::Arc<str>;
+pub(crate) type HeaderJson = std::sync::Arc<str>;
 
 pub fn header_json(bytes: &[u8]) -> HeaderJson {
     serde_json::to_string(&*truncated_str(bytes))

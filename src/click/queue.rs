@@ -16,7 +16,7 @@ use super::Queued;
 use crate::metrics::EventMetrics;
 
 /// Capacity of the queue between the redirect path and the batcher.
-pub const QUEUE_CAPACITY: usize = 65_536;
+pub(crate) const QUEUE_CAPACITY: usize = 65_536;
 
 pub struct EventQueue {
     queue: ArrayQueue<Queued>,

@@ -8,10 +8,9 @@
 //! distinct; it needs no secrecy because the tag carries the authenticity.
 //!
 //! SipHash is a keyed PRF made for short inputs, which is what a click id is; every tap signs one on
-//! the redirect path, and HMAC-SHA256 (two SHA-256 blocks, even with SHA-NI) took about 0.2 µs of
-//! it where SipHash takes a few tens of nanoseconds. Ids issued before the switch carry an
-//! HMAC-SHA256 tag under the secret itself; [`ClickSigner::verify`] still accepts those, so links
-//! tapped before an upgrade keep attributing their conversions.
+//! the redirect path, where HMAC-SHA256 (two SHA-256 blocks) cost several times more (measured in
+//! `loadtest/optimisations.md`). No released version issued HMAC-tagged ids, so only SipHash
+//! tags verify.
 
 use std::cell::Cell;
 
@@ -70,7 +69,7 @@ impl RawClickId {
     }
 
     /// `<code>.<payload>` as text.
-    pub fn to_id(&self, code: &str) -> String {
+    pub fn to_id(self, code: &str) -> String {
         let mut s = String::with_capacity(Self::id_len(code.as_bytes()));
         s.push_str(code);
         s.push('.');
@@ -91,19 +90,15 @@ pub struct ClickClaims {
 pub struct ClickSigner {
     /// The SipHash key, derived from the secret (HMAC-SHA256 of a fixed label, first 16 bytes).
     key: [u8; 16],
-    /// The keyed HMAC state of the earlier tag, cloned per verification so the key schedule is
-    /// computed once.
-    legacy: Hmac<Sha256>,
 }
 
 impl ClickSigner {
     pub fn new(secret: &[u8]) -> Self {
-        let legacy = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any size");
-        let mut derive = legacy.clone();
+        let mut derive = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any size");
         derive.update(b"linkgate click-id siphash-2-4 key");
         let mut key = [0u8; 16];
         key.copy_from_slice(&derive.finalize().into_bytes()[..16]);
-        Self { key, legacy }
+        Self { key }
     }
 
     fn tag(&self, code: &[u8], ts: u32, nonce: u32) -> [u8; 16] {
@@ -112,15 +107,6 @@ impl ClickSigner {
         std::hash::Hasher::write(&mut h, &ts.to_be_bytes());
         std::hash::Hasher::write(&mut h, &nonce.to_be_bytes());
         h.finish128().as_bytes()
-    }
-
-    /// The tag of ids issued before SipHash: HMAC-SHA256 under the secret.
-    fn legacy_tag(&self, code: &[u8], ts: u32, nonce: u32) -> [u8; 32] {
-        let mut mac = self.legacy.clone();
-        mac.update(code);
-        mac.update(&ts.to_be_bytes());
-        mac.update(&nonce.to_be_bytes());
-        mac.finalize().into_bytes().into()
     }
 
     /// Signs a fresh click for `code` at `unix_secs`, without encoding it (no allocation).
@@ -152,10 +138,7 @@ impl ClickSigner {
         let ts = u32::from_be_bytes(bytes[..4].try_into().ok()?);
         let nonce = u32::from_be_bytes(bytes[4..8].try_into().ok()?);
         let got = &bytes[8..];
-        let current = self.tag(code.as_bytes(), ts, nonce)[..TAG_LEN].ct_eq(got);
-        // Both compared every time, so timing tells nothing about which tag matched.
-        let legacy = self.legacy_tag(code.as_bytes(), ts, nonce)[..TAG_LEN].ct_eq(got);
-        if bool::from(current | legacy) {
+        if bool::from(self.tag(code.as_bytes(), ts, nonce)[..TAG_LEN].ct_eq(got)) {
             Some(ClickClaims {
                 code: code.to_string(),
                 clicked_at: ts as i64,
@@ -234,7 +217,7 @@ mod tests {
         }
     }
 
-    /// An id as the HMAC-SHA256 signer issued it, before SipHash.
+    /// An id tagged with HMAC-SHA256 under the secret (what an unreleased build issued).
     fn legacy_id(secret: &[u8], code: &str, ts: u32, nonce: u32) -> String {
         let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
         mac.update(code.as_bytes());
@@ -248,23 +231,7 @@ mod tests {
     }
 
     #[test]
-    fn ids_issued_with_the_earlier_hmac_tag_still_verify() {
-        let s = ClickSigner::new(b"k");
-        let old = legacy_id(b"k", "abcdefg", 1_700_000_000, 7);
-        assert_eq!(
-            s.verify(&old),
-            Some(ClickClaims {
-                code: "abcdefg".into(),
-                clicked_at: 1_700_000_000
-            })
-        );
-        assert_eq!(ClickSigner::new(b"other").verify(&old), None, "other secret");
-        let moved = old.replacen("abcdefg", "abcdefh", 1);
-        assert_eq!(s.verify(&moved), None, "moved to another code");
-    }
-
-    #[test]
-    fn new_ids_carry_the_siphash_tag_not_the_hmac_one() {
+    fn only_the_siphash_tag_verifies() {
         let s = ClickSigner::new(b"k");
         let raw = s.sign("abcdefg", 1_700_000_000);
         let (ts, nonce) = (
@@ -272,7 +239,7 @@ mod tests {
             u32::from_be_bytes(raw.payload[4..8].try_into().unwrap()),
         );
         assert_eq!(raw.payload[8..], s.tag(b"abcdefg", ts, nonce)[..TAG_LEN]);
-        assert_ne!(raw.payload[8..], s.legacy_tag(b"abcdefg", ts, nonce)[..TAG_LEN]);
+        assert_eq!(s.verify(&legacy_id(b"k", "abcdefg", ts, nonce)), None, "an HMAC tag");
         assert_ne!(s.key, ClickSigner::new(b"other").key, "the key follows the secret");
     }
 }

@@ -4,12 +4,12 @@ use crate::field::FieldError;
 
 /// Length of generated codes. 62^8 ≈ 2.2e14: with 10 million live links a random guess hits one
 /// with probability ≈ 5e-8, and a collision on minting (retried) is about as rare.
-pub const GENERATED_CODE_LEN: usize = 8;
+pub(crate) const GENERATED_CODE_LEN: usize = 8;
 
 const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 /// Paths that can never be codes, compared case-insensitively so `/V1` cannot shadow the API.
-pub const RESERVED: &[&str] = &["healthz", "readyz", "robots.txt", "v1", "metrics", "favicon.ico"];
+pub(crate) const RESERVED: &[&str] = &["healthz", "readyz", "robots.txt", "v1", "metrics", "favicon.ico"];
 
 /// Generates `n` fresh codes from the operating system's CSPRNG (one syscall for the batch).
 ///
@@ -39,12 +39,12 @@ pub fn generate_codes(n: usize) -> Vec<String> {
 
 /// Whether `s` has the shape of a code (`[A-Za-z0-9_-]{1,64}`), used by the redirect path to answer
 /// garbage with a 404 without touching the store.
-pub fn is_code_shaped(s: &str) -> bool {
+pub(crate) fn is_code_shaped(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Validates a custom code: `[A-Za-z0-9_-]{3,64}`, not reserved.
-pub fn validate_custom(code: &str) -> Result<(), FieldError> {
+pub(crate) fn validate_custom(code: &str) -> Result<(), FieldError> {
     if code.len() < 3 || code.len() > 64 || !is_code_shaped(code) {
         return Err(FieldError::new("code", "must match [A-Za-z0-9_-]{3,64}"));
     }

@@ -7,10 +7,10 @@
 //! With an allowlist configured, the host must equal one of its suffixes or end with `.<suffix>`.
 
 /// Longest destination accepted, in bytes, after percent-encoding.
-pub const MAX_URL_LEN: usize = 2048;
+pub(crate) const MAX_URL_LEN: usize = 2048;
 
 /// Validates `raw` and returns it normalised (lower-case scheme, non-ASCII percent-encoded).
-pub fn validate(raw: &str, allowlist: &[String]) -> Result<String, String> {
+pub(crate) fn validate(raw: &str, allowlist: &[String]) -> Result<String, String> {
     if raw.is_empty() {
         return Err("must not be empty".into());
     }

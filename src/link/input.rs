@@ -10,12 +10,12 @@ use super::{Link, LinkKind, code, dest};
 use crate::field::FieldError;
 
 /// Longest campaign, owner or recipient id, in bytes.
-pub const MAX_ID_LEN: usize = 128;
+pub(crate) const MAX_ID_LEN: usize = 128;
 /// Most tags on one link, and longest tag in bytes.
-pub const MAX_TAGS: usize = 32;
-pub const MAX_TAG_LEN: usize = 64;
+pub(crate) const MAX_TAGS: usize = 32;
+pub(crate) const MAX_TAG_LEN: usize = 64;
 /// Largest `metadata` object, serialised, in bytes.
-pub const MAX_METADATA_BYTES: usize = 4096;
+pub(crate) const MAX_METADATA_BYTES: usize = 4096;
 
 /// What validation needs to know beyond the input.
 pub struct Rules<'a> {
@@ -24,7 +24,7 @@ pub struct Rules<'a> {
 }
 
 /// Collects field errors, stamping each with the bulk item index.
-pub struct Errors<'e> {
+pub(crate) struct Errors<'e> {
     pub index: Option<usize>,
     pub list: &'e mut Vec<FieldError>,
 }
@@ -108,7 +108,7 @@ pub(crate) fn metadata(v: &Value) -> Result<Option<Map<String, Value>>, String> 
 }
 
 /// Parses a link to mint. `code` is left empty when the caller wants a generated one.
-pub fn parse_new(obj: &Map<String, Value>, rules: &Rules, errs: &mut Errors) -> Option<Link> {
+pub(crate) fn parse_new(obj: &Map<String, Value>, rules: &Rules, errs: &mut Errors) -> Option<Link> {
     let before = errs.list.len();
     let mut link = Link::new(String::new(), String::new(), rules.now);
     let mut has_destination = false;
@@ -237,7 +237,7 @@ impl LinkPatch {
 }
 
 /// Overlays `item` on `defaults` (bulk minting: each item overrides the defaults).
-pub fn merged(defaults: &Map<String, Value>, item: &Map<String, Value>) -> Map<String, Value> {
+pub(crate) fn merged(defaults: &Map<String, Value>, item: &Map<String, Value>) -> Map<String, Value> {
     let mut m = defaults.clone();
     for (k, v) in item {
         m.insert(k.clone(), v.clone());

@@ -1,10 +1,10 @@
 //! The Link model and its rules: codes ([`code`]), destinations ([`dest`]), click ids ([`click_id`])
 //! and the validation of API input into links ([`input`]).
 
-pub mod click_id;
-pub mod code;
-pub mod dest;
-pub mod input;
+pub(crate) mod click_id;
+pub(crate) mod code;
+pub(crate) mod dest;
+pub(crate) mod input;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -180,6 +180,6 @@ impl Link {
     }
 }
 
-pub fn short_url(public_base_url: &str, code: &str) -> String {
+pub(crate) fn short_url(public_base_url: &str, code: &str) -> String {
     format!("{public_base_url}/{code}")
 }

@@ -203,15 +203,10 @@ impl CachedLink {
             LinkState::Active
         }
     }
-
-    /// Heap bytes of this entry (for memory accounting).
-    pub fn heap_len(&self) -> usize {
-        self.0.len()
-    }
 }
 
 /// The cache proper: code hash → packed link.
-pub struct ShardedCache {
+pub(crate) struct ShardedCache {
     table: ShardedTable<CachedLink>,
 }
 
@@ -222,7 +217,7 @@ impl Default for ShardedCache {
 }
 
 impl ShardedCache {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             table: ShardedTable::default(),
         }
@@ -230,25 +225,21 @@ impl ShardedCache {
 
     /// Runs `f` on the cached link for `code` (whose hash is `hash`), under the shard's read lock.
     #[inline]
-    pub fn with<R>(&self, hash: u64, code: &str, f: impl FnOnce(&CachedLink) -> R) -> Option<R> {
+    pub(crate) fn with<R>(&self, hash: u64, code: &str, f: impl FnOnce(&CachedLink) -> R) -> Option<R> {
         self.table
             .with(hash, |entry| (entry.bytes(0) == code.as_bytes()).then(|| f(entry)))
             .flatten()
     }
 
-    pub fn insert(&self, hash: u64, link: CachedLink) {
+    pub(crate) fn insert(&self, hash: u64, link: CachedLink) {
         self.table.insert(hash, link);
     }
 
-    pub fn remove(&self, hash: u64) {
+    pub(crate) fn remove(&self, hash: u64) {
         self.table.remove(hash);
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.table.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.table.is_empty()
     }
 }

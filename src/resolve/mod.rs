@@ -9,7 +9,7 @@
 //! each is revalidated by its next tap, and served stale if the store cannot answer yet, so a Redis
 //! restart does not turn cached taps into errors.
 
-pub mod cache;
+pub(crate) mod cache;
 mod table;
 
 use std::sync::Arc;
@@ -19,16 +19,16 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use tokio::sync::OnceCell;
 
-pub use self::cache::{CachedLink, Interner, ShardedCache};
-pub use crate::hash::code_hash;
+pub(crate) use self::cache::{CachedLink, Interner, ShardedCache};
+pub(crate) use crate::hash::code_hash;
 use crate::link::Link;
 use crate::metrics::CacheMetrics;
 use crate::store::{Invalidation, LinkStore, StoreError};
 
 /// How long an unknown code is answered from memory.
-pub const NEGATIVE_TTL: Duration = Duration::from_secs(5);
+pub(crate) const NEGATIVE_TTL: Duration = Duration::from_secs(5);
 /// Most unknown codes remembered; past this the negative cache starts over.
-pub const NEGATIVE_MAX: usize = 100_000;
+pub(crate) const NEGATIVE_MAX: usize = 100_000;
 
 /// The answer of a memory-only lookup.
 pub enum Lookup<R> {

@@ -19,7 +19,7 @@ const SHARDS: usize = 1 << SHARD_BITS;
 const MIN_SLOTS: usize = 16;
 
 /// A concurrent map from a 64-bit hash to `V`.
-pub struct ShardedTable<V> {
+pub(super) struct ShardedTable<V> {
     shards: Box<[RwLock<Table<V>>]>,
 }
 
@@ -43,29 +43,30 @@ impl<V> ShardedTable<V> {
 
     /// Runs `f` on the value of `hash`, under its shard's read lock.
     #[inline]
-    pub fn with<R>(&self, hash: u64, f: impl FnOnce(&V) -> R) -> Option<R> {
+    pub(super) fn with<R>(&self, hash: u64, f: impl FnOnce(&V) -> R) -> Option<R> {
         self.read(hash).get(hash).map(f)
     }
 
     /// Inserts or replaces the value of `hash`.
-    pub fn insert(&self, hash: u64, value: V) {
+    pub(super) fn insert(&self, hash: u64, value: V) {
         let mut table = self.shard(hash).write().unwrap_or_else(PoisonError::into_inner);
         table.insert(hash, value);
     }
 
-    pub fn remove(&self, hash: u64) -> Option<V> {
+    pub(super) fn remove(&self, hash: u64) -> Option<V> {
         let mut table = self.shard(hash).write().unwrap_or_else(PoisonError::into_inner);
         table.remove(hash)
     }
 
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.shards
             .iter()
             .map(|s| s.read().unwrap_or_else(PoisonError::into_inner).len)
             .sum()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(super) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }

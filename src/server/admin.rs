@@ -36,7 +36,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
 }
 
 /// The admin answer for `method path`.
-pub fn answer(app: &App, method: &Method, path: &str) -> Response<Body> {
+pub(crate) fn answer(app: &App, method: &Method, path: &str) -> Response<Body> {
     let (status, content_type, body) = match (method, path) {
         (&Method::GET, "/metrics") => (
             StatusCode::OK,

@@ -3,8 +3,8 @@
 //! [`run`] takes an already bound listener and a shutdown future, so `main` binds the configured
 //! address and tests bind port 0 and run the very same server.
 
-pub mod admin;
-pub mod router;
+pub(crate) mod admin;
+pub(crate) mod router;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,11 +19,11 @@ use tokio::net::TcpListener;
 use crate::app::App;
 
 /// Largest request head (request line + headers) accepted, in bytes.
-pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Most headers in one request.
-pub const MAX_HEADERS: usize = 64;
+pub(crate) const MAX_HEADERS: usize = 64;
 /// A client has this long to send its request head (slowloris guard).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The HTTP/1 connection settings of the public listener: bounded heads, a slowloris guard,
 /// keep-alive. Public so `examples/bare_302.rs`, the stack-only baseline of `loadtest/compare`,

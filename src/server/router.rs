@@ -12,7 +12,7 @@ use crate::error::ApiError;
 use crate::metrics::RouteClass;
 
 /// How long `/readyz` waits for the store.
-pub const READY_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Routes one request; `peer` is the client address (hashed into click events, never stored).
 pub async fn route<B>(app: &App, req: Request<B>, peer: Option<std::net::IpAddr>) -> Response<Body>

@@ -24,7 +24,7 @@ use crate::link::Link;
 use crate::link::input::LinkPatch;
 
 /// How long an `Idempotency-Key` answer is kept.
-pub const IDEMPOTENCY_TTL_SECS: u64 = 24 * 3600;
+pub(crate) const IDEMPOTENCY_TTL_SECS: u64 = 24 * 3600;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -79,7 +79,7 @@ pub enum Invalidation {
     All,
 }
 
-pub type InvalidationHandler = Arc<dyn Fn(Invalidation) + Send + Sync>;
+pub(crate) type InvalidationHandler = Arc<dyn Fn(Invalidation) + Send + Sync>;
 
 /// Links: what the API mints and changes, and what the resolver reads on a cache miss.
 #[async_trait]

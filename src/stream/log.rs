@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use crate::click::Event;
 
 /// Size at which the event log starts a new file.
-pub const LOG_ROTATE_BYTES: u64 = 64 * 1024 * 1024;
+pub(crate) const LOG_ROTATE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// `events-000001.jsonl`, `events-000002.jsonl`, … in `<data>/events/`.
-pub struct EventLog {
+pub(crate) struct EventLog {
     dir: PathBuf,
     file: File,
     index: u32,
@@ -22,7 +22,7 @@ pub struct EventLog {
 }
 
 impl EventLog {
-    pub fn open(data_dir: &Path, rotate_at: u64) -> std::io::Result<Self> {
+    pub(crate) fn open(data_dir: &Path, rotate_at: u64) -> std::io::Result<Self> {
         let dir = data_dir.join("events");
         std::fs::create_dir_all(&dir)?;
         let index = std::fs::read_dir(&dir)?
@@ -49,7 +49,7 @@ impl EventLog {
     }
 
     /// Appends JSON lines (see [`super::Batch::lines`]).
-    pub fn append(&mut self, buf: &[u8]) -> std::io::Result<()> {
+    pub(crate) fn append(&mut self, buf: &[u8]) -> std::io::Result<()> {
         if self.size >= self.rotate_at {
             self.index += 1;
             let path = self.dir.join(format!("events-{:06}.jsonl", self.index));

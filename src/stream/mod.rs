@@ -8,16 +8,16 @@
 //! redb). When the sink fails, the batch's JSON lines go to the [`log::Spool`] and are replayed, in
 //! order, once the sink answers.
 
-pub mod batch;
-pub mod batcher;
-pub mod log;
+pub(crate) mod batch;
+pub(crate) mod batcher;
+pub(crate) mod log;
 
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-pub use self::batch::Batch;
-pub use self::batcher::{BatcherParts, Delivery};
+pub(crate) use self::batch::Batch;
+pub(crate) use self::batcher::{BatcherParts, Delivery};
 use crate::click::EventType;
 use crate::resp;
 use crate::store::{CounterStore, EmbeddedStore, StoreError};
@@ -130,7 +130,7 @@ impl EventSink for RedisStreamSink {
 }
 
 /// Embedded sink: the event log in the data directory, counters in the embedded store.
-pub struct LogSink {
+pub(crate) struct LogSink {
     pub log: Arc<Mutex<log::EventLog>>,
     pub store: Arc<EmbeddedStore>,
 }

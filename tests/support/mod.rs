@@ -14,24 +14,23 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use linkgate::app::App;
-use linkgate::config::Config;
-use linkgate::server;
+use linkgate::App;
+use linkgate::Config;
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
-pub const READ_KEY: &str = "test-read-key-0123456789";
-pub const CLICK_SECRET: &str = "test-click-secret-0123456789";
+pub(crate) const ADMIN_KEY: &str = "test-admin-key-0123456789";
+pub(crate) const READ_KEY: &str = "test-read-key-0123456789";
+pub(crate) const CLICK_SECRET: &str = "test-click-secret-0123456789";
 
 /// A loopback port nobody is listening on right now.
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A redis-server child process on a free port, killed on drop.
-pub struct RedisGuard {
+pub(crate) struct RedisGuard {
     child: Child,
     pub port: u16,
     /// `:password@` and `/db` of the URL, for a guard started with a password.
@@ -41,17 +40,17 @@ pub struct RedisGuard {
 }
 
 impl RedisGuard {
-    pub fn start() -> Self {
+    pub(crate) fn start() -> Self {
         Self::start_on(free_port())
     }
 
-    pub fn start_on(port: u16) -> Self {
+    pub(crate) fn start_on(port: u16) -> Self {
         Self::spawn(port, &["--save", "", "--appendonly", "no"])
     }
 
     /// A Redis that fsyncs every write to an append-only file in `dir`, so a SIGKILL loses nothing
     /// and a restart on the same port and directory comes back with all its data.
-    pub fn start_persistent(port: u16, dir: &std::path::Path) -> Self {
+    pub(crate) fn start_persistent(port: u16, dir: &std::path::Path) -> Self {
         let dir = dir.to_string_lossy().to_string();
         Self::spawn(
             port,
@@ -70,7 +69,7 @@ impl RedisGuard {
 
     /// A Redis that refuses clients without `password`; its URL carries the password and
     /// selects database `db`.
-    pub fn start_with_password(password: &str, db: u32) -> Self {
+    pub(crate) fn start_with_password(password: &str, db: u32) -> Self {
         let mut guard = Self::spawn(
             free_port(),
             &["--save", "", "--appendonly", "no", "--requirepass", password],
@@ -80,7 +79,7 @@ impl RedisGuard {
     }
 
     /// A Redis that also listens on a Unix socket; its URL is the socket's (`unix:///path`).
-    pub fn start_with_socket() -> Self {
+    pub(crate) fn start_with_socket() -> Self {
         let port = free_port();
         let socket = std::env::temp_dir().join(format!("linkgate-test-redis-{port}.sock"));
         let mut guard = Self::spawn(
@@ -136,7 +135,7 @@ impl RedisGuard {
         }
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         if let Some(socket) = &self.socket {
             return format!("unix://{}", socket.display());
         }
@@ -147,7 +146,7 @@ impl RedisGuard {
     }
 
     /// SIGKILLs the server (fault tests).
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -163,10 +162,10 @@ impl Drop for RedisGuard {
 }
 
 /// A directory removed on drop.
-pub struct TempDir(pub PathBuf);
+pub(crate) struct TempDir(pub PathBuf);
 
 impl TempDir {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         static N: AtomicU64 = AtomicU64::new(0);
         let p = std::env::temp_dir().join(format!(
             "linkgate-test-{}-{}",
@@ -187,22 +186,22 @@ impl Drop for TempDir {
 
 /// Which store a test server uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
+pub(crate) enum Backend {
     Embedded,
     Redis,
 }
 
-pub const BACKENDS: [Backend; 2] = [Backend::Embedded, Backend::Redis];
+pub(crate) const BACKENDS: [Backend; 2] = [Backend::Embedded, Backend::Redis];
 
 /// What a test server needs from outside: a Redis (redis backend) and a data directory.
-pub struct Env {
+pub(crate) struct Env {
     pub backend: Backend,
     pub redis: Option<RedisGuard>,
     pub dir: TempDir,
 }
 
 impl Env {
-    pub fn new(backend: Backend) -> Self {
+    pub(crate) fn new(backend: Backend) -> Self {
         match backend {
             Backend::Redis => Self::with_redis(RedisGuard::start()),
             Backend::Embedded => Self {
@@ -214,7 +213,7 @@ impl Env {
     }
 
     /// Redis mode on a Redis started by the test (persistent, password-protected, …).
-    pub fn with_redis(redis: RedisGuard) -> Self {
+    pub(crate) fn with_redis(redis: RedisGuard) -> Self {
         Self {
             backend: Backend::Redis,
             redis: Some(redis),
@@ -222,7 +221,7 @@ impl Env {
         }
     }
 
-    pub fn config(&self, extra: &[(&str, &str)]) -> Config {
+    pub(crate) fn config(&self, extra: &[(&str, &str)]) -> Config {
         let redis_url = self.redis.as_ref().map(RedisGuard::url);
         let data_dir = self.dir.0.to_string_lossy().to_string();
         let keys = format!("{ADMIN_KEY},{READ_KEY}:links:read+stats:read");
@@ -245,7 +244,7 @@ impl Env {
 }
 
 /// The real server on an ephemeral port, stopped on drop.
-pub struct TestServer {
+pub(crate) struct TestServer {
     pub addr: SocketAddr,
     pub app: Arc<App>,
     stop: Option<oneshot::Sender<()>>,
@@ -253,11 +252,11 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    pub async fn start(env: &Env) -> Self {
+    pub(crate) async fn start(env: &Env) -> Self {
         Self::start_with(env, &[]).await
     }
 
-    pub async fn start_with(env: &Env, extra: &[(&str, &str)]) -> Self {
+    pub(crate) async fn start_with(env: &Env, extra: &[(&str, &str)]) -> Self {
         let app = App::build(env.config(extra)).await.expect("app builds");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -265,7 +264,7 @@ impl TestServer {
         let task = tokio::spawn({
             let app = app.clone();
             async move {
-                server::run(listener, app, async {
+                linkgate::serve(listener, app, async {
                     let _ = stopped.await;
                 })
                 .await
@@ -281,7 +280,7 @@ impl TestServer {
     }
 
     /// Stops accepting, drains, and waits for the server task.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
@@ -290,27 +289,27 @@ impl TestServer {
         }
     }
 
-    pub async fn get(&self, path: &str) -> Resp {
+    pub(crate) async fn get(&self, path: &str) -> Resp {
         send(self.addr, "GET", path, &[], Vec::new()).await
     }
 
-    pub async fn get_ua(&self, path: &str, ua: &str) -> Resp {
+    pub(crate) async fn get_ua(&self, path: &str, ua: &str) -> Resp {
         send(self.addr, "GET", path, &[("user-agent", ua)], Vec::new()).await
     }
 
     /// Mints one link with the admin key; fails the test unless it answers 201.
-    pub async fn mint(&self, body: Value) -> Value {
+    pub(crate) async fn mint(&self, body: Value) -> Value {
         let r = self.api("POST", "/v1/links", Some(body)).await;
         assert_eq!(r.status, http::StatusCode::CREATED, "{}", r.text());
         r.json()
     }
 
     /// An API call with the admin key.
-    pub async fn api(&self, method: &str, path: &str, body: Option<Value>) -> Resp {
+    pub(crate) async fn api(&self, method: &str, path: &str, body: Option<Value>) -> Resp {
         self.api_as(ADMIN_KEY, method, path, body).await
     }
 
-    pub async fn api_as(&self, key: &str, method: &str, path: &str, body: Option<Value>) -> Resp {
+    pub(crate) async fn api_as(&self, key: &str, method: &str, path: &str, body: Option<Value>) -> Resp {
         let auth = format!("Bearer {key}");
         let body = body.map(|b| serde_json::to_vec(&b).unwrap()).unwrap_or_default();
         send(
@@ -324,7 +323,7 @@ impl TestServer {
     }
 
     /// Every link the list API returns for `query` (all pages).
-    pub async fn all_links(&self, query: &str) -> Vec<Value> {
+    pub(crate) async fn all_links(&self, query: &str) -> Vec<Value> {
         let mut out = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
@@ -354,28 +353,28 @@ impl Drop for TestServer {
 
 /// A received response.
 #[derive(Debug)]
-pub struct Resp {
+pub(crate) struct Resp {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
 
 impl Resp {
-    pub fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
-    pub fn location(&self) -> &str {
+    pub(crate) fn location(&self) -> &str {
         self.header("location")
             .unwrap_or_else(|| panic!("no Location header; status {}", self.status))
     }
     /// The JSON error code of an error answer.
-    pub fn error_code(&self) -> String {
+    pub(crate) fn error_code(&self) -> String {
         self.json()["error"]["code"]
             .as_str()
             .unwrap_or_else(|| panic!("not an error body: {}", self.text()))
@@ -384,14 +383,14 @@ impl Resp {
 }
 
 /// One HTTP/1.1 request on a fresh connection.
-pub async fn send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Resp {
+pub(crate) async fn send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Resp {
     try_send(addr, method, path, headers, body)
         .await
         .expect("a response from the test server")
 }
 
 /// Like [`send`], but `None` when the server cannot be reached or drops the connection.
-pub async fn try_send(
+pub(crate) async fn try_send(
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -422,7 +421,7 @@ pub async fn try_send(
 }
 
 /// Every entry of a Redis Stream as `(type field, parsed json field)`.
-pub fn stream_entries(redis_url: &str, key: &str) -> Vec<(String, Value)> {
+pub(crate) fn stream_entries(redis_url: &str, key: &str) -> Vec<(String, Value)> {
     let client = redis::Client::open(redis_url).unwrap();
     let mut con = client.get_connection().expect("connect to the test redis");
     let mut out = Vec::new();
@@ -451,7 +450,7 @@ pub fn stream_entries(redis_url: &str, key: &str) -> Vec<(String, Value)> {
 }
 
 /// Every event in the embedded event log of `data_dir`.
-pub fn log_entries(data_dir: &std::path::Path) -> Vec<Value> {
+pub(crate) fn log_entries(data_dir: &std::path::Path) -> Vec<Value> {
     let mut files: Vec<_> = std::fs::read_dir(data_dir.join("events"))
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
         .unwrap_or_default();
@@ -470,7 +469,7 @@ pub fn log_entries(data_dir: &std::path::Path) -> Vec<Value> {
 
 impl Env {
     /// Every event delivered so far: the Redis Stream, or the embedded event log.
-    pub fn events(&self) -> Vec<Value> {
+    pub(crate) fn events(&self) -> Vec<Value> {
         match &self.redis {
             Some(r) => stream_entries(&r.url(), "linkgate:events")
                 .into_iter()
@@ -482,7 +481,7 @@ impl Env {
 }
 
 /// Polls `f` until it returns `Some`, failing after `within`.
-pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut f: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(within: Duration, what: &str, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -499,7 +498,7 @@ where
 
 /// The value of the sample `series` (a metric name with its labels, as exposed) in `app`'s
 /// Prometheus text; 0 when absent.
-pub fn metric(app: &App, series: &str) -> f64 {
+pub(crate) fn metric(app: &App, series: &str) -> f64 {
     app.render_metrics()
         .lines()
         .filter_map(|l| l.strip_prefix(series)?.strip_prefix(' '))

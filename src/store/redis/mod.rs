@@ -45,12 +45,12 @@ use crate::link::Link;
 use crate::link::code::generate_codes;
 use crate::link::input::LinkPatch;
 
-pub const PIPELINE_CHUNK: usize = 10_000;
+pub(crate) const PIPELINE_CHUNK: usize = 10_000;
 /// Most members added by one `ZADD`.
-pub const ZADD_MEMBERS: usize = 5_000;
-pub const INVALIDATE_CHANNEL: &str = "lg:invalidate";
+pub(crate) const ZADD_MEMBERS: usize = 5_000;
+pub(crate) const INVALIDATE_CHANNEL: &str = "lg:invalidate";
 /// Links per click counter array (`lg:clicks:{n}`, 16 bytes per link: 1 MiB when full).
-pub const CLICK_ARRAY_LINKS: u64 = 65_536;
+pub(crate) const CLICK_ARRAY_LINKS: u64 = 65_536;
 
 pub struct RedisStore {
     client: Client,
