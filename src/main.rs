@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use linkgate::App;
 use linkgate::{Config, LogFormat, serve_args};
 
-/// mimalloc: measured on the redirect path under load, glibc's malloc/free took about 10% of the
-/// server's CPU (hyper's buffers, the batcher's batches); see BENCHMARKS.md.
+/// mimalloc: glibc's malloc/free were a visible share of the redirect path's CPU under load
+/// (hyper's buffers, the batcher's batches); the figure is in `loadtest/optimisations.md`.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

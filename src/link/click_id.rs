@@ -34,9 +34,9 @@ pub struct RawClickId {
 }
 
 impl RawClickId {
-    /// The payload in base64url without padding. Written out by hand for this one fixed size: the
-    /// general-purpose engine took about 380 instructions per id, and every tap encodes one on the
-    /// redirect path and again in the batcher.
+    /// The payload in base64url without padding. Written out by hand for this one fixed size:
+    /// every tap encodes one on the redirect path and again in the batcher, and the
+    /// general-purpose engine cost several times more (`loadtest/optimisations.md`).
     fn encoded(&self) -> [u8; ENCODED_LEN] {
         const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
         let mut out = [0u8; ENCODED_LEN];

@@ -11,8 +11,8 @@ use super::*;
 ///
 /// A batch has about one tapped link per event. The clicks of links whose sequence number the
 /// taps carried go into the links' counter arrays, one `BITFIELD` per array per batch instead of
-/// one `HINCRBY` per link: that halved Redis's CPU per event (3.8 → 1.9 µs with 1M links, where
-/// every tap hits another link). What is left per link (leads, conversions, revenue, and clicks
+/// one `HINCRBY` per link: with a million links nearly every tap hits another link, and one
+/// command per link was most of Redis's work per event (`loadtest/optimisations.md`). What is left per link (leads, conversions, revenue, and clicks
 /// replayed from the spool or counted by the API) goes to the link's hash; its keys and numbers are
 /// written into two reused buffers rather than allocated per command.
 pub(crate) fn counter_updates(delta: &CounterDelta, mut command: impl FnMut(&[&[u8]])) {
@@ -95,8 +95,8 @@ fn click_array_updates(clicks: &mut Vec<(u64, i64, i64)>, command: &mut dyn FnMu
 }
 
 /// Reorders `clicks` so that the taps of each counter array are adjacent, in one counting pass
-/// (increments of distinct slots commute, so no order is needed within an array). Sorting a
-/// 4,096-tap batch by sequence number took about 500 instructions per tap under callgrind.
+/// (increments of distinct slots commute, so no order is needed within an array), which costs
+/// far fewer instructions per tap than sorting the batch (`loadtest/optimisations.md`).
 fn group_by_array(clicks: &mut Vec<(u64, i64, i64)>) {
     let array = |c: &(u64, i64, i64)| click_slot(c.0).0;
     let Some(first) = clicks.first().map(array) else { return };
