@@ -160,6 +160,12 @@ pub(crate) enum EdgeError {
     Gone,
     /// The store could not be read and nothing cached can answer (503).
     Unavailable,
+    /// `/readyz` while shutting down (503).
+    Draining,
+    /// `/readyz` while the store does not answer (503).
+    StoreUnreachable,
+    /// A path the admin listener does not serve (404).
+    NoRoute,
 }
 
 const NOT_FOUND_PAGE: &[u8] = b"<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><title>Link not found</title></head><body><h1>Link not found</h1><p>This link does not exist. Check that it was copied completely.</p></body></html>\n";
@@ -174,6 +180,9 @@ impl EdgeError {
             Self::NotFound => html(StatusCode::NOT_FOUND, NOT_FOUND_PAGE),
             Self::Gone => html(StatusCode::GONE, GONE_PAGE),
             Self::Unavailable => crate::body::text(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable\n"),
+            Self::Draining => crate::body::text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
+            Self::StoreUnreachable => crate::body::text(StatusCode::SERVICE_UNAVAILABLE, "store unreachable\n"),
+            Self::NoRoute => crate::body::text(StatusCode::NOT_FOUND, "not found\n"),
         };
         r.headers_mut().insert(CACHE_CONTROL, NO_STORE);
         r

@@ -4,14 +4,15 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use http::{Method, Response, StatusCode, header};
+use http::{Method, Response, StatusCode};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::app::App;
-use crate::body::Body;
+use crate::body::{Body, text, with_type};
+use crate::error::EdgeError;
 
 /// Serves the admin routes until `shutdown` resolves.
 pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
@@ -37,22 +38,13 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
 
 /// The admin answer for `method path`.
 pub(crate) fn answer(app: &App, method: &Method, path: &str) -> Response<Body> {
-    let (status, content_type, body) = match (method, path) {
-        (&Method::GET, "/metrics") => (
+    match (method, path) {
+        (&Method::GET, "/metrics") => with_type(
             StatusCode::OK,
+            Body::from(app.render_metrics().into_bytes()),
             "text/plain; version=0.0.4; charset=utf-8",
-            app.render_metrics().into_bytes(),
         ),
-        (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain; charset=utf-8", b"ok\n".to_vec()),
-        _ => (
-            StatusCode::NOT_FOUND,
-            "text/plain; charset=utf-8",
-            b"not found\n".to_vec(),
-        ),
-    };
-    let mut r = Response::new(Body::from(body));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
-    r
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        _ => EdgeError::NoRoute.response(),
+    }
 }

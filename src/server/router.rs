@@ -8,7 +8,7 @@ use http::{Method, Request, Response, StatusCode};
 
 use crate::app::App;
 use crate::body::{Body, BoxError, text};
-use crate::error::ApiError;
+use crate::error::{ApiError, EdgeError};
 use crate::metrics::RouteClass;
 
 /// How long `/readyz` waits for the store.
@@ -52,11 +52,11 @@ where
 
 async fn readyz(app: &App) -> Response<Body> {
     if !app.readiness.get() {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+        return EdgeError::Draining.response();
     }
     match tokio::time::timeout(READY_TIMEOUT, app.store.ping()).await {
         Ok(Ok(())) => text(StatusCode::OK, "ready\n"),
-        _ => text(StatusCode::SERVICE_UNAVAILABLE, "store unreachable\n"),
+        _ => EdgeError::StoreUnreachable.response(),
     }
 }
 
