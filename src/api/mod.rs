@@ -205,8 +205,12 @@ pub(crate) fn page_query(
     let mut errors = Vec::new();
     for (k, v) in query_pairs(query) {
         match k.as_str() {
-            "campaign_id" => q.filter.campaign_id = Some(v),
-            "owner_id" => q.filter.owner_id = Some(v),
+            // The same rules as the ids stored, so a filter can only name what could exist.
+            "campaign_id" | "owner_id" => match crate::link::input::id(&Value::String(v)) {
+                Ok(id) if k == "campaign_id" => q.filter.campaign_id = id,
+                Ok(id) => q.filter.owner_id = id,
+                Err(m) => errors.push(FieldError::new(k.as_str(), m)),
+            },
             "cursor" => match v.parse() {
                 Ok(c) => q.cursor = c,
                 Err(_) => errors.push(FieldError::new("cursor", "is not a cursor this API returned")),
@@ -232,38 +236,57 @@ pub(crate) fn page_query(
     }
 }
 
-/// Parses `a=1&b=2` into pairs, percent-decoded.
+/// Parses `a=1&b=2` into pairs, decoded as `application/x-www-form-urlencoded` (the
+/// `form_urlencoded` crate: `+` is a space, `%XX` a byte, a `%` not followed by two hex digits
+/// stays a `%`, invalid UTF-8 becomes U+FFFD).
 pub(crate) fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
-    query
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(k), percent_decode(v))
-        })
+    form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect()
 }
 
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
-                    Ok(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn query_strings_decode_like_forms() {
+        assert_eq!(
+            query_pairs(Some("campaign_id=spring+sale&owner_id=%E5%BC%A0&limit=5")),
+            [
+                ("campaign_id".to_string(), "spring sale".to_string()),
+                ("owner_id".into(), "张".into()),
+                ("limit".into(), "5".into())
+            ]
+        );
+        // `%+1` is not an escape: no control byte may come out of it.
+        assert_eq!(query_pairs(Some("a=%+1")), [("a".to_string(), "% 1".to_string())]);
+        assert_eq!(
+            query_pairs(Some("a=%zz&&b")),
+            [("a".to_string(), "%zz".to_string()), ("b".into(), "".into())]
+        );
+        assert!(query_pairs(None).is_empty());
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_any_query_never_panics_and_round_trips(pairs in proptest::collection::vec(("\\PC{0,12}", "\\PC{0,12}"), 0..6)) {
+            let encoded = form_urlencoded::Serializer::new(String::new()).extend_pairs(&pairs).finish();
+            let decoded = query_pairs(Some(&encoded));
+            prop_assert_eq!(decoded, pairs);
+        }
+
+        #[test]
+        fn arbitrary_bytes_decode_without_control_bytes_from_escapes(q in "[ -~]{0,40}") {
+            for (k, v) in query_pairs(Some(&q)) {
+                // A control character can only come from a `%0X`/`%1X`/`%7F` escape written out.
+                for c in k.chars().chain(v.chars()).filter(|c| c.is_control()) {
+                    let hex = format!("%{:02X}", c as u32);
+                    prop_assert!(q.to_ascii_uppercase().contains(&hex), "{:?} from {:?}", c, q);
                 }
             }
-            c => out.push(c),
         }
-        i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
 }
