@@ -1,5 +1,9 @@
-//! The response body: a whole buffer (nearly every answer) or a channel of chunks (CSV exports).
+//! The response body: a whole buffer (nearly every answer) or a stream of chunks (CSV exports).
 //! An enum instead of a boxed trait object keeps the redirect path free of allocations for the body.
+//!
+//! A stream ends cleanly only when its producer says so ([`Chunk::End`]). If the producer fails
+//! or goes away first, the body ends with an error, so hyper aborts the transfer (no final chunk)
+//! and the client sees a broken download instead of a short file that looks complete.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -14,7 +18,26 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub enum Body {
     Full(Option<Bytes>),
-    Channel(mpsc::Receiver<Bytes>),
+    Stream { rx: mpsc::Receiver<Chunk>, ended: bool },
+}
+
+/// What a streamed body's producer sends.
+#[derive(Debug)]
+pub enum Chunk {
+    Data(Bytes),
+    /// Everything was sent: the transfer may end cleanly.
+    End,
+}
+
+/// A streamed body whose producer stopped without [`Chunk::End`].
+#[derive(Debug, thiserror::Error)]
+#[error("the response stream was cut short by its producer")]
+pub struct StreamAborted;
+
+/// A streamed body and the sender its producer writes to (at most `depth` chunks in flight).
+pub(crate) fn stream(depth: usize) -> (mpsc::Sender<Chunk>, Body) {
+    let (tx, rx) = mpsc::channel(depth);
+    (tx, Body::Stream { rx, ended: false })
 }
 
 impl Body {
@@ -41,24 +64,37 @@ impl From<Bytes> for Body {
 
 impl http_body::Body for Body {
     type Data = Bytes;
-    type Error = std::convert::Infallible;
+    type Error = StreamAborted;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Body::Channel(rx) => rx.poll_recv(cx).map(|c| c.map(|b| Ok(Frame::data(b)))),
+            Body::Stream { ended: true, .. } => Poll::Ready(None),
+            Body::Stream { rx, ended } => match rx.poll_recv(cx) {
+                Poll::Ready(Some(Chunk::Data(b))) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                Poll::Ready(Some(Chunk::End)) => {
+                    *ended = true;
+                    Poll::Ready(None)
+                }
+                // The producer is gone without saying it finished.
+                Poll::Ready(None) => {
+                    *ended = true;
+                    Poll::Ready(Some(Err(StreamAborted)))
+                }
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self, Body::Full(None))
+        matches!(self, Body::Full(None) | Body::Stream { ended: true, .. })
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             Body::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Body::Full(None) => SizeHint::with_exact(0),
-            Body::Channel(_) => SizeHint::default(),
+            Body::Stream { .. } => SizeHint::default(),
         }
     }
 }
@@ -80,4 +116,27 @@ pub(crate) fn with_type(status: StatusCode, body: Body, content_type: &'static s
     r.headers_mut()
         .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stream_ends_cleanly_only_when_its_producer_says_so() {
+        let (tx, body) = stream(4);
+        tx.send(Chunk::Data(Bytes::from_static(b"a,b\n"))).await.unwrap();
+        tx.send(Chunk::End).await.unwrap();
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "a,b\n");
+
+        let (tx, body) = stream(4);
+        tx.send(Chunk::Data(Bytes::from_static(b"a,b\n"))).await.unwrap();
+        drop(tx); // a failed or panicked producer
+        assert!(
+            body.collect().await.is_err(),
+            "a cut-short stream is an error, not a short file"
+        );
+    }
 }

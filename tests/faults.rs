@@ -12,8 +12,8 @@ use std::time::Duration;
 use http::StatusCode;
 use serde_json::json;
 use support::{
-    ADMIN_KEY, CLICK_SECRET, Env, RedisGuard, TempDir, TestServer, eventually, free_port, metric, stream_entries,
-    try_send,
+    ADMIN_KEY, CLICK_SECRET, Env, RedisGuard, TempDir, TestServer, eventually, free_port, get_streamed, metric,
+    stream_entries, try_send,
 };
 
 const UA: &str = "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 Chrome/120.0 Mobile Safari/537.36";
@@ -163,5 +163,50 @@ async fn sigterm_under_load_flushes_every_answered_tap() {
     assert_eq!(
         distinct, accepted,
         "every 302 answered before exit has its event in the stream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_csv_export_that_fails_midway_aborts_instead_of_ending_cleanly() {
+    let env = Env::with_redis(RedisGuard::start());
+    let url = env.redis.as_ref().unwrap().url();
+    let s = TestServer::start(&env).await;
+    // Three pages of 1,000 rows.
+    let items: Vec<_> = (0..2500).map(|i| json!({"recipient_id": format!("r{i:05}")})).collect();
+    let defaults = json!({"destination": "https://shop.example/", "campaign_id": "export"});
+    let r = s
+        .api(
+            "POST",
+            "/v1/links/bulk",
+            Some(json!({"defaults": defaults, "links": items})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let minted = r.json()["links"].as_array().unwrap().clone();
+    let path = "/v1/links?campaign_id=export&format=csv";
+
+    let (status, body) = get_streamed(s.addr, path, ADMIN_KEY).await;
+    assert_eq!(status, StatusCode::OK);
+    let body = body.expect("a whole export ends cleanly");
+    assert_eq!(
+        body.iter().filter(|&&b| b == b'\n').count(),
+        2501,
+        "the header and every row"
+    );
+
+    // The record of a link on the second page becomes unreadable: that page's read fails after the
+    // 200 and the first rows went out.
+    let code = minted[1500]["code"].as_str().unwrap();
+    let mut redis = redis::Client::open(url.as_str()).unwrap().get_connection().unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("lg:link:{{{code}}}"))
+        .arg("not a link")
+        .query(&mut redis)
+        .unwrap();
+    let (status, body) = get_streamed(s.addr, path, ADMIN_KEY).await;
+    assert_eq!(status, StatusCode::OK, "the first page was readable");
+    assert!(
+        body.is_err(),
+        "a cut-short export must fail the download, not end cleanly"
     );
 }

@@ -8,14 +8,13 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
 
 use super::{
     ApiResult, MAX_BODY_BYTES, MAX_BULK_BODY_BYTES, MAX_PAGE, ok_json, page_query, parse_object, read_body, require,
 };
 use crate::app::App;
-use crate::body::Body;
 use crate::body::json;
+use crate::body::{Body, Chunk};
 use crate::config::{ApiKey, Scope};
 use crate::error::{ApiError, ErrorCode, FieldError};
 use crate::link::code::is_code_shaped;
@@ -296,7 +295,7 @@ pub(crate) async fn list<B>(app: &App, key: &ApiKey, req: &Request<B>) -> ApiRes
         true
     })?;
     if csv {
-        return Ok(csv_export(app, page.filter));
+        return csv_export(app, page.filter).await;
     }
     let page = app.store.list_links(&page.filter, page.cursor, page.limit).await?;
     let base = &app.config.public_base_url;
@@ -308,40 +307,43 @@ pub(crate) async fn list<B>(app: &App, key: &ApiKey, req: &Request<B>) -> ApiRes
 }
 
 /// Streams `recipient_id,code,short_url` rows of every link matching `filter`, page by page.
-fn csv_export(app: &App, filter: LinkFilter) -> Response<Body> {
-    let (tx, rx) = mpsc::channel::<Bytes>(4);
+///
+/// The first page is read before answering, so a store that is down gets a 503 JSON error. A
+/// failure on a later page, after the 200 went out, aborts the transfer ([`crate::body::Chunk`]):
+/// an SMS platform then sees a failed download, never a file that silently lacks recipients.
+async fn csv_export(app: &App, filter: LinkFilter) -> ApiResult {
+    let first = app.store.list_links(&filter, 0, MAX_PAGE).await?;
+    let (tx, body) = crate::body::stream(4);
     let store = app.store.clone();
     let base = app.config.public_base_url.clone();
     tokio::spawn(async move {
-        let _ = tx.send(Bytes::from_static(b"recipient_id,code,short_url\n")).await;
-        let mut cursor = 0;
+        let send = |chunk: Bytes| {
+            let tx = tx.clone();
+            async move { tx.send(Chunk::Data(chunk)).await.is_ok() }
+        };
+        if !send(Bytes::from_static(b"recipient_id,code,short_url\n")).await {
+            return;
+        }
+        let mut page = first;
         loop {
-            let page = match store.list_links(&filter, cursor, MAX_PAGE).await {
+            if !send(csv_rows(&page.links, &base)).await {
+                return;
+            }
+            let Some(cursor) = page.next_cursor else {
+                let _ = tx.send(Chunk::End).await;
+                return;
+            };
+            page = match store.list_links(&filter, cursor, MAX_PAGE).await {
                 Ok(p) => p,
                 Err(e) => {
-                    tracing::warn!(error = %e, "CSV export stopped: store read failed");
+                    // Dropping the sender without `End` aborts the response.
+                    tracing::warn!(error = %e, "CSV export aborted: store read failed");
                     return;
                 }
             };
-            let mut chunk = String::with_capacity(page.links.len() * 64);
-            for l in &page.links {
-                chunk.push_str(&csv_cell(l.recipient_id.as_deref().unwrap_or("")));
-                chunk.push(',');
-                chunk.push_str(&l.code);
-                chunk.push(',');
-                chunk.push_str(&short_url(&base, &l.code));
-                chunk.push('\n');
-            }
-            if tx.send(Bytes::from(chunk)).await.is_err() {
-                return;
-            }
-            match page.next_cursor {
-                Some(c) => cursor = c,
-                None => return,
-            }
         }
     });
-    let mut r = Response::new(Body::Channel(rx));
+    let mut r = Response::new(body);
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/csv; charset=utf-8"),
@@ -350,7 +352,21 @@ fn csv_export(app: &App, filter: LinkFilter) -> Response<Body> {
         header::CONTENT_DISPOSITION,
         HeaderValue::from_static("attachment; filename=\"links.csv\""),
     );
-    r
+    Ok(r)
+}
+
+/// One page of links as CSV rows.
+fn csv_rows(links: &[Link], base: &str) -> Bytes {
+    let mut chunk = String::with_capacity(links.len() * 64);
+    for l in links {
+        chunk.push_str(&csv_cell(l.recipient_id.as_deref().unwrap_or("")));
+        chunk.push(',');
+        chunk.push_str(&l.code);
+        chunk.push(',');
+        chunk.push_str(&short_url(base, &l.code));
+        chunk.push('\n');
+    }
+    Bytes::from(chunk)
 }
 
 /// Quotes a CSV cell when needed, and defuses spreadsheet formulas (`=`, `+`, `-`, `@` first).
@@ -483,4 +499,31 @@ where
         tracing::warn!(error = %e, "could not store an idempotent answer");
     }
     Ok(json(status, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads one CSV cell back the way a spreadsheet does (RFC 4180 quoting).
+    fn read_cell(cell: &str) -> String {
+        match cell.strip_prefix('"').and_then(|c| c.strip_suffix('"')) {
+            Some(inner) => inner.replace("\"\"", "\""),
+            None => cell.to_string(),
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn cells_read_back_as_written_and_never_as_formulas(s in "\\PC{0,30}|[=+@-][ -~]{0,10}|[\",\r\n]{0,4}") {
+            let cell = csv_cell(&s);
+            let back = read_cell(&cell);
+            proptest::prop_assert!(!back.starts_with(['=', '+', '-', '@']), "{:?}", cell);
+            let want = if s.starts_with(['=', '+', '-', '@']) { format!("'{s}") } else { s.clone() };
+            proptest::prop_assert_eq!(&back, &want);
+            if !cell.starts_with('"') {
+                proptest::prop_assert!(!cell.contains([',', '"', '\n', '\r']), "{:?}", cell);
+            }
+        }
+    }
 }

@@ -420,6 +420,30 @@ pub(crate) async fn try_send(
     })
 }
 
+/// A GET whose body may be cut short: the status, and the body or the error that ended it.
+pub(crate) async fn get_streamed(addr: SocketAddr, path: &str, key: &str) -> (StatusCode, Result<Bytes, String>) {
+    let stream = TcpStream::connect(addr).await.expect("the test server accepts");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .uri(path)
+        .header("host", "go.brand.test")
+        .header("authorization", format!("Bearer {key}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.expect("a response head");
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .map_err(|e| e.to_string());
+    (status, body)
+}
+
 /// Every entry of a Redis Stream as `(type field, parsed json field)`.
 pub(crate) fn stream_entries(redis_url: &str, key: &str) -> Vec<(String, Value)> {
     let client = redis::Client::open(redis_url).unwrap();
