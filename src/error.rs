@@ -26,6 +26,8 @@ pub enum ErrorCode {
     ValidationFailed,
     RateLimited,
     Unavailable,
+    /// A bug: a handler panicked. Counted, logged, and never detailed to the client.
+    Internal,
 }
 
 impl ErrorCode {
@@ -41,6 +43,7 @@ impl ErrorCode {
             Self::ValidationFailed => "validation_failed",
             Self::RateLimited => "rate_limited",
             Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
         }
     }
 
@@ -56,6 +59,7 @@ impl ErrorCode {
             Self::ValidationFailed => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -122,6 +126,9 @@ impl ApiError {
     }
     pub fn field(field: &str, message: impl Into<String>) -> Self {
         Self::validation(vec![FieldError::new(field, message)])
+    }
+    pub fn internal() -> Self {
+        Self::new(ErrorCode::Internal, "an internal error occurred; it has been logged")
     }
     pub fn unavailable() -> Self {
         Self::new(ErrorCode::Unavailable, "the store is unavailable; retry shortly")

@@ -81,6 +81,7 @@ pub struct Metrics {
     pub cache: CacheMetrics,
     pub cache_links: Gauge,
     pub store_errors: Counter,
+    pub panics: Counter,
 }
 
 /// Registers handles and help texts on one recorder.
@@ -163,6 +164,11 @@ impl Metrics {
             cache,
             cache_links: r.gauge("linkgate_cache_links", "Links held in the cache."),
             store_errors: r.counter("linkgate_store_errors_total", "Store operations that failed.", &[]),
+            panics: r.counter(
+                "linkgate_handler_panics_total",
+                "Requests whose handler panicked (answered 500).",
+                &[],
+            ),
             registry: r,
             handle,
         }

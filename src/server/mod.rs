@@ -16,7 +16,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+use futures_util::FutureExt;
+use http::Response;
+
 use crate::app::App;
+use crate::body::Body;
+use crate::error::ApiError;
 
 /// Largest request head (request line + headers) accepted, in bytes.
 pub(crate) const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -37,6 +42,24 @@ pub fn http1_builder() -> http1::Builder {
         .max_headers(MAX_HEADERS)
         .keep_alive(true);
     builder
+}
+
+/// Runs a request's handler; a panic in it becomes a JSON 500 (counted and logged) instead of a
+/// connection dropped without an answer.
+pub(crate) async fn guarded(app: &App, handler: impl Future<Output = Response<Body>>) -> Response<Body> {
+    match std::panic::AssertUnwindSafe(handler).catch_unwind().await {
+        Ok(resp) => resp,
+        Err(panic) => {
+            app.metrics.panics.increment(1);
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(panic = %what, "a request handler panicked");
+            ApiError::internal().response()
+        }
+    }
 }
 
 /// Serves `listener` until `shutdown` resolves, then drains: readiness off, stop accepting, let
@@ -61,7 +84,10 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
                 let app = app.clone();
                 let svc = service_fn(move |req| {
                     let app = app.clone();
-                    async move { Ok::<_, std::convert::Infallible>(router::route(&app, req, Some(peer.ip())).await) }
+                    async move {
+                        let resp = guarded(&app, router::route(&app, req, Some(peer.ip()))).await;
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
                 });
                 let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
                 tokio::spawn(async move {
@@ -86,4 +112,34 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
         tracing::error!("events were still being flushed at the drain deadline");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_a_json_500_and_is_counted() {
+        let dir = std::env::temp_dir().join(format!("linkgate-guard-{}", std::process::id()));
+        let config = crate::config::Config::from_lookup(|var| match var {
+            "LINKGATE_DATA_DIR" => Some(dir.display().to_string()),
+            _ => None,
+        })
+        .unwrap();
+        let store = std::sync::Arc::new(crate::store::EmbeddedStore::open(&dir).unwrap());
+        let app = App::assemble(config, store, Vec::new(), b"guard-test-secret-0123");
+        let resp = guarded(&app, async { panic!("a bug") }).await;
+        assert_eq!(resp.status(), 500);
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "internal");
+        assert!(!v.to_string().contains("a bug"), "panic text never reaches the client");
+        assert!(app.render_metrics().contains("linkgate_handler_panics_total 1"));
+        let ok = guarded(&app, async { crate::body::text(http::StatusCode::OK, "fine\n") }).await;
+        assert_eq!(ok.status(), 200);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
