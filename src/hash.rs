@@ -4,11 +4,17 @@
 //! streaming `Xxh3Builder` made map lookups several times slower here (see `loadtest/optimisations.md`).
 
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::sync::LazyLock;
 
-/// Hash of a code, as used for cache keys.
+/// The seed of [`code_hash`], drawn once per process: codes come from the public, and an
+/// unseeded hash would let someone craft a code that collides with a live link's and evicts it
+/// from the cache (the table keeps one entry per hash).
+static CODE_SEED: LazyLock<u64> = LazyLock::new(|| std::collections::hash_map::RandomState::new().hash_one(0u8));
+
+/// Hash of a code, as used for cache keys: xxh3 under this process's random seed.
 #[inline]
 pub(crate) fn code_hash(code: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(code.as_bytes())
+    xxhash_rust::xxh3::xxh3_64_with_seed(code.as_bytes(), *CODE_SEED)
 }
 
 /// A hasher for keys that already are xxh3 hashes.
@@ -62,5 +68,22 @@ impl Hasher for Xxh3Hasher {
     /// The terminator `str` writes after its bytes: mixed in without another xxh3 call.
     fn write_u8(&mut self, i: u8) {
         self.0 = (self.0 ^ u64::from(i)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_hashes_are_seeded_per_process() {
+        let code = "Ab3xK9q";
+        assert_eq!(code_hash(code), code_hash(code), "stable within the process");
+        assert_ne!(
+            code_hash(code),
+            xxhash_rust::xxh3::xxh3_64(code.as_bytes()),
+            "not the public unseeded hash, which anyone can compute collisions for"
+        );
+        assert_ne!(*CODE_SEED, 0);
     }
 }
