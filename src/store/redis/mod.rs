@@ -58,11 +58,37 @@ pub struct RedisStore {
     conn: tokio::sync::OnceCell<ConnectionManager>,
 }
 
+/// An id as it appears inside a key: `%`, `{`, `}` and `:` percent-escaped (everything else as
+/// is). A key's components are separated by `:` and its hash tag is in braces, so with these four
+/// escaped, distinct id tuples always give distinct keys and no id can close a hash tag early.
+/// Codes (`[A-Za-z0-9_-]`) and generated ids pass through unchanged.
+fn esc(id: &str) -> std::borrow::Cow<'_, str> {
+    if !id.contains(['%', '{', '}', ':']) {
+        return std::borrow::Cow::Borrowed(id);
+    }
+    let mut out = String::with_capacity(id.len() + 8);
+    for c in id.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '{' => out.push_str("%7B"),
+            '}' => out.push_str("%7D"),
+            ':' => out.push_str("%3A"),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// `lg:<kind>:{<id>}`: a record keyed by one id.
+fn record_key(kind: &str, id: &str) -> String {
+    format!("lg:{kind}:{{{}}}", esc(id))
+}
+
 fn link_key(code: &str) -> String {
     format!("lg:link:{{{code}}}")
 }
 fn rcpt_key(campaign: &str, recipient: &str) -> String {
-    format!("lg:rcpt:{{{campaign}}}:{recipient}")
+    format!("lg:rcpt:{{{}}}:{}", esc(campaign), esc(recipient))
 }
 fn index_key(name: &IndexName) -> String {
     named_index_key("idx", name)
@@ -70,16 +96,16 @@ fn index_key(name: &IndexName) -> String {
 fn named_index_key(prefix: &str, name: &IndexName) -> String {
     match name {
         IndexName::All => format!("lg:{prefix}:all"),
-        IndexName::Campaign(c) => format!("lg:{prefix}:c:{{{c}}}"),
-        IndexName::Owner(o) => format!("lg:{prefix}:o:{{{o}}}"),
-        IndexName::CampaignOwner(c, o) => format!("lg:{prefix}:co:{{{c}}}:{o}"),
+        IndexName::Campaign(c) => format!("lg:{prefix}:c:{{{}}}", esc(c)),
+        IndexName::Owner(o) => format!("lg:{prefix}:o:{{{}}}", esc(o)),
+        IndexName::CampaignOwner(c, o) => format!("lg:{prefix}:co:{{{}}}:{}", esc(c), esc(o)),
     }
 }
 fn lead_key(id: &str) -> String {
-    format!("lg:lead:{{{id}}}")
+    format!("lg:lead:{{{}}}", esc(id))
 }
 fn lead_claim_key(claim: &str) -> String {
-    format!("lg:leadclaim:{{{claim}}}")
+    format!("lg:leadclaim:{{{}}}", esc(claim))
 }
 fn link_stats_key(code: &str) -> String {
     let mut key = Vec::new();
@@ -103,10 +129,10 @@ fn link_stats_key_into(out: &mut Vec<u8>, code: &[u8]) {
     out.push(b'}');
 }
 fn campaign_stats_key(id: &str) -> String {
-    format!("lg:stats:camp:{{{id}}}")
+    format!("lg:stats:camp:{{{}}}", esc(id))
 }
 fn leaderboard_key(campaign: &str, by: RankBy) -> String {
-    format!("lg:lb:{{{campaign}}}:{}", by.as_str())
+    format!("lg:lb:{{{}}}:{}", esc(campaign), by.as_str())
 }
 
 impl RedisStore {
@@ -196,5 +222,50 @@ impl Store for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
         let _: String = redis::cmd("PING").query_async(&mut self.conn().await?).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn ids_that_used_to_collide_get_distinct_keys() {
+        assert_ne!(rcpt_key("a}:x", "y"), rcpt_key("a", "x}:y"));
+        let co = |c: &str, o: &str| index_key(&IndexName::CampaignOwner(c.into(), o.into()));
+        assert_ne!(co("a}:x", "y"), co("a", "x}:y"));
+        assert_eq!(
+            rcpt_key("spring", "cust-1"),
+            "lg:rcpt:{spring}:cust-1",
+            "plain ids read as before"
+        );
+    }
+
+    /// The hash tag Redis Cluster hashes: the text between the first `{` and the next `}`.
+    fn hash_tag(key: &str) -> &str {
+        let open = key.find('{').unwrap();
+        let close = key[open + 1..].find('}').unwrap() + open + 1;
+        &key[open + 1..close]
+    }
+
+    proptest! {
+        #[test]
+        fn distinct_pairs_give_distinct_keys(a in "\\PC{0,8}", b in "\\PC{0,8}", c in "\\PC{0,8}", d in "\\PC{0,8}") {
+            prop_assume!((&a, &b) != (&c, &d));
+            prop_assert_ne!(rcpt_key(&a, &b), rcpt_key(&c, &d));
+            let co = |c: &str, o: &str| index_key(&IndexName::CampaignOwner(c.into(), o.into()));
+            prop_assert_ne!(co(&a, &b), co(&c, &d));
+        }
+
+        #[test]
+        fn the_hash_tag_is_the_whole_first_id(campaign in "\\PC{0,12}", recipient in "\\PC{0,12}") {
+            // Every key of one campaign lands in one slot, whatever the ids hold.
+            let tag = hash_tag(&rcpt_key(&campaign, &recipient)).to_string();
+            prop_assert_eq!(&tag, &esc(&campaign));
+            let stats = campaign_stats_key(&campaign);
+            prop_assert_eq!(hash_tag(&stats), tag.as_str());
+        }
     }
 }
