@@ -13,7 +13,9 @@ use crate::attribution::leads::{Tap, lead_for_tap, opens_lead};
 use crate::attribution::model::{CounterDelta, Lead, Stats};
 use crate::click::event::{ClickRecord, IpHasher};
 use crate::click::{Agent, Event, EventType};
+use crate::hash::Xxh3State;
 use crate::link::LinkKind;
+use crate::link::code::InlineCode;
 use crate::resolve::Interner;
 
 /// A first human tap of a personalised link: the lead it opens if nobody claimed that link's
@@ -194,7 +196,7 @@ impl Batch {
         self.counters
             .add_seq(Some((&c.code, c.seq)), campaign, owner, click_stats(human));
         // Only a personalised link opens a lead: no candidate (and no click id copy) otherwise.
-        if opens_lead(human, c.recipient.as_deref()) {
+        if opens_lead(human, c.recipient.as_deref()) && !memo.lead_known(&c.code) {
             let tap = Tap {
                 code: c.code(),
                 campaign,
@@ -277,9 +279,28 @@ pub struct BatchMemo {
     ts: Option<(i64, String)>,
     /// Indexed by interned id: ids are small and dense ([`Interner`]).
     names: Vec<Option<Name>>,
+    /// Links whose lead is claimed and its event delivered: their later taps are no lead
+    /// candidates, so a campaign's repeat taps cost no claim round trip.
+    leads_known: HashSet<InlineCode, Xxh3State>,
 }
 
+/// Most links remembered in [`BatchMemo`]'s known leads; past this it starts over (a forgotten
+/// link costs one claim that the store answers `Existing`).
+pub(crate) const LEADS_KNOWN_MAX: usize = 1 << 20;
+
 impl BatchMemo {
+    /// Remembers that `code`'s lead is claimed and its event delivered.
+    pub fn remember_lead(&mut self, code: &str) {
+        if self.leads_known.len() >= LEADS_KNOWN_MAX {
+            self.leads_known.clear();
+        }
+        self.leads_known.insert(InlineCode::new(code));
+    }
+
+    fn lead_known(&self, code: &InlineCode) -> bool {
+        self.leads_known.contains(code)
+    }
+
     /// Formats what `c` shares with other taps, unless an earlier tap of the batch did.
     fn prepare(&mut self, interner: &Interner, c: &ClickRecord) {
         if self.ts.as_ref().is_none_or(|(t, _)| *t != c.ts) {

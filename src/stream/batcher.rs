@@ -237,7 +237,7 @@ impl Batcher {
     /// Claims leads for first human taps and delivers everything. The lead events are appended
     /// to the batch for delivery and removed again when it fails, so what is spooled is only the
     /// primary events (replay derives the leads again).
-    async fn process(&self, batch: &mut Batch) -> Result<(), SinkError> {
+    async fn process(&mut self, batch: &mut Batch) -> Result<(), SinkError> {
         let primary = batch.len();
         let result = self.deliver_with_leads(batch).await;
         if result.is_err() {
@@ -246,8 +246,9 @@ impl Batcher {
         result
     }
 
-    async fn deliver_with_leads(&self, batch: &mut Batch) -> Result<(), SinkError> {
+    async fn deliver_with_leads(&mut self, batch: &mut Batch) -> Result<(), SinkError> {
         let candidates = std::mem::take(&mut batch.candidates);
+        let claimed: Vec<String> = candidates.iter().map(|c| c.lead.code.clone()).collect();
         if !candidates.is_empty() {
             let mut click_ids = Vec::with_capacity(candidates.len());
             let mut kinds = Vec::with_capacity(candidates.len());
@@ -279,6 +280,9 @@ impl Batcher {
         m.leads_opened.increment(leads);
         m.conversions.increment(conversions);
         m.revenue.increment(batch.revenue());
+        for code in &claimed {
+            self.memo.remember_lead(code);
+        }
         Ok(())
     }
 }

@@ -2,65 +2,83 @@
 //! answer of each order.
 
 use async_trait::async_trait;
-use redis::AsyncCommands;
+use redis::{AsyncCommands, Value};
 
 use super::*;
 
 #[async_trait]
 impl AttributionStore for RedisStore {
+    /// Three pipelined round trips however many leads: number them; write each record, then claim
+    /// it with `SET … NX GET` (the record first, so whoever loses a claim can read the winner's);
+    /// then withdraw the losers' records, read their holders' and index the winners'. A claim
+    /// whose holder is this very lead (the client re-sent the command after Redis applied it) is
+    /// a win.
     async fn claim_leads(&self, mut leads: Vec<Lead>) -> Result<Vec<LeadClaim>, StoreError> {
         if leads.is_empty() {
             return Ok(Vec::new());
         }
-        // The lead record is written before its claim, so whoever loses a claim can always read
-        // the winner's record.
         let last: u64 = self.conn().await?.incr("lg:leadseq", leads.len() as u64).await?;
         let first = last + 1 - leads.len() as u64;
         for (i, l) in leads.iter_mut().enumerate() {
             l.seq = first + i as u64;
         }
-        let cmds = leads
-            .iter()
-            .map(|l| redis::cmd("SET").arg(lead_key(&l.lead_id)).arg(encode(l)).clone())
-            .collect();
-        self.run_chunked(cmds).await?;
-        let cmds = leads
-            .iter()
-            .map(|l| {
+        let mut cmds = Vec::with_capacity(2 * leads.len());
+        for l in &leads {
+            cmds.push(redis::cmd("SET").arg(lead_key(&l.lead_id)).arg(encode(l)).clone());
+            cmds.push(
                 redis::cmd("SET")
                     .arg(lead_claim_key(&l.claim_key()))
                     .arg(&l.lead_id)
                     .arg("NX")
-                    .clone()
+                    .arg("GET")
+                    .clone(),
+            );
+        }
+        let replies = self.run_chunked(cmds).await?;
+        // The holder of each claim that was taken already (`None`: ours).
+        let holders: Vec<Option<String>> = leads
+            .iter()
+            .zip(replies.into_iter().skip(1).step_by(2))
+            .map(|(l, v)| {
+                bytes_of(v)
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .filter(|h| *h != l.lead_id)
             })
             .collect();
-        let won: Vec<bool> = self.run_chunked(cmds).await?.iter().map(is_ok).collect();
-        let mut out = Vec::with_capacity(leads.len());
-        let mut index_cmds = Vec::new();
-        for (l, won) in leads.into_iter().zip(won) {
-            if won {
-                for name in index_names(l.campaign_id.as_deref(), l.owner_id.as_deref()) {
-                    index_cmds.push(
-                        redis::cmd("ZADD")
-                            .arg(named_index_key("lidx", &name))
-                            .arg(l.seq)
-                            .arg(&l.lead_id)
-                            .clone(),
-                    );
+        let mut cmds = Vec::new();
+        let mut reads = Vec::new();
+        for (i, (l, holder)) in leads.iter().zip(&holders).enumerate() {
+            match holder {
+                None => {
+                    for name in index_names(l.campaign_id.as_deref(), l.owner_id.as_deref()) {
+                        let key = named_index_key("lidx", &name);
+                        cmds.push(redis::cmd("ZADD").arg(key).arg(l.seq).arg(&l.lead_id).clone());
+                    }
                 }
-                out.push(LeadClaim::Won(l));
-            } else {
-                let _: () = self.conn().await?.del(lead_key(&l.lead_id)).await?;
-                let holder: Option<String> = self.conn().await?.get(lead_claim_key(&l.claim_key())).await?;
-                let existing = match holder {
-                    Some(id) => self.get_lead(&id).await?,
-                    None => None,
-                };
-                out.push(LeadClaim::Existing(existing.unwrap_or(l)));
+                Some(holder) => {
+                    cmds.push(redis::cmd("DEL").arg(lead_key(&l.lead_id)).clone());
+                    reads.push((i, cmds.len()));
+                    cmds.push(redis::cmd("GET").arg(lead_key(holder)).clone());
+                }
             }
         }
-        self.run_chunked(index_cmds).await?;
-        Ok(out)
+        let mut replies: Vec<Option<Value>> = self.run_chunked(cmds).await?.into_iter().map(Some).collect();
+        let mut existing: Vec<Option<Lead>> = vec![None; leads.len()];
+        for (i, at) in reads {
+            if let Some(b) = replies[at].take().and_then(bytes_of) {
+                existing[i] = Some(decode(&leads[i].lead_id, &b)?);
+            }
+        }
+        Ok(leads
+            .into_iter()
+            .zip(holders)
+            .zip(existing)
+            .map(|((l, holder), found)| match holder {
+                None => LeadClaim::Won(l),
+                // A holder whose record is gone (deleted meanwhile) still holds the claim.
+                Some(_) => LeadClaim::Existing(found.unwrap_or(l)),
+            })
+            .collect())
     }
 
     async fn get_lead(&self, lead_id: &str) -> Result<Option<Lead>, StoreError> {
@@ -98,24 +116,23 @@ impl AttributionStore for RedisStore {
     }
 
     async fn put_partner(&self, partner: &Partner) -> Result<(), StoreError> {
-        self.set_json(format!("lg:partner:{{{}}}", partner.id), partner).await
+        self.set_json(record_key("partner", &partner.id), partner).await
     }
 
     async fn get_partner(&self, id: &str) -> Result<Option<Partner>, StoreError> {
-        self.get_json(format!("lg:partner:{{{id}}}"), id).await
+        self.get_json(record_key("partner", id), id).await
     }
 
     async fn put_campaign(&self, campaign: &Campaign) -> Result<(), StoreError> {
-        self.set_json(format!("lg:campaign:{{{}}}", campaign.id), campaign)
-            .await
+        self.set_json(record_key("campaign", &campaign.id), campaign).await
     }
 
     async fn get_campaign(&self, id: &str) -> Result<Option<Campaign>, StoreError> {
-        self.get_json(format!("lg:campaign:{{{id}}}"), id).await
+        self.get_json(record_key("campaign", id), id).await
     }
 
     async fn claim_conversion(&self, conversion: &Conversion) -> Result<Option<Conversion>, StoreError> {
-        let key = format!("lg:order:{{{}}}", conversion.order_id);
+        let key = record_key("order", &conversion.order_id);
         let set: Option<String> = redis::cmd("SET")
             .arg(&key)
             .arg(encode(conversion))

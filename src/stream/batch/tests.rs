@@ -150,6 +150,35 @@ fn a_replayed_click_counts_and_opens_candidates_like_a_live_one() {
 }
 
 #[test]
+fn a_link_whose_lead_is_known_opens_no_candidate_live_but_still_on_replay() {
+    let interner = Interner::default();
+    let mut ip = IpHasher::new(b"secret");
+    let mut memo = BatchMemo::default();
+    memo.remember_lead("persona2");
+    let mut live = Batch::default();
+    let t = tap(&interner, "persona2", Agent::Human, Some("r2"));
+    live.push_click(&t, &mut memo, &interner, &mut ip);
+    live.push_click(
+        &tap(&interner, "persona3", Agent::Human, Some("r3")),
+        &mut memo,
+        &interner,
+        &mut ip,
+    );
+    let codes: Vec<_> = live.candidates.iter().map(|c| c.lead.code.as_str()).collect();
+    assert_eq!(
+        codes,
+        ["persona3"],
+        "the known link's tap is counted, not claimed again"
+    );
+    assert_eq!(live.counters.link("persona2").unwrap().stats.human_clicks, 1);
+    // A replay may carry the very tap whose lead event was lost with its batch: it claims again.
+    let spooled: Event = serde_json::from_slice(live.iter().next().unwrap().1).unwrap();
+    let mut replayed = Batch::default();
+    replayed.push_event(&spooled);
+    assert_eq!(replayed.candidates.len(), 1);
+}
+
+#[test]
 fn truncate_drops_the_added_leads_only() {
     let interner = Interner::default();
     let mut ip = IpHasher::new(b"secret");
