@@ -242,4 +242,18 @@ mod tests {
         assert_eq!(s.verify(&legacy_id(b"k", "abcdefg", ts, nonce)), None, "an HMAC tag");
         assert_ne!(s.key, ClickSigner::new(b"other").key, "the key follows the secret");
     }
+
+    proptest::proptest! {
+        #[test]
+        fn verification_never_panics_and_refuses_what_was_not_issued(id in "\\PC{0,60}") {
+            proptest::prop_assert_eq!(ClickSigner::new(b"k").verify(&id), None);
+        }
+
+        #[test]
+        fn every_issued_id_verifies_to_its_code_and_time(code in "[A-Za-z0-9_-]{1,64}", ts in 0i64..=u32::MAX as i64) {
+            let s = ClickSigner::new(b"k");
+            let claims = s.verify(&s.issue(&code, ts)).expect("an issued id verifies");
+            proptest::prop_assert_eq!(claims, ClickClaims { code, clicked_at: ts });
+        }
+    }
 }

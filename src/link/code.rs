@@ -156,4 +156,18 @@ mod tests {
             assert!(validate_custom(bad).is_err(), "{bad}");
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn custom_codes_are_exactly_the_documented_shape(code in "\\PC{0,70}") {
+            let shaped = (3..=64).contains(&code.len())
+                && code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            let reserved = RESERVED.iter().any(|r| r.eq_ignore_ascii_case(&code));
+            proptest::prop_assert_eq!(validate_custom(&code).is_ok(), shaped && !reserved);
+            if is_code_shaped(&code) {
+                let inline = InlineCode::new(&code);
+                proptest::prop_assert_eq!(inline.as_str(), code.as_str());
+            }
+        }
+    }
 }

@@ -163,4 +163,36 @@ mod tests {
         assert!(validate("https://evilbrand.cn/x", &allow).is_err());
         assert!(validate("https://brand.cn.evil.example/x", &allow).is_err());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_is_refused_or_accepted_without_panicking(raw in "\\PC{0,60}") {
+            let _ = validate(&raw, &["brand.example".to_string()]);
+            let _ = validate(&raw, &[]);
+        }
+
+        #[test]
+        fn what_is_accepted_is_an_ascii_http_url_and_stays_accepted(
+            scheme in "(?i:https?)",
+            host in "[a-z0-9-]{1,12}(\\.[a-z0-9-]{1,12}){0,3}",
+            tail in "(/\\PC{0,30})?",
+        ) {
+            let raw = format!("{scheme}://{host}{tail}");
+            if let Ok(url) = validate(&raw, &[]) {
+                proptest::prop_assert!(url.is_ascii(), "{}", url);
+                proptest::prop_assert!(url.starts_with("http://") || url.starts_with("https://"));
+                proptest::prop_assert!(url.len() <= MAX_URL_LEN);
+                proptest::prop_assert!(!url.chars().any(|c| c.is_whitespace() || c.is_control()));
+                proptest::prop_assert_eq!(validate(&url, &[]), Ok(url.clone()), "normalising twice changes nothing");
+            }
+        }
+
+        #[test]
+        fn only_http_and_https_pass(scheme in "[a-z][a-z0-9+.-]{0,10}", rest in "\\PC{0,20}") {
+            let raw = format!("{scheme}:{rest}");
+            if validate(&raw, &[]).is_ok() {
+                proptest::prop_assert!(scheme == "http" || scheme == "https", "{}", raw);
+            }
+        }
+    }
 }

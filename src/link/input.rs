@@ -316,4 +316,69 @@ mod tests {
         let errs = parse(json!({"code": "abcd"})).unwrap_err();
         assert_eq!(errs[0].field, "destination");
     }
+
+    /// Any JSON value, a few levels deep.
+    fn any_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            "\\PC{0,20}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map("\\PC{0,8}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    const FIELDS: [&str; 12] = [
+        "destination",
+        "code",
+        "kind",
+        "campaign_id",
+        "owner_id",
+        "recipient_id",
+        "expires_at",
+        "max_clicks",
+        "redirect_status",
+        "tags",
+        "metadata",
+        "track_conversions",
+    ];
+
+    proptest::proptest! {
+        #[test]
+        fn ids_are_bounded_text_without_control_characters(s in "\\PC{0,80}|[\\x00-\\x1f]{1,3}") {
+            match id(&Value::String(s.clone())) {
+                Ok(Some(got)) => {
+                    proptest::prop_assert_eq!(&got, &s);
+                    proptest::prop_assert!(!s.is_empty() && s.len() <= MAX_ID_LEN);
+                    proptest::prop_assert!(!s.chars().any(char::is_control), "{:?}", s);
+                }
+                Ok(None) => proptest::prop_assert!(false, "a string is never null"),
+                Err(_) => proptest::prop_assert!(s.is_empty() || s.len() > MAX_ID_LEN || s.chars().any(char::is_control)),
+            }
+        }
+
+        #[test]
+        fn any_link_body_parses_or_is_refused_without_panicking(
+            values in proptest::collection::vec(any_json(), FIELDS.len()),
+            present in proptest::collection::vec(proptest::bool::ANY, FIELDS.len()),
+        ) {
+            let mut obj = Map::new();
+            for ((f, v), p) in FIELDS.iter().zip(values).zip(present) {
+                if p {
+                    obj.insert(f.to_string(), v);
+                }
+            }
+            if let Ok(link) = parse(Value::Object(obj)) {
+                proptest::prop_assert!(link.destination.starts_with("http"));
+            }
+        }
+    }
 }
