@@ -30,11 +30,11 @@ struct Counted {
 
 #[async_trait::async_trait]
 impl EventSink for Counted {
-    async fn deliver(&self, batch: &Batch) -> Result<(), SinkError> {
-        self.inner.deliver(batch).await?;
+    async fn deliver(&self, batch: &Batch) -> Result<linkgate::Delivered, SinkError> {
+        let delivered = self.inner.deliver(batch).await?;
         self.events.fetch_add(batch.len() as u64, Ordering::Relaxed);
         self.batches.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        Ok(delivered)
     }
     fn name(&self) -> &'static str {
         self.inner.name()

@@ -25,9 +25,9 @@ struct NullSink;
 
 #[async_trait::async_trait]
 impl EventSink for NullSink {
-    async fn deliver(&self, batch: &linkgate::Batch) -> Result<(), SinkError> {
+    async fn deliver(&self, batch: &linkgate::Batch) -> Result<linkgate::Delivered, SinkError> {
         std::hint::black_box(batch.len());
-        Ok(())
+        Ok(linkgate::Delivered::default())
     }
     fn name(&self) -> &'static str {
         "null"

@@ -76,4 +76,4 @@ pub use crate::store::{EmbeddedStore, Invalidation, LinkStore, RedisStore, Store
 pub use crate::stream::batch::Batch;
 pub use crate::stream::batcher::{BatcherParts, Delivery};
 pub use crate::stream::log::Spool;
-pub use crate::stream::{EventSink, RedisStreamSink, STREAM_MAXLEN, SinkError};
+pub use crate::stream::{Delivered, EventSink, RedisStreamSink, Refused, STREAM_MAXLEN, SinkError};

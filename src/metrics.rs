@@ -69,6 +69,8 @@ pub struct EventMetrics {
     pub replayed: Counter,
     pub leads_opened: Counter,
     pub conversions: Counter,
+    pub already_applied: Counter,
+    pub dead_letters: Counter,
     pub revenue: Counter,
 }
 
@@ -206,6 +208,16 @@ impl Metrics {
                 &[],
             ),
             leads_opened: r.counter("linkgate_leads_opened_total", "Lead events delivered.", &[]),
+            already_applied: r.counter(
+                "linkgate_batches_already_applied_total",
+                "Batches sent again (a lost reply, a replay after restart) that had landed before: nothing applied twice.",
+                &[],
+            ),
+            dead_letters: r.counter(
+                "linkgate_deadletter_commands_total",
+                "Commands the store refused for good, written to deadletter.jsonl (the rest of their batch applied).",
+                &[],
+            ),
             conversions: r.counter("linkgate_conversions_total", "Conversion events delivered.", &[]),
             revenue: r.counter(
                 "linkgate_revenue_minor_total",

@@ -34,6 +34,31 @@ pub enum RespError {
     Timeout(Duration),
 }
 
+impl RespError {
+    /// Whether this error may pass (Redis loading, out of memory, failing over, busy, a lost
+    /// connection or reply): the batch is kept and sent again later. Every error of a whole batch
+    /// is treated so (the store decides, by batch number, whether a re-sent batch already
+    /// landed); errors of single commands inside the batch are reported by the script instead.
+    pub(crate) fn is_transient(&self) -> bool {
+        match self {
+            Self::Reply(e) => [
+                "OOM",
+                "LOADING",
+                "BUSY",
+                "MASTERDOWN",
+                "TRYAGAIN",
+                "CLUSTERDOWN",
+                "READONLY",
+                "NOREPLICAS",
+            ]
+            .iter()
+            .any(|k| e.starts_with(k)),
+            Self::Io(_) | Self::Timeout(_) | Self::Protocol => true,
+            Self::Url(_) => false,
+        }
+    }
+}
+
 /// Commands encoded as RESP arrays of bulk strings, back to back.
 #[derive(Default)]
 pub(crate) struct RespWriter {
@@ -59,14 +84,6 @@ impl RespWriter {
         self.commands += 1;
     }
 
-    /// Appends one command made of `prefix`'s arguments and then `last`: the constant part of a
-    /// command is encoded once, not once per event.
-    pub(crate) fn command_after(&mut self, prefix: &Prefix, last: &[u8]) {
-        self.buf.extend_from_slice(&prefix.0);
-        bulk(&mut self.buf, last);
-        self.commands += 1;
-    }
-
     pub(crate) fn commands(&self) -> usize {
         self.commands
     }
@@ -76,19 +93,141 @@ impl RespWriter {
     }
 }
 
-/// The first arguments of a command, encoded once, and the array header counting one more
-/// argument: [`RespWriter::command_after`] appends the last.
-pub(crate) struct Prefix(Vec<u8>);
+/// Commands gathered as the arguments of one script call ([`RespWriter::eval`]): the batch's
+/// commands, applied by a script that runs them one by one.
+#[derive(Default)]
+pub(crate) struct CommandList {
+    data: Vec<u8>,
+    /// The end of each argument in `data`.
+    ends: Vec<usize>,
+    /// Each command's number of arguments.
+    argcs: Vec<usize>,
+}
 
-impl Prefix {
-    pub(crate) fn new(first: &[&[u8]]) -> Self {
-        let mut buf = vec![b'*'];
-        push_decimal(&mut buf, first.len() as u64 + 1);
-        buf.extend_from_slice(b"\r\n");
-        for a in first {
-            bulk(&mut buf, a);
+impl CommandList {
+    pub(crate) fn clear(&mut self) {
+        self.data.clear();
+        self.ends.clear();
+        self.argcs.clear();
+    }
+
+    /// Appends one command.
+    pub(crate) fn push(&mut self, args: &[&[u8]]) {
+        for a in args {
+            self.data.extend_from_slice(a);
+            self.ends.push(self.data.len());
         }
-        Self(buf)
+        self.argcs.push(args.len());
+    }
+
+    /// Each command's arguments, in order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = Vec<&[u8]>> + '_ {
+        let mut arg = 0;
+        let mut start = 0;
+        self.argcs.iter().map(move |&n| {
+            let args: Vec<&[u8]> = self.ends[arg..arg + n]
+                .iter()
+                .map(|&end| {
+                    let a = &self.data[start..end];
+                    start = end;
+                    a
+                })
+                .collect();
+            arg += n;
+            args
+        })
+    }
+}
+
+impl RespWriter {
+    /// Appends `EVAL <script> 1 <key> <seq> <n> (<argc> <arg>…)… <last>`: `commands` as the
+    /// arguments of one script call (see `store::redis::APPLY_ONCE`).
+    pub(crate) fn eval(&mut self, script: &[u8], key: &[u8], seq: u64, commands: &CommandList, last: u64) {
+        let items = 7 + commands.argcs.len() + commands.ends.len();
+        self.buf.push(b'*');
+        push_decimal(&mut self.buf, items as u64);
+        self.buf.extend_from_slice(b"\r\n");
+        let mut number = Vec::with_capacity(20);
+        let mut decimal = |out: &mut Vec<u8>, v: u64| {
+            number.clear();
+            push_decimal(&mut number, v);
+            bulk(out, &number);
+        };
+        bulk(&mut self.buf, b"EVAL");
+        bulk(&mut self.buf, script);
+        bulk(&mut self.buf, b"1");
+        bulk(&mut self.buf, key);
+        decimal(&mut self.buf, seq);
+        decimal(&mut self.buf, commands.argcs.len() as u64);
+        let mut arg = 0;
+        let mut start = 0;
+        for &n in &commands.argcs {
+            decimal(&mut self.buf, n as u64);
+            for &end in &commands.ends[arg..arg + n] {
+                bulk(&mut self.buf, &commands.data[start..end]);
+                start = end;
+            }
+            arg += n;
+        }
+        decimal(&mut self.buf, last);
+        self.commands += 1;
+    }
+}
+
+/// A decoded reply (only where a reply's content matters: a script's answer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Reply {
+    Int(i64),
+    Bulk(Vec<u8>),
+    Simple(String),
+    Error(String),
+    Array(Vec<Reply>),
+    Nil,
+}
+
+/// Decodes the complete reply at the start of `buf` and its length; `None` while incomplete.
+pub(crate) fn parse_reply(buf: &[u8]) -> Result<Option<(usize, Reply)>, RespError> {
+    let Some(line_end) = buf.windows(2).position(|w| w == b"\r\n") else {
+        return Ok(None);
+    };
+    let (kind, line) = (buf.first().copied(), &buf[1.min(buf.len())..line_end]);
+    let after_line = line_end + 2;
+    let text = || String::from_utf8_lossy(line).into_owned();
+    let number = || -> Result<i64, RespError> {
+        std::str::from_utf8(line)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or(RespError::Protocol)
+    };
+    match kind {
+        Some(b'+') => Ok(Some((after_line, Reply::Simple(text())))),
+        Some(b'-') => Ok(Some((after_line, Reply::Error(text())))),
+        Some(b':') => Ok(Some((after_line, Reply::Int(number()?)))),
+        Some(b'$') => {
+            let Ok(len) = usize::try_from(number()?) else {
+                return Ok(Some((after_line, Reply::Nil)));
+            };
+            let end = after_line + len + 2;
+            Ok((buf.len() >= end).then(|| (end, Reply::Bulk(buf[after_line..end - 2].to_vec()))))
+        }
+        Some(b'*') => {
+            let Ok(items) = usize::try_from(number()?) else {
+                return Ok(Some((after_line, Reply::Nil)));
+            };
+            let mut at = after_line;
+            let mut out = Vec::with_capacity(items.min(1024));
+            for _ in 0..items {
+                match parse_reply(&buf[at..])? {
+                    Some((used, r)) => {
+                        out.push(r);
+                        at += used;
+                    }
+                    None => return Ok(None),
+                }
+            }
+            Ok(Some((at, Reply::Array(out))))
+        }
+        _ => Err(RespError::Protocol),
     }
 }
 
@@ -197,6 +336,39 @@ impl RespConnection {
         tokio::time::timeout(REPLY_TIMEOUT, self.exchange(w))
             .await
             .map_err(|_| RespError::Timeout(REPLY_TIMEOUT))?
+    }
+
+    /// Sends the one command of `w` and returns its decoded reply (an error reply is an `Err`),
+    /// within [`REPLY_TIMEOUT`]; on any error the caller drops this connection.
+    pub(crate) async fn call(&mut self, w: &RespWriter) -> Result<Reply, RespError> {
+        debug_assert_eq!(w.commands(), 1);
+        tokio::time::timeout(REPLY_TIMEOUT, self.call_inner(w))
+            .await
+            .map_err(|_| RespError::Timeout(REPLY_TIMEOUT))?
+    }
+
+    async fn call_inner(&mut self, w: &RespWriter) -> Result<Reply, RespError> {
+        match &mut self.stream {
+            Stream::Tcp(s) => s.write_all(w.bytes()).await?,
+            Stream::Unix(s) => s.write_all(w.bytes()).await?,
+        }
+        loop {
+            if let Some((used, reply)) = parse_reply(&self.pending)? {
+                self.pending.drain(..used);
+                return match reply {
+                    Reply::Error(e) => Err(RespError::Reply(e)),
+                    r => Ok(r),
+                };
+            }
+            self.pending.reserve(64 * 1024);
+            let n = match &mut self.stream {
+                Stream::Tcp(s) => s.read_buf(&mut self.pending).await?,
+                Stream::Unix(s) => s.read_buf(&mut self.pending).await?,
+            };
+            if n == 0 {
+                return Err(RespError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
     }
 
     async fn exchange(&mut self, w: &RespWriter) -> Result<(), RespError> {
@@ -351,16 +523,6 @@ mod tests {
             Some((e.len() - 4, Some("WRONGTYPE Operation against a key".into())))
         );
         assert!(matches!(skip_reply(b"?what\r\n"), Err(RespError::Protocol)));
-    }
-
-    #[test]
-    fn a_prefixed_command_is_the_same_command() {
-        let mut whole = RespWriter::default();
-        whole.command(&[b"XADD", b"s", b"*", b"json", b"{\"a\":1}"]);
-        let mut prefixed = RespWriter::default();
-        prefixed.command_after(&Prefix::new(&[b"XADD", b"s", b"*", b"json"]), b"{\"a\":1}");
-        assert_eq!(prefixed.bytes(), whole.bytes());
-        assert_eq!(prefixed.commands(), 1);
     }
 
     #[test]

@@ -261,6 +261,38 @@ impl RankBy {
     }
 }
 
+/// Which batch a counter update belongs to: the replica that formed it (a random id drawn when its
+/// batcher starts) and the batch's number there. A replica delivers its batches in order (a batch
+/// that fails holds up the ones behind it in the spool), so the store applies a batch only when
+/// its number is above the replica's highest applied one: a batch re-sent after a lost reply, or
+/// replayed from the spool after a restart, takes effect once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchId {
+    pub replica: String,
+    pub seq: u64,
+}
+
+impl std::fmt::Display for BatchId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.replica, self.seq)
+    }
+}
+
+impl BatchId {
+    /// Parses [`BatchId`]'s display form.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (replica, seq) = s.rsplit_once(':')?;
+        let ok = !replica.is_empty() && replica.bytes().all(|b| b.is_ascii_alphanumeric());
+        ok.then(|| {
+            Some(Self {
+                replica: replica.to_string(),
+                seq: seq.parse().ok()?,
+            })
+        })
+        .flatten()
+    }
+}
+
 /// Counter increments gathered from one batch of events, applied in one store round trip.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CounterDelta {

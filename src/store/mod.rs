@@ -19,7 +19,7 @@ use async_trait::async_trait;
 
 pub use self::embedded::EmbeddedStore;
 pub use self::redis::RedisStore;
-use crate::attribution::model::{Campaign, Conversion, CounterDelta, Lead, LeadClaim, Partner, RankBy, Stats};
+use crate::attribution::model::{Campaign, Conversion, Lead, LeadClaim, Partner, RankBy, Stats};
 use crate::link::Link;
 use crate::link::input::LinkPatch;
 
@@ -129,11 +129,10 @@ pub trait AttributionStore: Send + Sync + 'static {
     async fn claim_conversion(&self, conversion: &Conversion) -> Result<Option<Conversion>, StoreError>;
 }
 
-/// Counters: the batcher's increments, and the stats and leaderboards read from them.
+/// Counters: the stats and leaderboards read from them. (The batcher's increments are applied by
+/// the event sinks, in the same unit as the batch's events: `stream`.)
 #[async_trait]
 pub trait CounterStore: Send + Sync + 'static {
-    /// Adds a batch of counter increments.
-    async fn apply_counters(&self, delta: &CounterDelta) -> Result<(), StoreError>;
     /// The counters of `link`, as just read from this store (its sequence number locates its
     /// clicks in the Redis counter arrays).
     async fn link_stats(&self, link: &Link) -> Result<Stats, StoreError>;

@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 
 use crate::attribution::leads::{Tap, lead_for_tap, opens_lead};
-use crate::attribution::model::{CounterDelta, Lead, Stats};
+use crate::attribution::model::{BatchId, CounterDelta, Lead, Stats};
 use crate::click::event::{ClickRecord, IpHasher};
 use crate::click::{Agent, Event, EventType};
 use crate::hash::Xxh3State;
@@ -27,6 +27,8 @@ pub struct Candidate {
 
 #[derive(Default)]
 pub struct Batch {
+    /// Which batch this is: the store applies each id once.
+    pub id: BatchId,
     json: Vec<u8>,
     /// Each event's type and the end of its JSON in `json`.
     entries: Vec<(EventType, usize)>,
@@ -74,6 +76,14 @@ impl Batch {
             out.extend_from_slice(json);
             out.push(b'\n');
         }
+        out
+    }
+
+    /// The spool's form of the batch: a header line with its id and event count, then
+    /// [`Batch::lines`]. Replay sends the batch again under the same id.
+    pub fn spool_lines(&self) -> Vec<u8> {
+        let mut out = format!("{{\"lg_batch\":\"{}\",\"events\":{}}}\n", self.id, self.entries.len()).into_bytes();
+        out.extend_from_slice(&self.lines());
         out
     }
 

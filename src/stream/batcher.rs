@@ -12,9 +12,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::batch::{Batch, BatchMemo};
-use super::log::Spool;
-use super::{EventSink, SinkError};
-use crate::attribution::model::LeadClaim;
+use super::log::{DeadLetters, Spool};
+use super::{EventSink, Refused, SinkError};
+use crate::attribution::model::{BatchId, LeadClaim};
 use crate::click::event::IpHasher;
 use crate::click::{EventQueue, Queued};
 use crate::metrics::EventMetrics;
@@ -31,6 +31,8 @@ pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_millis(10);
 pub(crate) const ENCODE_SLICE: usize = 64;
 /// How often a non-empty spool is retried.
 pub(crate) const REPLAY_INTERVAL: Duration = Duration::from_millis(250);
+/// The longest wait between replay attempts while the sink keeps failing.
+pub(crate) const REPLAY_MAX_INTERVAL: Duration = Duration::from_secs(5);
 /// Most spool batches replayed before live events get a turn.
 pub(crate) const REPLAY_BATCHES_PER_TURN: usize = 16;
 
@@ -55,7 +57,17 @@ impl Delivery {
     pub fn start(queue: Arc<EventQueue>, parts: BatcherParts) -> Self {
         let (done_tx, done) = watch::channel(false);
         parts.metrics.spool_bytes.set(parts.spool.pending_bytes() as f64);
+        let dead_letters = match DeadLetters::open(parts.spool.dir()) {
+            Ok(d) => d,
+            Err(e) => panic!("cannot open the dead-letter file next to the spool: {e}"),
+        };
         let batcher = Batcher {
+            replica: crate::link::code::generate_codes(2).concat(),
+            next_seq: 0,
+            legacy: crate::link::code::generate_codes(2).concat(),
+            legacy_seq: 0,
+            dead_letters: Arc::new(Mutex::new(dead_letters)),
+            replay_wait: REPLAY_INTERVAL,
             queue: queue.clone(),
             ip: IpHasher::new(&parts.ip_secret),
             spool: Arc::new(Mutex::new(parts.spool)),
@@ -84,6 +96,15 @@ impl Delivery {
 }
 
 struct Batcher {
+    /// This batcher's batches are `replica:1`, `replica:2`, … in delivery order.
+    replica: String,
+    next_seq: u64,
+    /// Spool lines written before batches had ids are replayed as `legacy:1`, `legacy:2`, …
+    legacy: String,
+    legacy_seq: u64,
+    dead_letters: Arc<Mutex<DeadLetters>>,
+    /// How long to wait before the next replay attempt: doubles while the sink keeps failing.
+    replay_wait: Duration,
     queue: Arc<EventQueue>,
     metrics: EventMetrics,
     ip: IpHasher,
@@ -121,7 +142,7 @@ impl Batcher {
                 self.queued = queued;
                 self.handle(batch).await;
             }
-            if self.spool_pending() && last_replay.elapsed() >= REPLAY_INTERVAL {
+            if self.spool_pending() && last_replay.elapsed() >= self.replay_wait {
                 self.replay().await;
                 last_replay = tokio::time::Instant::now();
             }
@@ -146,6 +167,11 @@ impl Batcher {
     async fn batch_of(&mut self, queued: &mut Vec<Queued>) -> Batch {
         let mut batch = std::mem::take(&mut self.spare);
         batch.clear();
+        self.next_seq += 1;
+        batch.id = BatchId {
+            replica: self.replica.clone(),
+            seq: self.next_seq,
+        };
         let interner = self.resolver.interner();
         for (i, q) in queued.drain(..).enumerate() {
             if i % ENCODE_SLICE == ENCODE_SLICE - 1 {
@@ -166,14 +192,18 @@ impl Batcher {
             let delivered = !self.spool_pending() && {
                 match self.process(&mut batch).await {
                     Ok(()) => true,
-                    Err(e) => {
+                    Err(e) if e.is_transient() => {
                         tracing::warn!(error = %e, events = batch.len(), "delivery failed; spooling");
+                        false
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, events = batch.len(), "delivery refused; spooling, will retry");
                         false
                     }
                 }
             };
             if !delivered {
-                self.to_spool(batch.lines(), batch.len()).await;
+                self.to_spool(batch.spool_lines(), batch.len()).await;
             }
         }
         self.spare = batch;
@@ -199,25 +229,35 @@ impl Batcher {
     async fn replay(&mut self) {
         for _ in 0..REPLAY_BATCHES_PER_TURN {
             let spool = self.spool.clone();
-            let read =
-                tokio::task::spawn_blocking(move || spool.lock().unwrap_or_else(|e| e.into_inner()).read(BATCH_MAX))
-                    .await;
-            let Ok(Ok((events, pos))) = read else {
+            let read = tokio::task::spawn_blocking(move || {
+                spool.lock().unwrap_or_else(|e| e.into_inner()).read_batch(BATCH_MAX)
+            })
+            .await;
+            let Ok(Ok((id, events, pos))) = read else {
                 tracing::error!("could not read the spool");
                 return;
             };
             if !events.is_empty() {
                 let mut batch = std::mem::take(&mut self.spare);
                 batch.clear();
+                batch.id = id.unwrap_or_else(|| {
+                    self.legacy_seq += 1;
+                    BatchId {
+                        replica: self.legacy.clone(),
+                        seq: self.legacy_seq,
+                    }
+                });
                 for e in &events {
                     batch.push_event(e);
                 }
                 let result = self.process(&mut batch).await;
                 self.spare = batch;
                 if let Err(e) = result {
-                    tracing::debug!(error = %e, "spool replay deferred");
+                    self.replay_wait = (self.replay_wait * 2).min(REPLAY_MAX_INTERVAL);
+                    tracing::debug!(error = %e, wait = ?self.replay_wait, "spool replay deferred");
                     return;
                 }
+                self.replay_wait = REPLAY_INTERVAL;
                 self.metrics.replayed.increment(events.len() as u64);
             }
             let spool = self.spool.clone();
@@ -231,6 +271,26 @@ impl Batcher {
                 tracing::info!("spool replayed");
                 return;
             }
+        }
+    }
+
+    /// Records commands the store refused for good: the dead-letter file, a metric, one log line.
+    async fn dead_letter(&self, batch: &BatchId, refused: &[Refused]) {
+        self.metrics.dead_letters.increment(refused.len() as u64);
+        let first = &refused[0];
+        tracing::error!(
+            batch = %batch, commands = refused.len(), command = %first.command.first().map_or("", String::as_str),
+            error = %first.error, "the store refused commands for good; they are in deadletter.jsonl and the rest applied"
+        );
+        let (file, batch, refused) = (self.dead_letters.clone(), batch.clone(), refused.to_vec());
+        let written = tokio::task::spawn_blocking(move || {
+            file.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .append(&batch, &refused, crate::time::now_secs())
+        })
+        .await;
+        if !matches!(written, Ok(Ok(()))) {
+            tracing::error!("could not write the dead-letter file");
         }
     }
 
@@ -270,7 +330,14 @@ impl Batcher {
                 batch.push_lead(&lead, kind);
             }
         }
-        self.sink.deliver(batch).await?;
+        let delivered = self.sink.deliver(batch).await?;
+        if delivered.already {
+            // A re-sent batch that had landed before its reply was lost: nothing applied twice.
+            self.metrics.already_applied.increment(1);
+        }
+        if !delivered.refused.is_empty() {
+            self.dead_letter(&batch.id, &delivered.refused).await;
+        }
         let m = &self.metrics;
         m.batch_events.record(batch.len() as f64);
         let [_, leads, conversions] = batch.counts();

@@ -7,6 +7,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use crate::attribution::model::BatchId;
 use crate::click::Event;
 
 /// Size at which the event log starts a new file.
@@ -63,6 +64,51 @@ impl EventLog {
     }
 }
 
+/// A spool header line: the batch's id (`None` when it does not parse) and its event count.
+fn batch_header(line: &str) -> Option<(Option<BatchId>, usize)> {
+    if !line.starts_with("{\"lg_batch\":") {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(line.trim_end()).ok()?;
+    let id = v["lg_batch"].as_str().and_then(BatchId::parse);
+    Some((id, v["events"].as_u64().map_or(0, |n| n as usize)))
+}
+
+/// `<data>/deadletter.jsonl`: commands the store refused for good, one JSON object per line
+/// (`ts`, `batch`, `command`, `error`). The rest of their batch applied; an operator fixes the key
+/// (a counter of the wrong type, say) and, if the counts matter, re-applies the commands.
+pub(crate) struct DeadLetters {
+    file: File,
+}
+
+impl DeadLetters {
+    pub(crate) fn open(dir: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("deadletter.jsonl"))?;
+        Ok(Self { file })
+    }
+
+    /// Appends the refused commands of `batch`, durably.
+    pub(crate) fn append(&mut self, batch: &BatchId, refused: &[super::Refused], ts: i64) -> std::io::Result<()> {
+        let mut buf = Vec::new();
+        for r in refused {
+            let line = serde_json::json!({
+                "ts": crate::time::format_rfc3339(ts),
+                "batch": batch.to_string(),
+                "command": r.command,
+                "error": r.error,
+            });
+            serde_json::to_writer(&mut buf, &line).map_err(std::io::Error::other)?;
+            buf.push(b'\n');
+        }
+        self.file.write_all(&buf)?;
+        self.file.sync_data()
+    }
+}
+
 /// `<data>/spool.jsonl`: events not yet delivered, oldest first. `offset` is how far replay got.
 pub struct Spool {
     path: PathBuf,
@@ -103,20 +149,37 @@ impl Spool {
         Ok(())
     }
 
-    /// Reads up to `max` events from the replay position; returns them and the position after them.
-    /// A line that does not parse (a torn write) is skipped.
-    pub fn read(&self, max: usize) -> std::io::Result<(Vec<Event>, u64)> {
+    /// The directory the spool lives in.
+    pub(crate) fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
+    /// Reads the next batch from the replay position: its id (from its header line,
+    /// [`super::Batch::spool_lines`]) and events, and the position after them. Lines without a
+    /// header (a spool written before batches had ids) come back in runs of at most `max`, with no
+    /// id. A line that does not parse (a torn write) is skipped.
+    pub fn read_batch(&self, max: usize) -> std::io::Result<(Option<BatchId>, Vec<Event>, u64)> {
         let mut f = File::open(&self.path)?;
         f.seek(SeekFrom::Start(self.offset))?;
         let mut reader = BufReader::new(f);
         let mut out = Vec::new();
         let mut pos = self.offset;
         let mut line = String::new();
-        while out.len() < max {
+        let mut id = None;
+        let mut want = max;
+        while out.len() < want {
             line.clear();
             let n = reader.read_line(&mut line)?;
             if n == 0 || !line.ends_with('\n') {
                 break;
+            }
+            if let Some((batch, events)) = batch_header(&line) {
+                if pos > self.offset {
+                    break; // the next batch starts here
+                }
+                pos += n as u64;
+                (id, want) = (batch, events);
+                continue;
             }
             pos += n as u64;
             match serde_json::from_str::<Event>(line.trim_end()) {
@@ -124,7 +187,7 @@ impl Spool {
                 Err(e) => tracing::warn!(error = %e, "skipping an unreadable spool line"),
             }
         }
-        Ok((out, pos))
+        Ok((id, out, pos))
     }
 
     /// Marks everything before `pos` delivered; an emptied spool is truncated.
@@ -145,13 +208,17 @@ mod tests {
     use super::*;
     use crate::click::EventType;
 
-    /// `events` as the JSON lines the batcher appends.
-    fn lines(events: &[Event]) -> Vec<u8> {
+    /// `events` as the lines the batcher spools for batch `seq`.
+    fn lines(seq: u64, events: &[Event]) -> Vec<u8> {
         let mut batch = crate::stream::Batch::default();
+        batch.id = BatchId {
+            replica: "r1".into(),
+            seq,
+        };
         for e in events {
             batch.push_event(e);
         }
-        batch.lines()
+        batch.spool_lines()
     }
 
     fn ev(i: usize) -> Event {
@@ -159,31 +226,53 @@ mod tests {
     }
 
     #[test]
-    fn spool_replays_in_order_and_truncates_when_done() {
+    fn spool_replays_batches_in_order_with_their_ids_and_truncates_when_done() {
         let dir = std::env::temp_dir().join(format!("linkgate-spool-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let mut s = Spool::open(&dir).unwrap();
         assert!(!s.pending());
-        s.append(&lines(&(0..5).map(ev).collect::<Vec<_>>())).unwrap();
-        let (first, pos) = s.read(3).unwrap();
-        assert_eq!(
-            first.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
-            ["e0", "e1", "e2"]
-        );
+        s.append(&lines(7, &(0..3).map(ev).collect::<Vec<_>>())).unwrap();
+        s.append(&lines(8, &(3..5).map(ev).collect::<Vec<_>>())).unwrap();
+        let (id, first, pos) = s.read_batch(100).unwrap();
+        assert_eq!(id.map(|i| i.seq), Some(7));
+        let ids: Vec<_> = first.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["e0", "e1", "e2"], "one batch at a time");
         s.advance(pos).unwrap();
-        s.append(&lines(&[ev(5)])).unwrap();
         drop(s);
-        // A restart starts replay from the beginning of what is left in the file.
+        // A restart starts replay from the beginning of what is left in the file, under the
+        // same ids, so the store can tell what already landed.
         let mut s = Spool::open(&dir).unwrap();
-        let (rest, pos) = s.read(100).unwrap();
-        assert_eq!(
-            rest.len(),
-            6,
-            "at-least-once: undelivered and possibly delivered events replay"
-        );
-        s.advance(pos).unwrap();
-        assert!(!s.pending());
+        let (id, again, _) = s.read_batch(100).unwrap();
+        assert_eq!((id.map(|i| i.seq), again.len()), (Some(7), 3));
+        let mut pos = 0;
+        let mut seqs = Vec::new();
+        while s.pending() {
+            let (id, _, next) = s.read_batch(100).unwrap();
+            seqs.push(id.unwrap().seq);
+            pos = next;
+            s.advance(pos).unwrap();
+        }
+        assert_eq!(seqs, [7, 8]);
+        assert!(pos > 0 && !s.pending());
         assert_eq!(std::fs::metadata(dir.join("spool.jsonl")).unwrap().len(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn lines_without_a_header_replay_without_an_id() {
+        let dir = std::env::temp_dir().join(format!("linkgate-spool-legacy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut s = Spool::open(&dir).unwrap();
+        let mut legacy = crate::stream::Batch::default();
+        legacy.push_event(&ev(0));
+        legacy.push_event(&ev(1));
+        s.append(&legacy.lines()).unwrap();
+        s.append(&lines(3, &[ev(2)])).unwrap();
+        let (id, events, pos) = s.read_batch(100).unwrap();
+        assert_eq!((id, events.len()), (None, 2), "up to the next header");
+        s.advance(pos).unwrap();
+        let (id, events, _) = s.read_batch(100).unwrap();
+        assert_eq!((id.map(|i| i.seq), events.len()), (Some(3), 1));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

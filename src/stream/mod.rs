@@ -18,9 +18,8 @@ use async_trait::async_trait;
 
 pub(crate) use self::batch::Batch;
 pub(crate) use self::batcher::{BatcherParts, Delivery};
-use crate::click::EventType;
 use crate::resp;
-use crate::store::{CounterStore, EmbeddedStore, StoreError};
+use crate::store::{EmbeddedStore, StoreError};
 
 /// Default approximate cap of the Redis Stream (`XTRIM … MAXLEN ~` after each batch;
 /// `LINKGATE_STREAM_MAXLEN`).
@@ -36,30 +35,60 @@ pub enum SinkError {
     Redis(#[from] resp::RespError),
 }
 
+impl SinkError {
+    /// Whether the failure may pass by itself (Redis loading, out of memory, failing over, a
+    /// lost connection): logged as a warning. Any failed batch is kept and sent again either way.
+    pub(crate) fn is_transient(&self) -> bool {
+        match self {
+            Self::Redis(e) => e.is_transient(),
+            Self::Store(_) | Self::Io(_) => false,
+        }
+    }
+}
+
+/// What a sink did with a batch.
+#[derive(Debug, Default)]
+pub struct Delivered {
+    /// The batch had landed already (a re-sent batch whose first reply was lost, or a spool
+    /// replay after a restart): nothing was applied twice.
+    pub already: bool,
+    /// Commands the store refused for good, each with its error: they go to the dead-letter file
+    /// and everything else of the batch applied.
+    pub refused: Vec<Refused>,
+}
+
+/// One command the store refused for good (a key of the wrong type, say).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub command: Vec<String>,
+    pub error: String,
+}
+
 #[async_trait]
 pub trait EventSink: Send + Sync + 'static {
-    /// Writes the batch's events and applies its counters; an error means the batch must be spooled.
-    async fn deliver(&self, batch: &Batch) -> Result<(), SinkError>;
+    /// Writes the batch's events and applies its counters, once (by the batch's id); an error
+    /// means the batch must be kept and sent again.
+    async fn deliver(&self, batch: &Batch) -> Result<Delivered, SinkError>;
     fn name(&self) -> &'static str;
 }
 
-/// Production sink: one pipeline per batch with every `XADD` and counter update, on the sink's
-/// own connection ([`resp`]).
+/// Production sink: each batch is one script call on the sink's own connection ([`resp`]): every
+/// `XADD`, one `XTRIM` and the counter updates, applied once by batch number
+/// (`store::redis::APPLY_ONCE`).
 pub struct RedisStreamSink {
     url: String,
-    /// `XADD <stream> * type <type> json`, encoded once per event type ([`EventType::index`]).
-    xadd: [resp::Prefix; 3],
     stream: String,
     /// `MAXLEN ~` in decimal.
     maxlen: Vec<u8>,
     state: tokio::sync::Mutex<SinkState>,
 }
 
-/// The connection (opened on first use) and the pipeline buffer, reused batch after batch so a
-/// batch's megabytes are not allocated and faulted in anew each time.
+/// The connection (opened on first use) and the buffers, reused batch after batch so a batch's
+/// megabytes are not allocated and faulted in anew each time.
 struct SinkState {
     conn: Option<resp::RespConnection>,
-    commands: resp::RespWriter,
+    list: resp::CommandList,
+    call: resp::RespWriter,
 }
 
 impl RedisStreamSink {
@@ -68,55 +97,94 @@ impl RedisStreamSink {
     pub fn new(url: &str, stream: &str, maxlen: u64) -> Self {
         let mut cap = Vec::new();
         resp::push_decimal(&mut cap, maxlen);
-        let xadd = EventType::ALL.map(|t| {
-            resp::Prefix::new(&[
-                b"XADD",
-                stream.as_bytes(),
-                b"*",
-                b"type",
-                t.as_str().as_bytes(),
-                b"json",
-            ])
-        });
         Self {
             url: url.to_string(),
-            xadd,
             stream: stream.to_string(),
             maxlen: cap,
             state: tokio::sync::Mutex::new(SinkState {
                 conn: None,
-                commands: resp::RespWriter::default(),
+                list: resp::CommandList::default(),
+                call: resp::RespWriter::default(),
             }),
         }
     }
 
-    /// The batch as one pipeline: `XADD <stream> * type <type> json <json>` per event, one
+    /// The batch's commands: `XADD <stream> * type <type> json <json>` per event, one
     /// `XTRIM <stream> MAXLEN ~ <cap>`, then the counter updates.
     ///
     /// Trimming once per batch instead of per `XADD` keeps the same approximate cap (the stream
-    /// may run one batch over it until the batch's own `XTRIM`), with less to send and less for
-    /// Redis to check per event.
-    fn write_commands(&self, batch: &Batch, w: &mut resp::RespWriter) {
-        w.clear();
+    /// may run one batch over it until the batch's own `XTRIM`), with less for Redis to check per
+    /// event.
+    fn commands(&self, batch: &Batch, list: &mut resp::CommandList) {
+        list.clear();
+        let stream = self.stream.as_bytes();
         for (t, json) in batch.iter() {
-            w.command_after(&self.xadd[t.index()], json);
+            list.push(&[b"XADD", stream, b"*", b"type", t.as_str().as_bytes(), b"json", json]);
         }
-        w.command(&[b"XTRIM", self.stream.as_bytes(), b"MAXLEN", b"~", &self.maxlen]);
-        crate::store::redis::counter_updates(&batch.counters, |args| w.command(args));
+        list.push(&[b"XTRIM", stream, b"MAXLEN", b"~", &self.maxlen]);
+        crate::store::redis::counter_updates(&batch.counters, |args| list.push(args));
+    }
+}
+
+/// The script's answer: `{0}` (landed before) or `{1, {position, error, …}}`.
+fn delivered(reply: resp::Reply, list: &resp::CommandList) -> Result<Delivered, resp::RespError> {
+    use resp::Reply;
+    let Reply::Array(items) = reply else {
+        return Err(resp::RespError::Protocol);
+    };
+    match items.as_slice() {
+        [Reply::Int(0)] => Ok(Delivered {
+            already: true,
+            refused: Vec::new(),
+        }),
+        [Reply::Int(1), Reply::Array(refused)] => {
+            let commands: Vec<Vec<&[u8]>> = list.iter().collect();
+            let mut out = Vec::with_capacity(refused.len() / 2);
+            for pair in refused.chunks(2) {
+                let [Reply::Int(at), error] = pair else {
+                    return Err(resp::RespError::Protocol);
+                };
+                let error = match error {
+                    Reply::Bulk(b) => String::from_utf8_lossy(b).into_owned(),
+                    Reply::Simple(s) | Reply::Error(s) => s.clone(),
+                    _ => String::new(),
+                };
+                let command = usize::try_from(*at - 1)
+                    .ok()
+                    .and_then(|i| commands.get(i))
+                    .map(|args| args.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect())
+                    .unwrap_or_default();
+                out.push(Refused { command, error });
+            }
+            Ok(Delivered {
+                already: false,
+                refused: out,
+            })
+        }
+        _ => Err(resp::RespError::Protocol),
     }
 }
 
 #[async_trait]
 impl EventSink for RedisStreamSink {
-    async fn deliver(&self, batch: &Batch) -> Result<(), SinkError> {
+    async fn deliver(&self, batch: &Batch) -> Result<Delivered, SinkError> {
         let mut state = self.state.lock().await;
-        let SinkState { conn, commands } = &mut *state;
-        self.write_commands(batch, commands);
+        let SinkState { conn, list, call } = &mut *state;
+        self.commands(batch, list);
+        call.clear();
+        let key = crate::store::redis::applied_key(&batch.id.replica);
+        call.eval(
+            crate::store::redis::APPLY_ONCE.as_bytes(),
+            key.as_bytes(),
+            batch.id.seq,
+            list,
+            crate::store::redis::APPLIED_TTL_SECS,
+        );
         let c = match conn {
             Some(c) => c,
             None => conn.insert(resp::RespConnection::connect(&self.url).await?),
         };
-        let result = c.run(commands).await;
+        let result = c.call(call).await.and_then(|reply| delivered(reply, list));
         if result.is_err() {
             // Whatever state the connection is in, the next batch starts on a fresh one.
             *conn = None;
@@ -129,7 +197,9 @@ impl EventSink for RedisStreamSink {
     }
 }
 
-/// Embedded sink: the event log in the data directory, counters in the embedded store.
+/// Embedded sink: the event log in the data directory, counters in the embedded store (applied
+/// once by batch number; the log may hold a batch's lines twice when its counters failed and it
+/// was sent again: same event ids).
 pub(crate) struct LogSink {
     pub log: Arc<Mutex<log::EventLog>>,
     pub store: Arc<EmbeddedStore>,
@@ -137,14 +207,17 @@ pub(crate) struct LogSink {
 
 #[async_trait]
 impl EventSink for LogSink {
-    async fn deliver(&self, batch: &Batch) -> Result<(), SinkError> {
+    async fn deliver(&self, batch: &Batch) -> Result<Delivered, SinkError> {
         let log = self.log.clone();
         let lines = batch.lines();
         tokio::task::spawn_blocking(move || log.lock().unwrap_or_else(|e| e.into_inner()).append(&lines))
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))??;
-        self.store.apply_counters(&batch.counters).await?;
-        Ok(())
+        let landed = self.store.apply_batch(&batch.counters, &batch.id).await?;
+        Ok(Delivered {
+            already: !landed,
+            refused: Vec::new(),
+        })
     }
 
     fn name(&self) -> &'static str {

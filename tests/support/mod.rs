@@ -145,6 +145,25 @@ impl RedisGuard {
         }
     }
 
+    /// Sends `signal` (`STOP`, `CONT`) to the server (fault tests).
+    pub(crate) fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{signal} failed");
+    }
+
+    /// Runs one command on the server (fault tests set keys and settings with it).
+    pub(crate) fn cmd(&self, args: &[&str]) -> redis::Value {
+        let mut conn = redis::Client::open(self.url()).unwrap().get_connection().unwrap();
+        let mut c = redis::cmd(args[0]);
+        for a in &args[1..] {
+            c.arg(*a);
+        }
+        c.query(&mut conn).unwrap()
+    }
+
     /// SIGKILLs the server (fault tests).
     pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();

@@ -43,22 +43,32 @@ fn read_stats(db: &Database, scope: &str) -> Result<Stats, StoreError> {
     Ok(s.derive())
 }
 
-#[async_trait]
-impl CounterStore for EmbeddedStore {
-    async fn apply_counters(&self, delta: &CounterDelta) -> Result<(), StoreError> {
-        if delta.is_empty() {
-            return Ok(());
-        }
+impl EmbeddedStore {
+    /// Adds a batch's counter increments, once: in one transaction with the replica's highest
+    /// applied batch number, so a batch applied already (re-sent after an error, or replayed from
+    /// the spool after a restart) changes nothing. Returns whether it applied.
+    pub(crate) async fn apply_batch(&self, delta: &CounterDelta, batch: &BatchId) -> Result<bool, StoreError> {
         let delta = delta.clone();
+        let (mark, seq) = (format!("applied\x1f{}", batch.replica), batch.seq);
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(err)?;
+            {
+                let mut meta = txn.open_table(META).map_err(err)?;
+                if meta.get(mark.as_str()).map_err(err)?.is_some_and(|g| g.value() >= seq) {
+                    return Ok(false);
+                }
+                meta.insert(mark.as_str(), seq).map_err(err)?;
+            }
             add_counters(&txn, &delta)?;
             txn.commit().map_err(err)?;
-            Ok(())
+            Ok(true)
         })
         .await
     }
+}
 
+#[async_trait]
+impl CounterStore for EmbeddedStore {
     async fn link_stats(&self, link: &Link) -> Result<Stats, StoreError> {
         let scope = format!("l\x1f{}", link.code);
         self.blocking(move |db| read_stats(db, &scope)).await

@@ -33,7 +33,7 @@ use super::{
     Minted, Page, Store, StoreError, decode_link, encode_link, index_for, index_names,
 };
 use super::{LeadPage, decode, encode};
-use crate::attribution::model::{Campaign, Conversion, CounterDelta, Lead, LeadClaim, Partner, RankBy, Stats};
+use crate::attribution::model::{BatchId, Campaign, Conversion, CounterDelta, Lead, LeadClaim, Partner, RankBy, Stats};
 use crate::link::Link;
 use crate::link::code::generate_codes;
 use crate::link::input::LinkPatch;

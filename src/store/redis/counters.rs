@@ -6,6 +6,50 @@ use redis::{AsyncCommands, Value};
 
 use super::*;
 
+/// Most taps in one `BITFIELD` command (each adds up to two `INCRBY` of four arguments).
+const BITFIELD_TAPS: usize = 500;
+
+/// How long a replica's highest applied batch number is kept after its last batch: longer than
+/// any spool is expected to wait for Redis (a replica's spool replays on its next start).
+pub(crate) const APPLIED_TTL_SECS: u64 = 7 * 86_400;
+
+/// Applies a batch's commands once. `KEYS[1]` holds the replica's highest applied batch number;
+/// `ARGV` is the batch's number, the number of commands, then each command as its argument count
+/// and arguments (`resp::RespWriter::eval`).
+///
+/// - A batch whose number is not above the replica's mark already landed (its reply was lost, or
+///   the spool replays it after a restart): nothing is applied, and `{0}` says so.
+/// - Otherwise every command runs with `redis.pcall`: one that Redis refuses for good (a key of
+///   the wrong type) is reported, by position and error, and the others still apply; then the mark
+///   moves to this batch. The answer is `{1, {position, error, …}}`.
+/// - The `#!lua` line gives the script flags, so Redis refuses it whole, before any write, when
+///   out of memory: that batch is kept and sent again, not half applied.
+pub(crate) const APPLY_ONCE: &str = r"#!lua
+local mark = tonumber(redis.call('GET', KEYS[1]) or '0')
+local seq = tonumber(ARGV[1])
+if seq <= mark then
+  return {0}
+end
+local refused = {}
+local at = 3
+for c = 1, tonumber(ARGV[2]) do
+  local argc = tonumber(ARGV[at])
+  local r = redis.pcall(unpack(ARGV, at + 1, at + argc))
+  if type(r) == 'table' and r.err then
+    refused[#refused + 1] = c
+    refused[#refused + 1] = r.err
+  end
+  at = at + 1 + argc
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[at])
+return {1, refused}
+";
+
+/// The key of `replica`'s highest applied batch number.
+pub(crate) fn applied_key(replica: &str) -> String {
+    format!("lg:applied:{{{}}}", esc(replica))
+}
+
 /// The commands that add `delta` to the stored counters, each handed to `command` as its
 /// arguments (`HINCRBY key field n`, `ZINCRBY key n owner`, `BITFIELD key INCRBY i64 #slot n …`).
 ///
@@ -57,7 +101,10 @@ pub(crate) fn counter_updates(delta: &CounterDelta, mut command: impl FnMut(&[&[
 /// One `BITFIELD … INCRBY` per counter array for `(seq, human, bot)` click increments.
 fn click_array_updates(clicks: &mut Vec<(u64, i64, i64)>, command: &mut dyn FnMut(&[&[u8]])) {
     group_by_array(clicks);
-    for run in clicks.chunk_by(|a, b| click_slot(a.0).0 == click_slot(b.0).0) {
+    let runs = clicks.chunk_by(|a, b| click_slot(a.0).0 == click_slot(b.0).0);
+    // At most BITFIELD_TAPS taps per command: the apply script passes a command's arguments to
+    // Redis as one Lua call, whose stack holds about 8,000 values.
+    for run in runs.flat_map(|run| run.chunks(BITFIELD_TAPS)) {
         // The slots and numbers of the whole command in one buffer, sliced into arguments after;
         // sized for the run up front (a tap's `#slot` and count take about 8 bytes), so it rarely
         // grows by copying.
@@ -140,19 +187,6 @@ fn stats_from(map: std::collections::HashMap<String, i64>) -> Stats {
 
 #[async_trait]
 impl CounterStore for RedisStore {
-    async fn apply_counters(&self, delta: &CounterDelta) -> Result<(), StoreError> {
-        let mut cmds = Vec::new();
-        counter_updates(delta, |args| {
-            let mut c = redis::Cmd::new();
-            for a in args {
-                c.arg(*a);
-            }
-            cmds.push(c);
-        });
-        self.run_chunked(cmds).await?;
-        Ok(())
-    }
-
     /// One round trip: the link's hash and, when it has a sequence number, its two slots in its
     /// counter array (live clicks), which are added to any clicks counted in the hash.
     async fn link_stats(&self, link: &Link) -> Result<Stats, StoreError> {

@@ -27,7 +27,7 @@ mod attribution;
 mod counters;
 mod links;
 
-pub(crate) use self::counters::counter_updates;
+pub(crate) use self::counters::{APPLIED_TTL_SECS, APPLY_ONCE, applied_key, counter_updates};
 
 use std::time::Duration;
 
