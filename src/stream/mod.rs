@@ -3,10 +3,17 @@
 //! The redirect path and the API hand events to the click queue ([`crate::click::EventQueue`],
 //! never awaiting). One [`batcher`] task drains it into a [`Batch`] (each event's JSON encoded once, the
 //! counter increments, the lead candidates), opens leads for first human taps, and hands the batch
-//! to an [`EventSink`]: [`RedisStreamSink`] (one pipeline of `XADD`s, one `XTRIM … MAXLEN ~` and
-//! the counter updates, on its own [`crate::resp`] connection) or [`LogSink`] (the embedded event log plus counters in
-//! redb). When the sink fails, the batch's JSON lines go to the [`log::Spool`] and are replayed, in
-//! order, once the sink answers.
+//! to an [`EventSink`]: [`RedisStreamSink`] (one script call with every `XADD`, one
+//! `XTRIM … MAXLEN ~` and the counter updates, on its own [`crate::resp`] connection) or
+//! [`LogSink`] (the embedded event log plus counters in redb).
+//!
+//! Every batch has an id (this batcher's random replica id and the batch's number), and the store
+//! applies a batch only above the replica's applied mark, in the same atomic unit: a batch sent
+//! again after a lost reply, or replayed from the spool after a restart, lands once. A command the
+//! store refuses for good (a key of the wrong type) is reported, written to `deadletter.jsonl` and
+//! counted, and the rest of its batch applies. When the sink fails as a whole (Redis down, loading,
+//! out of memory, a reply not received in time), the batch goes, whole and with its id, to the
+//! [`log::Spool`] and is sent again, in order, with growing pauses until the sink answers.
 
 pub(crate) mod batch;
 pub(crate) mod batcher;

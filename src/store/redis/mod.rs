@@ -17,11 +17,17 @@
 //! | `lg:stats:link:{<code>}`, `lg:stats:camp:{<campaign>}` | hash | counters: `links`, `human_clicks`, `bot_clicks`, `leads`, `conversions`, `revenue` (`clicks` is their sum) |
 //! | `lg:clicks:{<n>}` | string | counter array (`BITFIELD`) of links numbered `n × 65,536` up to the next: per link, `i64` human then bot clicks counted by live taps; a link's stats add these to its hash's |
 //! | `lg:lb:{<campaign>}:leads` (`:conversions`, `:revenue`) | zset | owners scored for the leaderboards |
+//! | `lg:applied:{<replica>}` | string | the highest batch number of that batcher applied (`APPLY_ONCE`), `EX` 7 days |
 //! | `LINKGATE_STREAM` (default `linkgate:events`) | stream | events, fields `type` and `json`, `MAXLEN ~` capped |
 //!
+//! Ids inside keys are escaped ([`esc`]: `%`, `{`, `}`, `:` as `%25`, `%7B`, `%7D`, `%3A`), so
+//! distinct ids never share a key and no id closes a hash tag early; ids without those characters
+//! read as before. This is a pre-release format change: data minted with ids holding them is not
+//! migrated.
+//!
 //! Pub/sub channel `lg:invalidate` carries codes whose link changed; each replica drops them from
-//! its cache. No command touches two keys at once, so the layout works unchanged on Redis Cluster.
-//! Batch writes are pipelined in chunks of [`PIPELINE_CHUNK`] commands.
+//! its cache. API batch writes are pipelined in chunks of [`PIPELINE_CHUNK`] commands. Redis
+//! Cluster is not supported yet: pipelines and the batch script span slots.
 
 mod attribution;
 mod counters;
