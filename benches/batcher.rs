@@ -1,9 +1,10 @@
 //! Batcher → Redis throughput: 500,000 click records pushed into the event queue as fast as the
-//! pushing thread can, delivered as pipelined `XADD` batches (with `XTRIM` and counter updates) to a
-//! local redis-server spawned on a free port. Reports events/s, the mean batch size, and Redis's own
-//! CPU time per event (from `INFO cpu`), all from the same run.
+//! pushing thread can, delivered as batches (each one script call: `XADD`s, `XTRIM` and counter
+//! updates, applied once) to a local redis-server spawned on a free port. Reports events/s, the
+//! mean batch size, and Redis's own CPU time per event (from `INFO cpu`), all from the same run.
 //!
-//! Run: `cargo bench --bench batcher` (needs redis-server on PATH).
+//! Run: `cargo bench --bench batcher` (needs redis-server on PATH); with `BATCHER_PERSONALISED=1`
+//! every link has a recipient (the SMS reactivation scenario), so taps are lead candidates.
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -75,6 +76,7 @@ fn own_cpu_secs() -> f64 {
 
 fn main() {
     let n = events_count();
+    let personalised = std::env::var("BATCHER_PERSONALISED").is_ok_and(|v| v == "1");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -142,7 +144,9 @@ fn main() {
                 seq: (i % 100_000) as u64 + 1,
                 campaign: campaigns[i % campaigns.len()],
                 owner: owners[i % owners.len()],
-                recipient: None,
+                // BATCHER_PERSONALISED=1: every link minted for a recipient (the SMS reactivation
+                // scenario), so taps are lead candidates; otherwise QR-style links.
+                recipient: personalised.then(|| format!("r{:07}", i % 100_000).into()),
                 kind: LinkKind::Sms,
                 agent: Agent::Human,
                 state: LinkState::Active,
@@ -170,7 +174,8 @@ fn main() {
     let own = own_cpu_secs() - own_before;
     let batches = sink.batches.load(Ordering::Relaxed).max(1);
     println!(
-        "batcher -> redis: {n} events in {:.2} s = {:.0} events/s; mean batch {:.0} events; batcher process CPU {:.2} µs/event; redis CPU {:.2} µs/event",
+        "batcher -> redis ({}): {n} events in {:.2} s = {:.0} events/s; mean batch {:.0} events; batcher process CPU {:.2} µs/event; redis CPU {:.2} µs/event",
+        if personalised { "personalised links" } else { "QR links" },
         elapsed.as_secs_f64(),
         n as f64 / elapsed.as_secs_f64(),
         n as f64 / batches as f64,

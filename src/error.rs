@@ -167,6 +167,8 @@ pub(crate) enum EdgeError {
     Gone,
     /// The store could not be read and nothing cached can answer (503).
     Unavailable,
+    /// A short URL whose query string cannot go into a `Location` header (400).
+    BadQuery,
     /// `/readyz` while shutting down (503).
     Draining,
     /// `/readyz` while the store does not answer (503).
@@ -187,6 +189,7 @@ impl EdgeError {
             Self::NotFound => html(StatusCode::NOT_FOUND, NOT_FOUND_PAGE),
             Self::Gone => html(StatusCode::GONE, GONE_PAGE),
             Self::Unavailable => crate::body::text(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable\n"),
+            Self::BadQuery => crate::body::text(StatusCode::BAD_REQUEST, "bad query string\n"),
             Self::Draining => crate::body::text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
             Self::StoreUnreachable => crate::body::text(StatusCode::SERVICE_UNAVAILABLE, "store unreachable\n"),
             Self::NoRoute => crate::body::text(StatusCode::NOT_FOUND, "not found\n"),

@@ -48,7 +48,7 @@ struct Tap<'a> {
 }
 
 pub(crate) async fn handle<B>(app: &App, req: &Request<B>, peer: Option<IpAddr>) -> Response<Body> {
-    let code = &req.uri().path()[1..];
+    let code = req.uri().path().strip_prefix('/').unwrap_or("");
     if !is_code_shaped(code) {
         return not_found(app);
     }
@@ -210,17 +210,17 @@ fn pick_destination<'l>(link: &'l CachedLink, user_agent: Option<&[u8]>) -> &'l 
 }
 
 fn redirect(status: StatusCode, location: Vec<u8>) -> Response<Body> {
-    let mut r = Response::new(Body::empty());
     match HeaderValue::from_maybe_shared(bytes::Bytes::from(location)) {
         Ok(v) => {
+            let mut r = Response::new(Body::empty());
             *r.status_mut() = status;
             r.headers_mut().insert(LOCATION, v);
+            r.headers_mut().insert(CACHE_CONTROL, NO_STORE);
+            r
         }
         // Destinations are validated ASCII; only a hostile query string can get here.
-        Err(_) => *r.status_mut() = StatusCode::BAD_REQUEST,
+        Err(_) => EdgeError::BadQuery.response(),
     }
-    r.headers_mut().insert(CACHE_CONTROL, NO_STORE);
-    r
 }
 
 fn not_found(app: &App) -> Response<Body> {

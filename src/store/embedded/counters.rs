@@ -94,7 +94,7 @@ impl CounterStore for EmbeddedStore {
             for entry in stats.range((prefix.as_str(), "")..(end.as_str(), "")).map_err(err)? {
                 let (k, v) = entry.map_err(err)?;
                 let (scope, field) = k.value();
-                let owner = scope[prefix.len()..].to_string();
+                let owner = scope.strip_prefix(prefix.as_str()).unwrap_or(scope).to_string();
                 owners.entry(owner).or_default().set(field, v.value());
             }
             let mut ranked: Vec<(String, Stats)> = owners.into_iter().collect();
