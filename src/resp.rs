@@ -84,6 +84,14 @@ impl RespWriter {
         self.commands += 1;
     }
 
+    /// Appends one command made of `prefix`'s arguments and then `last`: the constant part of a
+    /// command is encoded once, not once per event.
+    pub(crate) fn command_after(&mut self, prefix: &Prefix, last: &[u8]) {
+        self.buf.extend_from_slice(&prefix.0);
+        bulk(&mut self.buf, last);
+        self.commands += 1;
+    }
+
     pub(crate) fn commands(&self) -> usize {
         self.commands
     }
@@ -231,6 +239,67 @@ pub(crate) fn parse_reply(buf: &[u8]) -> Result<Option<(usize, Reply)>, RespErro
     }
 }
 
+/// The first arguments of a command, encoded once, and the array header counting one more
+/// argument: [`RespWriter::command_after`] appends the last.
+pub(crate) struct Prefix(Vec<u8>);
+
+impl Prefix {
+    pub(crate) fn new(first: &[&[u8]]) -> Self {
+        let mut buf = vec![b'*'];
+        push_decimal(&mut buf, first.len() as u64 + 1);
+        buf.extend_from_slice(b"\r\n");
+        for a in first {
+            bulk(&mut buf, a);
+        }
+        Self(buf)
+    }
+}
+
+/// The answer of a `MULTI … EXEC` pipeline: the first queued command's reply, decoded, and the
+/// position (0 = the first queued command) and text of every other reply that is an error. The
+/// other replies are only checked, not decoded: a batch's thousands of `XADD` ids are not needed.
+#[derive(Debug)]
+pub(crate) struct ExecReply {
+    pub(crate) first: Reply,
+    pub(crate) errors: Vec<(usize, String)>,
+}
+
+/// Decodes the `EXEC` reply at the start of `buf`; `None` while incomplete. A transaction Redis
+/// refused whole (`-EXECABORT`, `-OOM`, …) is an error.
+fn parse_exec(buf: &[u8]) -> Result<Option<(usize, ExecReply)>, RespError> {
+    let Some(line_end) = buf.windows(2).position(|w| w == b"\r\n") else {
+        return Ok(None);
+    };
+    let line = &buf[1.min(buf.len())..line_end];
+    match buf.first() {
+        Some(b'-') => return Err(RespError::Reply(String::from_utf8_lossy(line).into_owned())),
+        Some(b'*') => {}
+        _ => return Err(RespError::Protocol),
+    }
+    let items: usize = std::str::from_utf8(line)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or(RespError::Protocol)?;
+    let mut at = line_end + 2;
+    let Some((used, first)) = parse_reply(&buf[at..])? else {
+        return Ok(None);
+    };
+    at += used;
+    let mut errors = Vec::new();
+    for i in 1..items {
+        match skip_reply(&buf[at..])? {
+            Some((used, error)) => {
+                if let Some(e) = error {
+                    errors.push((i, e));
+                }
+                at += used;
+            }
+            None => return Ok(None),
+        }
+    }
+    Ok(Some((at, ExecReply { first, errors })))
+}
+
 /// Appends `a` as a RESP bulk string.
 fn bulk(out: &mut Vec<u8>, a: &[u8]) {
     out.push(b'$');
@@ -371,6 +440,26 @@ impl RespConnection {
         }
     }
 
+    /// Sends `w`, which must be `MULTI`, the commands, `EXEC`, and returns the `EXEC` reply, within
+    /// [`REPLY_TIMEOUT`]. A command refused when queued (so the transaction was discarded) or a
+    /// transaction refused whole is an `Err`; on any error the caller drops this connection.
+    pub(crate) async fn transaction(&mut self, w: &RespWriter) -> Result<ExecReply, RespError> {
+        tokio::time::timeout(REPLY_TIMEOUT, async {
+            match &mut self.stream {
+                Stream::Tcp(s) => {
+                    let (reader, writer) = s.split();
+                    exchange_exec(reader, writer, &mut self.pending, w).await
+                }
+                Stream::Unix(s) => {
+                    let (reader, writer) = s.split();
+                    exchange_exec(reader, writer, &mut self.pending, w).await
+                }
+            }
+        })
+        .await
+        .map_err(|_| RespError::Timeout(REPLY_TIMEOUT))?
+    }
+
     async fn exchange(&mut self, w: &RespWriter) -> Result<(), RespError> {
         match &mut self.stream {
             Stream::Tcp(s) => {
@@ -428,6 +517,58 @@ async fn exchange(
         match first_error {
             Some(e) => Err(RespError::Reply(e)),
             None => Ok(()),
+        }
+    };
+    let (wrote, read) = tokio::join!(write, read);
+    wrote?;
+    read
+}
+
+/// [`exchange`] for a transaction: every reply but the last (`+OK`, `+QUEUED`…) is checked, the
+/// last is the `EXEC` reply.
+async fn exchange_exec(
+    mut reader: impl AsyncRead + Unpin,
+    mut writer: impl AsyncWrite + Unpin,
+    pending: &mut Vec<u8>,
+    w: &RespWriter,
+) -> Result<ExecReply, RespError> {
+    let write = async {
+        writer.write_all(w.bytes()).await?;
+        writer.flush().await?;
+        Ok::<(), RespError>(())
+    };
+    let read = async {
+        let mut left = w.commands().saturating_sub(1);
+        let mut queued_error = None;
+        loop {
+            let mut at = 0;
+            while left > 0 {
+                match skip_reply(&pending[at..])? {
+                    Some((used, error)) => {
+                        queued_error = queued_error.or(error);
+                        at += used;
+                        left -= 1;
+                    }
+                    None => break,
+                }
+            }
+            if left == 0 {
+                if let Some((used, reply)) = parse_exec(&pending[at..]).map_err(|e| match &queued_error {
+                    // The transaction was discarded because a command was refused when queued
+                    // (out of memory, say): that refusal says why.
+                    Some(q) => RespError::Reply(q.clone()),
+                    None => e,
+                })? {
+                    pending.drain(..at + used);
+                    return Ok(reply);
+                }
+            }
+            pending.drain(..at);
+            pending.reserve(64 * 1024);
+            let n = reader.read_buf(pending).await?;
+            if n == 0 {
+                return Err(RespError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
         }
     };
     let (wrote, read) = tokio::join!(write, read);

@@ -29,6 +29,8 @@ pub struct Candidate {
 pub struct Batch {
     /// Which batch this is: the store applies each id once.
     pub id: BatchId,
+    /// Sent before (replayed from the spool): the sink first checks whether it landed.
+    pub resent: bool,
     json: Vec<u8>,
     /// Each event's type and the end of its JSON in `json`.
     entries: Vec<(EventType, usize)>,
@@ -43,6 +45,7 @@ pub struct Batch {
 impl Batch {
     /// Empties the batch for reuse, keeping its buffers.
     pub fn clear(&mut self) {
+        self.resent = false;
         self.json.clear();
         self.entries.clear();
         self.counters.clear();

@@ -247,6 +247,7 @@ impl Batcher {
                         seq: self.legacy_seq,
                     }
                 });
+                batch.resent = true;
                 for e in &events {
                     batch.push_event(e);
                 }

@@ -25,6 +25,7 @@ use async_trait::async_trait;
 
 pub(crate) use self::batch::Batch;
 pub(crate) use self::batcher::{BatcherParts, Delivery};
+use crate::click::EventType;
 use crate::resp;
 use crate::store::{EmbeddedStore, StoreError};
 
@@ -79,11 +80,15 @@ pub trait EventSink: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 }
 
-/// Production sink: each batch is one script call on the sink's own connection ([`resp`]): every
-/// `XADD`, one `XTRIM` and the counter updates, applied once by batch number
-/// (`store::redis::APPLY_ONCE`).
+/// Production sink: each batch is one transaction on the sink's own connection ([`resp`]):
+/// `MULTI`, one script call applying the counter updates once by batch number
+/// (`store::redis::APPLY_ONCE`, which also moves the replica's applied mark), every `XADD`, one
+/// `XTRIM`, `EXEC`. The transaction makes the events and the mark land together, so a batch sent
+/// again (a spool replay) first reads the mark and is skipped whole when it landed.
 pub struct RedisStreamSink {
     url: String,
+    /// `XADD <stream> * type <type> json`, encoded once per event type ([`EventType::index`]).
+    xadd: [resp::Prefix; 3],
     stream: String,
     /// `MAXLEN ~` in decimal.
     maxlen: Vec<u8>,
@@ -94,8 +99,8 @@ pub struct RedisStreamSink {
 /// megabytes are not allocated and faulted in anew each time.
 struct SinkState {
     conn: Option<resp::RespConnection>,
-    list: resp::CommandList,
-    call: resp::RespWriter,
+    counters: resp::CommandList,
+    commands: resp::RespWriter,
 }
 
 impl RedisStreamSink {
@@ -104,49 +109,85 @@ impl RedisStreamSink {
     pub fn new(url: &str, stream: &str, maxlen: u64) -> Self {
         let mut cap = Vec::new();
         resp::push_decimal(&mut cap, maxlen);
+        let xadd = EventType::ALL.map(|t| {
+            resp::Prefix::new(&[
+                b"XADD",
+                stream.as_bytes(),
+                b"*",
+                b"type",
+                t.as_str().as_bytes(),
+                b"json",
+            ])
+        });
         Self {
             url: url.to_string(),
+            xadd,
             stream: stream.to_string(),
             maxlen: cap,
             state: tokio::sync::Mutex::new(SinkState {
                 conn: None,
-                list: resp::CommandList::default(),
-                call: resp::RespWriter::default(),
+                counters: resp::CommandList::default(),
+                commands: resp::RespWriter::default(),
             }),
         }
     }
 
-    /// The batch's commands: `XADD <stream> * type <type> json <json>` per event, one
-    /// `XTRIM <stream> MAXLEN ~ <cap>`, then the counter updates.
+    /// The batch's transaction: `MULTI`, the counter script, `XADD <stream> * type <type> json
+    /// <json>` per event, one `XTRIM <stream> MAXLEN ~ <cap>`, `EXEC`.
     ///
     /// Trimming once per batch instead of per `XADD` keeps the same approximate cap (the stream
     /// may run one batch over it until the batch's own `XTRIM`), with less for Redis to check per
     /// event.
-    fn commands(&self, batch: &Batch, list: &mut resp::CommandList) {
-        list.clear();
-        let stream = self.stream.as_bytes();
+    fn write_transaction(&self, batch: &Batch, counters: &mut resp::CommandList, w: &mut resp::RespWriter) {
+        counters.clear();
+        crate::store::redis::counter_updates(&batch.counters, |args| counters.push(args));
+        w.clear();
+        w.command(&[b"MULTI"]);
+        let key = crate::store::redis::applied_key(&batch.id.replica);
+        let script = crate::store::redis::APPLY_ONCE.as_bytes();
+        w.eval(
+            script,
+            key.as_bytes(),
+            batch.id.seq,
+            counters,
+            crate::store::redis::APPLIED_TTL_SECS,
+        );
         for (t, json) in batch.iter() {
-            list.push(&[b"XADD", stream, b"*", b"type", t.as_str().as_bytes(), b"json", json]);
+            w.command_after(&self.xadd[t.index()], json);
         }
-        list.push(&[b"XTRIM", stream, b"MAXLEN", b"~", &self.maxlen]);
-        crate::store::redis::counter_updates(&batch.counters, |args| list.push(args));
+        w.command(&[b"XTRIM", self.stream.as_bytes(), b"MAXLEN", b"~", &self.maxlen]);
+        w.command(&[b"EXEC"]);
+    }
+
+    /// Whether `batch` landed already (read before sending a batch again).
+    async fn landed(&self, conn: &mut resp::RespConnection, batch: &Batch) -> Result<bool, resp::RespError> {
+        let mut get = resp::RespWriter::default();
+        get.command(&[b"GET", crate::store::redis::applied_key(&batch.id.replica).as_bytes()]);
+        let mark = match conn.call(&get).await? {
+            resp::Reply::Bulk(b) => std::str::from_utf8(&b).ok().and_then(|s| s.parse().ok()).unwrap_or(0),
+            _ => 0,
+        };
+        Ok(batch.id.seq <= mark)
     }
 }
 
-/// The script's answer: `{0}` (landed before) or `{1, {position, error, …}}`.
-fn delivered(reply: resp::Reply, list: &resp::CommandList) -> Result<Delivered, resp::RespError> {
+/// What the transaction's answer says: the script's `{0}` (landed before) or `{1, {position,
+/// error, …}}` for refused counter updates, and the events Redis refused.
+fn delivered(
+    reply: resp::ExecReply,
+    counters: &resp::CommandList,
+    batch: &Batch,
+    stream: &str,
+) -> Result<Delivered, resp::RespError> {
     use resp::Reply;
-    let Reply::Array(items) = reply else {
+    let Reply::Array(items) = reply.first else {
         return Err(resp::RespError::Protocol);
     };
+    let mut out = Delivered::default();
     match items.as_slice() {
-        [Reply::Int(0)] => Ok(Delivered {
-            already: true,
-            refused: Vec::new(),
-        }),
+        [Reply::Int(0)] => out.already = true,
         [Reply::Int(1), Reply::Array(refused)] => {
-            let commands: Vec<Vec<&[u8]>> = list.iter().collect();
-            let mut out = Vec::with_capacity(refused.len() / 2);
+            let commands: Vec<Vec<&[u8]>> = counters.iter().collect();
             for pair in refused.chunks(2) {
                 let [Reply::Int(at), error] = pair else {
                     return Err(resp::RespError::Protocol);
@@ -161,37 +202,58 @@ fn delivered(reply: resp::Reply, list: &resp::CommandList) -> Result<Delivered, 
                     .and_then(|i| commands.get(i))
                     .map(|args| args.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect())
                     .unwrap_or_default();
-                out.push(Refused { command, error });
+                out.refused.push(Refused { command, error });
             }
-            Ok(Delivered {
-                already: false,
-                refused: out,
-            })
         }
-        _ => Err(resp::RespError::Protocol),
+        _ => return Err(resp::RespError::Protocol),
     }
+    // Replies after the script: one per event, then the XTRIM's.
+    let events: Vec<(EventType, &[u8])> = batch.iter().collect();
+    for (at, error) in reply.errors {
+        let command = match events.get(at - 1) {
+            Some((t, json)) => [
+                "XADD",
+                stream,
+                "*",
+                "type",
+                t.as_str(),
+                "json",
+                &String::from_utf8_lossy(json),
+            ]
+            .map(String::from)
+            .to_vec(),
+            None => vec!["XTRIM".to_string(), stream.to_string()],
+        };
+        out.refused.push(Refused { command, error });
+    }
+    Ok(out)
 }
 
 #[async_trait]
 impl EventSink for RedisStreamSink {
     async fn deliver(&self, batch: &Batch) -> Result<Delivered, SinkError> {
         let mut state = self.state.lock().await;
-        let SinkState { conn, list, call } = &mut *state;
-        self.commands(batch, list);
-        call.clear();
-        let key = crate::store::redis::applied_key(&batch.id.replica);
-        call.eval(
-            crate::store::redis::APPLY_ONCE.as_bytes(),
-            key.as_bytes(),
-            batch.id.seq,
-            list,
-            crate::store::redis::APPLIED_TTL_SECS,
-        );
+        let SinkState {
+            conn,
+            counters,
+            commands,
+        } = &mut *state;
         let c = match conn {
             Some(c) => c,
             None => conn.insert(resp::RespConnection::connect(&self.url).await?),
         };
-        let result = c.call(call).await.and_then(|reply| delivered(reply, list));
+        let result = async {
+            if batch.resent && self.landed(c, batch).await? {
+                return Ok(Delivered {
+                    already: true,
+                    refused: Vec::new(),
+                });
+            }
+            self.write_transaction(batch, counters, commands);
+            let reply = c.transaction(commands).await?;
+            delivered(reply, counters, batch, &self.stream)
+        }
+        .await;
         if result.is_err() {
             // Whatever state the connection is in, the next batch starts on a fresh one.
             *conn = None;
