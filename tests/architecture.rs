@@ -264,16 +264,16 @@ fn report_module_figures() {
             if &t != m {
                 module_edges += 1;
                 // Point at the module's root file: the module as a whole.
-                if let Some(root) = files_of
-                    .get(&t)
-                    .and_then(|fs| fs.iter().find(|f| f.ends_with("mod.rs") || **f == format!("{t}.rs")))
-                {
+                if let Some(root) = files_of.get(&t).and_then(|fs| {
+                    fs.iter()
+                        .find(|f| **f == format!("{t}/mod.rs") || **f == format!("{t}.rs"))
+                }) {
                     graph.get_mut(&file).unwrap().insert(root.clone());
                 }
             }
         }
         // A module's root reaches its children (they are part of it).
-        if file.ends_with("mod.rs") || file == format!("{m}.rs") {
+        if file == format!("{m}/mod.rs") || file == format!("{m}.rs") {
             for f in &files_of[m] {
                 if *f != file {
                     graph.get_mut(&file).unwrap().insert(f.clone());
@@ -302,6 +302,9 @@ fn report_module_figures() {
         "files in the largest strongly connected component: {biggest} of {}",
         sources.len()
     );
+    if biggest > 1 {
+        println!("  {:?}", comps[0]);
+    }
     println!("files per module:");
     for (m, fs) in &files_of {
         println!("  {m}: {}", fs.len());
