@@ -70,6 +70,7 @@ pub struct EventMetrics {
     pub leads_opened: Counter,
     pub conversions: Counter,
     pub already_applied: Counter,
+    pub resent: Counter,
     pub dead_letters: Counter,
     pub revenue: Counter,
 }
@@ -211,6 +212,11 @@ impl Metrics {
             already_applied: r.counter(
                 "linkgate_batches_already_applied_total",
                 "Batches sent again (a lost reply, a replay after restart) that had landed before: nothing applied twice.",
+                &[],
+            ),
+            resent: r.counter(
+                "linkgate_events_resent_total",
+                "Events of batches sent again whose first outcome was unknown: some may be in the stream twice (same ids).",
                 &[],
             ),
             dead_letters: r.counter(

@@ -255,49 +255,12 @@ impl Prefix {
     }
 }
 
-/// The answer of a `MULTI … EXEC` pipeline: the first queued command's reply, decoded, and the
-/// position (0 = the first queued command) and text of every other reply that is an error. The
-/// other replies are only checked, not decoded: a batch's thousands of `XADD` ids are not needed.
+/// The answer of [`RespConnection::pipeline`]: the error replies before the last (position, text)
+/// and the last reply.
 #[derive(Debug)]
-pub(crate) struct ExecReply {
-    pub(crate) first: Reply,
+pub(crate) struct PipelineReply {
     pub(crate) errors: Vec<(usize, String)>,
-}
-
-/// Decodes the `EXEC` reply at the start of `buf`; `None` while incomplete. A transaction Redis
-/// refused whole (`-EXECABORT`, `-OOM`, …) is an error.
-fn parse_exec(buf: &[u8]) -> Result<Option<(usize, ExecReply)>, RespError> {
-    let Some(line_end) = buf.windows(2).position(|w| w == b"\r\n") else {
-        return Ok(None);
-    };
-    let line = &buf[1.min(buf.len())..line_end];
-    match buf.first() {
-        Some(b'-') => return Err(RespError::Reply(String::from_utf8_lossy(line).into_owned())),
-        Some(b'*') => {}
-        _ => return Err(RespError::Protocol),
-    }
-    let items: usize = std::str::from_utf8(line)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or(RespError::Protocol)?;
-    let mut at = line_end + 2;
-    let Some((used, first)) = parse_reply(&buf[at..])? else {
-        return Ok(None);
-    };
-    at += used;
-    let mut errors = Vec::new();
-    for i in 1..items {
-        match skip_reply(&buf[at..])? {
-            Some((used, error)) => {
-                if let Some(e) = error {
-                    errors.push((i, e));
-                }
-                at += used;
-            }
-            None => return Ok(None),
-        }
-    }
-    Ok(Some((at, ExecReply { first, errors })))
+    pub(crate) last: Reply,
 }
 
 /// Appends `a` as a RESP bulk string.
@@ -440,19 +403,20 @@ impl RespConnection {
         }
     }
 
-    /// Sends `w`, which must be `MULTI`, the commands, `EXEC`, and returns the `EXEC` reply, within
-    /// [`REPLY_TIMEOUT`]. A command refused when queued (so the transaction was discarded) or a
-    /// transaction refused whole is an `Err`; on any error the caller drops this connection.
-    pub(crate) async fn transaction(&mut self, w: &RespWriter) -> Result<ExecReply, RespError> {
+    /// Sends every command of `w` and returns the position and text of each error reply but the
+    /// last one's, and the last reply decoded, within [`REPLY_TIMEOUT`]. The replies before the
+    /// last are only checked, not decoded (a batch's thousands of `XADD` ids are not needed). On
+    /// any error the caller drops this connection.
+    pub(crate) async fn pipeline(&mut self, w: &RespWriter) -> Result<PipelineReply, RespError> {
         tokio::time::timeout(REPLY_TIMEOUT, async {
             match &mut self.stream {
                 Stream::Tcp(s) => {
                     let (reader, writer) = s.split();
-                    exchange_exec(reader, writer, &mut self.pending, w).await
+                    exchange_last(reader, writer, &mut self.pending, w).await
                 }
                 Stream::Unix(s) => {
                     let (reader, writer) = s.split();
-                    exchange_exec(reader, writer, &mut self.pending, w).await
+                    exchange_last(reader, writer, &mut self.pending, w).await
                 }
             }
         })
@@ -524,43 +488,39 @@ async fn exchange(
     read
 }
 
-/// [`exchange`] for a transaction: every reply but the last (`+OK`, `+QUEUED`…) is checked, the
-/// last is the `EXEC` reply.
-async fn exchange_exec(
+/// [`exchange`], keeping the error replies' positions and decoding the last reply.
+async fn exchange_last(
     mut reader: impl AsyncRead + Unpin,
     mut writer: impl AsyncWrite + Unpin,
     pending: &mut Vec<u8>,
     w: &RespWriter,
-) -> Result<ExecReply, RespError> {
+) -> Result<PipelineReply, RespError> {
     let write = async {
         writer.write_all(w.bytes()).await?;
         writer.flush().await?;
         Ok::<(), RespError>(())
     };
     let read = async {
-        let mut left = w.commands().saturating_sub(1);
-        let mut queued_error = None;
+        let before = w.commands().saturating_sub(1);
+        let (mut seen, mut errors) = (0, Vec::new());
         loop {
             let mut at = 0;
-            while left > 0 {
+            while seen < before {
                 match skip_reply(&pending[at..])? {
                     Some((used, error)) => {
-                        queued_error = queued_error.or(error);
+                        if let Some(e) = error {
+                            errors.push((seen, e));
+                        }
                         at += used;
-                        left -= 1;
+                        seen += 1;
                     }
                     None => break,
                 }
             }
-            if left == 0 {
-                if let Some((used, reply)) = parse_exec(&pending[at..]).map_err(|e| match &queued_error {
-                    // The transaction was discarded because a command was refused when queued
-                    // (out of memory, say): that refusal says why.
-                    Some(q) => RespError::Reply(q.clone()),
-                    None => e,
-                })? {
+            if seen == before {
+                if let Some((used, last)) = parse_reply(&pending[at..])? {
                     pending.drain(..at + used);
-                    return Ok(reply);
+                    return Ok(PipelineReply { errors, last });
                 }
             }
             pending.drain(..at);

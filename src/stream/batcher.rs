@@ -335,6 +335,10 @@ impl Batcher {
         if delivered.already {
             // A re-sent batch that had landed before its reply was lost: nothing applied twice.
             self.metrics.already_applied.increment(1);
+        } else if batch.resent {
+            // Sent again without having landed whole: its counters applied once, but some of its
+            // events may have reached the stream before the failure.
+            self.metrics.resent.increment(batch.len() as u64);
         }
         if !delivered.refused.is_empty() {
             self.dead_letter(&batch.id, &delivered.refused).await;

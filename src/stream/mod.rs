@@ -80,11 +80,18 @@ pub trait EventSink: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 }
 
-/// Production sink: each batch is one transaction on the sink's own connection ([`resp`]):
-/// `MULTI`, one script call applying the counter updates once by batch number
-/// (`store::redis::APPLY_ONCE`, which also moves the replica's applied mark), every `XADD`, one
-/// `XTRIM`, `EXEC`. The transaction makes the events and the mark land together, so a batch sent
-/// again (a spool replay) first reads the mark and is skipped whole when it landed.
+/// Production sink: each batch is one pipeline on the sink's own connection ([`resp`]): every
+/// `XADD`, one `XTRIM`, then one script call that applies the counter updates once by batch
+/// number and moves the replica's applied mark (`store::redis::APPLY_ONCE`). Redis runs a
+/// connection's commands in order, so a mark at this batch means all its events landed too: a
+/// batch sent again (a spool replay, after an error or a restart) first reads the mark and is
+/// skipped whole when it landed. When the mark is below it, some of its events may have landed
+/// before the failure (a reply lost mid-batch): those are streamed twice, with the same ids, and
+/// counted in `linkgate_events_resent_total`; its counters still apply once.
+///
+/// (Putting the `XADD`s inside the script, or the whole batch in `MULTI`/`EXEC`, would make the
+/// events exactly-once as well, but measured with `benches/batcher` it cost 2.4× and 1.4× Redis's
+/// CPU per event: see `loadtest/optimisations.md`.)
 pub struct RedisStreamSink {
     url: String,
     /// `XADD <stream> * type <type> json`, encoded once per event type ([`EventType::index`]).
@@ -132,17 +139,20 @@ impl RedisStreamSink {
         }
     }
 
-    /// The batch's transaction: `MULTI`, the counter script, `XADD <stream> * type <type> json
-    /// <json>` per event, one `XTRIM <stream> MAXLEN ~ <cap>`, `EXEC`.
+    /// The batch's pipeline: `XADD <stream> * type <type> json <json>` per event, one
+    /// `XTRIM <stream> MAXLEN ~ <cap>`, then the counter script.
     ///
     /// Trimming once per batch instead of per `XADD` keeps the same approximate cap (the stream
     /// may run one batch over it until the batch's own `XTRIM`), with less for Redis to check per
     /// event.
-    fn write_transaction(&self, batch: &Batch, counters: &mut resp::CommandList, w: &mut resp::RespWriter) {
+    fn write_pipeline(&self, batch: &Batch, counters: &mut resp::CommandList, w: &mut resp::RespWriter) {
         counters.clear();
         crate::store::redis::counter_updates(&batch.counters, |args| counters.push(args));
         w.clear();
-        w.command(&[b"MULTI"]);
+        for (t, json) in batch.iter() {
+            w.command_after(&self.xadd[t.index()], json);
+        }
+        w.command(&[b"XTRIM", self.stream.as_bytes(), b"MAXLEN", b"~", &self.maxlen]);
         let key = crate::store::redis::applied_key(&batch.id.replica);
         let script = crate::store::redis::APPLY_ONCE.as_bytes();
         w.eval(
@@ -152,11 +162,6 @@ impl RedisStreamSink {
             counters,
             crate::store::redis::APPLIED_TTL_SECS,
         );
-        for (t, json) in batch.iter() {
-            w.command_after(&self.xadd[t.index()], json);
-        }
-        w.command(&[b"XTRIM", self.stream.as_bytes(), b"MAXLEN", b"~", &self.maxlen]);
-        w.command(&[b"EXEC"]);
     }
 
     /// Whether `batch` landed already (read before sending a batch again).
@@ -171,17 +176,27 @@ impl RedisStreamSink {
     }
 }
 
-/// What the transaction's answer says: the script's `{0}` (landed before) or `{1, {position,
-/// error, …}}` for refused counter updates, and the events Redis refused.
+/// What the pipeline's replies say. An error that may pass (out of memory, loading, …) fails the
+/// whole batch, to be sent again; other errors refused one command for good: it is reported. The
+/// script answers `{0}` (landed before) or `{1, {position, error, …}}` for refused counter updates.
 fn delivered(
-    reply: resp::ExecReply,
+    reply: resp::PipelineReply,
     counters: &resp::CommandList,
     batch: &Batch,
     stream: &str,
 ) -> Result<Delivered, resp::RespError> {
     use resp::Reply;
-    let Reply::Array(items) = reply.first else {
-        return Err(resp::RespError::Protocol);
+    if let Some((_, e)) = reply
+        .errors
+        .iter()
+        .find(|(_, e)| resp::RespError::Reply(e.clone()).is_transient())
+    {
+        return Err(resp::RespError::Reply(e.clone()));
+    }
+    let items = match reply.last {
+        Reply::Array(items) => items,
+        Reply::Error(e) => return Err(resp::RespError::Reply(e)),
+        _ => return Err(resp::RespError::Protocol),
     };
     let mut out = Delivered::default();
     match items.as_slice() {
@@ -207,10 +222,10 @@ fn delivered(
         }
         _ => return Err(resp::RespError::Protocol),
     }
-    // Replies after the script: one per event, then the XTRIM's.
+    // The replies before the script: one per event, then the XTRIM's.
     let events: Vec<(EventType, &[u8])> = batch.iter().collect();
     for (at, error) in reply.errors {
-        let command = match events.get(at - 1) {
+        let command = match events.get(at) {
             Some((t, json)) => [
                 "XADD",
                 stream,
@@ -249,8 +264,8 @@ impl EventSink for RedisStreamSink {
                     refused: Vec::new(),
                 });
             }
-            self.write_transaction(batch, counters, commands);
-            let reply = c.transaction(commands).await?;
+            self.write_pipeline(batch, counters, commands);
+            let reply = c.pipeline(commands).await?;
             delivered(reply, counters, batch, &self.stream)
         }
         .await;
