@@ -87,16 +87,7 @@ impl AttributionStore for RedisStore {
 
     async fn list_leads(&self, filter: &LinkFilter, after: u64, limit: usize) -> Result<LeadPage, StoreError> {
         let key = named_index_key("lidx", &index_for(filter));
-        let rows: Vec<(String, u64)> = redis::cmd("ZRANGEBYSCORE")
-            .arg(&key)
-            .arg(format!("({after}"))
-            .arg("+inf")
-            .arg("WITHSCORES")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(limit)
-            .query_async(&mut self.conn().await?)
-            .await?;
+        let rows = self.index_page(&key, after, limit).await?;
         let cmds = rows
             .iter()
             .map(|(id, _)| redis::cmd("GET").arg(lead_key(id)).clone())

@@ -73,16 +73,7 @@ impl LinkStore for RedisStore {
 
     async fn list_links(&self, filter: &LinkFilter, after: u64, limit: usize) -> Result<Page, StoreError> {
         let key = index_key(&index_for(filter));
-        let rows: Vec<(String, u64)> = redis::cmd("ZRANGEBYSCORE")
-            .arg(&key)
-            .arg(format!("({after}"))
-            .arg("+inf")
-            .arg("WITHSCORES")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(limit)
-            .query_async(&mut self.conn().await?)
-            .await?;
+        let rows = self.index_page(&key, after, limit).await?;
         let codes: Vec<String> = rows.iter().map(|(c, _)| c.clone()).collect();
         let links: Vec<Link> = self.get_links(&codes).await?.into_iter().flatten().collect();
         let next_cursor = if rows.len() == limit {

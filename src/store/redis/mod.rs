@@ -182,6 +182,21 @@ impl RedisStore {
         Ok(())
     }
 
+    /// The members of the index (sorted set) `key` scored above `after`, lowest first, at most
+    /// `limit`, with their scores: one page of a list.
+    async fn index_page(&self, key: &str, after: u64, limit: usize) -> Result<Vec<(String, u64)>, StoreError> {
+        Ok(redis::cmd("ZRANGEBYSCORE")
+            .arg(key)
+            .arg(format!("({after}"))
+            .arg("+inf")
+            .arg("WITHSCORES")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut self.conn().await?)
+            .await?)
+    }
+
     /// Runs `cmds` in pipelines of at most [`PIPELINE_CHUNK`] commands, returning every reply.
     async fn run_chunked(&self, cmds: Vec<redis::Cmd>) -> Result<Vec<Value>, StoreError> {
         let mut out = Vec::with_capacity(cmds.len());
