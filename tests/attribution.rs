@@ -222,6 +222,9 @@ async fn referral_conversion_pays_three_levels_once() {
             json!({"id": "x", "commission_bps": [1, 2, 3, 4]}),
             json!({"id": "x", "commission_bps": [20000]}),
             json!({"id": "x", "attribution_window": "soon"}),
+            // A non-ASCII last character used to panic the handler (a byte-index split).
+            json!({"id": "x", "attribution_window": "ǅ"}),
+            json!({"id": "x", "attribution_window": "5ǅ"}),
         ] {
             assert_eq!(
                 s.api("POST", "/v1/campaigns", Some(bad)).await.status,
