@@ -41,22 +41,28 @@ impl RespError {
     /// landed); errors of single commands inside the batch are reported by the script instead.
     pub(crate) fn is_transient(&self) -> bool {
         match self {
-            Self::Reply(e) => [
-                "OOM",
-                "LOADING",
-                "BUSY",
-                "MASTERDOWN",
-                "TRYAGAIN",
-                "CLUSTERDOWN",
-                "READONLY",
-                "NOREPLICAS",
-            ]
-            .iter()
-            .any(|k| e.starts_with(k)),
+            Self::Reply(e) => is_transient_reply(e),
             Self::Io(_) | Self::Timeout(_) | Self::Protocol => true,
             Self::Url(_) => false,
         }
     }
+}
+
+/// Whether an error reply may pass (out of memory, loading, busy, failing over): see
+/// [`RespError::is_transient`].
+pub(crate) fn is_transient_reply(e: &str) -> bool {
+    [
+        "OOM",
+        "LOADING",
+        "BUSY",
+        "MASTERDOWN",
+        "TRYAGAIN",
+        "CLUSTERDOWN",
+        "READONLY",
+        "NOREPLICAS",
+    ]
+    .iter()
+    .any(|k| e.starts_with(k))
 }
 
 /// Commands encoded as RESP arrays of bulk strings, back to back.
@@ -365,41 +371,20 @@ impl RespConnection {
     /// error (the first one is returned), the connection fails, or Redis takes longer than
     /// [`REPLY_TIMEOUT`]; the caller then drops this connection.
     pub(crate) async fn run(&mut self, w: &RespWriter) -> Result<(), RespError> {
-        tokio::time::timeout(REPLY_TIMEOUT, self.exchange(w))
-            .await
-            .map_err(|_| RespError::Timeout(REPLY_TIMEOUT))?
+        let reply = self.pipeline(w).await?;
+        match (reply.errors.into_iter().next(), reply.last) {
+            (Some((_, e)), _) | (None, Reply::Error(e)) => Err(RespError::Reply(e)),
+            _ => Ok(()),
+        }
     }
 
     /// Sends the one command of `w` and returns its decoded reply (an error reply is an `Err`),
     /// within [`REPLY_TIMEOUT`]; on any error the caller drops this connection.
     pub(crate) async fn call(&mut self, w: &RespWriter) -> Result<Reply, RespError> {
         debug_assert_eq!(w.commands(), 1);
-        tokio::time::timeout(REPLY_TIMEOUT, self.call_inner(w))
-            .await
-            .map_err(|_| RespError::Timeout(REPLY_TIMEOUT))?
-    }
-
-    async fn call_inner(&mut self, w: &RespWriter) -> Result<Reply, RespError> {
-        match &mut self.stream {
-            Stream::Tcp(s) => s.write_all(w.bytes()).await?,
-            Stream::Unix(s) => s.write_all(w.bytes()).await?,
-        }
-        loop {
-            if let Some((used, reply)) = parse_reply(&self.pending)? {
-                self.pending.drain(..used);
-                return match reply {
-                    Reply::Error(e) => Err(RespError::Reply(e)),
-                    r => Ok(r),
-                };
-            }
-            self.pending.reserve(64 * 1024);
-            let n = match &mut self.stream {
-                Stream::Tcp(s) => s.read_buf(&mut self.pending).await?,
-                Stream::Unix(s) => s.read_buf(&mut self.pending).await?,
-            };
-            if n == 0 {
-                return Err(RespError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-            }
+        match self.pipeline(w).await?.last {
+            Reply::Error(e) => Err(RespError::Reply(e)),
+            r => Ok(r),
         }
     }
 
@@ -412,84 +397,24 @@ impl RespConnection {
             match &mut self.stream {
                 Stream::Tcp(s) => {
                     let (reader, writer) = s.split();
-                    exchange_last(reader, writer, &mut self.pending, w).await
+                    exchange(reader, writer, &mut self.pending, w).await
                 }
                 Stream::Unix(s) => {
                     let (reader, writer) = s.split();
-                    exchange_last(reader, writer, &mut self.pending, w).await
+                    exchange(reader, writer, &mut self.pending, w).await
                 }
             }
         })
         .await
         .map_err(|_| RespError::Timeout(REPLY_TIMEOUT))?
     }
-
-    async fn exchange(&mut self, w: &RespWriter) -> Result<(), RespError> {
-        match &mut self.stream {
-            Stream::Tcp(s) => {
-                let (reader, writer) = s.split();
-                exchange(reader, writer, &mut self.pending, w).await
-            }
-            Stream::Unix(s) => {
-                let (reader, writer) = s.split();
-                exchange(reader, writer, &mut self.pending, w).await
-            }
-        }
-    }
 }
 
 /// Writes `w` and reads its replies into `pending`, both at once: a large batch's replies must be
-/// drained while it is still being written, or both sides' socket buffers fill up and stall.
+/// drained while it is still being written, or both sides' socket buffers fill up and stall. The
+/// replies before the last are only checked (their errors kept with their positions); the last is
+/// decoded.
 async fn exchange(
-    mut reader: impl AsyncRead + Unpin,
-    mut writer: impl AsyncWrite + Unpin,
-    pending: &mut Vec<u8>,
-    w: &RespWriter,
-) -> Result<(), RespError> {
-    let write = async {
-        writer.write_all(w.bytes()).await?;
-        writer.flush().await?;
-        Ok::<(), RespError>(())
-    };
-    let read = async {
-        let mut left = w.commands();
-        let mut first_error = None;
-        while left > 0 {
-            let mut at = 0;
-            while left > 0 {
-                match skip_reply(&pending[at..])? {
-                    Some((used, error)) => {
-                        if let (Some(e), None) = (error, &first_error) {
-                            first_error = Some(e);
-                        }
-                        at += used;
-                        left -= 1;
-                    }
-                    None => break,
-                }
-            }
-            pending.drain(..at);
-            if left > 0 {
-                // Into spare capacity: no zeroing of 64 KiB per read.
-                pending.reserve(64 * 1024);
-                let n = reader.read_buf(pending).await?;
-                if n == 0 {
-                    return Err(RespError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-                }
-            }
-        }
-        match first_error {
-            Some(e) => Err(RespError::Reply(e)),
-            None => Ok(()),
-        }
-    };
-    let (wrote, read) = tokio::join!(write, read);
-    wrote?;
-    read
-}
-
-/// [`exchange`], keeping the error replies' positions and decoding the last reply.
-async fn exchange_last(
     mut reader: impl AsyncRead + Unpin,
     mut writer: impl AsyncWrite + Unpin,
     pending: &mut Vec<u8>,
