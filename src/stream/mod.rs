@@ -3,13 +3,14 @@
 //! The redirect path and the API hand events to the click queue ([`crate::click::EventQueue`],
 //! never awaiting). One [`batcher`] task drains it into a [`Batch`] (each event's JSON encoded once, the
 //! counter increments, the lead candidates), opens leads for first human taps, and hands the batch
-//! to an [`EventSink`]: [`RedisStreamSink`] (one script call with every `XADD`, one
-//! `XTRIM … MAXLEN ~` and the counter updates, on its own [`crate::resp`] connection) or
+//! to an [`EventSink`]: [`RedisStreamSink`] (one pipeline: every `XADD`, one `XTRIM … MAXLEN ~`
+//! and a script applying the counter updates, on its own [`crate::resp`] connection) or
 //! [`LogSink`] (the embedded event log plus counters in redb).
 //!
 //! Every batch has an id (this batcher's random replica id and the batch's number), and the store
-//! applies a batch only above the replica's applied mark, in the same atomic unit: a batch sent
-//! again after a lost reply, or replayed from the spool after a restart, lands once. A command the
+//! applies a batch's counters only above the replica's applied mark, in the same atomic unit: a
+//! batch sent again after a lost reply, or replayed from the spool after a restart, counts once
+//! (its events repeat only when it had been cut off mid-way: see [`RedisStreamSink`]). A command the
 //! store refuses for good (a key of the wrong type) is reported, written to `deadletter.jsonl` and
 //! counted, and the rest of its batch applies. When the sink fails as a whole (Redis down, loading,
 //! out of memory, a reply not received in time), the batch goes, whole and with its id, to the
@@ -186,11 +187,7 @@ fn delivered(
     stream: &str,
 ) -> Result<Delivered, resp::RespError> {
     use resp::Reply;
-    if let Some((_, e)) = reply
-        .errors
-        .iter()
-        .find(|(_, e)| resp::RespError::Reply(e.clone()).is_transient())
-    {
+    if let Some((_, e)) = reply.errors.iter().find(|(_, e)| resp::is_transient_reply(e)) {
         return Err(resp::RespError::Reply(e.clone()));
     }
     let items = match reply.last {
@@ -223,7 +220,13 @@ fn delivered(
         _ => return Err(resp::RespError::Protocol),
     }
     // The replies before the script: one per event, then the XTRIM's.
-    let events: Vec<(EventType, &[u8])> = batch.iter().collect();
+    // Only read when Redis refused something (rarely): a batch's events are not collected for
+    // nothing.
+    let events: Vec<(EventType, &[u8])> = if reply.errors.is_empty() {
+        Vec::new()
+    } else {
+        batch.iter().collect()
+    };
     for (at, error) in reply.errors {
         let command = match events.get(at) {
             Some((t, json)) => [
