@@ -226,10 +226,11 @@ impl Batch {
 
     /// Records the lead candidate of a tap (if it is one), once per link per batch.
     fn candidate(&mut self, tap: &Tap, kind: Option<LinkKind>, click_id: impl FnOnce() -> String) {
-        if !opens_lead(tap.human, tap.recipient) || !self.candidate_codes.insert(tap.code.to_string()) {
+        if self.candidate_codes.contains(tap.code) {
             return;
         }
         if let Some(lead) = lead_for_tap(tap, click_id) {
+            self.candidate_codes.insert(lead.code.clone());
             self.candidates.push(Candidate { lead, kind });
         }
     }
