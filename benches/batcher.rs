@@ -125,7 +125,8 @@ fn main() {
                 ip_secret: b"bench".to_vec(),
                 metrics: events,
             },
-        );
+        )
+        .unwrap();
         (queue, resolver, delivery)
     });
     let campaigns: Vec<u32> = (0..100)

@@ -65,7 +65,8 @@ fn main() {
     }
     if on {
         let _guard = rt.enter();
-        app.start_events(Arc::new(NullSink), Spool::open(&dir).unwrap(), b"profile".to_vec());
+        app.start_events(Arc::new(NullSink), Spool::open(&dir).unwrap(), b"profile".to_vec())
+            .unwrap();
     }
     let peer: std::net::IpAddr = "198.51.100.23".parse().unwrap();
     let ua = http::HeaderValue::from_static(

@@ -188,7 +188,8 @@ fn redirect_app(dir: &std::path::Path, codes: &[String], rt: Option<&tokio::runt
     }
     if let Some(rt) = rt {
         let _guard = rt.enter();
-        app.start_events(Arc::new(NullSink), Spool::open(dir).unwrap(), b"bench".to_vec());
+        app.start_events(Arc::new(NullSink), Spool::open(dir).unwrap(), b"bench".to_vec())
+            .unwrap();
     }
     app
 }

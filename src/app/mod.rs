@@ -66,7 +66,7 @@ impl App {
         let click_secret = provision::click_secret(&config)?;
         let spool = Spool::open(&config.data_dir)?;
         let mut app = Self::assemble(config, store, api_keys, &click_secret);
-        app.start_events(sink, spool, click_secret);
+        app.start_events(sink, spool, click_secret)?;
         let upkeep = Arc::downgrade(&app.metrics);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
@@ -83,8 +83,9 @@ impl App {
     }
 
     /// Starts recording: the click queue, and the batcher that delivers it to `sink` (spooling
-    /// to `spool` what the sink does not take). Must run inside a Tokio runtime.
-    pub fn start_events(&mut self, sink: Arc<dyn EventSink>, spool: Spool, ip_secret: Vec<u8>) {
+    /// to `spool` what the sink does not take, and refused commands to the dead-letter file beside
+    /// it). Must run inside a Tokio runtime.
+    pub fn start_events(&mut self, sink: Arc<dyn EventSink>, spool: Spool, ip_secret: Vec<u8>) -> std::io::Result<()> {
         let metrics = self.metrics.events(sink.name());
         let queue = Arc::new(EventQueue::new(metrics.clone()));
         let parts = BatcherParts {
@@ -95,8 +96,9 @@ impl App {
             ip_secret,
             metrics,
         };
-        self.delivery = Some(Delivery::start(queue.clone(), parts));
+        self.delivery = Some(Delivery::start(queue.clone(), parts)?);
         self.events = Some(queue);
+        Ok(())
     }
 
     /// An app without event recording (benchmarks of the bare redirect).

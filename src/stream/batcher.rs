@@ -53,14 +53,12 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// Spawns the batcher on the current runtime, draining `queue`.
-    pub fn start(queue: Arc<EventQueue>, parts: BatcherParts) -> Self {
+    /// Spawns the batcher on the current runtime, draining `queue`; fails when the dead-letter
+    /// file beside the spool cannot be opened.
+    pub fn start(queue: Arc<EventQueue>, parts: BatcherParts) -> std::io::Result<Self> {
         let (done_tx, done) = watch::channel(false);
         parts.metrics.spool_bytes.set(parts.spool.pending_bytes() as f64);
-        let dead_letters = match DeadLetters::open(parts.spool.dir()) {
-            Ok(d) => d,
-            Err(e) => panic!("cannot open the dead-letter file next to the spool: {e}"),
-        };
+        let dead_letters = DeadLetters::open(parts.spool.dir())?;
         let batcher = Batcher {
             replica: crate::link::code::generate_codes(2).concat(),
             next_seq: 0,
@@ -83,7 +81,7 @@ impl Delivery {
             batcher.run().await;
             let _ = done_tx.send(true);
         });
-        Self { queue, done }
+        Ok(Self { queue, done })
     }
 
     /// Stops the batcher after it has delivered or spooled everything queued; waits at most
