@@ -6,13 +6,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 use serde_json::json;
-use support::{Backend, Env, TestServer, eventually, send};
-
-/// The value of the sample line `name` (with its labels) in a Prometheus text exposition.
-fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
+use support::{Backend, Env, TestServer, eventually, sample, send};
 
 #[tokio::test]
 async fn metrics_count_known_traffic() {

@@ -542,9 +542,11 @@ where
 /// The value of the sample `series` (a metric name with its labels, as exposed) in `app`'s
 /// Prometheus text; 0 when absent.
 pub(crate) fn metric(app: &App, series: &str) -> f64 {
-    app.render_metrics()
-        .lines()
-        .filter_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .find_map(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+    sample(&app.render_metrics(), series).unwrap_or(0.0)
+}
+
+/// The value of the sample `series` in a Prometheus text exposition.
+pub(crate) fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
