@@ -3,8 +3,9 @@
 //! updates, applied once) to a local redis-server spawned on a free port. Reports events/s, the
 //! mean batch size, and Redis's own CPU time per event (from `INFO cpu`), all from the same run.
 //!
-//! Run: `cargo bench --bench batcher` (needs redis-server on PATH); with `BATCHER_PERSONALISED=1`
-//! every link has a recipient (the SMS reactivation scenario), so taps are lead candidates.
+//! Run: `cargo bench --bench batcher` (needs redis-server on PATH); `BATCHER_COMMANDSTATS=1` adds
+//! Redis's CPU per command kind; with `BATCHER_PERSONALISED=1` every link has a recipient (the
+//! SMS reactivation scenario), so taps are lead candidates.
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -61,6 +62,33 @@ fn redis_cpu_secs(url: &str) -> f64 {
         .filter(|l| l.starts_with("used_cpu_sys:") || l.starts_with("used_cpu_user:"))
         .filter_map(|l| l.split(':').nth(1)?.trim().parse::<f64>().ok())
         .sum()
+}
+
+/// With `BATCHER_COMMANDSTATS=1`: Redis's own CPU per command kind (`INFO commandstats`), in
+/// µs per event, costliest first, to show which writes an event's cost is made of.
+fn print_command_stats(url: &str, events: usize) {
+    let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let info: String = redis::cmd("INFO").arg("commandstats").query(&mut con).unwrap();
+    let mut rows: Vec<(String, u64, f64)> = info
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let field = |k: &str| {
+                rest.split(',')
+                    .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
+                    .and_then(|v| v.parse::<f64>().ok())
+            };
+            Some((name.to_string(), field("calls")? as u64, field("usec")?))
+        })
+        .collect();
+    rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+    for (name, calls, usec) in rows {
+        println!(
+            "  {name:<12} {calls:>9} calls  {:>6.2} calls/event  {:>6.2} µs/event",
+            calls as f64 / events as f64,
+            usec / events as f64
+        );
+    }
 }
 
 /// This process's user+system CPU seconds (the batcher, its runtime, and the pushing loop).
@@ -183,6 +211,9 @@ fn main() {
         own * 1e6 / n as f64,
         cpu * 1e6 / n as f64
     );
+    if std::env::var("BATCHER_COMMANDSTATS").is_ok_and(|v| v == "1") {
+        print_command_stats(&url, n);
+    }
     let _ = redis.kill();
     let _ = redis.wait();
     let _ = std::fs::remove_dir_all(&dir);

@@ -154,7 +154,7 @@ pub trait Store: LinkStore + AttributionStore + CounterStore {
 }
 
 /// One page of leads.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct LeadPage {
     pub leads: Vec<Lead>,
     pub next_cursor: Option<u64>,

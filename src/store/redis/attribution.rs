@@ -8,19 +8,14 @@ use super::*;
 
 #[async_trait]
 impl AttributionStore for RedisStore {
-    /// Three pipelined round trips however many leads: number them; write each record, then claim
-    /// it with `SET … NX GET` (the record first, so whoever loses a claim can read the winner's);
-    /// then withdraw the losers' records, read their holders' and index the winners'. A claim
-    /// whose holder is this very lead (the client re-sent the command after Redis applied it) is
-    /// a win.
-    async fn claim_leads(&self, mut leads: Vec<Lead>) -> Result<Vec<LeadClaim>, StoreError> {
+    /// Two pipelined round trips however many leads: write each record, then claim it with
+    /// `SET … NX GET` (the record first, so whoever loses a claim can read the winner's); then
+    /// withdraw the losers' records, read their holders' and append the winners' ids to their
+    /// lists. A claim whose holder is this very lead (the client re-sent the command after Redis
+    /// applied it) is a win.
+    async fn claim_leads(&self, leads: Vec<Lead>) -> Result<Vec<LeadClaim>, StoreError> {
         if leads.is_empty() {
             return Ok(Vec::new());
-        }
-        let last: u64 = self.conn().await?.incr("lg:leadseq", leads.len() as u64).await?;
-        let first = last + 1 - leads.len() as u64;
-        for (i, l) in leads.iter_mut().enumerate() {
-            l.seq = first + i as u64;
         }
         let mut cmds = Vec::with_capacity(2 * leads.len());
         for l in &leads {
@@ -51,8 +46,7 @@ impl AttributionStore for RedisStore {
             match holder {
                 None => {
                     for name in index_names(l.campaign_id.as_deref(), l.owner_id.as_deref()) {
-                        let key = named_index_key("lidx", &name);
-                        cmds.push(redis::cmd("ZADD").arg(key).arg(l.seq).arg(&l.lead_id).clone());
+                        cmds.push(redis::cmd("RPUSH").arg(lead_list_key(&name)).arg(&l.lead_id).clone());
                     }
                 }
                 Some(holder) => {
@@ -85,24 +79,30 @@ impl AttributionStore for RedisStore {
         self.get_json(lead_key(lead_id), lead_id).await
     }
 
+    /// A page of a lead list: the cursor is the position in the list to read from (lists only
+    /// grow at their end, so a position never moves).
     async fn list_leads(&self, filter: &LinkFilter, after: u64, limit: usize) -> Result<LeadPage, StoreError> {
-        let key = named_index_key("lidx", &index_for(filter));
-        let rows = self.index_page(&key, after, limit).await?;
-        let cmds = rows
+        if limit == 0 {
+            return Ok(LeadPage::default());
+        }
+        let key = lead_list_key(&index_for(filter));
+        let start = isize::try_from(after).unwrap_or(isize::MAX);
+        let ids: Vec<String> = self
+            .conn()
+            .await?
+            .lrange(&key, start, start.saturating_add_unsigned(limit - 1))
+            .await?;
+        let cmds = ids
             .iter()
-            .map(|(id, _)| redis::cmd("GET").arg(lead_key(id)).clone())
+            .map(|id| redis::cmd("GET").arg(lead_key(id)).clone())
             .collect();
-        let mut leads = Vec::with_capacity(rows.len());
-        for ((id, _), v) in rows.iter().zip(self.run_chunked(cmds).await?) {
+        let mut leads = Vec::with_capacity(ids.len());
+        for (id, v) in ids.iter().zip(self.run_chunked(cmds).await?) {
             if let Some(b) = bytes_of(v) {
                 leads.push(decode(id, &b)?);
             }
         }
-        let next_cursor = if rows.len() == limit {
-            rows.last().map(|r| r.1)
-        } else {
-            None
-        };
+        let next_cursor = (ids.len() == limit).then(|| after + limit as u64);
         Ok(LeadPage { leads, next_cursor })
     }
 

@@ -11,7 +11,7 @@
 //! | `lg:idem:<sha256>` | string | a stored `Idempotency-Key` answer, `EX` 24 h |
 //! | `lg:lead:{<lead_id>}` | string | a lead as JSON |
 //! | `lg:leadclaim:{link:<code>}`, `lg:leadclaim:{click:<click_id>}` | string | the lead holding that claim (`SET NX`) |
-//! | `lg:leadseq`, `lg:lidx:…` | string, zset | lead sequence and list indexes, laid out like the link ones |
+//! | `lg:leads:all`, `lg:leads:c:{<campaign>}`, `lg:leads:o:{<owner>}`, `lg:leads:co:{<campaign>}:<owner>` | list | lead ids in the order they were opened (`RPUSH`); the paging cursor is a position |
 //! | `lg:partner:{<id>}`, `lg:campaign:{<id>}` | string | partner and campaign JSON |
 //! | `lg:order:{<order_id>}` | string | the first answer for an order (`SET NX`: the conversion's idempotency) |
 //! | `lg:stats:link:{<code>}`, `lg:stats:camp:{<campaign>}` | hash | counters: `links`, `human_clicks`, `bot_clicks`, `leads`, `conversions`, `revenue` (`clicks` is their sum) |
@@ -106,6 +106,11 @@ fn named_index_key(prefix: &str, name: &IndexName) -> String {
         IndexName::Owner(o) => format!("lg:{prefix}:o:{{{}}}", esc(o)),
         IndexName::CampaignOwner(c, o) => format!("lg:{prefix}:co:{{{}}}:{}", esc(c), esc(o)),
     }
+}
+/// An append-only list of lead ids (`RPUSH`): far cheaper for Redis than a sorted set entry per
+/// lead, and a lead list is only ever read in the order leads were opened.
+fn lead_list_key(name: &IndexName) -> String {
+    named_index_key("leads", name)
 }
 fn lead_key(id: &str) -> String {
     format!("lg:lead:{{{}}}", esc(id))
