@@ -95,12 +95,18 @@ pub struct Config {
     pub dest_allowlist: Vec<String>,
     pub synthetic_token: Option<String>,
     pub drain_timeout: Duration,
-    /// Approximate cap of the Redis Stream, in entries.
+    /// Number of stream keys events are spread over (1: the `stream` key itself).
+    pub stream_shards: u32,
+    /// Approximate cap of each Redis Stream key, in entries.
     pub stream_maxlen: u64,
     /// API requests per second per key (`None`: unlimited).
     pub api_rate_limit: Option<u32>,
     pub log_format: LogFormat,
 }
+
+/// Most stream keys `LINKGATE_STREAM_SHARDS` may name: far more than the masters of any cluster,
+/// and few enough that every batch's `XTRIM`s stay cheap.
+const MAX_STREAM_SHARDS: u32 = 1024;
 
 /// A configuration error: names the variable and says what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -165,7 +171,16 @@ pub const VARS: &[Var] = &[
         None,
         "key of the click ids' MAC; required with Redis (prefer the environment)",
     ),
-    var("LINKGATE_STREAM", Some("linkgate:events"), "Redis Stream key"),
+    var(
+        "LINKGATE_STREAM",
+        Some("linkgate:events"),
+        "Redis Stream key (prefix of the shard keys when sharded)",
+    ),
+    var(
+        "LINKGATE_STREAM_SHARDS",
+        Some("1"),
+        "number of stream keys events are spread over, 1..=1024 (`<stream>:{0}` …)",
+    ),
     var(
         "LINKGATE_NOT_FOUND_URL",
         None,
@@ -286,6 +301,18 @@ impl Config {
         if stream.is_empty() || stream.len() > 256 || stream.chars().any(char::is_whitespace) {
             return Err(bad("LINKGATE_STREAM", "must be a non-empty key without whitespace"));
         }
+        let shards = get("LINKGATE_STREAM_SHARDS").unwrap_or_default();
+        let stream_shards = shards
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=MAX_STREAM_SHARDS).contains(n))
+            .ok_or_else(|| {
+                bad(
+                    "LINKGATE_STREAM_SHARDS",
+                    format!("`{shards}` is not a number of stream keys from 1 to {MAX_STREAM_SHARDS}"),
+                )
+            })?;
         let not_found_url = get("LINKGATE_NOT_FOUND_URL")
             .map(|u| crate::link::dest::validate(&u, &[]).map_err(|m| bad("LINKGATE_NOT_FOUND_URL", m)))
             .transpose()?;
@@ -360,6 +387,7 @@ impl Config {
             synthetic_token: get("LINKGATE_SYNTHETIC_TOKEN"),
             drain_timeout,
             api_rate_limit,
+            stream_shards,
             stream_maxlen,
             log_format,
         })
@@ -420,6 +448,7 @@ mod tests {
         assert_eq!(c.public_base_url, "http://localhost:8080");
         assert!(c.redis_url.is_none() && c.api_keys.is_empty());
         assert_eq!(c.stream, "linkgate:events");
+        assert_eq!(c.stream_shards, 1);
         assert_eq!(c.drain_timeout, Duration::from_secs(20));
     }
 
@@ -438,6 +467,9 @@ mod tests {
             ("LINKGATE_DEST_ALLOWLIST", "a b"),
             ("LINKGATE_DRAIN_TIMEOUT", "soon"),
             ("LINKGATE_LOG_FORMAT", "xml"),
+            ("LINKGATE_STREAM_SHARDS", "0"),
+            ("LINKGATE_STREAM_SHARDS", "1025"),
+            ("LINKGATE_STREAM_SHARDS", "four"),
             ("LINKGATE_API_RATE_LIMIT", "-5"),
             ("LINKGATE_API_RATE_LIMIT", "lots"),
             ("LINKGATE_STREAM_MAXLEN", "10"),

@@ -17,6 +17,31 @@ pub(crate) fn code_hash(code: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64_with_seed(code.as_bytes(), *CODE_SEED)
 }
 
+/// The stream shard of a code's events among `shards` (`LINKGATE_STREAM_SHARDS`): unseeded xxh3
+/// of the code, so every replica and every version puts one link's events on the same shard, in
+/// order, and a consumer can compute it too. (Nobody gains by steering a code to a shard, so the
+/// public hash is fine here, unlike [`code_hash`].) Events without a code go to shard 0.
+pub fn stream_shard(code: Option<&str>, shards: u32) -> u32 {
+    shard_of(code.map_or(0, |c| stream_route(c.as_bytes())), shards)
+}
+
+/// What [`stream_shard`] hashes a code to, kept per event so a batch picks shards without
+/// hashing again.
+#[inline]
+pub(crate) fn stream_route(code: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(code)
+}
+
+/// The shard of a [`stream_route`] among `shards`.
+#[inline]
+pub(crate) fn shard_of(route: u64, shards: u32) -> u32 {
+    if shards > 1 {
+        (route % u64::from(shards)) as u32
+    } else {
+        0
+    }
+}
+
 /// A hasher for keys that already are xxh3 hashes.
 #[derive(Default, Clone, Copy)]
 pub(crate) struct PassThroughHasher(u64);

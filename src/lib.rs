@@ -63,6 +63,7 @@ pub use crate::click::event::Queued;
 pub use crate::click::event::{ClickRecord, header_json};
 pub use crate::click::queue::EventQueue;
 pub use crate::config::{Config, LogFormat, VARS, serve_args};
+pub use crate::hash::stream_shard;
 pub use crate::link::click_id::ClickSigner;
 pub use crate::link::code::{InlineCode, generate_codes};
 pub use crate::link::{Link, LinkKind, LinkState};
@@ -76,4 +77,4 @@ pub use crate::store::{EmbeddedStore, Invalidation, LinkStore, RedisStore, Store
 pub use crate::stream::batch::Batch;
 pub use crate::stream::batcher::{BatcherParts, Delivery};
 pub use crate::stream::log::Spool;
-pub use crate::stream::{Delivered, EventSink, RedisStreamSink, Refused, STREAM_MAXLEN, SinkError};
+pub use crate::stream::{Delivered, EventSink, RedisStreamSink, Refused, STREAM_MAXLEN, SinkError, stream_keys};

@@ -554,6 +554,57 @@ async fn the_stream_is_capped_near_linkgate_stream_maxlen() {
     assert!((1000..1200).contains(&len), "XLEN {len}");
 }
 
+/// `LINKGATE_STREAM_SHARDS=4`: every event lands on exactly one of the four shard keys, the one
+/// `linkgate::stream_shard` names for its code (so one link's events stay in order on one key),
+/// nothing goes to the unsharded key, and the counts are exact.
+#[tokio::test]
+async fn sharded_streams_keep_each_links_events_on_its_own_shard() {
+    let env = Env::new(Backend::Redis);
+    let url = env.redis.as_ref().unwrap().url();
+    let s = TestServer::start_with(&env, &[("LINKGATE_STREAM_SHARDS", "4")]).await;
+    let codes: Vec<String> = (0..40).map(|i| format!("shard-{i}")).collect();
+    for code in &codes {
+        s.mint(json!({"destination": "https://a.example/", "code": code, "campaign_id": "sharded"}))
+            .await;
+        for _ in 0..3 {
+            assert_eq!(s.get(&format!("/{code}")).await.status, StatusCode::FOUND);
+        }
+    }
+    let keys = linkgate::stream_keys("linkgate:events", 4);
+    assert_eq!(
+        keys,
+        [
+            "linkgate:events:{0}",
+            "linkgate:events:{1}",
+            "linkgate:events:{2}",
+            "linkgate:events:{3}"
+        ]
+    );
+    let per_shard = eventually(LAG, "120 clicks over the shards", || async {
+        let per: Vec<Vec<(String, Value)>> = keys.iter().map(|k| stream_entries(&url, k)).collect();
+        (per.iter().map(Vec::len).sum::<usize>() >= 120).then_some(per)
+    })
+    .await;
+    assert_eq!(per_shard.iter().map(Vec::len).sum::<usize>(), 120);
+    for (shard, entries) in per_shard.iter().enumerate() {
+        for (_, e) in entries {
+            let code = e["code"].as_str().unwrap();
+            assert_eq!(
+                linkgate::stream_shard(Some(code), 4) as usize,
+                shard,
+                "{code} on shard {shard}"
+            );
+        }
+    }
+    let used = per_shard.iter().filter(|e| !e.is_empty()).count();
+    assert!(used >= 3, "40 codes spread over the shards, {used} used");
+    assert!(
+        stream_entries(&url, "linkgate:events").is_empty(),
+        "nothing on the unsharded key"
+    );
+    json_until(&s, "/v1/campaigns/sharded/stats", |v| v["clicks"] == 120).await;
+}
+
 /// Stats of a code that names no link, well-formed or not: 404 `not_found` as JSON, and asking
 /// creates nothing (the code stays free to mint).
 #[tokio::test]

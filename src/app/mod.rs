@@ -49,7 +49,7 @@ impl App {
         let (store, sink): (Arc<dyn Store>, Arc<dyn EventSink>) = match &config.redis_url {
             Some(url) => {
                 let redis = Arc::new(RedisStore::connect(url).await?);
-                let sink = RedisStreamSink::new(url, &config.stream, config.stream_maxlen);
+                let sink = RedisStreamSink::sharded(url, &config.stream, config.stream_shards, config.stream_maxlen);
                 (redis, Arc::new(sink))
             }
             None => {

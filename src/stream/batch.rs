@@ -32,8 +32,9 @@ pub struct Batch {
     /// Sent before (replayed from the spool): the sink first checks whether it landed.
     pub resent: bool,
     json: Vec<u8>,
-    /// Each event's type and the end of its JSON in `json`.
-    entries: Vec<(EventType, usize)>,
+    /// Each event's type, the end of its JSON in `json`, and the xxh3 of its code (which picks
+    /// its stream shard; 0 without a code).
+    entries: Vec<(EventType, usize, u64)>,
     pub counters: CounterDelta,
     pub candidates: Vec<Candidate>,
     /// Codes that already have a candidate in this batch.
@@ -64,11 +65,21 @@ impl Batch {
 
     /// Each event's type and JSON, in order.
     pub fn iter(&self) -> impl Iterator<Item = (EventType, &[u8])> + '_ {
+        self.routed().map(|(t, json, _)| (t, json))
+    }
+
+    /// Each event's type, JSON and stream shard among `shards`, in order.
+    pub fn iter_sharded(&self, shards: u32) -> impl Iterator<Item = (EventType, &[u8], u32)> + '_ {
+        self.routed()
+            .map(move |(t, json, route)| (t, json, crate::hash::shard_of(route, shards)))
+    }
+
+    fn routed(&self) -> impl Iterator<Item = (EventType, &[u8], u64)> + '_ {
         let mut start = 0;
-        self.entries.iter().map(move |&(t, end)| {
+        self.entries.iter().map(move |&(t, end, route)| {
             let json = &self.json[start..end];
             start = end;
-            (t, json)
+            (t, json, route)
         })
     }
 
@@ -93,7 +104,7 @@ impl Batch {
     /// Events per type: click, lead, conversion.
     pub fn counts(&self) -> [u64; 3] {
         let mut c = [0; 3];
-        for (t, _) in &self.entries {
+        for (t, _, _) in &self.entries {
             c[t.index()] += 1;
         }
         c
@@ -103,14 +114,15 @@ impl Batch {
         self.revenue
     }
 
-    fn end_entry(&mut self, t: EventType) {
-        self.entries.push((t, self.json.len()));
+    fn end_entry(&mut self, t: EventType, code: Option<&[u8]>) {
+        let route = code.map_or(0, crate::hash::stream_route);
+        self.entries.push((t, self.json.len(), route));
     }
 
     /// Adds an event built elsewhere (the API, a spool replay, a lead).
     pub fn push_event(&mut self, e: &Event) {
         serde_json::to_writer(&mut self.json, e).expect("events always serialise");
-        self.end_entry(e.event_type);
+        self.end_entry(e.event_type, e.code.as_deref().map(str::as_bytes));
         if e.synthetic {
             return;
         }
@@ -200,7 +212,7 @@ impl Batch {
             j.push(b'"');
         }
         j.push(b'}');
-        self.end_entry(EventType::Click);
+        self.end_entry(EventType::Click, Some(code));
         if c.synthetic {
             return;
         }

@@ -4,7 +4,8 @@
 //! never awaiting). One [`batcher`] task drains it into a [`Batch`] (each event's JSON encoded once, the
 //! counter increments, the lead candidates), opens leads for first human taps, and hands the batch
 //! to an [`EventSink`]: [`RedisStreamSink`] (one pipeline: every `XADD`, one `XTRIM … MAXLEN ~`
-//! and a script applying the counter updates, on its own [`crate::resp`] connection) or
+//! per stream shard written and a script applying the counter updates, on its own
+//! [`crate::resp`] connection) or
 //! [`LogSink`] (the embedded event log plus counters in redb).
 //!
 //! Every batch has an id (this batcher's random replica id and the batch's number), and the store
@@ -82,7 +83,7 @@ pub trait EventSink: Send + Sync + 'static {
 }
 
 /// Production sink: each batch is one pipeline on the sink's own connection ([`resp`]): every
-/// `XADD`, one `XTRIM`, then one script call that applies the counter updates once by batch
+/// `XADD` (to its code's shard, [`stream_keys`]), one `XTRIM` per shard written, then one script call that applies the counter updates once by batch
 /// number and moves the replica's applied mark (`store::redis::APPLY_ONCE`). Redis runs a
 /// connection's commands in order, so a mark at this batch means all its events landed too: a
 /// batch sent again (a spool replay, after an error or a restart) first reads the mark and is
@@ -95,9 +96,11 @@ pub trait EventSink: Send + Sync + 'static {
 /// CPU per event: see `loadtest/optimisations.md`.)
 pub struct RedisStreamSink {
     url: String,
-    /// `XADD <stream> * type <type> json`, encoded once per event type ([`EventType::index`]).
-    xadd: [resp::Prefix; 3],
-    stream: String,
+    /// Per stream shard, `XADD <key> * type <type> json` encoded once per event type
+    /// ([`EventType::index`]).
+    xadd: Vec<[resp::Prefix; 3]>,
+    /// The stream keys, one per shard ([`stream_keys`]).
+    streams: Vec<String>,
     /// `MAXLEN ~` in decimal.
     maxlen: Vec<u8>,
     state: tokio::sync::Mutex<SinkState>,
@@ -109,51 +112,84 @@ struct SinkState {
     conn: Option<resp::RespConnection>,
     counters: resp::CommandList,
     commands: resp::RespWriter,
+    /// The shards the batch's `XTRIM`s are for, in order.
+    trimmed: Vec<u32>,
+}
+
+/// The stream keys events go to: `stream` itself when there is one shard, else `stream:{0}` …
+/// `stream:{n-1}` (each its own Cluster hash tag, so the shards spread over the masters). An
+/// event's shard is [`crate::stream_shard`] of its code.
+pub fn stream_keys(stream: &str, shards: u32) -> Vec<String> {
+    if shards <= 1 {
+        return vec![stream.to_string()];
+    }
+    (0..shards).map(|i| format!("{stream}:{{{i}}}")).collect()
 }
 
 impl RedisStreamSink {
     /// A sink for `stream`, capped at about `maxlen` entries, on the Redis at `url`; it connects
     /// on its first batch.
     pub fn new(url: &str, stream: &str, maxlen: u64) -> Self {
+        Self::sharded(url, stream, 1, maxlen)
+    }
+
+    /// A sink spreading events over `shards` stream keys ([`stream_keys`]), each capped at about
+    /// `maxlen` entries.
+    pub fn sharded(url: &str, stream: &str, shards: u32, maxlen: u64) -> Self {
         let mut cap = Vec::new();
         resp::push_decimal(&mut cap, maxlen);
-        let xadd = EventType::ALL.map(|t| {
-            resp::Prefix::new(&[
-                b"XADD",
-                stream.as_bytes(),
-                b"*",
-                b"type",
-                t.as_str().as_bytes(),
-                b"json",
-            ])
-        });
+        let streams = stream_keys(stream, shards);
+        let xadd = streams
+            .iter()
+            .map(|key| {
+                EventType::ALL.map(|t| {
+                    resp::Prefix::new(&[b"XADD", key.as_bytes(), b"*", b"type", t.as_str().as_bytes(), b"json"])
+                })
+            })
+            .collect();
         Self {
             url: url.to_string(),
             xadd,
-            stream: stream.to_string(),
+            streams,
             maxlen: cap,
             state: tokio::sync::Mutex::new(SinkState {
                 conn: None,
                 counters: resp::CommandList::default(),
                 commands: resp::RespWriter::default(),
+                trimmed: Vec::new(),
             }),
         }
     }
 
-    /// The batch's pipeline: `XADD <stream> * type <type> json <json>` per event, one
-    /// `XTRIM <stream> MAXLEN ~ <cap>`, then the counter script.
+    /// The batch's pipeline: `XADD <shard key> * type <type> json <json>` per event, one
+    /// `XTRIM <key> MAXLEN ~ <cap>` per shard the batch wrote to (listed in `trimmed`), then the
+    /// counter script.
     ///
     /// Trimming once per batch instead of per `XADD` keeps the same approximate cap (the stream
     /// may run one batch over it until the batch's own `XTRIM`), with less for Redis to check per
     /// event.
-    fn write_pipeline(&self, batch: &Batch, counters: &mut resp::CommandList, w: &mut resp::RespWriter) {
+    fn write_pipeline(
+        &self,
+        batch: &Batch,
+        counters: &mut resp::CommandList,
+        w: &mut resp::RespWriter,
+        trimmed: &mut Vec<u32>,
+    ) {
         counters.clear();
         crate::store::redis::counter_updates(&batch.counters, |args| counters.push(args));
         w.clear();
-        for (t, json) in batch.iter() {
-            w.command_after(&self.xadd[t.index()], json);
+        let mut touched = vec![false; self.streams.len()];
+        for (t, json, shard) in batch.iter_sharded(self.streams.len() as u32) {
+            w.command_after(&self.xadd[shard as usize][t.index()], json);
+            touched[shard as usize] = true;
         }
-        w.command(&[b"XTRIM", self.stream.as_bytes(), b"MAXLEN", b"~", &self.maxlen]);
+        trimmed.clear();
+        for (shard, key) in self.streams.iter().enumerate() {
+            if touched[shard] {
+                w.command(&[b"XTRIM", key.as_bytes(), b"MAXLEN", b"~", &self.maxlen]);
+                trimmed.push(shard as u32);
+            }
+        }
         let key = crate::store::redis::applied_key(&batch.id.replica);
         let script = crate::store::redis::APPLY_ONCE.as_bytes();
         w.eval(
@@ -184,7 +220,8 @@ fn delivered(
     reply: resp::PipelineReply,
     counters: &resp::CommandList,
     batch: &Batch,
-    stream: &str,
+    streams: &[String],
+    trimmed: &[u32],
 ) -> Result<Delivered, resp::RespError> {
     use resp::Reply;
     if let Some((_, e)) = reply.errors.iter().find(|(_, e)| resp::is_transient_reply(e)) {
@@ -219,19 +256,19 @@ fn delivered(
         }
         _ => return Err(resp::RespError::Protocol),
     }
-    // The replies before the script: one per event, then the XTRIM's.
+    // The replies before the script: one per event, then the XTRIMs.
     // Only read when Redis refused something (rarely): a batch's events are not collected for
     // nothing.
-    let events: Vec<(EventType, &[u8])> = if reply.errors.is_empty() {
+    let events: Vec<(EventType, &[u8], u32)> = if reply.errors.is_empty() {
         Vec::new()
     } else {
-        batch.iter().collect()
+        batch.iter_sharded(streams.len() as u32).collect()
     };
     for (at, error) in reply.errors {
         let command = match events.get(at) {
-            Some((t, json)) => [
+            Some((t, json, shard)) => [
                 "XADD",
-                stream,
+                &streams[*shard as usize],
                 "*",
                 "type",
                 t.as_str(),
@@ -240,7 +277,10 @@ fn delivered(
             ]
             .map(String::from)
             .to_vec(),
-            None => vec!["XTRIM".to_string(), stream.to_string()],
+            None => {
+                let shard = trimmed.get(at - events.len()).map_or(0, |&s| s as usize);
+                vec!["XTRIM".to_string(), streams[shard].clone()]
+            }
         };
         out.refused.push(Refused { command, error });
     }
@@ -255,6 +295,7 @@ impl EventSink for RedisStreamSink {
             conn,
             counters,
             commands,
+            trimmed,
         } = &mut *state;
         let c = match conn {
             Some(c) => c,
@@ -267,9 +308,9 @@ impl EventSink for RedisStreamSink {
                     refused: Vec::new(),
                 });
             }
-            self.write_pipeline(batch, counters, commands);
+            self.write_pipeline(batch, counters, commands, trimmed);
             let reply = c.pipeline(commands).await?;
-            delivered(reply, counters, batch, &self.stream)
+            delivered(reply, counters, batch, &self.streams, trimmed)
         }
         .await;
         if result.is_err() {

@@ -18,7 +18,7 @@
 //! | `lg:clicks:{<n>}` | string | counter array (`BITFIELD`) of links numbered `n × 65,536` up to the next: per link, `i64` human then bot clicks counted by live taps; a link's stats add these to its hash's |
 //! | `lg:lb:{<campaign>}:leads` (`:conversions`, `:revenue`) | zset | owners scored for the leaderboards |
 //! | `lg:applied:{<replica>}` | string | the highest batch number of that batcher applied (`APPLY_ONCE`), `EX` 7 days |
-//! | `LINKGATE_STREAM` (default `linkgate:events`) | stream | events, fields `type` and `json`, `MAXLEN ~` capped |
+//! | `LINKGATE_STREAM` (default `linkgate:events`), or `<stream>:{0}` … with `LINKGATE_STREAM_SHARDS` | stream | events, fields `type` and `json`, `MAXLEN ~` capped per key; a code's events on one shard ([`crate::stream_shard`]) |
 //!
 //! Ids inside keys are escaped ([`esc`]: `%`, `{`, `}`, `:` as `%25`, `%7B`, `%7D`, `%3A`), so
 //! distinct ids never share a key and no id closes a hash tag early; ids without those characters
