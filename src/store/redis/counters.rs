@@ -6,7 +6,7 @@ use redis::{AsyncCommands, Value};
 
 use super::*;
 
-/// Most taps in one `BITFIELD` command (each adds up to two `INCRBY` of four arguments).
+/// Most taps in one `BITFIELD` command (each adds up to three `INCRBY` of four arguments).
 const BITFIELD_TAPS: usize = 500;
 
 /// How long a replica's highest applied batch number is kept after its last batch: longer than
@@ -53,14 +53,15 @@ pub(crate) fn applied_key(replica: &str) -> String {
 /// The commands that add `delta` to the stored counters, each handed to `command` as its
 /// arguments (`HINCRBY key field n`, `ZINCRBY key n owner`, `BITFIELD key INCRBY i64 #slot n …`).
 ///
-/// A batch has about one tapped link per event. The clicks of links whose sequence number the
-/// taps carried go into the links' counter arrays, one `BITFIELD` per array per batch instead of
-/// one `HINCRBY` per link: with a million links nearly every tap hits another link, and one
-/// command per link was most of Redis's work per event (`loadtest/optimisations.md`). What is left per link (leads, conversions, revenue, and clicks
-/// replayed from the spool or counted by the API) goes to the link's hash; its keys and numbers are
-/// written into two reused buffers rather than allocated per command.
+/// A batch has about one tapped link per event. The clicks and leads of links whose sequence
+/// number the taps carried go into the links' counter arrays, one `BITFIELD` per array per batch
+/// instead of one `HINCRBY` per link: with a million links nearly every tap hits another link, and
+/// one command per link was most of Redis's work per event, and a hash per link that opened a lead
+/// most of its memory (`loadtest/optimisations.md`). What is left per link (conversions, revenue,
+/// and clicks and leads replayed from the spool or counted by the API) goes to the link's hash;
+/// its keys and numbers are written into two reused buffers rather than allocated per command.
 pub(crate) fn counter_updates(delta: &CounterDelta, mut command: impl FnMut(&[&[u8]])) {
-    let mut arrays: Vec<(u64, i64, i64)> = Vec::with_capacity(delta.links.len());
+    let mut arrays: Vec<ArrayIncrement> = Vec::with_capacity(delta.links.len());
     let mut number = Vec::with_capacity(20);
     let mut hincr = |key: &[u8], s: &Stats, command: &mut dyn FnMut(&[&[u8]])| {
         for (field, v) in s.nonzero() {
@@ -73,8 +74,8 @@ pub(crate) fn counter_updates(delta: &CounterDelta, mut command: impl FnMut(&[&[
     for (code, d) in &delta.links {
         let mut s = d.stats;
         if d.seq != 0 {
-            arrays.push((d.seq, s.human_clicks, s.bot_clicks));
-            (s.human_clicks, s.bot_clicks) = (0, 0);
+            arrays.push((d.seq, [s.human_clicks, s.bot_clicks, s.leads]));
+            (s.human_clicks, s.bot_clicks, s.leads) = (0, 0, 0);
         }
         // Nearly always so for a tap: nothing left for the hash, no key to build.
         if s.nonzero().next().is_none() {
@@ -98,10 +99,13 @@ pub(crate) fn counter_updates(delta: &CounterDelta, mut command: impl FnMut(&[&[
     }
 }
 
-/// One `BITFIELD … INCRBY` per counter array for `(seq, human, bot)` click increments.
-fn click_array_updates(clicks: &mut Vec<(u64, i64, i64)>, command: &mut dyn FnMut(&[&[u8]])) {
+/// A link's number and what to add to its array slots: human clicks, bot clicks, leads.
+type ArrayIncrement = (u64, [i64; COUNTER_SLOTS as usize]);
+
+/// One `BITFIELD … INCRBY` per counter array for the links' increments.
+fn click_array_updates(clicks: &mut Vec<ArrayIncrement>, command: &mut dyn FnMut(&[&[u8]])) {
     group_by_array(clicks);
-    let runs = clicks.chunk_by(|a, b| click_slot(a.0).0 == click_slot(b.0).0);
+    let runs = clicks.chunk_by(|a, b| counter_slot(a.0).0 == counter_slot(b.0).0);
     // At most BITFIELD_TAPS taps per command: the apply script passes a command's arguments to
     // Redis as one Lua call, whose stack holds about 8,000 values.
     for run in runs.flat_map(|run| run.chunks(BITFIELD_TAPS)) {
@@ -109,9 +113,9 @@ fn click_array_updates(clicks: &mut Vec<(u64, i64, i64)>, command: &mut dyn FnMu
         // sized for the run up front (a tap's `#slot` and count take about 8 bytes), so it rarely
         // grows by copying.
         let (mut text, mut ends) = (Vec::with_capacity(run.len() * 16), Vec::with_capacity(run.len() * 2));
-        for &(seq, human, bot) in run {
-            let slot = click_slot(seq).1;
-            for (at, n) in [(slot, human), (slot + 1, bot)] {
+        for &(seq, counts) in run {
+            let slot = counter_slot(seq).1;
+            for (at, n) in (slot..).zip(counts) {
                 if n != 0 {
                     text.push(b'#');
                     crate::resp::push_decimal(&mut text, at);
@@ -124,7 +128,7 @@ fn click_array_updates(clicks: &mut Vec<(u64, i64, i64)>, command: &mut dyn FnMu
         if ends.is_empty() {
             continue;
         }
-        let key = clicks_key(click_slot(run[0].0).0);
+        let key = counters_key(counter_slot(run[0].0).0);
         let mut args: Vec<&[u8]> = Vec::with_capacity(2 + ends.len() * 2);
         args.extend([b"BITFIELD".as_slice(), key.as_bytes()]);
         let mut start = 0;
@@ -144,8 +148,8 @@ fn click_array_updates(clicks: &mut Vec<(u64, i64, i64)>, command: &mut dyn FnMu
 /// Reorders `clicks` so that the taps of each counter array are adjacent, in one counting pass
 /// (increments of distinct slots commute, so no order is needed within an array), which costs
 /// far fewer instructions per tap than sorting the batch (`loadtest/optimisations.md`).
-fn group_by_array(clicks: &mut Vec<(u64, i64, i64)>) {
-    let array = |c: &(u64, i64, i64)| click_slot(c.0).0;
+fn group_by_array(clicks: &mut Vec<ArrayIncrement>) {
+    let array = |c: &ArrayIncrement| counter_slot(c.0).0;
     let Some(first) = clicks.first().map(array) else { return };
     let (lo, hi) = clicks
         .iter()
@@ -168,7 +172,7 @@ fn group_by_array(clicks: &mut Vec<(u64, i64, i64)>) {
     for n in next.iter_mut() {
         (*n, at) = (at, at + *n);
     }
-    let mut grouped = vec![(0, 0, 0); clicks.len()];
+    let mut grouped = vec![(0, [0; COUNTER_SLOTS as usize]); clicks.len()];
     for c in clicks.iter() {
         let slot = &mut next[(array(c) - lo) as usize];
         grouped[*slot] = *c;
@@ -187,8 +191,8 @@ fn stats_from(map: std::collections::HashMap<String, i64>) -> Stats {
 
 #[async_trait]
 impl CounterStore for RedisStore {
-    /// One round trip: the link's hash and, when it has a sequence number, its two slots in its
-    /// counter array (live clicks), which are added to any clicks counted in the hash.
+    /// One round trip: the link's hash and, when it has a sequence number, its slots in its
+    /// counter array (live clicks and leads), which are added to those counted in the hash.
     async fn link_stats(&self, link: &Link) -> Result<Stats, StoreError> {
         let mut p = redis::pipe();
         p.hgetall(link_stats_key(&link.code));
@@ -196,18 +200,17 @@ impl CounterStore for RedisStore {
             let (hash,): (std::collections::HashMap<String, i64>,) = p.query_async(&mut self.conn().await?).await?;
             return Ok(stats_from(hash));
         }
-        let (array, slot) = click_slot(link.seq);
-        p.cmd("BITFIELD")
-            .arg(clicks_key(array))
-            .arg(&["GET", "i64"])
-            .arg(format!("#{slot}"))
-            .arg(&["GET", "i64"])
-            .arg(format!("#{}", slot + 1));
-        let (hash, (human, bot)): (std::collections::HashMap<String, i64>, (i64, i64)) =
+        let (array, slot) = counter_slot(link.seq);
+        let bitfield = p.cmd("BITFIELD").arg(counters_key(array));
+        for at in slot..slot + COUNTER_SLOTS {
+            bitfield.arg(&["GET", "i64"]).arg(format!("#{at}"));
+        }
+        let (hash, (human, bot, leads)): (std::collections::HashMap<String, i64>, (i64, i64, i64)) =
             p.query_async(&mut self.conn().await?).await?;
         let mut stats = stats_from(hash);
         stats.human_clicks += human;
         stats.bot_clicks += bot;
+        stats.leads += leads;
         Ok(stats.derive())
     }
 
@@ -281,14 +284,14 @@ mod tests {
         let a = CLICK_ARRAY_LINKS;
         // Counted (arrays close together) and sorted (one array far away) groupings.
         for far in [3 * a, 1_000_000 * a] {
-            let taps: Vec<(u64, i64, i64)> = [2 * a + 1, 5, far + 9, 2 * a + 4, 7, far, 1, a + 2]
+            let taps: Vec<ArrayIncrement> = [2 * a + 1, 5, far + 9, 2 * a + 4, 7, far, 1, a + 2]
                 .iter()
                 .enumerate()
-                .map(|(i, &seq)| (seq, i as i64, 1))
+                .map(|(i, &seq)| (seq, [i as i64, 1, 0]))
                 .collect();
             let mut grouped = taps.clone();
             group_by_array(&mut grouped);
-            let arrays: Vec<u64> = grouped.iter().map(|t| click_slot(t.0).0).collect();
+            let arrays: Vec<u64> = grouped.iter().map(|t| counter_slot(t.0).0).collect();
             let mut runs = arrays.clone();
             runs.dedup();
             let mut distinct = runs.clone();
@@ -303,7 +306,7 @@ mod tests {
     }
 
     #[test]
-    fn clicks_of_numbered_links_go_to_their_counter_arrays() {
+    fn clicks_and_leads_of_numbered_links_go_to_their_counter_arrays() {
         let click = |human: bool| Stats {
             clicks: 1,
             human_clicks: human as i64,
@@ -335,9 +338,10 @@ mod tests {
         assert_eq!(
             cmds,
             [
-                "BITFIELD lg:clicks:{0} INCRBY i64 #10 2 INCRBY i64 #14 1",
-                "BITFIELD lg:clicks:{1} INCRBY i64 #7 1",
-                "HINCRBY lg:stats:link:{c} leads 1",
+                // a (#5): 2 human clicks; c (#7): a human click and its lead.
+                "BITFIELD lg:counts:{0} INCRBY i64 #15 2 INCRBY i64 #21 1 INCRBY i64 #23 1",
+                // b: the fourth link of the second array, one bot click.
+                "BITFIELD lg:counts:{1} INCRBY i64 #10 1",
                 "HINCRBY lg:stats:link:{r} human_clicks 1",
             ]
         );

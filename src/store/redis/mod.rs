@@ -15,7 +15,7 @@
 //! | `lg:partner:{<id>}`, `lg:campaign:{<id>}` | string | partner and campaign JSON |
 //! | `lg:order:{<order_id>}` | string | the first answer for an order (`SET NX`: the conversion's idempotency) |
 //! | `lg:stats:link:{<code>}`, `lg:stats:camp:{<campaign>}` | hash | counters: `links`, `human_clicks`, `bot_clicks`, `leads`, `conversions`, `revenue` (`clicks` is their sum) |
-//! | `lg:clicks:{<n>}` | string | counter array (`BITFIELD`) of links numbered `n × 65,536` up to the next: per link, `i64` human then bot clicks counted by live taps; a link's stats add these to its hash's |
+//! | `lg:counts:{<n>}` | string | counter array (`BITFIELD`) of links numbered `n × 65,536` up to the next: per link, `i64` human clicks, bot clicks and leads counted by live taps; a link's stats add these to its hash's |
 //! | `lg:lb:{<campaign>}:leads` (`:conversions`, `:revenue`) | zset | owners scored for the leaderboards |
 //! | `lg:applied:{<replica>}` | string | the highest batch number of that batcher applied (`APPLY_ONCE`), `EX` 7 days |
 //! | `LINKGATE_STREAM` (default `linkgate:events`), or `<stream>:{0}` … with `LINKGATE_STREAM_SHARDS` | stream | events, fields `type` and `json`, `MAXLEN ~` capped per key; a code's events on one shard ([`crate::stream_shard`]) |
@@ -55,8 +55,10 @@ pub(crate) const PIPELINE_CHUNK: usize = 10_000;
 /// Most members added by one `ZADD`.
 pub(crate) const ZADD_MEMBERS: usize = 5_000;
 pub(crate) const INVALIDATE_CHANNEL: &str = "lg:invalidate";
-/// Links per click counter array (`lg:clicks:{n}`, 16 bytes per link: 1 MiB when full).
+/// Links per counter array (`lg:counts:{n}`, 24 bytes per link: 1.5 MiB when full).
 pub(crate) const CLICK_ARRAY_LINKS: u64 = 65_536;
+/// Counters per link in its array: human clicks, bot clicks, leads (each `i64`).
+const COUNTER_SLOTS: u64 = 3;
 
 pub struct RedisStore {
     client: Client,
@@ -123,13 +125,13 @@ fn link_stats_key(code: &str) -> String {
     link_stats_key_into(&mut key, code.as_bytes());
     String::from_utf8(key).expect("a key built from a str is UTF-8")
 }
-/// The counter array holding the clicks of the link numbered `seq`, and the link's first `i64`
-/// slot in it (`#2i` human clicks, `#2i+1` bot clicks, in `BITFIELD` terms).
-fn click_slot(seq: u64) -> (u64, u64) {
-    (seq / CLICK_ARRAY_LINKS, 2 * (seq % CLICK_ARRAY_LINKS))
+/// The counter array of link number `seq`, and the link's first `i64` slot in it (`#3i` human
+/// clicks, `#3i+1` bot clicks, `#3i+2` leads, in `BITFIELD` terms).
+fn counter_slot(seq: u64) -> (u64, u64) {
+    (seq / CLICK_ARRAY_LINKS, COUNTER_SLOTS * (seq % CLICK_ARRAY_LINKS))
 }
-fn clicks_key(array: u64) -> String {
-    format!("lg:clicks:{{{array}}}")
+fn counters_key(array: u64) -> String {
+    format!("lg:counts:{{{array}}}")
 }
 
 /// [`link_stats_key`] into a buffer the batcher reuses (one key per tapped link per batch).
