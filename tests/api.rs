@@ -504,6 +504,76 @@ async fn lists_page_with_cursors() {
     }
 }
 
+/// A deleted link's code is retired: minting it again is a 409 (a printed QR code of a deleted
+/// link never leads to someone else's destination); lists and the CSV export skip the deleted
+/// link; its recipient can be given a new link; and a PATCH of it is a 404.
+#[tokio::test]
+async fn a_deleted_code_is_retired_and_lists_skip_it() {
+    for b in BACKENDS {
+        let env = Env::new(b);
+        let s = TestServer::start(&env).await;
+        for (code, rcpt) in [("keep-1", "k1"), ("gone-1", "g1"), ("keep-2", "k2")] {
+            s.mint(
+                json!({"destination": "https://a.example/", "code": code, "campaign_id": "ret", "recipient_id": rcpt}),
+            )
+            .await;
+        }
+        assert_eq!(
+            s.api("DELETE", "/v1/links/gone-1", None).await.status,
+            StatusCode::NO_CONTENT
+        );
+        let again = s
+            .api(
+                "POST",
+                "/v1/links",
+                Some(json!({"destination": "https://b.example/", "code": "gone-1"})),
+            )
+            .await;
+        assert_eq!(
+            (again.status, again.error_code().as_str()),
+            (StatusCode::CONFLICT, "code_taken"),
+            "{b:?}"
+        );
+        assert_eq!(s.get("/gone-1").await.status, StatusCode::NOT_FOUND, "{b:?}");
+        let patched = s
+            .api(
+                "PATCH",
+                "/v1/links/gone-1",
+                Some(json!({"destination": "https://c.example/"})),
+            )
+            .await;
+        assert_eq!(
+            patched.status,
+            StatusCode::NOT_FOUND,
+            "{b:?}: a PATCH does not bring it back"
+        );
+        let codes = |page: Value| -> Vec<String> {
+            page["links"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l["code"].as_str().unwrap().to_string())
+                .collect()
+        };
+        for query in ["campaign_id=ret", ""] {
+            let page = s.api("GET", &format!("/v1/links?{query}"), None).await.json();
+            assert_eq!(codes(page), ["keep-1", "keep-2"], "{b:?} {query}");
+        }
+        let csv = s.api("GET", "/v1/links?campaign_id=ret&format=csv", None).await.text();
+        assert!(!csv.contains("gone-1") && csv.contains("keep-2"), "{b:?}: {csv}");
+        // The recipient's claim was freed: a new link, with a new code.
+        let fresh = s
+            .api(
+                "POST",
+                "/v1/links",
+                Some(json!({"destination": "https://a.example/", "campaign_id": "ret", "recipient_id": "g1"})),
+            )
+            .await;
+        assert_eq!(fresh.status, StatusCode::CREATED, "{b:?}");
+        assert_ne!(fresh.json()["code"], "gone-1");
+    }
+}
+
 #[tokio::test]
 async fn patch_and_delete_change_what_taps_get() {
     for b in BACKENDS {

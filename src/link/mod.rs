@@ -36,6 +36,11 @@ impl LinkKind {
         Self::Web,
     ];
 
+    /// Whether this is the default kind (left out of the stored form).
+    pub fn is_web(&self) -> bool {
+        *self == Self::Web
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Sms => "sms",
@@ -73,43 +78,101 @@ impl LinkState {
 }
 
 /// A short link as stored. Times are Unix seconds; the API shows them as RFC 3339.
+///
+/// The serde form is the stored one only (the API writes its own JSON, [`Link::to_api_json`]), and
+/// it is compact, because a store holds hundreds of millions of links: one- or two-letter names,
+/// no code (the store's key holds it), and no field at its default. Each name has the long one as
+/// an alias, so links stored before the compact form still read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Link {
+    #[serde(default, skip_serializing)]
     pub code: String,
+    #[serde(rename = "d", alias = "destination")]
     pub destination: String,
-    #[serde(default)]
+    #[serde(rename = "k", alias = "kind", default, skip_serializing_if = "LinkKind::is_web")]
     pub kind: LinkKind,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "c",
+        alias = "campaign_id",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub campaign_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "o", alias = "owner_id", default, skip_serializing_if = "Option::is_none")]
     pub owner_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "r",
+        alias = "recipient_id",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub recipient_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "x", alias = "expires_at", default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "m", alias = "max_clicks", default, skip_serializing_if = "Option::is_none")]
     pub max_clicks: Option<u32>,
-    #[serde(default = "default_status")]
+    #[serde(
+        rename = "s",
+        alias = "redirect_status",
+        default = "default_status",
+        skip_serializing_if = "is_default_status"
+    )]
     pub redirect_status: u16,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "f",
+        alias = "fallback_url",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub fallback_url: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "i",
+        alias = "ios_destination",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ios_destination: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "a",
+        alias = "android_destination",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub android_destination: Option<String>,
-    #[serde(default = "yes")]
+    #[serde(
+        rename = "tc",
+        alias = "track_conversions",
+        default = "yes",
+        skip_serializing_if = "is_true"
+    )]
     pub track_conversions: bool,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(rename = "g", alias = "tags", default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "md", alias = "metadata", default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Map<String, Value>>,
-    #[serde(default)]
+    #[serde(rename = "off", alias = "disabled", default, skip_serializing_if = "is_false")]
     pub disabled: bool,
+    #[serde(rename = "t", alias = "created_at")]
     pub created_at: i64,
+    /// Stored only when it differs from `created_at` (0 in the stored form means "the same").
+    #[serde(rename = "u", alias = "updated_at", default, skip_serializing_if = "is_zero")]
     pub updated_at: i64,
     /// Creation order, used as the paging cursor of link lists.
-    #[serde(default)]
+    #[serde(rename = "n", alias = "seq", default)]
     pub seq: u64,
+}
+
+fn is_default_status(s: &u16) -> bool {
+    *s == default_status()
+}
+fn is_true(b: &bool) -> bool {
+    *b
+}
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 fn default_status() -> u16 {

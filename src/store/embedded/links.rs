@@ -155,12 +155,13 @@ impl LinkStore for EmbeddedStore {
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(err)?;
             let found = {
-                let mut codes = txn.open_table(CODES).map_err(err)?;
+                let codes = txn.open_table(CODES).map_err(err)?;
                 let mut table = txn.open_table(LINKS).map_err(err)?;
                 match read_link(&codes, &table, &code)? {
                     None => false,
                     Some(link) => {
-                        codes.remove(code.as_str()).map_err(err)?;
+                        // The code stays in CODES, pointing at no link: retired, never handed out
+                        // again (as in the Redis store).
                         table.remove(link.seq).map_err(err)?;
                         let mut rcpt = txn.open_table(RECIPIENTS).map_err(err)?;
                         if let Some((c, r)) = link.recipient_key() {

@@ -82,16 +82,7 @@ impl AttributionStore for RedisStore {
     /// A page of a lead list: the cursor is the position in the list to read from (lists only
     /// grow at their end, so a position never moves).
     async fn list_leads(&self, filter: &LinkFilter, after: u64, limit: usize) -> Result<LeadPage, StoreError> {
-        if limit == 0 {
-            return Ok(LeadPage::default());
-        }
-        let key = lead_list_key(&index_for(filter));
-        let start = isize::try_from(after).unwrap_or(isize::MAX);
-        let ids: Vec<String> = self
-            .conn()
-            .await?
-            .lrange(&key, start, start.saturating_add_unsigned(limit - 1))
-            .await?;
+        let ids = self.list_page(&lead_list_key(&index_for(filter)), after, limit).await?;
         let cmds = ids
             .iter()
             .map(|id| redis::cmd("GET").arg(lead_key(id)).clone())

@@ -10,10 +10,22 @@ use redis::{AsyncCommands, Value};
 
 use super::*;
 
+/// `SET KEYS[1] ARGV[1]` only when the key holds a live link (not missing, not `ARGV[2]`, the
+/// tombstone): 1 when set.
+const UPDATE_LIVE: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v or v == ARGV[2] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+";
+
 #[async_trait]
 impl LinkStore for RedisStore {
     async fn get_link(&self, code: &str) -> Result<Option<Link>, StoreError> {
-        self.get_json(link_key(code), code).await
+        let bytes: Option<Vec<u8>> = self.conn().await?.get(link_key(code)).await?;
+        stored_link(code, bytes)
     }
 
     /// Mints in five steps, each one pipelined round trip or a few: (1) refuse custom codes
@@ -41,46 +53,49 @@ impl LinkStore for RedisStore {
             return Ok(None);
         };
         patch.apply(&mut link, now);
-        // XX: a concurrent DELETE wins over this PATCH instead of being resurrected by it.
-        let set: Option<String> = redis::cmd("SET")
+        // Only over a live link: a concurrent DELETE wins over this PATCH instead of being
+        // resurrected by it.
+        let set: i64 = redis::cmd("EVAL")
+            .arg(UPDATE_LIVE)
+            .arg(1)
             .arg(link_key(code))
             .arg(encode_link(&link))
-            .arg("XX")
+            .arg(TOMBSTONE)
             .query_async(&mut self.conn().await?)
             .await?;
-        Ok(set.map(|_| link))
+        Ok((set == 1).then_some(link))
     }
 
+    /// Retires the code ([`TOMBSTONE`]; the lists naming it skip it from then on) and frees the
+    /// recipient's claim, so minting for that recipient again makes a new link.
     async fn delete_link(&self, code: &str) -> Result<bool, StoreError> {
-        let Some(link) = self.get_link(code).await? else {
+        // `SET … XX GET`: the old value says whether this call deleted a live link (of two
+        // concurrent DELETEs, one answers 404).
+        let old: Option<Vec<u8>> = redis::cmd("SET")
+            .arg(link_key(code))
+            .arg(TOMBSTONE)
+            .arg("XX")
+            .arg("GET")
+            .query_async(&mut self.conn().await?)
+            .await?;
+        let Some(link) = stored_link(code, old)? else {
             return Ok(false);
         };
-        let mut p = redis::pipe();
-        p.del(link_key(code));
-        for name in index_names(link.campaign_id.as_deref(), link.owner_id.as_deref()) {
-            p.zrem(index_key(&name), code);
-        }
-        p.query_async::<()>(&mut self.conn().await?).await?;
         if let Some((c, r)) = link.recipient_key() {
-            let key = rcpt_key(c, r);
-            let owner: Option<String> = self.conn().await?.get(&key).await?;
-            if owner.as_deref() == Some(code) {
-                let _: () = self.conn().await?.del(&key).await?;
+            let key = rcpt_key(c);
+            let holder: Option<String> = self.conn().await?.hget(&key, r).await?;
+            if holder.as_deref() == Some(code) {
+                let _: () = self.conn().await?.hdel(&key, r).await?;
             }
         }
         Ok(true)
     }
 
     async fn list_links(&self, filter: &LinkFilter, after: u64, limit: usize) -> Result<Page, StoreError> {
-        let key = index_key(&index_for(filter));
-        let rows = self.index_page(&key, after, limit).await?;
-        let codes: Vec<String> = rows.iter().map(|(c, _)| c.clone()).collect();
+        let codes = self.list_page(&link_list_key(&index_for(filter)), after, limit).await?;
+        // Deleted links are skipped: a page may hold fewer than `limit` and still have a next one.
         let links: Vec<Link> = self.get_links(&codes).await?.into_iter().flatten().collect();
-        let next_cursor = if rows.len() == limit {
-            rows.last().map(|r| r.1)
-        } else {
-            None
-        };
+        let next_cursor = (codes.len() == limit).then(|| after + limit as u64);
         Ok(Page { links, next_cursor })
     }
 
@@ -146,7 +161,7 @@ impl RedisStore {
             .iter()
             .map(|&i| {
                 let (c, r) = links[i].recipient_key().unwrap_or_default();
-                redis::cmd("GET").arg(rcpt_key(c, r)).clone()
+                redis::cmd("HGET").arg(rcpt_key(c)).arg(r).clone()
             })
             .collect();
         let replies = self.run_chunked(cmds).await?;
@@ -266,18 +281,14 @@ impl RedisStore {
             .iter()
             .map(|&i| {
                 let (c, r) = links[i].recipient_key().unwrap_or_default();
-                redis::cmd("SET")
-                    .arg(rcpt_key(c, r))
-                    .arg(&links[i].code)
-                    .arg("NX")
-                    .clone()
+                redis::cmd("HSETNX").arg(rcpt_key(c)).arg(r).arg(&links[i].code).clone()
             })
             .collect();
         let replies = self.run_chunked(cmds).await?;
         let lost: Vec<usize> = claims
             .iter()
             .zip(replies)
-            .filter(|(_, v)| !is_ok(v))
+            .filter(|(_, v)| !matches!(v, Value::Int(1)))
             .map(|(&i, _)| i)
             .collect();
         if !lost.is_empty() {
@@ -291,22 +302,22 @@ impl RedisStore {
         Ok(lost.into_iter().collect())
     }
 
-    /// Step 5: indexes the links created (one `ZADD` per index and chunk) and counts them in
-    /// their campaigns.
+    /// Step 5: appends the links created to their lists (one `RPUSH` per list and chunk) and
+    /// counts them in their campaigns.
     async fn index_links(&self, links: &[Link], written: &[usize], lost: &HashSet<usize>) -> Result<(), StoreError> {
-        // One ZADD per index key and chunk of members: a bulk call of one campaign is a few commands.
+        // One RPUSH per list and chunk of codes: a bulk call of one campaign is a few commands.
         let mut by_index: std::collections::HashMap<String, (redis::Cmd, usize)> = std::collections::HashMap::new();
         let mut cmds = Vec::new();
         for &i in written.iter().filter(|i| !lost.contains(i)) {
             let l = &links[i];
             for name in index_names(l.campaign_id.as_deref(), l.owner_id.as_deref()) {
-                let key = index_key(&name);
+                let key = link_list_key(&name);
                 let (cmd, members) = by_index
                     .entry(key.clone())
-                    .or_insert_with(|| (redis::cmd("ZADD").arg(&key).clone(), 0));
-                cmd.arg(l.seq).arg(&l.code);
+                    .or_insert_with(|| (redis::cmd("RPUSH").arg(&key).clone(), 0));
+                cmd.arg(&l.code);
                 *members += 1;
-                if *members == ZADD_MEMBERS {
+                if *members == PUSH_MEMBERS {
                     cmds.extend(by_index.remove(&key).map(|(c, _)| c));
                 }
             }
