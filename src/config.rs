@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use crate::tls::RedisTls;
+
 /// API scopes. `admin` implies every other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scope {
@@ -85,6 +87,8 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     pub public_base_url: String,
     pub redis_url: Option<String>,
+    /// What `rediss://` connections trust (`LINKGATE_REDIS_CA_FILE`, else the system's authorities).
+    pub redis_tls: RedisTls,
     pub data_dir: PathBuf,
     /// Empty means "not configured": embedded mode then provisions an admin key file.
     pub api_keys: Vec<ApiKey>,
@@ -155,7 +159,16 @@ pub const VARS: &[Var] = &[
         Some("http://localhost:8080"),
         "base of short_url and of QR content",
     ),
-    var("LINKGATE_REDIS_URL", None, "redis://… (unset: embedded mode)"),
+    var(
+        "LINKGATE_REDIS_URL",
+        None,
+        "redis://…, rediss://… (TLS) or unix:///path (unset: embedded mode)",
+    ),
+    var(
+        "LINKGATE_REDIS_CA_FILE",
+        None,
+        "PEM file of the authorities rediss:// trusts (unset: the system's)",
+    ),
     var(
         "LINKGATE_DATA_DIR",
         Some("./data"),
@@ -257,17 +270,27 @@ impl Config {
 
         let redis_url = get("LINKGATE_REDIS_URL");
         if let Some(u) = &redis_url {
-            if u.starts_with("rediss://") {
+            if !["redis://", "rediss://", "redis+unix://", "unix://"]
+                .iter()
+                .any(|s| u.starts_with(s))
+            {
+                return Err(bad("LINKGATE_REDIS_URL", "must start with redis:// or rediss://"));
+            }
+            if u.contains("#insecure") {
                 return Err(bad(
                     "LINKGATE_REDIS_URL",
-                    "rediss:// (TLS) is not built into this binary; use redis:// on a private network or a TLS sidecar",
+                    "certificate checks cannot be turned off; name a private CA with LINKGATE_REDIS_CA_FILE",
                 ));
-            }
-            if !u.starts_with("redis://") && !u.starts_with("redis+unix://") && !u.starts_with("unix://") {
-                return Err(bad("LINKGATE_REDIS_URL", "must start with redis://"));
             }
             redis::Client::open(u.as_str()).map_err(|e| bad("LINKGATE_REDIS_URL", format!("invalid URL: {e}")))?;
         }
+        let redis_tls = match get("LINKGATE_REDIS_CA_FILE") {
+            None => RedisTls::default(),
+            Some(path) => std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(RedisTls::with_ca_pem)
+                .map_err(|m| bad("LINKGATE_REDIS_CA_FILE", format!("`{path}`: {m}")))?,
+        };
 
         let api_keys = match get("LINKGATE_API_KEYS") {
             None => Vec::new(),
@@ -378,6 +401,7 @@ impl Config {
             admin_listen: addr("LINKGATE_ADMIN_LISTEN")?,
             public_base_url,
             redis_url,
+            redis_tls,
             data_dir: PathBuf::from(get("LINKGATE_DATA_DIR").unwrap_or_default()),
             api_keys,
             click_secret,
@@ -467,6 +491,9 @@ mod tests {
             ("LINKGATE_DEST_ALLOWLIST", "a b"),
             ("LINKGATE_DRAIN_TIMEOUT", "soon"),
             ("LINKGATE_LOG_FORMAT", "xml"),
+            ("LINKGATE_REDIS_URL", "rediss://cache.example:6380/#insecure"),
+            ("LINKGATE_REDIS_CA_FILE", "/nonexistent/ca.pem"),
+            ("LINKGATE_REDIS_CA_FILE", "/proc/version"),
             ("LINKGATE_STREAM_SHARDS", "0"),
             ("LINKGATE_STREAM_SHARDS", "1025"),
             ("LINKGATE_STREAM_SHARDS", "four"),

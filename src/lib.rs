@@ -53,6 +53,7 @@ mod shutdown;
 mod store;
 mod stream;
 mod time;
+mod tls;
 
 // The public surface: what the binary, the integration tests, the benches and the load-test
 // examples use. Everything else is crate-private (`unreachable_pub` is warned), so the compiler
@@ -78,3 +79,4 @@ pub use crate::stream::batch::Batch;
 pub use crate::stream::batcher::{BatcherParts, Delivery};
 pub use crate::stream::log::Spool;
 pub use crate::stream::{Delivered, EventSink, RedisStreamSink, Refused, STREAM_MAXLEN, SinkError, stream_keys};
+pub use crate::tls::RedisTls;

@@ -16,6 +16,8 @@ use redis::{ConnectionAddr, IntoConnectionInfo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
+use crate::tls::RedisTls;
+
 /// How long one batch may take to write and be answered before the connection is given up.
 pub(crate) const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -312,10 +314,12 @@ pub(crate) fn push_signed(out: &mut Vec<u8>, v: i64) {
     push_decimal(out, v.unsigned_abs());
 }
 
-/// A TCP connection, or a Unix socket (`unix:///path` or `redis+unix:///path`: a Redis beside
-/// linkgate, where the socket skips the TCP stack on both sides).
+/// A TCP connection, TLS over TCP (`rediss://`), or a Unix socket (`unix:///path` or
+/// `redis+unix:///path`: a Redis beside linkgate, where the socket skips the TCP stack on both
+/// sides).
 enum Stream {
     Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     Unix(UnixStream),
 }
 
@@ -327,8 +331,9 @@ pub(crate) struct RespConnection {
 }
 
 impl RespConnection {
-    /// Connects to the Redis of `url`, authenticating and selecting its database.
-    pub(crate) async fn connect(url: &str) -> Result<Self, RespError> {
+    /// Connects to the Redis of `url` (over TLS trusting `tls` when it is `rediss://`),
+    /// authenticating and selecting its database.
+    pub(crate) async fn connect(url: &str, tls: &RedisTls) -> Result<Self, RespError> {
         let info = url.into_connection_info().map_err(|e| RespError::Url(e.to_string()))?;
         let connect = async {
             match info.addr() {
@@ -336,6 +341,14 @@ impl RespConnection {
                     let stream = TcpStream::connect((host.as_str(), *port)).await?;
                     stream.set_nodelay(true)?;
                     Ok(Stream::Tcp(stream))
+                }
+                ConnectionAddr::TcpTls { host, port, .. } => {
+                    let stream = TcpStream::connect((host.as_str(), *port)).await?;
+                    stream.set_nodelay(true)?;
+                    let name = rustls::pki_types::ServerName::try_from(host.clone())
+                        .map_err(|e| RespError::Url(format!("host {host}: {e}")))?;
+                    let connector = tokio_rustls::TlsConnector::from(tls.client_config().map_err(RespError::Url)?);
+                    Ok(Stream::Tls(Box::new(connector.connect(name, stream).await?)))
                 }
                 ConnectionAddr::Unix(path) => Ok(Stream::Unix(UnixStream::connect(path).await?)),
                 other => Err(RespError::Url(format!("unsupported address {other}"))),
@@ -397,6 +410,10 @@ impl RespConnection {
             match &mut self.stream {
                 Stream::Tcp(s) => {
                     let (reader, writer) = s.split();
+                    exchange(reader, writer, &mut self.pending, w).await
+                }
+                Stream::Tls(s) => {
+                    let (reader, writer) = tokio::io::split(&mut **s);
                     exchange(reader, writer, &mut self.pending, w).await
                 }
                 Stream::Unix(s) => {

@@ -537,6 +537,70 @@ async fn events_and_counters_reach_a_redis_on_a_unix_socket() {
     three_taps_reach_the_stream_and_the_stats(&env, "viasock").await;
 }
 
+/// `rediss://` with a private CA (`LINKGATE_REDIS_CA_FILE`): the store, the event sink's own
+/// connection and the invalidation subscriber all speak TLS. Two replicas: taps on one reach the
+/// stream and the stats, and a PATCH on one reaches the other through pub/sub. A replica that
+/// trusts another CA refuses the server's certificate: never ready, nothing written.
+#[tokio::test]
+async fn store_sink_and_invalidations_run_over_tls_with_a_private_ca() {
+    let env = Env::with_redis(RedisGuard::start_with_tls());
+    let plain = env.redis.as_ref().unwrap().url();
+    let (tls_url, ca) = env.redis.as_ref().unwrap().tls_url_and_ca();
+    let over_tls = [
+        ("LINKGATE_REDIS_URL", tls_url.as_str()),
+        ("LINKGATE_REDIS_CA_FILE", ca.as_str()),
+    ];
+    let a = TestServer::start_with(&env, &over_tls).await;
+    let b = TestServer::start_with(&env, &over_tls).await;
+    a.mint(json!({"destination": "https://a.example/", "code": "sealed"}))
+        .await;
+    for _ in 0..3 {
+        assert!(
+            b.get("/sealed")
+                .await
+                .location()
+                .starts_with("https://a.example/?lg_click=")
+        );
+    }
+    let clicks = eventually(LAG, "three clicks in the stream", || async {
+        let entries = stream_entries(&plain, "linkgate:events");
+        (entries.len() >= 3).then_some(entries)
+    })
+    .await;
+    assert_eq!(clicks.len(), 3);
+    json_until(&a, "/v1/links/sealed/stats", |v| v["clicks"] == 3).await;
+    let patched = a
+        .api(
+            "PATCH",
+            "/v1/links/sealed",
+            Some(json!({"destination": "https://b.example/"})),
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK);
+    eventually(Duration::from_secs(1), "the PATCH on the other replica", || async {
+        b.get("/sealed")
+            .await
+            .location()
+            .starts_with("https://b.example/")
+            .then_some(())
+    })
+    .await;
+
+    // Another CA: the handshake fails, so the replica is not ready and writes nothing.
+    let other = RedisGuard::start_with_tls();
+    let (_, other_ca) = other.tls_url_and_ca();
+    let stranger = TestServer::start_with(
+        &env,
+        &[
+            ("LINKGATE_REDIS_URL", tls_url.as_str()),
+            ("LINKGATE_REDIS_CA_FILE", other_ca.as_str()),
+        ],
+    )
+    .await;
+    assert_eq!(stranger.get("/readyz").await.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(stranger.get("/sealed").await.status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
 #[tokio::test]
 async fn the_stream_is_capped_near_linkgate_stream_maxlen() {
     let env = Env::new(Backend::Redis);

@@ -48,8 +48,9 @@ impl App {
     pub async fn build(config: Config) -> anyhow::Result<Arc<Self>> {
         let (store, sink): (Arc<dyn Store>, Arc<dyn EventSink>) = match &config.redis_url {
             Some(url) => {
-                let redis = Arc::new(RedisStore::connect(url).await?);
-                let sink = RedisStreamSink::sharded(url, &config.stream, config.stream_shards, config.stream_maxlen);
+                let redis = Arc::new(RedisStore::connect_with(url, &config.redis_tls).await?);
+                let sink = RedisStreamSink::sharded(url, &config.stream, config.stream_shards, config.stream_maxlen)
+                    .with_tls(config.redis_tls.clone());
                 (redis, Arc::new(sink))
             }
             None => {

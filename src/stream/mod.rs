@@ -96,6 +96,8 @@ pub trait EventSink: Send + Sync + 'static {
 /// CPU per event: see `loadtest/optimisations.md`.)
 pub struct RedisStreamSink {
     url: String,
+    /// What a `rediss://` connection trusts.
+    tls: crate::tls::RedisTls,
     /// Per stream shard, `XADD <key> * type <type> json` encoded once per event type
     /// ([`EventType::index`]).
     xadd: Vec<[resp::Prefix; 3]>,
@@ -149,6 +151,7 @@ impl RedisStreamSink {
             .collect();
         Self {
             url: url.to_string(),
+            tls: crate::tls::RedisTls::default(),
             xadd,
             streams,
             maxlen: cap,
@@ -159,6 +162,12 @@ impl RedisStreamSink {
                 trimmed: Vec::new(),
             }),
         }
+    }
+
+    /// Trusts `tls`'s authorities when the URL is `rediss://`.
+    pub fn with_tls(mut self, tls: crate::tls::RedisTls) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// The batch's pipeline: `XADD <shard key> * type <type> json <json>` per event, one
@@ -299,7 +308,7 @@ impl EventSink for RedisStreamSink {
         } = &mut *state;
         let c = match conn {
             Some(c) => c,
-            None => conn.insert(resp::RespConnection::connect(&self.url).await?),
+            None => conn.insert(resp::RespConnection::connect(&self.url, &self.tls).await?),
         };
         let result = async {
             if batch.resent && self.landed(c, batch).await? {

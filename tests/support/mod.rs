@@ -37,6 +37,8 @@ pub(crate) struct RedisGuard {
     auth: Option<(String, u32)>,
     /// The Unix socket it also listens on, for a guard whose URL names it.
     socket: Option<PathBuf>,
+    /// The TLS port it also listens on, and the directory of its test CA and certificate.
+    tls: Option<(u16, TempDir)>,
 }
 
 impl RedisGuard {
@@ -99,6 +101,113 @@ impl RedisGuard {
         guard
     }
 
+    /// A Redis that also speaks TLS on a second port, with a certificate for `127.0.0.1` signed
+    /// by a CA made for this test (`openssl`); [`RedisGuard::url`] stays the plain port, for the
+    /// test's own reads.
+    pub(crate) fn start_with_tls() -> Self {
+        let dir = TempDir::new();
+        let at = |f: &str| dir.0.join(f).to_string_lossy().to_string();
+        std::fs::write(dir.0.join("san.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        let steps: [Vec<String>; 3] = [
+            ["req", "-x509"]
+                .iter()
+                .chain(&ec)
+                .map(|s| s.to_string())
+                .chain(
+                    [
+                        "-keyout",
+                        &at("ca.key"),
+                        "-out",
+                        &at("ca.crt"),
+                        "-days",
+                        "2",
+                        "-subj",
+                        "/CN=linkgate test CA",
+                    ]
+                    .map(String::from),
+                )
+                .collect(),
+            ["req"]
+                .iter()
+                .chain(&ec)
+                .map(|s| s.to_string())
+                .chain(
+                    [
+                        "-keyout",
+                        &at("redis.key"),
+                        "-out",
+                        &at("redis.csr"),
+                        "-subj",
+                        "/CN=127.0.0.1",
+                    ]
+                    .map(String::from),
+                )
+                .collect(),
+            [
+                "x509",
+                "-req",
+                "-in",
+                &at("redis.csr"),
+                "-CA",
+                &at("ca.crt"),
+                "-CAkey",
+                &at("ca.key"),
+                "-CAcreateserial",
+                "-out",
+                &at("redis.crt"),
+                "-days",
+                "2",
+                "-extfile",
+                &at("san.cnf"),
+            ]
+            .map(String::from)
+            .to_vec(),
+        ];
+        for args in steps {
+            let out = Command::new("openssl")
+                .args(&args)
+                .output()
+                .expect("openssl on PATH (apt-get install -y openssl)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let tls_port = free_port();
+        let mut guard = Self::spawn(
+            free_port(),
+            &[
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--tls-port",
+                &tls_port.to_string(),
+                "--tls-cert-file",
+                &at("redis.crt"),
+                "--tls-key-file",
+                &at("redis.key"),
+                "--tls-ca-cert-file",
+                &at("ca.crt"),
+                "--tls-auth-clients",
+                "no",
+            ],
+        );
+        guard.tls = Some((tls_port, dir));
+        guard
+    }
+
+    /// The `rediss://` URL of a [`RedisGuard::start_with_tls`] server, and its CA file.
+    pub(crate) fn tls_url_and_ca(&self) -> (String, String) {
+        let (port, dir) = self.tls.as_ref().expect("started with TLS");
+        (
+            format!("rediss://127.0.0.1:{port}"),
+            dir.0.join("ca.crt").to_string_lossy().to_string(),
+        )
+    }
+
     fn spawn(port: u16, extra: &[&str]) -> Self {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -114,6 +223,7 @@ impl RedisGuard {
             port,
             auth: None,
             socket: None,
+            tls: None,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {

@@ -158,12 +158,16 @@ fn leaderboard_key(campaign: &str, by: RankBy) -> String {
 }
 
 impl RedisStore {
-    /// Connects; fails when Redis does not answer within a few seconds.
     /// Opens a client for `url` and tries to connect. An unreachable Redis is not an error here:
     /// every call retries the connection until it succeeds (`/readyz` answers 503 meanwhile).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, &crate::tls::RedisTls::default()).await
+    }
+
+    /// [`RedisStore::connect`], trusting `tls`'s authorities when the URL is `rediss://`.
+    pub async fn connect_with(url: &str, tls: &crate::tls::RedisTls) -> Result<Self, StoreError> {
         let store = Self {
-            client: Client::open(url)?,
+            client: tls.redis_client(url)?,
             conn: tokio::sync::OnceCell::new(),
         };
         if let Err(e) = store.conn().await {
