@@ -99,6 +99,9 @@ pub struct Config {
     pub dest_allowlist: Vec<String>,
     pub synthetic_token: Option<String>,
     pub drain_timeout: Duration,
+    /// Replicas that must confirm each event batch (`WAIT`), and for how long to wait.
+    pub redis_wait_replicas: u32,
+    pub redis_wait_timeout: Duration,
     /// Number of stream keys events are spread over (1: the `stream` key itself).
     pub stream_shards: u32,
     /// Approximate cap of each Redis Stream key, in entries.
@@ -111,6 +114,29 @@ pub struct Config {
 /// Most stream keys `LINKGATE_STREAM_SHARDS` may name: far more than the masters of any cluster,
 /// and few enough that every batch's `XTRIM`s stay cheap.
 const MAX_STREAM_SHARDS: u32 = 1024;
+
+/// `LINKGATE_REDIS_WAIT_REPLICAS` (0–16) and `LINKGATE_REDIS_WAIT_TIMEOUT` (1 ms – 2 s, well
+/// inside the sink's reply timeout).
+fn wait_settings(get: &impl Fn(&'static str) -> Option<String>) -> Result<(u32, Duration), ConfigError> {
+    let n = get("LINKGATE_REDIS_WAIT_REPLICAS").unwrap_or_default();
+    let replicas = n.trim().parse::<u32>().ok().filter(|n| *n <= 16).ok_or_else(|| {
+        bad(
+            "LINKGATE_REDIS_WAIT_REPLICAS",
+            format!("`{n}` is not a number of replicas from 0 to 16"),
+        )
+    })?;
+    let t = get("LINKGATE_REDIS_WAIT_TIMEOUT").unwrap_or_default();
+    let timeout = humantime::parse_duration(t.trim())
+        .ok()
+        .filter(|d| (Duration::from_millis(1)..=Duration::from_secs(2)).contains(d))
+        .ok_or_else(|| {
+            bad(
+                "LINKGATE_REDIS_WAIT_TIMEOUT",
+                format!("`{t}` is not a duration from 1ms to 2s"),
+            )
+        })?;
+    Ok((replicas, timeout))
+}
 
 /// A configuration error: names the variable and says what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -183,6 +209,16 @@ pub const VARS: &[Var] = &[
         "LINKGATE_CLICK_SECRET",
         None,
         "key of the click ids' MAC; required with Redis (prefer the environment)",
+    ),
+    var(
+        "LINKGATE_REDIS_WAIT_REPLICAS",
+        Some("0"),
+        "replicas that must confirm each event batch (WAIT) before it counts as delivered; 0: none",
+    ),
+    var(
+        "LINKGATE_REDIS_WAIT_TIMEOUT",
+        Some("500ms"),
+        "how long a batch waits for those replicas before it is kept and sent again (at most 2s)",
     ),
     var(
         "LINKGATE_STREAM",
@@ -324,6 +360,7 @@ impl Config {
         if stream.is_empty() || stream.len() > 256 || stream.chars().any(char::is_whitespace) {
             return Err(bad("LINKGATE_STREAM", "must be a non-empty key without whitespace"));
         }
+        let (redis_wait_replicas, redis_wait_timeout) = wait_settings(&get)?;
         let shards = get("LINKGATE_STREAM_SHARDS").unwrap_or_default();
         let stream_shards = shards
             .trim()
@@ -412,6 +449,8 @@ impl Config {
             drain_timeout,
             api_rate_limit,
             stream_shards,
+            redis_wait_replicas,
+            redis_wait_timeout,
             stream_maxlen,
             log_format,
         })
@@ -494,6 +533,10 @@ mod tests {
             ("LINKGATE_REDIS_URL", "rediss://cache.example:6380/#insecure"),
             ("LINKGATE_REDIS_CA_FILE", "/nonexistent/ca.pem"),
             ("LINKGATE_REDIS_CA_FILE", "/proc/version"),
+            ("LINKGATE_REDIS_WAIT_REPLICAS", "17"),
+            ("LINKGATE_REDIS_WAIT_REPLICAS", "one"),
+            ("LINKGATE_REDIS_WAIT_TIMEOUT", "5s"),
+            ("LINKGATE_REDIS_WAIT_TIMEOUT", "soon"),
             ("LINKGATE_STREAM_SHARDS", "0"),
             ("LINKGATE_STREAM_SHARDS", "1025"),
             ("LINKGATE_STREAM_SHARDS", "four"),

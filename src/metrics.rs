@@ -71,6 +71,7 @@ pub struct EventMetrics {
     pub conversions: Counter,
     pub already_applied: Counter,
     pub resent: Counter,
+    pub unreplicated: Counter,
     pub dead_letters: Counter,
     pub revenue: Counter,
 }
@@ -217,6 +218,11 @@ impl Metrics {
             resent: r.counter(
                 "linkgate_events_resent_total",
                 "Events of batches sent again whose first outcome was unknown: some may be in the stream twice (same ids).",
+                &[],
+            ),
+            unreplicated: r.counter(
+                "linkgate_batches_unreplicated_total",
+                "Batches that fewer replicas than LINKGATE_REDIS_WAIT_REPLICAS confirmed in time: kept in the spool and sent again.",
                 &[],
             ),
             dead_letters: r.counter(

@@ -34,6 +34,10 @@ pub enum RespError {
     Protocol,
     #[error("redis did not answer within {0:?}")]
     Timeout(Duration),
+    /// `WAIT` timed out with fewer replicas holding the writes than asked for: a failover now
+    /// could lose them, so the batch is kept and sent again.
+    #[error("only {acked} of {wanted} replicas confirmed the batch in time")]
+    NotReplicated { acked: i64, wanted: u32 },
 }
 
 impl RespError {
@@ -44,7 +48,7 @@ impl RespError {
     pub(crate) fn is_transient(&self) -> bool {
         match self {
             Self::Reply(e) => is_transient_reply(e),
-            Self::Io(_) | Self::Timeout(_) | Self::Protocol => true,
+            Self::Io(_) | Self::Timeout(_) | Self::Protocol | Self::NotReplicated { .. } => true,
             Self::Url(_) => false,
         }
     }

@@ -345,3 +345,65 @@ async fn a_reply_lost_after_redis_applied_the_batch_is_not_applied_twice() {
     clicks_settle_at(&s, "links/stalled", 7).await;
     clicks_settle_at(&s, "campaigns/stall", 7).await;
 }
+
+/// `LINKGATE_REDIS_WAIT_REPLICAS=1`: a batch counts as delivered only once the replica holds it.
+/// The replica is cut off from its master (as by a network partition: it stops following it), so
+/// the next taps' batch lands on the master unconfirmed and stays in the spool, and the batches
+/// after it wait behind it there (counted in `linkgate_batches_unreplicated_total`). The master
+/// then dies and the cut-off replica takes over: a linkgate started on it with the same data
+/// directory replays the spool, and it ends with every tap, once, and exact counters, where
+/// Redis's asynchronous replication alone would have lost the taps the master had acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_no_replica_confirmed_survive_a_failover() {
+    let mut env = Env::new(support::Backend::Redis);
+    let replica = RedisGuard::start_replica_of(env.redis.as_ref().unwrap());
+    let wait = [
+        ("LINKGATE_REDIS_WAIT_REPLICAS", "1"),
+        ("LINKGATE_REDIS_WAIT_TIMEOUT", "100ms"),
+    ];
+    let s = TestServer::start_with(&env, &wait).await;
+    s.mint(json!({"destination": "https://a.example/", "code": "durable"}))
+        .await;
+    tap_n(&s, "/durable", 10).await;
+    eventually(Duration::from_secs(10), "ten clicks on the replica", || async {
+        (distinct_clicks(&replica.url()).0 == 10).then_some(())
+    })
+    .await;
+    assert_eq!(metric(&s.app, "linkgate_batches_unreplicated_total"), 0.0);
+
+    replica.cmd(&["REPLICAOF", "NO", "ONE"]);
+    tap_n(&s, "/durable", 10).await;
+    eventually(Duration::from_secs(10), "an unconfirmed batch", || async {
+        (metric(&s.app, "linkgate_batches_unreplicated_total") >= 1.0).then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(5), "the batch kept in the spool", || async {
+        (metric(&s.app, "linkgate_spool_bytes") > 0.0).then_some(())
+    })
+    .await;
+    // The master holds some of the last ten (the unconfirmed batch landed there; later ones wait
+    // behind it in the spool); it dies before its replica got them.
+    let (on_master, distinct) = distinct_clicks(&env.redis.as_ref().unwrap().url());
+    assert!(
+        on_master > 10 && on_master == distinct,
+        "{on_master} clicks on the master"
+    );
+    env.redis.as_mut().unwrap().kill();
+    s.stop().await;
+
+    assert_eq!(
+        distinct_clicks(&replica.url()),
+        (10, 10),
+        "replication alone lost the rest"
+    );
+    let promoted = replica.url();
+    let after = TestServer::start_with(&env, &[("LINKGATE_REDIS_URL", promoted.as_str())]).await;
+    eventually(
+        Duration::from_secs(20),
+        "the spool replayed onto the promoted replica",
+        || async { (distinct_clicks(&promoted).0 >= 20).then_some(()) },
+    )
+    .await;
+    assert_eq!(distinct_clicks(&promoted), (20, 20), "every tap once");
+    clicks_settle_at(&after, "links/durable", 20).await;
+}

@@ -50,7 +50,8 @@ impl App {
             Some(url) => {
                 let redis = Arc::new(RedisStore::connect_with(url, &config.redis_tls).await?);
                 let sink = RedisStreamSink::sharded(url, &config.stream, config.stream_shards, config.stream_maxlen)
-                    .with_tls(config.redis_tls.clone());
+                    .with_tls(config.redis_tls.clone())
+                    .with_wait(config.redis_wait_replicas, config.redis_wait_timeout);
                 (redis, Arc::new(sink))
             }
             None => {

@@ -191,6 +191,9 @@ impl Batcher {
                 match self.process(&mut batch).await {
                     Ok(()) => true,
                     Err(e) if e.is_transient() => {
+                        if e.is_unreplicated() {
+                            self.metrics.unreplicated.increment(1);
+                        }
                         tracing::warn!(error = %e, events = batch.len(), "delivery failed; spooling");
                         false
                     }

@@ -27,6 +27,7 @@ use async_trait::async_trait;
 
 pub(crate) use self::batch::Batch;
 pub(crate) use self::batcher::{BatcherParts, Delivery};
+use crate::attribution::model::BatchId;
 use crate::click::EventType;
 use crate::resp;
 use crate::store::{EmbeddedStore, StoreError};
@@ -53,6 +54,11 @@ impl SinkError {
             Self::Redis(e) => e.is_transient(),
             Self::Store(_) | Self::Io(_) => false,
         }
+    }
+
+    /// Whether the batch landed but too few replicas confirmed it in time (`WAIT`).
+    pub(crate) fn is_unreplicated(&self) -> bool {
+        matches!(self, Self::Redis(resp::RespError::NotReplicated { .. }))
     }
 }
 
@@ -98,6 +104,9 @@ pub struct RedisStreamSink {
     url: String,
     /// What a `rediss://` connection trusts.
     tls: crate::tls::RedisTls,
+    /// Replicas that must confirm each batch (`WAIT`) before it counts as delivered, and how long
+    /// to wait for them (`LINKGATE_REDIS_WAIT_REPLICAS`; 0: no `WAIT`).
+    wait: (u32, std::time::Duration),
     /// Per stream shard, `XADD <key> * type <type> json` encoded once per event type
     /// ([`EventType::index`]).
     xadd: Vec<[resp::Prefix; 3]>,
@@ -152,6 +161,7 @@ impl RedisStreamSink {
         Self {
             url: url.to_string(),
             tls: crate::tls::RedisTls::default(),
+            wait: (0, std::time::Duration::ZERO),
             xadd,
             streams,
             maxlen: cap,
@@ -168,6 +178,50 @@ impl RedisStreamSink {
     pub fn with_tls(mut self, tls: crate::tls::RedisTls) -> Self {
         self.tls = tls;
         self
+    }
+
+    /// Makes each batch wait (`WAIT`, up to `timeout`) until `replicas` replicas hold it: a batch
+    /// they did not all confirm fails, is kept in the spool and sent again (once it landed, the
+    /// re-send only waits again), so what the sink reports delivered survives a failover to one of
+    /// them. Redis's replication stays asynchronous for everything else.
+    pub fn with_wait(mut self, replicas: u32, timeout: std::time::Duration) -> Self {
+        self.wait = (replicas, timeout);
+        self
+    }
+
+    /// `WAIT`s for the configured replicas to hold everything this connection wrote. `touch`
+    /// (a batch found landed, on what may be a fresh connection that wrote nothing yet) first
+    /// refreshes the replica's applied mark, a write, so that `WAIT` covers everything the
+    /// master had before it.
+    async fn replicated(
+        &self,
+        conn: &mut resp::RespConnection,
+        touch: Option<&BatchId>,
+    ) -> Result<(), resp::RespError> {
+        let (wanted, timeout) = self.wait;
+        if wanted == 0 {
+            return Ok(());
+        }
+        let (mut n, mut ms) = (Vec::new(), Vec::new());
+        resp::push_decimal(&mut n, u64::from(wanted));
+        resp::push_decimal(&mut ms, (timeout.as_millis() as u64).max(1));
+        let mut w = resp::RespWriter::default();
+        if let Some(id) = touch {
+            let mut ttl = Vec::new();
+            resp::push_decimal(&mut ttl, crate::store::redis::APPLIED_TTL_SECS);
+            w.command(&[
+                b"EXPIRE",
+                crate::store::redis::applied_key(&id.replica).as_bytes(),
+                &ttl,
+            ]);
+        }
+        w.command(&[b"WAIT", &n, &ms]);
+        match conn.pipeline(&w).await?.last {
+            resp::Reply::Error(e) => Err(resp::RespError::Reply(e)),
+            resp::Reply::Int(acked) if acked >= i64::from(wanted) => Ok(()),
+            resp::Reply::Int(acked) => Err(resp::RespError::NotReplicated { acked, wanted }),
+            _ => Err(resp::RespError::Protocol),
+        }
     }
 
     /// The batch's pipeline: `XADD <shard key> * type <type> json <json>` per event, one
@@ -312,6 +366,7 @@ impl EventSink for RedisStreamSink {
         };
         let result = async {
             if batch.resent && self.landed(c, batch).await? {
+                self.replicated(c, Some(&batch.id)).await?;
                 return Ok(Delivered {
                     already: true,
                     refused: Vec::new(),
@@ -319,7 +374,9 @@ impl EventSink for RedisStreamSink {
             }
             self.write_pipeline(batch, counters, commands, trimmed);
             let reply = c.pipeline(commands).await?;
-            delivered(reply, counters, batch, &self.streams, trimmed)
+            let out = delivered(reply, counters, batch, &self.streams, trimmed)?;
+            self.replicated(c, None).await?;
+            Ok::<_, resp::RespError>(out)
         }
         .await;
         if result.is_err() {

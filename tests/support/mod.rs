@@ -199,6 +199,31 @@ impl RedisGuard {
         guard
     }
 
+    /// A replica of `master` (asynchronous replication, as Redis does it), returned once it has
+    /// synced with it.
+    pub(crate) fn start_replica_of(master: &RedisGuard) -> Self {
+        let guard = Self::spawn(
+            free_port(),
+            &[
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--repl-diskless-sync-delay",
+                "0",
+                "--replicaof",
+                "127.0.0.1",
+                &master.port.to_string(),
+            ],
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !guard.info("replication").contains("master_link_status:up") {
+            assert!(Instant::now() < deadline, "the replica did not sync within 10 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        guard
+    }
+
     /// The `rediss://` URL of a [`RedisGuard::start_with_tls`] server, and its CA file.
     pub(crate) fn tls_url_and_ca(&self) -> (String, String) {
         let (port, dir) = self.tls.as_ref().expect("started with TLS");
@@ -272,6 +297,12 @@ impl RedisGuard {
             c.arg(*a);
         }
         c.query(&mut conn).unwrap()
+    }
+
+    /// `INFO <section>` as text.
+    pub(crate) fn info(&self, section: &str) -> String {
+        let mut conn = redis::Client::open(self.url()).unwrap().get_connection().unwrap();
+        redis::cmd("INFO").arg(section).query(&mut conn).unwrap()
     }
 
     /// SIGKILLs the server (fault tests).
