@@ -11,7 +11,7 @@ impl AttributionStore for RedisStore {
     /// Two pipelined round trips however many leads: write each record, then claim it with
     /// `SET … NX GET` (the record first, so whoever loses a claim can read the winner's); then
     /// withdraw the losers' records, read their holders' and append the winners' ids to their
-    /// lists. A claim whose holder is this very lead (the client re-sent the command after Redis
+    /// lists (one `RPUSH` per list: a batch's leads mostly share a few campaigns and owners). A claim whose holder is this very lead (the client re-sent the command after Redis
     /// applied it) is a win.
     async fn claim_leads(&self, leads: Vec<Lead>) -> Result<Vec<LeadClaim>, StoreError> {
         if leads.is_empty() {
@@ -42,11 +42,12 @@ impl AttributionStore for RedisStore {
             .collect();
         let mut cmds = Vec::new();
         let mut reads = Vec::new();
+        let mut appends = Vec::new();
         for (i, (l, holder)) in leads.iter().zip(&holders).enumerate() {
             match holder {
                 None => {
                     for name in index_names(l.campaign_id.as_deref(), l.owner_id.as_deref()) {
-                        cmds.push(redis::cmd("RPUSH").arg(lead_list_key(&name)).arg(&l.lead_id).clone());
+                        appends.push((lead_list_key(&name), l.lead_id.as_str()));
                     }
                 }
                 Some(holder) => {
@@ -56,6 +57,8 @@ impl AttributionStore for RedisStore {
                 }
             }
         }
+        // After the reads, so their positions hold: one RPUSH per list for the whole batch.
+        cmds.extend(list_appends(appends));
         let mut replies: Vec<Option<Value>> = self.run_chunked(cmds).await?.into_iter().map(Some).collect();
         let mut existing: Vec<Option<Lead>> = vec![None; leads.len()];
         for (i, at) in reads {

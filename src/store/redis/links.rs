@@ -306,23 +306,14 @@ impl RedisStore {
     /// counts them in their campaigns.
     async fn index_links(&self, links: &[Link], written: &[usize], lost: &HashSet<usize>) -> Result<(), StoreError> {
         // One RPUSH per list and chunk of codes: a bulk call of one campaign is a few commands.
-        let mut by_index: std::collections::HashMap<String, (redis::Cmd, usize)> = std::collections::HashMap::new();
-        let mut cmds = Vec::new();
+        let mut appends = Vec::new();
         for &i in written.iter().filter(|i| !lost.contains(i)) {
             let l = &links[i];
             for name in index_names(l.campaign_id.as_deref(), l.owner_id.as_deref()) {
-                let key = link_list_key(&name);
-                let (cmd, members) = by_index
-                    .entry(key.clone())
-                    .or_insert_with(|| (redis::cmd("RPUSH").arg(&key).clone(), 0));
-                cmd.arg(&l.code);
-                *members += 1;
-                if *members == PUSH_MEMBERS {
-                    cmds.extend(by_index.remove(&key).map(|(c, _)| c));
-                }
+                appends.push((link_list_key(&name), l.code.as_str()));
             }
         }
-        cmds.extend(by_index.into_values().map(|(c, _)| c));
+        let mut cmds = list_appends(appends);
         let mut per_campaign: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
         for &i in written.iter().filter(|i| !lost.contains(i)) {
             if let Some(c) = links[i].campaign_id.as_deref() {

@@ -242,6 +242,29 @@ impl RedisStore {
     }
 }
 
+/// `RPUSH` commands appending each value to its list: one per list and chunk of [`PUSH_MEMBERS`]
+/// values, each list's values in the order given.
+fn list_appends<'a>(appends: impl IntoIterator<Item = (String, &'a str)>) -> Vec<redis::Cmd> {
+    let mut lists: Vec<(String, redis::Cmd, usize)> = Vec::new();
+    let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for (key, value) in appends {
+        let i = *at.entry(key).or_insert_with_key(|key| {
+            lists.push((key.clone(), redis::cmd("RPUSH").arg(key).clone(), 0));
+            lists.len() - 1
+        });
+        let (key, cmd, n) = &mut lists[i];
+        cmd.arg(value);
+        *n += 1;
+        if *n == PUSH_MEMBERS {
+            out.push(std::mem::replace(cmd, redis::cmd("RPUSH").arg(&*key).clone()));
+            *n = 0;
+        }
+    }
+    out.extend(lists.into_iter().filter(|(_, _, n)| *n > 0).map(|(_, cmd, _)| cmd));
+    out
+}
+
 /// The link stored under `code`'s key: `None` when there is none or it was deleted.
 fn stored_link(code: &str, bytes: Option<Vec<u8>>) -> Result<Option<Link>, StoreError> {
     match bytes {
@@ -284,6 +307,32 @@ mod tests {
         let co = |c: &str, o: &str| link_list_key(&IndexName::CampaignOwner(c.into(), o.into()));
         assert_ne!(co("a}:x", "y"), co("a", "x}:y"));
         assert_eq!(rcpt_key("spring"), "lg:rcpt:{spring}", "plain ids read as written");
+    }
+
+    #[test]
+    fn list_appends_are_one_rpush_per_list_and_chunk_in_order() {
+        let words = |c: &redis::Cmd| -> Vec<String> {
+            c.args_iter()
+                .map(|a| match a {
+                    redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
+                    _ => String::new(),
+                })
+                .collect()
+        };
+        let values: Vec<String> = (0..PUSH_MEMBERS + 2).map(|i| i.to_string()).collect();
+        let mut appends: Vec<(String, &str)> = vec![("b".into(), "b1"), ("a".into(), "a1"), ("b".into(), "b2")];
+        appends.extend(values.iter().map(|v| ("c".to_string(), v.as_str())));
+        let cmds: Vec<Vec<String>> = list_appends(appends).iter().map(words).collect();
+        assert_eq!(cmds.len(), 4, "a, b, and c in two chunks");
+        let c_values: Vec<&String> = cmds.iter().filter(|c| c[1] == "c").flat_map(|c| &c[2..]).collect();
+        assert_eq!(
+            c_values,
+            values.iter().collect::<Vec<_>>(),
+            "every value once, in order"
+        );
+        assert!(cmds.iter().all(|c| c[0] == "RPUSH" && c.len() <= 2 + PUSH_MEMBERS));
+        assert!(cmds.contains(&vec!["RPUSH".into(), "b".into(), "b1".into(), "b2".into()]));
+        assert!(cmds.contains(&vec!["RPUSH".into(), "a".into(), "a1".into()]));
     }
 
     /// The hash tag Redis Cluster hashes: the text between the first `{` and the next `}`.
