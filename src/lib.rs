@@ -12,8 +12,8 @@
 //!    with the click id ([`link::click_id`]) appended for conversion tracking. A cache hit does no
 //!    I/O. The API's handlers ([`api`]) sit beside it.
 //! 4. **Stream** — [`stream`]: one batcher drains the click queue, encodes each batch's JSON once,
-//!    claims leads, adds up counters and writes pipelined `XADD`s to Redis on its own connection
-//!    ([`resp`]) or to the embedded event log; what cannot be written goes to the spool and is
+//!    claims leads, adds up counters and writes pipelined `XADD`s (over the stream's shard keys)
+//!    to Redis on its own connection ([`resp`]) or to the embedded event log; what cannot be written goes to the spool and is
 //!    replayed in order.
 //! 5. **Errors** — [`error`] is the one place errors become HTTP answers: the API's JSON errors and
 //!    the edge's 404/410/503 pages. [`limit`] is the API's per-key rate limit.
@@ -30,8 +30,8 @@
 //! 10. **Model** — [`config`] reads and validates every setting before a port is bound; [`link`]
 //!     holds the Link and its rules (codes, destinations, click ids, API input).
 //! 11. **Foundations** — [`time`], [`hash`], [`body`] (the response body), [`resp`] (the RESP
-//!     wire), [`field`] (one bad field), [`shutdown`] (signals, readiness), [`metrics`] (every
-//!     metric, declared once).
+//!     wire), [`tls`] (what `rediss://` connections trust), [`field`] (one bad field),
+//!     [`shutdown`] (signals, readiness), [`metrics`] (every metric, declared once).
 
 mod api;
 mod app;
