@@ -205,20 +205,28 @@ pub(crate) enum Reply {
     Nil,
 }
 
+/// The first line of the reply at the start of `buf`: its type byte, its text after that byte,
+/// and where the next line starts; `None` while the line is incomplete.
+fn reply_line(buf: &[u8]) -> Option<(Option<u8>, &[u8], usize)> {
+    let line_end = buf.windows(2).position(|w| w == b"\r\n")?;
+    Some((buf.first().copied(), &buf[1.min(buf.len())..line_end], line_end + 2))
+}
+
+/// A reply line's text as a number (a length, a count, an integer reply).
+fn line_number(line: &[u8]) -> Result<i64, RespError> {
+    std::str::from_utf8(line)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or(RespError::Protocol)
+}
+
 /// Decodes the complete reply at the start of `buf` and its length; `None` while incomplete.
 pub(crate) fn parse_reply(buf: &[u8]) -> Result<Option<(usize, Reply)>, RespError> {
-    let Some(line_end) = buf.windows(2).position(|w| w == b"\r\n") else {
+    let Some((kind, line, after_line)) = reply_line(buf) else {
         return Ok(None);
     };
-    let (kind, line) = (buf.first().copied(), &buf[1.min(buf.len())..line_end]);
-    let after_line = line_end + 2;
     let text = || String::from_utf8_lossy(line).into_owned();
-    let number = || -> Result<i64, RespError> {
-        std::str::from_utf8(line)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or(RespError::Protocol)
-    };
+    let number = || line_number(line);
     match kind {
         Some(b'+') => Ok(Some((after_line, Reply::Simple(text())))),
         Some(b'-') => Ok(Some((after_line, Reply::Error(text())))),
@@ -485,17 +493,10 @@ async fn exchange(
 /// The length of the complete reply at the start of `buf` and, when it is an error, its text;
 /// `None` while the reply is incomplete.
 pub(crate) fn skip_reply(buf: &[u8]) -> Result<Option<(usize, Option<String>)>, RespError> {
-    let Some(line_end) = buf.windows(2).position(|w| w == b"\r\n") else {
+    let Some((kind, line, after_line)) = reply_line(buf) else {
         return Ok(None);
     };
-    let (kind, line) = (buf.first().copied(), &buf[1.min(buf.len())..line_end]);
-    let after_line = line_end + 2;
-    let number = || -> Result<i64, RespError> {
-        std::str::from_utf8(line)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or(RespError::Protocol)
-    };
+    let number = || line_number(line);
     match kind {
         Some(b'+' | b':') => Ok(Some((after_line, None))),
         Some(b'-') => Ok(Some((after_line, Some(String::from_utf8_lossy(line).into_owned())))),
@@ -570,6 +571,16 @@ mod tests {
             Some((e.len() - 4, Some("WRONGTYPE Operation against a key".into())))
         );
         assert!(matches!(skip_reply(b"?what\r\n"), Err(RespError::Protocol)));
+    }
+
+    #[test]
+    fn a_prefixed_command_is_the_same_command() {
+        let mut whole = RespWriter::default();
+        whole.command(&[b"XADD", b"s", b"*", b"json", b"{\"a\":1}"]);
+        let mut prefixed = RespWriter::default();
+        prefixed.command_after(&Prefix::new(&[b"XADD", b"s", b"*", b"json"]), b"{\"a\":1}");
+        assert_eq!(prefixed.bytes(), whole.bytes());
+        assert_eq!(prefixed.commands(), 1);
     }
 
     #[test]
