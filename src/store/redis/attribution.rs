@@ -11,8 +11,9 @@ impl AttributionStore for RedisStore {
     /// Two pipelined round trips however many leads: write each record, then claim it with
     /// `SET … NX GET` (the record first, so whoever loses a claim can read the winner's); then
     /// withdraw the losers' records, read their holders' and append the winners' ids to their
-    /// lists (one `RPUSH` per list: a batch's leads mostly share a few campaigns and owners). A claim whose holder is this very lead (the client re-sent the command after Redis
-    /// applied it) is a win.
+    /// lists (one `RPUSH` per list: a batch's leads mostly share a few campaigns and owners). A
+    /// claim whose holder is this very lead (the client re-sent the command after Redis applied
+    /// it) is a win.
     async fn claim_leads(&self, leads: Vec<Lead>) -> Result<Vec<LeadClaim>, StoreError> {
         if leads.is_empty() {
             return Ok(Vec::new());

@@ -52,7 +52,6 @@ use crate::link::code::generate_codes;
 use crate::link::input::LinkPatch;
 
 pub(crate) const PIPELINE_CHUNK: usize = 10_000;
-/// Most members added by one `ZADD`.
 /// Most values appended by one `RPUSH`.
 pub(crate) const PUSH_MEMBERS: usize = 5_000;
 /// What a deleted link's key holds: its code is retired, never handed out again, so a printed QR
@@ -124,10 +123,10 @@ fn lead_list_key(name: &IndexName) -> String {
     named_index_key("leads", name)
 }
 fn lead_key(id: &str) -> String {
-    format!("lg:lead:{{{}}}", esc(id))
+    record_key("lead", id)
 }
 fn lead_claim_key(claim: &str) -> String {
-    format!("lg:leadclaim:{{{}}}", esc(claim))
+    record_key("leadclaim", claim)
 }
 fn link_stats_key(code: &str) -> String {
     let mut key = Vec::new();
