@@ -118,13 +118,12 @@ const MAX_STREAM_SHARDS: u32 = 1024;
 /// `LINKGATE_REDIS_WAIT_REPLICAS` (0–16) and `LINKGATE_REDIS_WAIT_TIMEOUT` (1 ms – 2 s, well
 /// inside the sink's reply timeout).
 fn wait_settings(get: &impl Fn(&'static str) -> Option<String>) -> Result<(u32, Duration), ConfigError> {
-    let n = get("LINKGATE_REDIS_WAIT_REPLICAS").unwrap_or_default();
-    let replicas = n.trim().parse::<u32>().ok().filter(|n| *n <= 16).ok_or_else(|| {
-        bad(
-            "LINKGATE_REDIS_WAIT_REPLICAS",
-            format!("`{n}` is not a number of replicas from 0 to 16"),
-        )
-    })?;
+    let replicas = number_in(
+        get,
+        "LINKGATE_REDIS_WAIT_REPLICAS",
+        0..=16,
+        "a number of replicas from 0 to 16",
+    )? as u32;
     let t = get("LINKGATE_REDIS_WAIT_TIMEOUT").unwrap_or_default();
     let timeout = humantime::parse_duration(t.trim())
         .ok()
@@ -136,6 +135,21 @@ fn wait_settings(get: &impl Fn(&'static str) -> Option<String>) -> Result<(u32, 
             )
         })?;
     Ok((replicas, timeout))
+}
+
+/// The whole number `var` holds, within `range`; otherwise an error saying it is not `what`.
+fn number_in(
+    get: &impl Fn(&'static str) -> Option<String>,
+    var: &'static str,
+    range: std::ops::RangeInclusive<u64>,
+    what: &str,
+) -> Result<u64, ConfigError> {
+    let v = get(var).unwrap_or_default();
+    v.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| bad(var, format!("`{v}` is not {what}")))
 }
 
 /// A configuration error: names the variable and says what is wrong.
@@ -361,18 +375,12 @@ impl Config {
             return Err(bad("LINKGATE_STREAM", "must be a non-empty key without whitespace"));
         }
         let (redis_wait_replicas, redis_wait_timeout) = wait_settings(&get)?;
-        let shards = get("LINKGATE_STREAM_SHARDS").unwrap_or_default();
-        let stream_shards = shards
-            .trim()
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (1..=MAX_STREAM_SHARDS).contains(n))
-            .ok_or_else(|| {
-                bad(
-                    "LINKGATE_STREAM_SHARDS",
-                    format!("`{shards}` is not a number of stream keys from 1 to {MAX_STREAM_SHARDS}"),
-                )
-            })?;
+        let stream_shards = number_in(
+            &get,
+            "LINKGATE_STREAM_SHARDS",
+            1..=u64::from(MAX_STREAM_SHARDS),
+            &format!("a number of stream keys from 1 to {MAX_STREAM_SHARDS}"),
+        )? as u32;
         let not_found_url = get("LINKGATE_NOT_FOUND_URL")
             .map(|u| crate::link::dest::validate(&u, &[]).map_err(|m| bad("LINKGATE_NOT_FOUND_URL", m)))
             .transpose()?;
@@ -401,18 +409,12 @@ impl Config {
                     format!("`{drain}` is not a duration like 20s"),
                 )
             })?;
-        let maxlen = get("LINKGATE_STREAM_MAXLEN").unwrap_or_default();
-        let stream_maxlen = maxlen
-            .trim()
-            .parse::<u64>()
-            .ok()
-            .filter(|n| *n >= 1000)
-            .ok_or_else(|| {
-                bad(
-                    "LINKGATE_STREAM_MAXLEN",
-                    format!("`{maxlen}` is not a number of entries of at least 1000"),
-                )
-            })?;
+        let stream_maxlen = number_in(
+            &get,
+            "LINKGATE_STREAM_MAXLEN",
+            1000..=u64::MAX,
+            "a number of entries of at least 1000",
+        )?;
         let api_rate_limit = match get("LINKGATE_API_RATE_LIMIT") {
             None => None,
             Some(v) => match v.trim().parse::<u32>() {
