@@ -6,13 +6,16 @@
 //! password, which the URL carries). With `LINKGATE_REDIS_CA_FILE` only that file's authorities
 //! are trusted (a private CA); without it, the system's.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// The authorities a `rediss://` connection trusts.
 #[derive(Clone, Default)]
 pub struct RedisTls {
     /// PEM certificates of the trusted authorities; `None`: the system's.
     ca_pem: Option<Arc<[u8]>>,
+    /// The event sink's client configuration, built on its first `rediss://` connection and
+    /// shared by every reconnection (the system's authorities are read from disk once).
+    config: Arc<OnceLock<Result<Arc<rustls::ClientConfig>, String>>>,
 }
 
 impl std::fmt::Debug for RedisTls {
@@ -28,6 +31,7 @@ impl RedisTls {
     pub fn with_ca_pem(pem: Vec<u8>) -> Result<Self, String> {
         let tls = Self {
             ca_pem: Some(pem.into()),
+            config: Arc::default(),
         };
         if tls.roots()?.is_empty() {
             return Err("holds no PEM certificate".into());
@@ -58,13 +62,17 @@ impl RedisTls {
 
     /// The client configuration of the event sink's connection.
     pub(crate) fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, String> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(self.roots()?)
-            .with_no_client_auth();
-        Ok(Arc::new(config))
+        self.config
+            .get_or_init(|| {
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                let config = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| e.to_string())?
+                    .with_root_certificates(self.roots()?)
+                    .with_no_client_auth();
+                Ok(Arc::new(config))
+            })
+            .clone()
     }
 
     /// A redis-rs client for `url`: over TLS with these authorities when it is `rediss://`.
