@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::tls::RedisTls;
+use crate::tls::{RedisTarget, RedisTls};
 
 /// API scopes. `admin` implies every other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -202,7 +202,7 @@ pub const VARS: &[Var] = &[
     var(
         "LINKGATE_REDIS_URL",
         None,
-        "redis://…, rediss://… (TLS) or unix:///path (unset: embedded mode)",
+        "redis://…, rediss://… (TLS), unix:///path, or redis+cluster://h1:p1,h2:p2 (rediss+cluster:// for TLS) for a Redis Cluster (unset: embedded mode)",
     ),
     var(
         "LINKGATE_REDIS_CA_FILE",
@@ -320,19 +320,13 @@ impl Config {
 
         let redis_url = get("LINKGATE_REDIS_URL");
         if let Some(u) = &redis_url {
-            if !["redis://", "rediss://", "redis+unix://", "unix://"]
-                .iter()
-                .any(|s| u.starts_with(s))
-            {
-                return Err(bad("LINKGATE_REDIS_URL", "must start with redis:// or rediss://"));
-            }
             if u.contains("#insecure") {
                 return Err(bad(
                     "LINKGATE_REDIS_URL",
                     "certificate checks cannot be turned off; name a private CA with LINKGATE_REDIS_CA_FILE",
                 ));
             }
-            redis::Client::open(u.as_str()).map_err(|e| bad("LINKGATE_REDIS_URL", format!("invalid URL: {e}")))?;
+            RedisTarget::parse(u).map_err(|e| bad("LINKGATE_REDIS_URL", e))?;
         }
         let redis_tls = match get("LINKGATE_REDIS_CA_FILE") {
             None => RedisTls::default(),

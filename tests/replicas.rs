@@ -124,6 +124,7 @@ async fn a_replica_started_before_redis_is_not_ready_until_redis_answers() {
     let mut env = Env {
         backend: Backend::Redis,
         redis: None,
+        cluster: None,
         dir: support::TempDir::new(),
     };
     let s = TestServer::start_with(&env, &[("LINKGATE_REDIS_URL", url.as_str())]).await;

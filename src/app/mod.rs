@@ -18,8 +18,10 @@ use crate::metrics::Metrics;
 use crate::resolve::Resolver;
 use crate::shutdown::Readiness;
 use crate::store::{EmbeddedStore, RedisStore, Store};
+use crate::stream::cluster::ClusterStreamSink;
 use crate::stream::log::{EventLog, LOG_ROTATE_BYTES, Spool};
 use crate::stream::{BatcherParts, Delivery, EventSink, LogSink, RedisStreamSink};
+use crate::tls::RedisTarget;
 
 /// How often histogram samples are folded into their buckets between scrapes.
 pub(crate) const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -49,10 +51,24 @@ impl App {
         let (store, sink): (Arc<dyn Store>, Arc<dyn EventSink>) = match &config.redis_url {
             Some(url) => {
                 let redis = Arc::new(RedisStore::connect_with(url, &config.redis_tls).await?);
-                let sink = RedisStreamSink::sharded(url, &config.stream, config.stream_shards, config.stream_maxlen)
-                    .with_tls(config.redis_tls.clone())
-                    .with_wait(config.redis_wait_replicas, config.redis_wait_timeout);
-                (redis, Arc::new(sink))
+                let sink: Arc<dyn EventSink> = match RedisTarget::parse(url).map_err(anyhow::Error::msg)? {
+                    RedisTarget::Single(url) => Arc::new(
+                        RedisStreamSink::sharded(&url, &config.stream, config.stream_shards, config.stream_maxlen)
+                            .with_tls(config.redis_tls.clone())
+                            .with_wait(config.redis_wait_replicas, config.redis_wait_timeout),
+                    ),
+                    RedisTarget::Cluster(nodes) => Arc::new(
+                        ClusterStreamSink::new(
+                            &nodes,
+                            &config.redis_tls,
+                            &config.stream,
+                            config.stream_shards,
+                            config.stream_maxlen,
+                        )?
+                        .with_wait(config.redis_wait_replicas, config.redis_wait_timeout),
+                    ),
+                };
+                (redis, sink)
             }
             None => {
                 let embedded = Arc::new(EmbeddedStore::open(&config.data_dir)?);

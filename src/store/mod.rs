@@ -39,6 +39,8 @@ pub enum StoreError {
     Corrupt(String, serde_json::Error),
     #[error("store task failed: {0}")]
     Task(String),
+    #[error("LINKGATE_REDIS_URL {0}")]
+    Config(String),
 }
 
 /// The outcome of minting one link.

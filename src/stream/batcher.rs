@@ -339,7 +339,8 @@ impl Batcher {
         } else if batch.resent {
             // Sent again without having landed whole: its counters applied once, but some of its
             // events may have reached the stream before the failure.
-            self.metrics.resent.increment(batch.len() as u64);
+            let resent = delivered.resent_events.unwrap_or(batch.len() as u64);
+            self.metrics.resent.increment(resent);
         }
         if !delivered.refused.is_empty() {
             self.dead_letter(&batch.id, &delivered.refused).await;

@@ -19,6 +19,7 @@
 
 pub(crate) mod batch;
 pub(crate) mod batcher;
+pub(crate) mod cluster;
 pub(crate) mod log;
 
 use std::sync::{Arc, Mutex};
@@ -44,6 +45,9 @@ pub enum SinkError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Redis(#[from] resp::RespError),
+    /// The cluster sink's client failed (a node unreachable, a failover under way, a timeout).
+    #[error("redis cluster: {0}")]
+    Cluster(redis::RedisError),
 }
 
 impl SinkError {
@@ -52,6 +56,7 @@ impl SinkError {
     pub(crate) fn is_transient(&self) -> bool {
         match self {
             Self::Redis(e) => e.is_transient(),
+            Self::Cluster(_) => true,
             Self::Store(_) | Self::Io(_) => false,
         }
     }
@@ -71,6 +76,9 @@ pub struct Delivered {
     /// Commands the store refused for good, each with its error: they go to the dead-letter file
     /// and everything else of the batch applied.
     pub refused: Vec<Refused>,
+    /// Of a batch sent again, how many events were written again (may repeat in the stream);
+    /// `None`: all of them, when it had not landed before.
+    pub resent_events: Option<u64>,
 }
 
 /// One command the store refused for good (a key of the wrong type, say).
@@ -369,7 +377,7 @@ impl EventSink for RedisStreamSink {
                 self.replicated(c, Some(&batch.id)).await?;
                 return Ok(Delivered {
                     already: true,
-                    refused: Vec::new(),
+                    ..Delivered::default()
                 });
             }
             self.write_pipeline(batch, counters, commands, trimmed);
@@ -410,7 +418,7 @@ impl EventSink for LogSink {
         let landed = self.store.apply_batch(&batch.counters, &batch.id).await?;
         Ok(Delivered {
             already: !landed,
-            refused: Vec::new(),
+            ..Delivered::default()
         })
     }
 

@@ -2,6 +2,9 @@
 //! port 0 ([`TestServer`]), and a small HTTP/1.1 client over real sockets ([`send`]).
 #![allow(dead_code)]
 
+mod cluster;
+pub(crate) use self::cluster::ClusterGuard;
+
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
@@ -39,6 +42,7 @@ pub(crate) struct RedisGuard {
     socket: Option<PathBuf>,
     /// The TLS port it also listens on, and the directory of its test CA and certificate.
     tls: Option<(u16, TempDir)>,
+    killed: bool,
 }
 
 impl RedisGuard {
@@ -249,6 +253,7 @@ impl RedisGuard {
             auth: None,
             socket: None,
             tls: None,
+            killed: false,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -305,8 +310,23 @@ impl RedisGuard {
         redis::cmd("INFO").arg(section).query(&mut conn).unwrap()
     }
 
+    /// A command's reply as text (`INFO`-like answers).
+    pub(crate) fn cmd_text(&self, args: &[&str]) -> String {
+        match self.cmd(args) {
+            redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+            redis::Value::VerbatimString { text, .. } => text,
+            v => panic!("{args:?} answered {v:?}"),
+        }
+    }
+
+    /// Whether the server process still runs.
+    pub(crate) fn alive(&self) -> bool {
+        !self.killed
+    }
+
     /// SIGKILLs the server (fault tests).
     pub(crate) fn kill(&mut self) {
+        self.killed = true;
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -349,14 +369,17 @@ impl Drop for TempDir {
 pub(crate) enum Backend {
     Embedded,
     Redis,
+    /// A Redis Cluster of 3 masters and 3 replicas ([`ClusterGuard`]).
+    Cluster,
 }
 
-pub(crate) const BACKENDS: [Backend; 2] = [Backend::Embedded, Backend::Redis];
+pub(crate) const BACKENDS: [Backend; 3] = [Backend::Embedded, Backend::Redis, Backend::Cluster];
 
 /// What a test server needs from outside: a Redis (redis backend) and a data directory.
 pub(crate) struct Env {
     pub backend: Backend,
     pub redis: Option<RedisGuard>,
+    pub cluster: Option<ClusterGuard>,
     pub dir: TempDir,
 }
 
@@ -364,9 +387,16 @@ impl Env {
     pub(crate) fn new(backend: Backend) -> Self {
         match backend {
             Backend::Redis => Self::with_redis(RedisGuard::start()),
+            Backend::Cluster => Self {
+                backend,
+                redis: None,
+                cluster: Some(ClusterGuard::start()),
+                dir: TempDir::new(),
+            },
             Backend::Embedded => Self {
                 backend,
                 redis: None,
+                cluster: None,
                 dir: TempDir::new(),
             },
         }
@@ -377,12 +407,13 @@ impl Env {
         Self {
             backend: Backend::Redis,
             redis: Some(redis),
+            cluster: None,
             dir: TempDir::new(),
         }
     }
 
     pub(crate) fn config(&self, extra: &[(&str, &str)]) -> Config {
-        let redis_url = self.redis.as_ref().map(RedisGuard::url);
+        let redis_url = (self.redis.as_ref().map(RedisGuard::url)).or(self.cluster.as_ref().map(ClusterGuard::url));
         let data_dir = self.dir.0.to_string_lossy().to_string();
         let keys = format!("{ADMIN_KEY},{READ_KEY}:links:read+stats:read");
         let mut map: HashMap<&str, &str> = HashMap::from([
@@ -608,6 +639,11 @@ pub(crate) async fn get_streamed(addr: SocketAddr, path: &str, key: &str) -> (St
 pub(crate) fn stream_entries(redis_url: &str, key: &str) -> Vec<(String, Value)> {
     let client = redis::Client::open(redis_url).unwrap();
     let mut con = client.get_connection().expect("connect to the test redis");
+    stream_entries_on(&mut con, key)
+}
+
+/// [`stream_entries`] over any connection (a cluster's, say).
+pub(crate) fn stream_entries_on(con: &mut dyn redis::ConnectionLike, key: &str) -> Vec<(String, Value)> {
     let mut out = Vec::new();
     let mut start = "-".to_string();
     loop {
@@ -617,7 +653,7 @@ pub(crate) fn stream_entries(redis_url: &str, key: &str) -> Vec<(String, Value)>
             .arg("+")
             .arg("COUNT")
             .arg(5000)
-            .query(&mut con)
+            .query(con)
             .unwrap();
         let Some(last) = page.last().map(|(id, _)| id.clone()) else {
             return out;
@@ -654,13 +690,12 @@ pub(crate) fn log_entries(data_dir: &std::path::Path) -> Vec<Value> {
 impl Env {
     /// Every event delivered so far: the Redis Stream, or the embedded event log.
     pub(crate) fn events(&self) -> Vec<Value> {
-        match &self.redis {
-            Some(r) => stream_entries(&r.url(), "linkgate:events")
-                .into_iter()
-                .map(|(_, v)| v)
-                .collect(),
-            None => log_entries(&self.dir.0),
-        }
+        let entries = match (&self.redis, &self.cluster) {
+            (Some(r), _) => stream_entries(&r.url(), "linkgate:events"),
+            (None, Some(c)) => stream_entries_on(&mut c.conn(), "linkgate:events"),
+            (None, None) => return log_entries(&self.dir.0),
+        };
+        entries.into_iter().map(|(_, v)| v).collect()
     }
 }
 

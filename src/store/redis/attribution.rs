@@ -117,6 +117,8 @@ impl AttributionStore for RedisStore {
         self.get_json(record_key("campaign", id), id).await
     }
 
+    /// `SET NX` of the order's first answer; a refused claim holding this very conversion was
+    /// ours (the client re-sent the command after Redis applied it).
     async fn claim_conversion(&self, conversion: &Conversion) -> Result<Option<Conversion>, StoreError> {
         let key = record_key("order", &conversion.order_id);
         let set: Option<String> = redis::cmd("SET")
@@ -129,6 +131,7 @@ impl AttributionStore for RedisStore {
             return Ok(None);
         }
         let bytes: Option<Vec<u8>> = self.conn().await?.get(&key).await?;
-        bytes.map(|b| decode(&conversion.order_id, &b)).transpose()
+        let first: Option<Conversion> = bytes.map(|b| decode(&conversion.order_id, &b)).transpose()?;
+        Ok(first.filter(|f| f.conversion_id != conversion.conversion_id))
     }
 }

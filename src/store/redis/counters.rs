@@ -191,26 +191,29 @@ fn stats_from(map: std::collections::HashMap<String, i64>) -> Stats {
 
 #[async_trait]
 impl CounterStore for RedisStore {
-    /// One round trip: the link's hash and, when it has a sequence number, its slots in its
-    /// counter array (live clicks and leads), which are added to those counted in the hash.
+    /// One round trip (two concurrent ones on a cluster, where they are in different slots): the
+    /// link's hash and, when it has a sequence number, its slots in its counter array (live
+    /// clicks and leads), which are added to those counted in the hash.
     async fn link_stats(&self, link: &Link) -> Result<Stats, StoreError> {
-        let mut p = redis::pipe();
-        p.hgetall(link_stats_key(&link.code));
-        if link.seq == 0 {
-            let (hash,): (std::collections::HashMap<String, i64>,) = p.query_async(&mut self.conn().await?).await?;
-            return Ok(stats_from(hash));
-        }
+        let mut cmds = vec![redis::cmd("HGETALL").arg(link_stats_key(&link.code)).clone()];
         let (array, slot) = counter_slot(link.seq);
-        let bitfield = p.cmd("BITFIELD").arg(counters_key(array));
-        for at in slot..slot + COUNTER_SLOTS {
-            bitfield.arg(&["GET", "i64"]).arg(format!("#{at}"));
+        if link.seq != 0 {
+            let mut bitfield = redis::cmd("BITFIELD");
+            bitfield.arg(counters_key(array));
+            for at in slot..slot + COUNTER_SLOTS {
+                bitfield.arg(&["GET", "i64"]).arg(format!("#{at}"));
+            }
+            cmds.push(bitfield);
         }
-        let (hash, (human, bot, leads)): (std::collections::HashMap<String, i64>, (i64, i64, i64)) =
-            p.query_async(&mut self.conn().await?).await?;
+        let mut replies = self.run_chunked(cmds).await?.into_iter();
+        let hash: std::collections::HashMap<String, i64> = parse(replies.next().unwrap_or(Value::Nil))?;
         let mut stats = stats_from(hash);
-        stats.human_clicks += human;
-        stats.bot_clicks += bot;
-        stats.leads += leads;
+        if let Some(array) = replies.next() {
+            let (human, bot, leads): (i64, i64, i64) = parse(array)?;
+            stats.human_clicks += human;
+            stats.bot_clicks += bot;
+            stats.leads += leads;
+        }
         Ok(stats.derive())
     }
 

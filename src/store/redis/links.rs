@@ -113,40 +113,138 @@ impl LinkStore for RedisStore {
     }
 
     async fn publish_invalidation(&self, code: &str) -> Result<(), StoreError> {
-        let _: i64 = self.conn().await?.publish(INVALIDATE_CHANNEL, code).await?;
+        let mut conn = self.conn().await?;
+        let publish = match conn {
+            Conn::Single(_) => "PUBLISH",
+            Conn::Cluster(_) => "SPUBLISH",
+        };
+        let _: Value = redis::cmd(publish)
+            .arg(INVALIDATE_CHANNEL)
+            .arg(code)
+            .query_async(&mut conn)
+            .await?;
         Ok(())
     }
 
     fn watch_invalidations(&self, handler: InvalidationHandler) {
-        let client = self.client.clone();
-        tokio::spawn(async move {
-            let mut first = true;
-            loop {
-                match client.get_async_pubsub().await {
-                    Ok(mut pubsub) => {
-                        if pubsub.subscribe(INVALIDATE_CHANNEL).await.is_ok() {
-                            if !first {
-                                // Messages published while we were away are lost: drop everything.
-                                handler(Invalidation::All);
-                            }
-                            first = false;
-                            let mut messages = pubsub.on_message();
-                            while let Some(msg) = messages.next().await {
-                                if let Ok(code) = msg.get_payload::<String>() {
-                                    handler(Invalidation::Code(code));
-                                }
-                            }
-                            tracing::warn!("invalidation subscription ended; reconnecting");
+        match &self.backend {
+            Backend::Single(client) => watch_single(client.clone(), handler),
+            Backend::Cluster { nodes, tls, .. } => watch_cluster(nodes.clone(), tls.clone(), handler),
+        }
+    }
+}
+
+/// Subscribes to the invalidation channel of one server, and again whenever the subscription
+/// ends; after a gap every cached link is dropped (what was published meanwhile is lost).
+fn watch_single(client: Client, handler: InvalidationHandler) {
+    tokio::spawn(async move {
+        let mut first = true;
+        loop {
+            match client.get_async_pubsub().await {
+                Ok(mut pubsub) => {
+                    if pubsub.subscribe(INVALIDATE_CHANNEL).await.is_ok() {
+                        if !first {
+                            handler(Invalidation::All);
                         }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot subscribe to invalidations; retrying")
+                        first = false;
+                        let mut messages = pubsub.on_message();
+                        while let Some(msg) = messages.next().await {
+                            if let Ok(code) = msg.get_payload::<String>() {
+                                handler(Invalidation::Code(code));
+                            }
+                        }
+                        tracing::warn!("invalidation subscription ended; reconnecting");
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(250)).await;
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot subscribe to invalidations; retrying")
+                }
             }
-        });
-    }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+}
+
+/// How often a cluster subscriber publishes an empty heartbeat on the invalidation channel, and
+/// how long it may hear nothing (not even its own heartbeat) before it takes its subscription for
+/// lost: the node serving it failed, say, and the client has not moved it yet.
+const HEARTBEAT: Duration = Duration::from_millis(500);
+const HEARTBEAT_LOST: Duration = Duration::from_secs(2);
+
+/// Subscribes to the sharded invalidation channel of a cluster (`SSUBSCRIBE`, served by the
+/// channel's slot's master) through the cluster client, which moves the subscription when the
+/// slot moves or its master fails over. Each time it did (a later `ssubscribe` push), and each
+/// time the heartbeat went silent and the subscription was rebuilt, every cached link is dropped.
+fn watch_cluster(nodes: Vec<String>, tls: crate::tls::RedisTls, handler: InvalidationHandler) {
+    tokio::spawn(async move {
+        let mut first = true;
+        loop {
+            let (tx, mut pushes) = tokio::sync::mpsc::unbounded_channel::<redis::PushInfo>();
+            let subscribed = async {
+                let client = tls.cluster_client(&nodes, |b| {
+                    b.use_protocol(redis::ProtocolVersion::RESP3)
+                        .push_sender(tx)
+                        .connection_timeout(STORE_CONNECT_TIMEOUT)
+                        .response_timeout(STORE_RESPONSE_TIMEOUT)
+                })?;
+                let mut conn = client.get_async_connection().await?;
+                conn.ssubscribe(INVALIDATE_CHANNEL).await?;
+                Ok::<_, redis::RedisError>(conn)
+            }
+            .await;
+            match subscribed {
+                Ok(mut conn) => {
+                    if !first {
+                        handler(Invalidation::All);
+                    }
+                    first = false;
+                    let (mut heard, mut confirmed) = (tokio::time::Instant::now(), false);
+                    let mut beat = tokio::time::interval(HEARTBEAT);
+                    loop {
+                        tokio::select! {
+                            push = pushes.recv() => {
+                                let Some(push) = push else { break };
+                                match push.kind {
+                                    redis::PushKind::SMessage => {
+                                        heard = tokio::time::Instant::now();
+                                        match push.data.get(1).cloned().map(bytes_of) {
+                                            Some(Some(code)) if !code.is_empty() => {
+                                                handler(Invalidation::Code(String::from_utf8_lossy(&code).into_owned()));
+                                            }
+                                            _ => {}
+                                        }
+                                    }
+                                    redis::PushKind::SSubscribe => {
+                                        heard = tokio::time::Instant::now();
+                                        // The first confirms our own `ssubscribe`; later ones are
+                                        // the client's re-subscriptions after a gap.
+                                        if confirmed {
+                                            handler(Invalidation::All);
+                                        }
+                                        confirmed = true;
+                                    }
+                                    _ => {}
+                                }
+                            }
+                            _ = beat.tick() => {
+                                if heard.elapsed() > HEARTBEAT_LOST {
+                                    tracing::warn!("invalidation heartbeat lost; subscribing again");
+                                    break;
+                                }
+                                let _: Result<Value, _> = redis::cmd("SPUBLISH")
+                                    .arg(INVALIDATE_CHANNEL)
+                                    .arg("")
+                                    .query_async(&mut conn)
+                                    .await;
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot subscribe to invalidations; retrying"),
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
 }
 
 impl RedisStore {
@@ -238,13 +336,20 @@ impl RedisStore {
                         .arg(link_key(&links[i].code))
                         .arg(encode_link(&links[i]))
                         .arg("NX")
+                        .arg("GET")
                         .clone()
                 })
                 .collect();
             let replies = self.run_chunked(cmds).await?;
             let mut retry = Vec::new();
             for (&i, v) in todo.iter().zip(replies) {
-                if is_ok(&v) {
+                // `SET … NX GET` answers the old value: none, or this very link when the client
+                // re-sent the command after Redis applied it (a cluster failover, say).
+                let ours = match bytes_of(v) {
+                    None => true,
+                    Some(old) => old == encode_link(&links[i]),
+                };
+                if ours {
                     written.push(i);
                 } else if custom_set.contains(&i) {
                     // Lost a race for a custom code after step 1: undo this call's writes.
@@ -285,11 +390,27 @@ impl RedisStore {
             })
             .collect();
         let replies = self.run_chunked(cmds).await?;
-        let lost: Vec<usize> = claims
+        let refused: Vec<usize> = claims
             .iter()
             .zip(replies)
             .filter(|(_, v)| !matches!(v, Value::Int(1)))
             .map(|(&i, _)| i)
+            .collect();
+        // A refused claim held by this very link was ours: the client re-sent the `HSETNX`
+        // after Redis applied it.
+        let holders = refused
+            .iter()
+            .map(|&i| {
+                let (c, r) = links[i].recipient_key().unwrap_or_default();
+                redis::cmd("HGET").arg(rcpt_key(c)).arg(r).clone()
+            })
+            .collect();
+        let holders = self.run_chunked(holders).await?;
+        let lost: Vec<usize> = refused
+            .into_iter()
+            .zip(holders)
+            .filter(|(i, holder)| bytes_of(holder.clone()).as_deref() != Some(links[*i].code.as_bytes()))
+            .map(|(i, _)| i)
             .collect();
         if !lost.is_empty() {
             let undo = lost

@@ -26,10 +26,12 @@
 //! migrated.
 //!
 //! Pub/sub channel `lg:invalidate` carries codes whose link changed; each replica drops them from
-//! its cache. API batch writes are pipelined in chunks of [`PIPELINE_CHUNK`] commands. Redis
-//! Cluster is not supported yet: pipelines and the batch script span slots.
+//! its cache (on a Redis Cluster it is a sharded channel, `SPUBLISH`/`SSUBSCRIBE`). API batch
+//! writes are pipelined in chunks of [`PIPELINE_CHUNK`] commands, split by slot on a cluster
+//! ([`conn`]).
 
 mod attribution;
+mod conn;
 mod counters;
 mod links;
 
@@ -38,8 +40,9 @@ pub(crate) use self::counters::{APPLIED_TTL_SECS, APPLY_ONCE, applied_key, count
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, Client, Pipeline, Value};
+use redis::{AsyncCommands, Client, Value};
+
+use self::conn::Conn;
 
 use super::{
     AttributionStore, CounterStore, IDEMPOTENCY_TTL_SECS, IndexName, Invalidation, InvalidationHandler, LinkFilter,
@@ -65,16 +68,33 @@ pub(crate) const CLICK_ARRAY_LINKS: u64 = 65_536;
 const COUNTER_SLOTS: u64 = 3;
 
 pub struct RedisStore {
-    client: Client,
+    backend: Backend,
     /// Connected on first use, so linkgate starts (not ready) while Redis is still unreachable.
-    conn: tokio::sync::OnceCell<ConnectionManager>,
+    conn: tokio::sync::OnceCell<Conn>,
 }
+
+/// The client of one server, or of a cluster (with its seed nodes and TLS settings, from which
+/// the invalidation subscriber builds a client of its own).
+enum Backend {
+    Single(Client),
+    Cluster {
+        client: Box<redis::cluster::ClusterClient>,
+        nodes: Vec<String>,
+        tls: crate::tls::RedisTls,
+    },
+}
+
+/// How long the store waits to connect and for a reply (the cluster client also re-sends a
+/// command up to [`STORE_RETRIES`] times across `MOVED`, reconnections and failovers).
+const STORE_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const STORE_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+const STORE_RETRIES: u32 = 2;
 
 /// An id as it appears inside a key: `%`, `{`, `}` and `:` percent-escaped (everything else as
 /// is). A key's components are separated by `:` and its hash tag is in braces, so with these four
 /// escaped, distinct id tuples always give distinct keys and no id can close a hash tag early.
 /// Codes (`[A-Za-z0-9_-]`) and generated ids pass through unchanged.
-fn esc(id: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn esc(id: &str) -> std::borrow::Cow<'_, str> {
     if !id.contains(['%', '{', '}', ':']) {
         return std::borrow::Cow::Borrowed(id);
     }
@@ -165,8 +185,20 @@ impl RedisStore {
 
     /// [`RedisStore::connect`], trusting `tls`'s authorities when the URL is `rediss://`.
     pub async fn connect_with(url: &str, tls: &crate::tls::RedisTls) -> Result<Self, StoreError> {
+        let backend = match crate::tls::RedisTarget::parse(url).map_err(StoreError::Config)? {
+            crate::tls::RedisTarget::Single(url) => Backend::Single(tls.redis_client(&url)?),
+            crate::tls::RedisTarget::Cluster(nodes) => Backend::Cluster {
+                client: Box::new(tls.cluster_client(&nodes, |b| {
+                    b.connection_timeout(STORE_CONNECT_TIMEOUT)
+                        .response_timeout(STORE_RESPONSE_TIMEOUT)
+                        .retries(STORE_RETRIES)
+                })?),
+                nodes,
+                tls: tls.clone(),
+            },
+        };
         let store = Self {
-            client: tls.redis_client(url)?,
+            backend,
             conn: tokio::sync::OnceCell::new(),
         };
         if let Err(e) = store.conn().await {
@@ -176,15 +208,23 @@ impl RedisStore {
     }
 
     /// The shared connection (a cheap handle clone), connecting on first use.
-    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+    async fn conn(&self) -> Result<Conn, StoreError> {
         let conn = self
             .conn
             .get_or_try_init(|| async {
-                let config = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(Duration::from_secs(2)))
-                    .set_response_timeout(Some(Duration::from_secs(5)))
-                    .set_number_of_retries(2);
-                self.client.get_connection_manager_with_config(config).await
+                match &self.backend {
+                    Backend::Single(client) => {
+                        let config = redis::aio::ConnectionManagerConfig::new()
+                            .set_connection_timeout(Some(STORE_CONNECT_TIMEOUT))
+                            .set_response_timeout(Some(STORE_RESPONSE_TIMEOUT))
+                            .set_number_of_retries(STORE_RETRIES as usize);
+                        client
+                            .get_connection_manager_with_config(config)
+                            .await
+                            .map(Conn::Single)
+                    }
+                    Backend::Cluster { client, .. } => client.get_async_connection().await.map(Conn::Cluster),
+                }
             })
             .await?;
         Ok(conn.clone())
@@ -212,19 +252,10 @@ impl RedisStore {
         Ok(self.conn().await?.lrange(key, start, stop).await?)
     }
 
-    /// Runs `cmds` in pipelines of at most [`PIPELINE_CHUNK`] commands, returning every reply.
+    /// Runs `cmds` in pipelines of at most [`PIPELINE_CHUNK`] commands (split by slot on a
+    /// cluster), returning every reply in order.
     async fn run_chunked(&self, cmds: Vec<redis::Cmd>) -> Result<Vec<Value>, StoreError> {
-        let mut out = Vec::with_capacity(cmds.len());
-        let mut cmds = cmds.into_iter().peekable();
-        while cmds.peek().is_some() {
-            let mut p = Pipeline::with_capacity(PIPELINE_CHUNK);
-            for c in cmds.by_ref().take(PIPELINE_CHUNK) {
-                p.add_command(c);
-            }
-            let replies: Vec<Value> = p.query_async(&mut self.conn().await?).await?;
-            out.extend(replies);
-        }
-        Ok(out)
+        Ok(self.conn().await?.run(cmds).await?)
     }
 
     async fn get_links(&self, codes: &[String]) -> Result<Vec<Option<Link>>, StoreError> {
@@ -272,6 +303,11 @@ fn stored_link(code: &str, bytes: Option<Vec<u8>>) -> Result<Option<Link>, Store
     }
 }
 
+/// A reply read as `T`.
+fn parse<T: redis::FromRedisValue>(v: Value) -> Result<T, StoreError> {
+    Ok(redis::from_redis_value(v).map_err(redis::RedisError::from)?)
+}
+
 fn bytes_of(v: Value) -> Option<Vec<u8>> {
     match v {
         Value::BulkString(b) => Some(b),
@@ -280,15 +316,10 @@ fn bytes_of(v: Value) -> Option<Vec<u8>> {
     }
 }
 
-fn is_ok(v: &Value) -> bool {
-    matches!(v, Value::Okay) || matches!(v, Value::SimpleString(s) if s == "OK")
-}
-
 #[async_trait]
 impl Store for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        let _: String = redis::cmd("PING").query_async(&mut self.conn().await?).await?;
-        Ok(())
+        Ok(self.conn().await?.ping().await?)
     }
 }
 

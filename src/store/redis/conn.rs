@@ -1,0 +1,190 @@
+//! The store's way to Redis: one server through redis-rs's `ConnectionManager`, or a Redis
+//! Cluster through redis-rs's cluster client (slot routing, `MOVED`/`ASK`, topology refresh and
+//! failover are the client's, not ours).
+//!
+//! Redis Cluster runs a pipeline, a `MULTI` or a script only within one hash slot, and the
+//! cluster client refuses a pipeline whose keys span slots. So on a cluster [`Conn::run`] splits
+//! the commands by the slot of their key, sends each slot's pipeline concurrently (each
+//! command still sent once, in order within its slot), and puts the replies back in the order
+//! given. Every store operation that must be atomic is one command or one script on one key.
+
+use futures_util::StreamExt;
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo, Slot};
+use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
+
+use super::PIPELINE_CHUNK;
+
+/// Slot pipelines of one [`Conn::run`] in flight at once on a cluster.
+const CLUSTER_FANOUT: usize = 32;
+
+/// A connection handle (a cheap clone; both kinds reconnect by themselves).
+#[derive(Clone)]
+pub(crate) enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The key a command routes by: the one after `EVAL script numkeys`, else its first argument.
+pub(crate) fn key_of(cmd: &Cmd) -> Option<&[u8]> {
+    let mut args = cmd.args_iter().map(|a| match a {
+        redis::Arg::Simple(b) => b,
+        _ => &[][..],
+    });
+    let name = args.next()?;
+    if name.eq_ignore_ascii_case(b"EVAL") || name.eq_ignore_ascii_case(b"EVALSHA") {
+        return args.nth(2);
+    }
+    args.next()
+}
+
+impl Conn {
+    /// Runs `cmds` and returns every reply, in order: in pipelines of at most [`PIPELINE_CHUNK`]
+    /// commands on one server; on a cluster, one pipeline per slot (and chunk), concurrently.
+    pub(crate) async fn run(&mut self, cmds: Vec<Cmd>) -> RedisResult<Vec<Value>> {
+        match self {
+            Self::Single(_) => {
+                let mut out = Vec::with_capacity(cmds.len());
+                for chunk in cmds.chunks(PIPELINE_CHUNK) {
+                    let mut p = Pipeline::with_capacity(chunk.len());
+                    for c in chunk {
+                        p.add_command(c.clone());
+                    }
+                    out.extend(p.query_async::<Vec<Value>>(self).await?);
+                }
+                Ok(out)
+            }
+            Self::Cluster(conn) => {
+                let n = cmds.len();
+                let groups = by_slot(cmds);
+                let mut out: Vec<Option<Value>> = vec![None; n];
+                let mut replies = futures_util::stream::iter(groups.into_iter().flat_map(|(positions, cmds)| {
+                    let chunks: Vec<(Vec<usize>, Vec<Cmd>)> = positions
+                        .chunks(PIPELINE_CHUNK)
+                        .zip(cmds.chunks(PIPELINE_CHUNK))
+                        .map(|(p, c)| (p.to_vec(), c.to_vec()))
+                        .collect();
+                    chunks
+                }))
+                .map(|(positions, cmds)| {
+                    let mut conn = conn.clone();
+                    async move {
+                        let mut p = Pipeline::with_capacity(cmds.len());
+                        for c in cmds {
+                            p.add_command(c);
+                        }
+                        let values: Vec<Value> = p.query_async(&mut conn).await?;
+                        Ok::<_, redis::RedisError>((positions, values))
+                    }
+                })
+                .buffer_unordered(CLUSTER_FANOUT);
+                while let Some(done) = replies.next().await {
+                    let (positions, values) = done?;
+                    for (at, v) in positions.into_iter().zip(values) {
+                        out[at] = Some(v);
+                    }
+                }
+                Ok(out.into_iter().map(|v| v.unwrap_or(Value::Nil)).collect())
+            }
+        }
+    }
+
+    /// `PING` to one node: on a cluster, any one (a `PING` routed by the client would go to every
+    /// master, and one master failing over would make every replica unready).
+    pub(crate) async fn ping(&mut self) -> RedisResult<()> {
+        let ping = redis::cmd("PING");
+        let _: Value = match self {
+            Self::Single(c) => ping.query_async(c).await?,
+            Self::Cluster(c) => {
+                c.route_command(ping, RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random))
+                    .await?
+            }
+        };
+        Ok(())
+    }
+}
+
+/// The commands grouped by the slot of their key, each group with the commands' positions, in
+/// the order given (keyless commands form a group of their own).
+fn by_slot(cmds: Vec<Cmd>) -> Vec<(Vec<usize>, Vec<Cmd>)> {
+    let mut groups: Vec<(Vec<usize>, Vec<Cmd>)> = Vec::new();
+    let mut at: std::collections::HashMap<Option<Slot>, usize> = std::collections::HashMap::new();
+    for (i, cmd) in cmds.into_iter().enumerate() {
+        let slot = key_of(&cmd).map(Slot::for_key);
+        let g = *at.entry(slot).or_insert_with(|| {
+            groups.push((Vec::new(), Vec::new()));
+            groups.len() - 1
+        });
+        groups[g].0.push(i);
+        groups[g].1.push(cmd);
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn every_command_lands_in_its_slots_group_once_in_order(keys in proptest::collection::vec("[a-c]{0,2}(\\{[a-c]?\\})?", 0..40)) {
+            let cmds: Vec<Cmd> = keys.iter().map(|k| redis::cmd("GET").arg(k).clone()).collect();
+            let groups = by_slot(cmds);
+            let mut seen: Vec<usize> = groups.iter().flat_map(|(p, _)| p.iter().copied()).collect();
+            for (positions, cmds) in &groups {
+                prop_assert!(positions.windows(2).all(|w| w[0] < w[1]), "in order within a slot");
+                let slots: std::collections::HashSet<Slot> =
+                    cmds.iter().map(|c| Slot::for_key(key_of(c).unwrap())).collect();
+                prop_assert_eq!(slots.len(), 1, "one slot per group");
+                for (&p, c) in positions.iter().zip(cmds) {
+                    prop_assert_eq!(key_of(c).unwrap(), keys[p].as_bytes());
+                }
+            }
+            seen.sort();
+            prop_assert_eq!(seen, (0..keys.len()).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn a_script_routes_by_its_first_key() {
+        let eval = redis::cmd("EVAL")
+            .arg("return 1")
+            .arg(1)
+            .arg("lg:link:{x}")
+            .arg("v")
+            .clone();
+        assert_eq!(key_of(&eval), Some(&b"lg:link:{x}"[..]));
+        assert_eq!(key_of(&redis::cmd("SET").arg("k").arg("v").clone()), Some(&b"k"[..]));
+    }
+}
