@@ -1,0 +1,323 @@
+//! linkgate on a real Redis Cluster (3 masters, 3 replicas): a master killed under load, three
+//! linkgate replicas sharing the cluster, invalidation after the subscription's node fails, and a
+//! bulk mint of 100,000 links. (The API and attribution suites also run on a cluster: `Backend::Cluster`.)
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use serde_json::{Value, json};
+use support::{Backend, ClusterGuard, Env, TempDir, TestServer, eventually, metric, stream_entries_on, try_send};
+
+const UA: &str = "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 Chrome/120.0 Mobile Safari/537.36";
+const SHARDS: &str = "4";
+
+/// Every event on the cluster's stream shards.
+fn events(cluster: &ClusterGuard) -> Vec<Value> {
+    let mut conn = cluster.conn();
+    (0..4)
+        .flat_map(|i| stream_entries_on(&mut conn, &format!("linkgate:events:{{{i}}}")))
+        .map(|(_, v)| v)
+        .collect()
+}
+
+/// Another linkgate replica on the same cluster, with its own data directory (spool).
+fn replica_env(cluster: &ClusterGuard) -> (Env, String) {
+    let env = Env {
+        backend: Backend::Cluster,
+        redis: None,
+        cluster: None,
+        dir: TempDir::new(),
+    };
+    (env, cluster.url())
+}
+
+async fn stats(s: &TestServer, what: &str) -> Value {
+    let r = s.api("GET", &format!("/v1/{what}/stats"), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    r.json()
+}
+
+/// SIGKILL of the master holding the links' counter array, under a steady tap load: every tap
+/// is redirected (links are served from memory), `/readyz` stays 200 (it asks one node), and once
+/// the replica has taken over every accepted tap's event is in the streams (deduplicated by id)
+/// and every counter is exact, with the spool drained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_killed_under_load_loses_no_tap_and_counts_stay_exact() {
+    let mut env = Env::new(Backend::Cluster);
+    let s = TestServer::start_with(&env, &[("LINKGATE_STREAM_SHARDS", SHARDS)]).await;
+    let codes: Vec<String> = (0..6).map(|i| format!("fail{i}")).collect();
+    for (i, code) in codes.iter().enumerate() {
+        let mut link = json!({"destination": "https://a.example/", "code": code, "campaign_id": "spring"});
+        if i == 0 {
+            link["recipient_id"] = json!("ann");
+        }
+        s.mint(link).await;
+        assert_eq!(
+            s.get_ua(&format!("/{code}"), UA).await.status,
+            StatusCode::FOUND,
+            "cached"
+        );
+    }
+    let victim = env.cluster.as_ref().unwrap().master_of("lg:counts:{0}");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let taps: Arc<Vec<AtomicUsize>> = Arc::new(codes.iter().map(|_| AtomicUsize::new(0)).collect());
+    let not_ready = Arc::new(AtomicUsize::new(0));
+    let mut load = Vec::new();
+    for (i, code) in codes.iter().enumerate() {
+        let (stop, taps, addr, path) = (stop.clone(), taps.clone(), s.addr, format!("/{code}"));
+        load.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(5));
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let r = try_send(addr, "GET", &path, &[("user-agent", UA)], vec![])
+                    .await
+                    .unwrap();
+                assert_eq!(r.status, StatusCode::FOUND, "every tap redirected");
+                taps[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    load.push(tokio::spawn({
+        let (stop, not_ready, addr) = (stop.clone(), not_ready.clone(), s.addr);
+        async move {
+            while !stop.load(Ordering::Relaxed) {
+                let r = try_send(addr, "GET", "/readyz", &[], vec![]).await.unwrap();
+                if r.status != StatusCode::OK {
+                    not_ready.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    env.cluster.as_mut().unwrap().nodes[victim].kill();
+    let killed = Instant::now();
+    // Node timeout 2 s: the replica is promoted a few seconds later; the load runs through it.
+    env.cluster.as_ref().unwrap().wait_healthy(Duration::from_secs(30));
+    let failover = killed.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.await.unwrap();
+    }
+    let per_code: Vec<usize> = taps.iter().map(|t| t.load(Ordering::Relaxed)).collect();
+    let total: usize = per_code.iter().sum();
+    assert!(total > 500, "{total} taps over the failover ({failover:?})");
+    assert_eq!(not_ready.load(Ordering::Relaxed), 0, "/readyz stayed 200");
+
+    let cluster = env.cluster.as_ref().unwrap();
+    let distinct = |events: &[Value]| -> HashSet<String> {
+        events
+            .iter()
+            .filter(|e| e["type"] == "click")
+            .map(|e| e["click_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    eventually(Duration::from_secs(30), "every tap's event streamed", || async {
+        (distinct(&events(cluster)).len() == total + codes.len()).then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(10), "the spool drained", || async {
+        (metric(&s.app, "linkgate_spool_bytes") == 0.0).then_some(())
+    })
+    .await;
+    for (code, n) in codes.iter().zip(&per_code) {
+        let st = stats(&s, &format!("links/{code}")).await;
+        assert_eq!(st["human_clicks"], json!(n + 1), "{code}: each tap counted once");
+    }
+    let campaign = stats(&s, "campaigns/spring").await;
+    assert_eq!(
+        campaign["human_clicks"],
+        json!(total + codes.len()),
+        "campaign counted once"
+    );
+    assert_eq!(campaign["leads"], 1, "one lead for the one recipient");
+    let all = events(cluster);
+    let leads = all.iter().filter(|e| e["type"] == "lead").map(|e| e["lead_id"].clone());
+    assert_eq!(leads.collect::<HashSet<_>>().len(), 1, "one lead event (by id)");
+    println!("failover in {failover:?}; {total} taps; {} stream entries", all.len());
+}
+
+/// Three linkgate processes' worth of replicas on one cluster: a campaign sent from all three at
+/// once gives each recipient one link, each link one lead however many replicas it is tapped on,
+/// an order reported to all three one conversion, the counters exact, and a change made on one
+/// replica served by the others within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_share_the_cluster_exactly() {
+    let env = Env::new(Backend::Cluster);
+    let cluster = env.cluster.as_ref().unwrap();
+    let (envs, url): (Vec<Env>, String) = {
+        let (a, url) = replica_env(cluster);
+        let (b, _) = replica_env(cluster);
+        (vec![a, b], url)
+    };
+    let extra = [("LINKGATE_REDIS_URL", url.as_str()), ("LINKGATE_STREAM_SHARDS", SHARDS)];
+    let servers = vec![
+        TestServer::start_with(&env, &extra[1..]).await,
+        TestServer::start_with(&envs[0], &extra).await,
+        TestServer::start_with(&envs[1], &extra).await,
+    ];
+    let recipients: Vec<Value> = (0..300).map(|i| json!({"recipient_id": format!("r{i}")})).collect();
+    let body = json!({"defaults": {"destination": "https://shop.example/", "campaign_id": "win", "owner_id": "sam"}, "links": recipients});
+    let answers = futures_util::future::join_all(
+        servers
+            .iter()
+            .map(|s| s.api("POST", "/v1/links/bulk", Some(body.clone()))),
+    )
+    .await;
+    let mut by_recipient: Vec<HashMap<String, String>> = Vec::new();
+    for r in &answers {
+        assert!(r.status.is_success(), "{}", r.text());
+        by_recipient.push(
+            r.json()["links"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| {
+                    (
+                        l["recipient_id"].as_str().unwrap().into(),
+                        l["code"].as_str().unwrap().into(),
+                    )
+                })
+                .collect(),
+        );
+    }
+    assert!(
+        by_recipient.iter().all(|m| *m == by_recipient[0]),
+        "one link per recipient"
+    );
+    assert_eq!(stats(&servers[0], "campaigns/win").await["links"], 300);
+
+    // Each link tapped once on every replica: 3 clicks, 1 lead.
+    let codes: Vec<String> = by_recipient[0].values().take(30).cloned().collect();
+    for code in &codes {
+        for s in &servers {
+            assert_eq!(s.get_ua(&format!("/{code}"), UA).await.status, StatusCode::FOUND);
+        }
+    }
+    let order = json!({"order_id": "o-1", "code": codes[0], "type": "order", "amount": 10_000, "currency": "CNY"});
+    let posts = futures_util::future::join_all(
+        servers
+            .iter()
+            .map(|s| s.api("POST", "/v1/conversions", Some(order.clone()))),
+    )
+    .await;
+    let statuses: Vec<StatusCode> = posts.iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == StatusCode::CREATED).count(),
+        1,
+        "one conversion: {statuses:?}"
+    );
+    let campaign = eventually(Duration::from_secs(5), "the campaign's counters", || async {
+        let c = stats(&servers[1], "campaigns/win").await;
+        (c["human_clicks"] == 90 && c["leads"] == 30 && c["conversions"] == 1).then_some(c)
+    })
+    .await;
+    assert_eq!(campaign["revenue"], 10_000);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(stats(&servers[2], "campaigns/win").await, campaign, "and no more");
+    let leads: HashSet<Value> = events(cluster)
+        .iter()
+        .filter(|e| e["type"] == "lead")
+        .map(|e| e["code"].clone())
+        .collect();
+    assert_eq!(leads.len(), 30, "one lead per tapped link");
+
+    let code = &codes[1];
+    let patch = json!({"destination": "https://v2.example/"});
+    let r = servers[0].api("PATCH", &format!("/v1/links/{code}"), Some(patch)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    for s in &servers[1..] {
+        eventually(Duration::from_secs(1), "the change served by every replica", || async {
+            let loc = s
+                .get_ua(&format!("/{code}"), UA)
+                .await
+                .header("location")
+                .map(String::from);
+            loc.is_some_and(|l| l.starts_with("https://v2.example/")).then_some(())
+        })
+        .await;
+    }
+}
+
+/// The master serving the invalidation channel's slot dies: once its replica took over, a
+/// change made on one linkgate replica still reaches the other within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidation_survives_the_failover_of_its_node() {
+    let mut env = Env::new(Backend::Cluster);
+    let (other, url) = replica_env(env.cluster.as_ref().unwrap());
+    let a = TestServer::start(&env).await;
+    let b = TestServer::start_with(&other, &[("LINKGATE_REDIS_URL", url.as_str())]).await;
+    a.mint(json!({"destination": "https://v1.example/", "code": "moving", "track_conversions": false}))
+        .await;
+    assert_eq!(b.get("/moving").await.location(), "https://v1.example/");
+
+    // The channel's slot is that of a key named like it.
+    let victim = env.cluster.as_ref().unwrap().master_of("lg:invalidate");
+    env.cluster.as_mut().unwrap().nodes[victim].kill();
+    env.cluster.as_ref().unwrap().wait_healthy(Duration::from_secs(30));
+    // Give both replicas' clients a moment to learn the new topology from a failed command or
+    // their heartbeat, as they would under traffic.
+    eventually(Duration::from_secs(10), "a PATCH through A", || async {
+        let r = a
+            .api(
+                "PATCH",
+                "/v1/links/moving",
+                Some(json!({"destination": "https://v2.example/"})),
+            )
+            .await;
+        (r.status == StatusCode::OK).then_some(())
+    })
+    .await;
+    eventually(
+        Duration::from_secs(6),
+        "B serving the change after the failover",
+        || async { (b.get("/moving").await.header("location") == Some("https://v2.example/")).then_some(()) },
+    )
+    .await;
+    // And from now on within a second.
+    let r = a
+        .api(
+            "PATCH",
+            "/v1/links/moving",
+            Some(json!({"destination": "https://v3.example/"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    eventually(
+        Duration::from_secs(1),
+        "B serving the next change within a second",
+        || async { (b.get("/moving").await.header("location") == Some("https://v3.example/")).then_some(()) },
+    )
+    .await;
+}
+
+/// One bulk call of 100,000 links on the cluster: all minted, listed and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_mint_of_100_000_links_on_the_cluster() {
+    let env = Env::new(Backend::Cluster);
+    let s = TestServer::start(&env).await;
+    let n = 100_000;
+    let links: Vec<Value> = (0..n).map(|i| json!({"recipient_id": format!("c{i}")})).collect();
+    let body = json!({"defaults": {"destination": "https://shop.example/", "campaign_id": "big", "kind": "sms"}, "links": links});
+    let started = Instant::now();
+    let r = s.api("POST", "/v1/links/bulk", Some(body)).await;
+    let took = started.elapsed();
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let minted = r.json()["links"].as_array().unwrap().clone();
+    assert_eq!(minted.len(), n);
+    let codes: HashSet<&str> = minted.iter().map(|l| l["code"].as_str().unwrap()).collect();
+    assert_eq!(codes.len(), n, "distinct codes");
+    assert_eq!(stats(&s, "campaigns/big").await["links"], n);
+    let listed = s.all_links("campaign_id=big").await;
+    assert_eq!(listed.len(), n, "every link listed");
+    let last = minted[n - 1]["code"].as_str().unwrap();
+    assert_eq!(s.get_ua(&format!("/{last}"), UA).await.status, StatusCode::FOUND);
+    println!("100,000 links minted on the cluster in {took:?}");
+}
