@@ -5,9 +5,14 @@
 //!
 //! Run: `cargo bench --bench batcher` (needs redis-server on PATH); `BATCHER_COMMANDSTATS=1` adds
 //! Redis's CPU per command kind; with `BATCHER_PERSONALISED=1` every link has a recipient (the
-//! SMS reactivation scenario), so taps are lead candidates.
+//! SMS reactivation scenario), so taps are lead candidates. `BATCHER_CLUSTER=1` runs the same on a
+//! one-node Redis Cluster (every slot on it) through the cluster sink (redis-rs's cluster client,
+//! counters applied per hash tag): the same Redis work, measured against the single-node sink's
+//! own encoder.
 
-use std::process::{Command, Stdio};
+#[path = "support/redis_server.rs"]
+mod redis_server;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -20,12 +25,13 @@ use linkgate::Metrics;
 use linkgate::Resolver;
 use linkgate::Spool;
 use linkgate::{Agent, Queued};
-use linkgate::{Batch, BatcherParts, Delivery, EventSink, RedisStreamSink, SinkError};
+use linkgate::{Batch, BatcherParts, ClusterStreamSink, Delivery, EventSink, RedisStreamSink, SinkError};
 use linkgate::{RedisStore, Store};
+use redis_server::RedisServer;
 
 /// The Redis sink, counting what it delivered (events and batches).
 struct Counted {
-    inner: RedisStreamSink,
+    inner: Box<dyn EventSink>,
     events: AtomicU64,
     batches: AtomicU64,
 }
@@ -105,27 +111,10 @@ fn own_cpu_secs() -> f64 {
 fn main() {
     let n = events_count();
     let personalised = std::env::var("BATCHER_PERSONALISED").is_ok_and(|v| v == "1");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut redis = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server on PATH");
-    std::thread::sleep(Duration::from_millis(300));
-    let url = format!("redis://127.0.0.1:{port}");
+    let cluster = std::env::var("BATCHER_CLUSTER").is_ok_and(|v| v == "1");
+    let redis = RedisServer::start(cluster);
+    let url = redis.url();
+    let store_url = redis.linkgate_url();
     let dir = std::env::temp_dir().join(format!("linkgate-bench-batcher-{}", std::process::id()));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -134,12 +123,25 @@ fn main() {
         .unwrap();
     let metrics = Metrics::new();
     let sink = Arc::new(Counted {
-        inner: RedisStreamSink::new(&url, "bench:events", linkgate::STREAM_MAXLEN),
+        inner: if cluster {
+            Box::new(
+                ClusterStreamSink::new(
+                    &[url.clone()],
+                    &Default::default(),
+                    "bench:events",
+                    1,
+                    linkgate::STREAM_MAXLEN,
+                )
+                .unwrap(),
+            )
+        } else {
+            Box::new(RedisStreamSink::new(&url, "bench:events", linkgate::STREAM_MAXLEN))
+        },
         events: AtomicU64::new(0),
         batches: AtomicU64::new(0),
     });
     let (queue, resolver, _delivery) = rt.block_on(async {
-        let store = Arc::new(RedisStore::connect(&url).await.unwrap());
+        let store = Arc::new(RedisStore::connect(&store_url).await.unwrap());
         let resolver = Resolver::new(store.clone() as Arc<dyn Store>, metrics.cache.clone());
         let events = metrics.events("redis");
         let queue = Arc::new(EventQueue::new(events.clone()));
@@ -203,7 +205,8 @@ fn main() {
     let own = own_cpu_secs() - own_before;
     let batches = sink.batches.load(Ordering::Relaxed).max(1);
     println!(
-        "batcher -> redis ({}): {n} events in {:.2} s = {:.0} events/s; mean batch {:.0} events; batcher process CPU {:.2} µs/event; redis CPU {:.2} µs/event",
+        "batcher -> redis{} ({}): {n} events in {:.2} s = {:.0} events/s; mean batch {:.0} events; batcher process CPU {:.2} µs/event; redis CPU {:.2} µs/event",
+        if cluster { " cluster sink" } else { "" },
         if personalised { "personalised links" } else { "QR links" },
         elapsed.as_secs_f64(),
         n as f64 / elapsed.as_secs_f64(),
@@ -214,7 +217,6 @@ fn main() {
     if std::env::var("BATCHER_COMMANDSTATS").is_ok_and(|v| v == "1") {
         print_command_stats(&url, n);
     }
-    let _ = redis.kill();
-    let _ = redis.wait();
+    drop(redis);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -5,15 +5,18 @@
 //! per backend, each with a fresh campaign so every call creates 100,000 new links.
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
+#[path = "support/redis_server.rs"]
+mod redis_server;
+
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use linkgate::App;
 use linkgate::Config;
+use redis_server::RedisServer;
 use serde_json::json;
 
 const LINKS: usize = 100_000;
@@ -90,31 +93,14 @@ fn main() {
 
     rt.block_on(measure("embedded", HashMap::from(common)));
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut redis = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server on PATH");
-    std::thread::sleep(Duration::from_millis(300));
-    let url = format!("redis://127.0.0.1:{port}");
-    let mut vars = HashMap::from(common);
-    vars.insert("LINKGATE_REDIS_URL", url.as_str());
-    rt.block_on(measure("redis", vars));
-    let _ = redis.kill();
-    let _ = redis.wait();
+    // The same Redis work through the single-node and the cluster code paths (a one-node
+    // cluster holding every slot).
+    for (name, cluster) in [("redis", false), ("redis cluster (one node)", true)] {
+        let redis = RedisServer::start(cluster);
+        let url = redis.linkgate_url();
+        let mut vars = HashMap::from(common);
+        vars.insert("LINKGATE_REDIS_URL", url.as_str());
+        rt.block_on(measure(name, vars));
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

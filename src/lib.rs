@@ -77,6 +77,7 @@ pub use crate::shutdown::signal;
 pub use crate::store::{EmbeddedStore, Invalidation, LinkStore, RedisStore, Store};
 pub use crate::stream::batch::Batch;
 pub use crate::stream::batcher::{BatcherParts, Delivery};
+pub use crate::stream::cluster::ClusterStreamSink;
 pub use crate::stream::log::Spool;
 pub use crate::stream::{Delivered, EventSink, RedisStreamSink, Refused, STREAM_MAXLEN, SinkError, stream_keys};
 pub use crate::tls::RedisTls;

@@ -36,7 +36,7 @@ use crate::store::redis::{APPLIED_TTL_SECS, APPLY_ONCE, counter_updates};
 /// Slot pipelines of one batch in flight at once.
 const FANOUT: usize = 32;
 
-pub(crate) struct ClusterStreamSink {
+pub struct ClusterStreamSink {
     client: redis::cluster::ClusterClient,
     conn: tokio::sync::Mutex<Option<ClusterConnection>>,
     streams: Vec<String>,
@@ -86,7 +86,7 @@ fn applied_key(tag: &[u8], replica: &str) -> Vec<u8> {
 impl ClusterStreamSink {
     /// A sink spreading events over `shards` stream keys ([`stream_keys`]) on the cluster whose
     /// seed nodes are `nodes`; it connects on its first batch.
-    pub(crate) fn new(
+    pub fn new(
         nodes: &[String],
         tls: &crate::tls::RedisTls,
         stream: &str,
@@ -110,7 +110,7 @@ impl ClusterStreamSink {
 
     /// Each pipeline ends with `WAIT replicas timeout` on its node: one that too few replicas
     /// confirmed fails the batch, which is kept and sent again.
-    pub(crate) fn with_wait(mut self, replicas: u32, timeout: Duration) -> Self {
+    pub fn with_wait(mut self, replicas: u32, timeout: Duration) -> Self {
         self.wait = (replicas, timeout);
         self
     }
