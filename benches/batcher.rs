@@ -126,7 +126,7 @@ fn main() {
         inner: if cluster {
             Box::new(
                 ClusterStreamSink::new(
-                    &[url.clone()],
+                    std::slice::from_ref(&url),
                     &Default::default(),
                     "bench:events",
                     1,

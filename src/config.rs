@@ -114,6 +114,9 @@ pub struct Config {
 /// Most stream keys `LINKGATE_STREAM_SHARDS` may name: far more than the masters of any cluster,
 /// and few enough that every batch's `XTRIM`s stay cheap.
 const MAX_STREAM_SHARDS: u32 = 1024;
+/// Stream keys when `LINKGATE_STREAM_SHARDS` is unset and Redis is a cluster: enough to spread
+/// the events over 4 masters with 4 keys each, or 16 masters with one.
+const CLUSTER_STREAM_SHARDS: u32 = 16;
 
 /// `LINKGATE_REDIS_WAIT_REPLICAS` (0–16) and `LINKGATE_REDIS_WAIT_TIMEOUT` (1 ms – 2 s, well
 /// inside the sink's reply timeout).
@@ -242,7 +245,7 @@ pub const VARS: &[Var] = &[
     var(
         "LINKGATE_STREAM_SHARDS",
         Some("1"),
-        "number of stream keys events are spread over, 1..=1024 (`<stream>:{0}` …)",
+        "number of stream keys events are spread over, 1..=1024 (`<stream>:{0}` …); unset on a Redis Cluster: 16",
     ),
     var(
         "LINKGATE_NOT_FOUND_URL",
@@ -369,12 +372,20 @@ impl Config {
             return Err(bad("LINKGATE_STREAM", "must be a non-empty key without whitespace"));
         }
         let (redis_wait_replicas, redis_wait_timeout) = wait_settings(&get)?;
-        let stream_shards = number_in(
-            &get,
-            "LINKGATE_STREAM_SHARDS",
-            1..=u64::from(MAX_STREAM_SHARDS),
-            &format!("a number of stream keys from 1 to {MAX_STREAM_SHARDS}"),
-        )? as u32;
+        let on_cluster = matches!(
+            redis_url.as_deref().map(RedisTarget::parse),
+            Some(Ok(RedisTarget::Cluster(_)))
+        );
+        let stream_shards = if on_cluster && lookup("LINKGATE_STREAM_SHARDS").is_none_or(|v| v.trim().is_empty()) {
+            CLUSTER_STREAM_SHARDS
+        } else {
+            number_in(
+                &get,
+                "LINKGATE_STREAM_SHARDS",
+                1..=u64::from(MAX_STREAM_SHARDS),
+                &format!("a number of stream keys from 1 to {MAX_STREAM_SHARDS}"),
+            )? as u32
+        };
         let not_found_url = get("LINKGATE_NOT_FOUND_URL")
             .map(|u| crate::link::dest::validate(&u, &[]).map_err(|m| bad("LINKGATE_NOT_FOUND_URL", m)))
             .transpose()?;
@@ -527,6 +538,8 @@ mod tests {
             ("LINKGATE_DRAIN_TIMEOUT", "soon"),
             ("LINKGATE_LOG_FORMAT", "xml"),
             ("LINKGATE_REDIS_URL", "rediss://cache.example:6380/#insecure"),
+            ("LINKGATE_REDIS_URL", "redis+cluster://10.0.0.1:7000,,10.0.0.2:7000"),
+            ("LINKGATE_REDIS_URL", "redis+cluster://10.0.0.1:7000/2"),
             ("LINKGATE_REDIS_CA_FILE", "/nonexistent/ca.pem"),
             ("LINKGATE_REDIS_CA_FILE", "/proc/version"),
             ("LINKGATE_REDIS_WAIT_REPLICAS", "17"),
@@ -557,6 +570,21 @@ mod tests {
             ("LINKGATE_API_KEYS", "0123456789abcdef"),
         ]);
         assert_eq!(Config::from_map(&map).unwrap_err().var, "LINKGATE_CLICK_SECRET");
+    }
+
+    #[test]
+    fn a_cluster_spreads_events_over_16_stream_keys_unless_told() {
+        let mut map = HashMap::from([
+            ("LINKGATE_REDIS_URL", "redis+cluster://10.0.0.1:7000,10.0.0.2:7000"),
+            ("LINKGATE_API_KEYS", "0123456789abcdef"),
+            ("LINKGATE_CLICK_SECRET", "0123456789abcdef"),
+        ]);
+        assert_eq!(Config::from_map(&map).unwrap().stream_shards, CLUSTER_STREAM_SHARDS);
+        map.insert("LINKGATE_STREAM_SHARDS", "3");
+        assert_eq!(Config::from_map(&map).unwrap().stream_shards, 3);
+        map.insert("LINKGATE_REDIS_URL", "redis://10.0.0.1:7000");
+        map.remove("LINKGATE_STREAM_SHARDS");
+        assert_eq!(Config::from_map(&map).unwrap().stream_shards, 1, "one server: one key");
     }
 
     #[test]

@@ -96,9 +96,33 @@ impl Batch {
     /// The spool's form of the batch: a header line with its id and event count, then
     /// [`Batch::lines`]. Replay sends the batch again under the same id.
     pub fn spool_lines(&self) -> Vec<u8> {
-        let mut out = format!("{{\"lg_batch\":\"{}\",\"events\":{}}}\n", self.id, self.entries.len()).into_bytes();
+        let seqs: serde_json::Map<String, serde_json::Value> = self
+            .counters
+            .links
+            .iter()
+            .filter(|(_, d)| d.seq != 0)
+            .map(|(code, d)| (code.as_str().to_string(), d.seq.into()))
+            .collect();
+        // `lg_batch` first: that is how a header line is told from an event line.
+        let seqs = serde_json::Value::Object(seqs);
+        let mut out = format!(
+            "{{\"lg_batch\":\"{}\",\"events\":{},\"seqs\":{seqs}}}\n",
+            self.id,
+            self.entries.len()
+        )
+        .into_bytes();
         out.extend_from_slice(&self.lines());
         out
+    }
+
+    /// Gives the links of a batch rebuilt from the spool the sequence numbers they had when it
+    /// was first sent ([`super::log::Spooled::seqs`]), so its counters group as they did then.
+    pub(crate) fn restore_seqs(&mut self, seqs: &[(String, u64)]) {
+        for (code, seq) in seqs {
+            if let Some(d) = self.counters.links.get_mut(&crate::link::code::InlineCode::new(code)) {
+                d.seq = d.seq.max(*seq);
+            }
+        }
     }
 
     /// Events per type: click, lead, conversion.

@@ -234,7 +234,13 @@ impl Batcher {
                 spool.lock().unwrap_or_else(|e| e.into_inner()).read_batch(BATCH_MAX)
             })
             .await;
-            let Ok(Ok((id, events, pos))) = read else {
+            let Ok(Ok(super::log::Spooled {
+                id,
+                seqs,
+                events,
+                end: pos,
+            })) = read
+            else {
                 tracing::error!("could not read the spool");
                 return;
             };
@@ -252,6 +258,7 @@ impl Batcher {
                 for e in &events {
                     batch.push_event(e);
                 }
+                batch.restore_seqs(&seqs);
                 let result = self.process(&mut batch).await;
                 self.spare = batch;
                 if let Err(e) = result {

@@ -35,6 +35,10 @@ use crate::store::redis::{APPLIED_TTL_SECS, APPLY_ONCE, counter_updates};
 
 /// Slot pipelines of one batch in flight at once.
 const FANOUT: usize = 32;
+/// How long one pipeline may take, re-sends and redirections included (redis-rs's own
+/// per-request timeout does not cover a request waiting for the client to find a slot's new
+/// master): then the batch fails, is kept, and the next one starts on a fresh connection.
+const PIPELINE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct ClusterStreamSink {
     client: redis::cluster::ClusterClient,
@@ -95,8 +99,9 @@ impl ClusterStreamSink {
     ) -> redis::RedisResult<Self> {
         let client = tls.cluster_client(nodes, |b| {
             b.connection_timeout(Duration::from_secs(2))
-                .response_timeout(Duration::from_secs(5))
-                .retries(2)
+                .response_timeout(PIPELINE_TIMEOUT)
+                .overall_response_timeout(Some(PIPELINE_TIMEOUT))
+                .retries(4)
         })?;
         Ok(Self {
             client,
@@ -310,6 +315,7 @@ impl EventSink for ClusterStreamSink {
         drop(sent);
         if let Some(e) = failed {
             *self.landed.lock().unwrap_or_else(|e| e.into_inner()) = Some((batch.id.clone(), landed));
+            *self.conn.lock().await = None;
             return Err(e);
         }
         *self.landed.lock().unwrap_or_else(|e| e.into_inner()) = None;

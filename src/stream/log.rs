@@ -64,14 +64,47 @@ impl EventLog {
     }
 }
 
-/// A spool header line: the batch's id (`None` when it does not parse) and its event count.
-fn batch_header(line: &str) -> Option<(Option<BatchId>, usize)> {
+/// A spool header line: the batch's id (`None` when it does not parse), its event count, and
+/// the sequence numbers of its links (`seqs`, absent in spools written before it existed).
+struct Header {
+    id: Option<BatchId>,
+    events: usize,
+    seqs: Vec<(String, u64)>,
+}
+
+fn batch_header(line: &str) -> Option<Header> {
     if !line.starts_with("{\"lg_batch\":") {
         return None;
     }
     let v: serde_json::Value = serde_json::from_str(line.trim_end()).ok()?;
     let id = v["lg_batch"].as_str().and_then(BatchId::parse);
-    Some((id, v["events"].as_u64().map_or(0, |n| n as usize)))
+    let seqs = v["seqs"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(code, n)| Some((code.clone(), n.as_u64()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(Header {
+        id,
+        events: v["events"].as_u64().map_or(0, |n| n as usize),
+        seqs,
+    })
+}
+
+/// One batch read back from the spool.
+#[derive(Debug, Default)]
+pub struct Spooled {
+    /// Its id; `None` for lines spooled before batches had ids.
+    pub id: Option<BatchId>,
+    /// Its links' sequence numbers, so the replay counts its taps where the first attempt did
+    /// (a link's counter array rather than its hash): on a Redis Cluster each of a batch's
+    /// counter groups is applied once by its own mark, so a replay must group them alike.
+    pub seqs: Vec<(String, u64)>,
+    pub events: Vec<Event>,
+    /// The spool position after it.
+    pub end: u64,
 }
 
 /// `<data>/deadletter.jsonl`: commands the store refused for good, one JSON object per line
@@ -158,36 +191,37 @@ impl Spool {
     /// [`super::Batch::spool_lines`]) and events, and the position after them. Lines without a
     /// header (a spool written before batches had ids) come back in runs of at most `max`, with no
     /// id. A line that does not parse (a torn write) is skipped.
-    pub fn read_batch(&self, max: usize) -> std::io::Result<(Option<BatchId>, Vec<Event>, u64)> {
+    pub fn read_batch(&self, max: usize) -> std::io::Result<Spooled> {
         let mut f = File::open(&self.path)?;
         f.seek(SeekFrom::Start(self.offset))?;
         let mut reader = BufReader::new(f);
-        let mut out = Vec::new();
-        let mut pos = self.offset;
+        let mut out = Spooled {
+            end: self.offset,
+            ..Spooled::default()
+        };
         let mut line = String::new();
-        let mut id = None;
         let mut want = max;
-        while out.len() < want {
+        while out.events.len() < want {
             line.clear();
             let n = reader.read_line(&mut line)?;
             if n == 0 || !line.ends_with('\n') {
                 break;
             }
-            if let Some((batch, events)) = batch_header(&line) {
-                if pos > self.offset {
+            if let Some(header) = batch_header(&line) {
+                if out.end > self.offset {
                     break; // the next batch starts here
                 }
-                pos += n as u64;
-                (id, want) = (batch, events);
+                out.end += n as u64;
+                (out.id, want, out.seqs) = (header.id, header.events, header.seqs);
                 continue;
             }
-            pos += n as u64;
+            out.end += n as u64;
             match serde_json::from_str::<Event>(line.trim_end()) {
-                Ok(e) => out.push(e),
+                Ok(e) => out.events.push(e),
                 Err(e) => tracing::warn!(error = %e, "skipping an unreadable spool line"),
             }
         }
-        Ok((id, out, pos))
+        Ok(out)
     }
 
     /// Marks everything before `pos` delivered; an emptied spool is truncated.
@@ -233,7 +267,12 @@ mod tests {
         assert!(!s.pending());
         s.append(&lines(7, &(0..3).map(ev).collect::<Vec<_>>())).unwrap();
         s.append(&lines(8, &(3..5).map(ev).collect::<Vec<_>>())).unwrap();
-        let (id, first, pos) = s.read_batch(100).unwrap();
+        let Spooled {
+            id,
+            events: first,
+            end: pos,
+            ..
+        } = s.read_batch(100).unwrap();
         assert_eq!(id.map(|i| i.seq), Some(7));
         let ids: Vec<_> = first.iter().map(|e| e.id.as_str()).collect();
         assert_eq!(ids, ["e0", "e1", "e2"], "one batch at a time");
@@ -242,14 +281,14 @@ mod tests {
         // A restart starts replay from the beginning of what is left in the file, under the
         // same ids, so the store can tell what already landed.
         let mut s = Spool::open(&dir).unwrap();
-        let (id, again, _) = s.read_batch(100).unwrap();
-        assert_eq!((id.map(|i| i.seq), again.len()), (Some(7), 3));
+        let again = s.read_batch(100).unwrap();
+        assert_eq!((again.id.map(|i| i.seq), again.events.len()), (Some(7), 3));
         let mut pos = 0;
         let mut seqs = Vec::new();
         while s.pending() {
-            let (id, _, next) = s.read_batch(100).unwrap();
-            seqs.push(id.unwrap().seq);
-            pos = next;
+            let next = s.read_batch(100).unwrap();
+            seqs.push(next.id.unwrap().seq);
+            pos = next.end;
             s.advance(pos).unwrap();
         }
         assert_eq!(seqs, [7, 8]);
@@ -268,11 +307,11 @@ mod tests {
         legacy.push_event(&ev(1));
         s.append(&legacy.lines()).unwrap();
         s.append(&lines(3, &[ev(2)])).unwrap();
-        let (id, events, pos) = s.read_batch(100).unwrap();
-        assert_eq!((id, events.len()), (None, 2), "up to the next header");
-        s.advance(pos).unwrap();
-        let (id, events, _) = s.read_batch(100).unwrap();
-        assert_eq!((id.map(|i| i.seq), events.len()), (Some(3), 1));
+        let legacy = s.read_batch(100).unwrap();
+        assert_eq!((legacy.id, legacy.events.len()), (None, 2), "up to the next header");
+        s.advance(legacy.end).unwrap();
+        let next = s.read_batch(100).unwrap();
+        assert_eq!((next.id.map(|i| i.seq), next.events.len()), (Some(3), 1));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

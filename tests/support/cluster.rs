@@ -4,11 +4,16 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::{RedisGuard, TempDir, free_port};
+use super::{RedisGuard, TempDir, free_port, stream_entries_on};
+
+/// Stream keys linkgate writes on a cluster when `LINKGATE_STREAM_SHARDS` is unset.
+pub(crate) const CLUSTER_STREAM_SHARDS: u32 = 16;
 
 pub(crate) struct ClusterGuard {
     /// Masters first (as `redis-cli --cluster create` assigns them), then their replicas.
     pub nodes: Vec<RedisGuard>,
+    /// Each node's `redis-server` arguments (port, bus port, nodes file), to restart it.
+    args: Vec<Vec<String>>,
     _dir: TempDir,
 }
 
@@ -17,33 +22,37 @@ impl ClusterGuard {
     /// replica has synced (about 2–3 s).
     pub(crate) fn start() -> Self {
         let dir = TempDir::new();
-        let nodes: Vec<RedisGuard> = (0..6)
+        let args: Vec<Vec<String>> = (0..6)
             .map(|_| {
                 let port = free_port();
                 let conf = dir.0.join(format!("nodes-{port}.conf")).to_string_lossy().to_string();
-                RedisGuard::spawn(
-                    port,
-                    &[
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "no",
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        &conf,
-                        "--cluster-port",
-                        &free_port().to_string(),
-                        "--cluster-node-timeout",
-                        "2000",
-                        "--repl-diskless-sync-delay",
-                        "0",
-                        "--dir",
-                        &dir.0.to_string_lossy(),
-                    ],
-                )
+                let bus = free_port().to_string();
+                let dir = dir.0.to_string_lossy().to_string();
+                [
+                    "--port",
+                    &port.to_string(),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    &conf,
+                    "--cluster-port",
+                    &bus,
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--repl-diskless-sync-delay",
+                    "0",
+                    "--dir",
+                    &dir,
+                ]
+                .map(String::from)
+                .to_vec()
             })
             .collect();
+        let nodes: Vec<RedisGuard> = args.iter().map(|a| spawn_node(a)).collect();
         let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
         let out = Command::new("redis-cli")
             .args(["--cluster", "create"])
@@ -56,9 +65,66 @@ impl ClusterGuard {
             "cluster create: {}",
             String::from_utf8_lossy(&out.stdout)
         );
-        let guard = Self { nodes, _dir: dir };
+        let guard = Self { nodes, args, _dir: dir };
         guard.wait_healthy(Duration::from_secs(20));
         guard
+    }
+
+    /// Waits until killed node `i` is marked failed and another node serves its slots (its
+    /// replica was promoted), then until the cluster is healthy.
+    pub(crate) fn wait_failover(&self, i: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        let port = format!("127.0.0.1:{}@", self.nodes[i].port);
+        let alive = self.nodes.iter().find(|n| n.alive()).expect("a live node");
+        loop {
+            let nodes = alive.cmd_text(&["CLUSTER", "NODES"]);
+            let line = nodes.lines().find(|l| l.contains(&port)).expect("the node is known");
+            let f: Vec<&str> = line.split(' ').collect();
+            if f[2].contains("fail") && !f[2].contains("fail?") && f.len() <= 8 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no failover within {within:?}:\n{nodes}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.wait_healthy(deadline.saturating_duration_since(Instant::now()));
+    }
+
+    /// Waits until every live replica has everything its master had when this was called.
+    pub(crate) fn wait_replicated(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        for master in self.nodes.iter().filter(|n| n.alive()) {
+            let info = master.info("replication");
+            if !info.contains("role:master") {
+                continue;
+            }
+            let field = |text: &str, name: &str| -> i64 {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+                    .unwrap_or(-1)
+            };
+            let offset = field(&info, "master_repl_offset:");
+            for replica in self.nodes.iter().filter(|n| n.alive()) {
+                loop {
+                    let r = replica.info("replication");
+                    let follows = r.contains(&format!("master_port:{}\r", master.port));
+                    if !follows || field(&r, "slave_repl_offset:") >= offset {
+                        break;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "replica {} behind within {within:?}",
+                        replica.port
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+
+    /// Starts node `i` again after it was killed, on its port with its nodes file: a master that
+    /// failed over comes back as its successor's replica.
+    pub(crate) fn restart(&mut self, i: usize) {
+        self.nodes[i] = spawn_node(&self.args[i]);
     }
 
     /// Waits until every live node sees all slots served and every live replica has synced.
@@ -104,6 +170,15 @@ impl ClusterGuard {
             .unwrap()
     }
 
+    /// Every event on the default stream shards (`linkgate:events:{0}` … `{15}`), as
+    /// `(type, json)`.
+    pub(crate) fn events(&self) -> Vec<(String, serde_json::Value)> {
+        let mut conn = self.conn();
+        (0..CLUSTER_STREAM_SHARDS)
+            .flat_map(|i| stream_entries_on(&mut conn, &format!("linkgate:events:{{{i}}}")))
+            .collect()
+    }
+
     /// The index in [`ClusterGuard::nodes`] of the master serving `key` now.
     pub(crate) fn master_of(&self, key: &str) -> usize {
         let alive = self.nodes.iter().find(|n| n.alive()).expect("a live node");
@@ -127,4 +202,11 @@ impl ClusterGuard {
         }
         panic!("no master serves slot {slot}");
     }
+}
+
+/// A cluster node from its arguments (the first two are `--port <port>`).
+fn spawn_node(args: &[String]) -> RedisGuard {
+    let port: u16 = args[1].parse().unwrap();
+    let rest: Vec<&str> = args[2..].iter().map(String::as_str).collect();
+    RedisGuard::spawn(port, &rest)
 }

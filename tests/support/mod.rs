@@ -692,7 +692,7 @@ impl Env {
     pub(crate) fn events(&self) -> Vec<Value> {
         let entries = match (&self.redis, &self.cluster) {
             (Some(r), _) => stream_entries(&r.url(), "linkgate:events"),
-            (None, Some(c)) => stream_entries_on(&mut c.conn(), "linkgate:events"),
+            (None, Some(c)) => c.events(),
             (None, None) => return log_entries(&self.dir.0),
         };
         entries.into_iter().map(|(_, v)| v).collect()

@@ -167,25 +167,29 @@ fn watch_single(client: Client, handler: InvalidationHandler) {
 
 /// How often a cluster subscriber publishes an empty heartbeat on the invalidation channel, and
 /// how long it may hear nothing (not even its own heartbeat) before it takes its subscription for
-/// lost: the node serving it failed, say, and the client has not moved it yet.
-const HEARTBEAT: Duration = Duration::from_millis(500);
-const HEARTBEAT_LOST: Duration = Duration::from_secs(2);
+/// lost: the node serving it died, say, and the client has not moved it yet. Every subscriber
+/// hears every replica's heartbeats, so with many replicas silence is rarer still.
+const HEARTBEAT: Duration = Duration::from_millis(250);
+const HEARTBEAT_LOST: Duration = Duration::from_millis(1_000);
 
 /// Subscribes to the sharded invalidation channel of a cluster (`SSUBSCRIBE`, served by the
 /// channel's slot's master) through the cluster client, which moves the subscription when the
-/// slot moves or its master fails over. Each time it did (a later `ssubscribe` push), and each
-/// time the heartbeat went silent and the subscription was rebuilt, every cached link is dropped.
+/// slot moves. Each time it did (a later `ssubscribe` push), and each time the heartbeat went
+/// silent and the subscription was made anew (until the failover is over, that fails and is
+/// tried again every 250 ms), every cached link is dropped: what was published meanwhile is
+/// lost.
 fn watch_cluster(nodes: Vec<String>, tls: crate::tls::RedisTls, handler: InvalidationHandler) {
     tokio::spawn(async move {
         let mut first = true;
         loop {
-            let (tx, mut pushes) = tokio::sync::mpsc::unbounded_channel::<redis::PushInfo>();
+            let (tx, pushes) = tokio::sync::mpsc::unbounded_channel::<redis::PushInfo>();
             let subscribed = async {
                 let client = tls.cluster_client(&nodes, |b| {
                     b.use_protocol(redis::ProtocolVersion::RESP3)
                         .push_sender(tx)
                         .connection_timeout(STORE_CONNECT_TIMEOUT)
-                        .response_timeout(STORE_RESPONSE_TIMEOUT)
+                        .response_timeout(HEARTBEAT_LOST)
+                        .overall_response_timeout(Some(HEARTBEAT_LOST))
                 })?;
                 let mut conn = client.get_async_connection().await?;
                 conn.ssubscribe(INVALIDATE_CHANNEL).await?;
@@ -193,58 +197,69 @@ fn watch_cluster(nodes: Vec<String>, tls: crate::tls::RedisTls, handler: Invalid
             }
             .await;
             match subscribed {
-                Ok(mut conn) => {
+                Ok(conn) => {
                     if !first {
                         handler(Invalidation::All);
                     }
                     first = false;
-                    let (mut heard, mut confirmed) = (tokio::time::Instant::now(), false);
-                    let mut beat = tokio::time::interval(HEARTBEAT);
-                    loop {
-                        tokio::select! {
-                            push = pushes.recv() => {
-                                let Some(push) = push else { break };
-                                match push.kind {
-                                    redis::PushKind::SMessage => {
-                                        heard = tokio::time::Instant::now();
-                                        match push.data.get(1).cloned().map(bytes_of) {
-                                            Some(Some(code)) if !code.is_empty() => {
-                                                handler(Invalidation::Code(String::from_utf8_lossy(&code).into_owned()));
-                                            }
-                                            _ => {}
-                                        }
-                                    }
-                                    redis::PushKind::SSubscribe => {
-                                        heard = tokio::time::Instant::now();
-                                        // The first confirms our own `ssubscribe`; later ones are
-                                        // the client's re-subscriptions after a gap.
-                                        if confirmed {
-                                            handler(Invalidation::All);
-                                        }
-                                        confirmed = true;
-                                    }
-                                    _ => {}
-                                }
-                            }
-                            _ = beat.tick() => {
-                                if heard.elapsed() > HEARTBEAT_LOST {
-                                    tracing::warn!("invalidation heartbeat lost; subscribing again");
-                                    break;
-                                }
-                                let _: Result<Value, _> = redis::cmd("SPUBLISH")
-                                    .arg(INVALIDATE_CHANNEL)
-                                    .arg("")
-                                    .query_async(&mut conn)
-                                    .await;
-                            }
-                        }
-                    }
+                    listen(conn, pushes, &handler).await;
+                    tracing::warn!("invalidation heartbeat lost; subscribing again");
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot subscribe to invalidations; retrying"),
+                Err(e) => tracing::debug!(error = %e, "cannot subscribe to invalidations; retrying"),
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     });
+}
+
+/// Hands the subscription's messages to `handler` until it falls silent for [`HEARTBEAT_LOST`].
+/// Heartbeats are sent from their own tasks, so a publish stuck on a dead node never holds up
+/// the listening.
+async fn listen(
+    conn: redis::cluster_async::ClusterConnection,
+    mut pushes: tokio::sync::mpsc::UnboundedReceiver<redis::PushInfo>,
+    handler: &InvalidationHandler,
+) {
+    let (mut heard, mut confirmed) = (tokio::time::Instant::now(), false);
+    let mut beat = tokio::time::interval(HEARTBEAT);
+    loop {
+        tokio::select! {
+            push = pushes.recv() => {
+                let Some(push) = push else { return };
+                match push.kind {
+                    redis::PushKind::SMessage => {
+                        heard = tokio::time::Instant::now();
+                        if let Some(Some(code)) = push.data.get(1).cloned().map(bytes_of) {
+                            if !code.is_empty() {
+                                handler(Invalidation::Code(String::from_utf8_lossy(&code).into_owned()));
+                            }
+                        }
+                    }
+                    redis::PushKind::SSubscribe => {
+                        heard = tokio::time::Instant::now();
+                        // The first confirms our own `ssubscribe`; later ones are the client's
+                        // re-subscriptions after a gap.
+                        if confirmed {
+                            handler(Invalidation::All);
+                        }
+                        confirmed = true;
+                    }
+                    _ => {}
+                }
+            }
+            _ = beat.tick() => {
+                if heard.elapsed() > HEARTBEAT_LOST {
+                    return;
+                }
+                let mut conn = conn.clone();
+                tokio::spawn(async move {
+                    let mut publish = redis::cmd("SPUBLISH");
+                    publish.arg(INVALIDATE_CHANNEL).arg("");
+                    let _ = tokio::time::timeout(HEARTBEAT_LOST, publish.query_async::<Value>(&mut conn)).await;
+                });
+            }
+        }
+    }
 }
 
 impl RedisStore {

@@ -85,10 +85,14 @@ enum Backend {
 }
 
 /// How long the store waits to connect and for a reply (the cluster client also re-sends a
-/// command up to [`STORE_RETRIES`] times across `MOVED`, reconnections and failovers).
+/// command up to [`CLUSTER_RETRIES`] times across `MOVED`, reconnections and failovers, all
+/// within the reply's time: redis-rs's per-request timeout alone does not cover a request
+/// waiting for the client to find a slot's new master).
 const STORE_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const STORE_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 const STORE_RETRIES: u32 = 2;
+/// A cluster command's re-sends: enough to follow a `MOVED` after a failover.
+const CLUSTER_RETRIES: u32 = 4;
 
 /// An id as it appears inside a key: `%`, `{`, `}` and `:` percent-escaped (everything else as
 /// is). A key's components are separated by `:` and its hash tag is in braces, so with these four
@@ -191,7 +195,8 @@ impl RedisStore {
                 client: Box::new(tls.cluster_client(&nodes, |b| {
                     b.connection_timeout(STORE_CONNECT_TIMEOUT)
                         .response_timeout(STORE_RESPONSE_TIMEOUT)
-                        .retries(STORE_RETRIES)
+                        .overall_response_timeout(Some(STORE_RESPONSE_TIMEOUT))
+                        .retries(CLUSTER_RETRIES)
                 })?),
                 nodes,
                 tls: tls.clone(),

@@ -209,3 +209,57 @@ fn header_text_is_truncated_on_a_char_boundary_and_escaped() {
     let odd: String = serde_json::from_str(&header_json(b"a\"b\\c\xff")).unwrap();
     assert_eq!(odd, "a\"b\\c\u{FFFD}", "quotes survive, invalid UTF-8 is replaced");
 }
+
+#[test]
+fn a_batch_rebuilt_from_the_spool_updates_the_same_counters_in_the_same_groups() {
+    let interner = Interner::default();
+    let mut ip = IpHasher::new(b"secret");
+    let mut memo = BatchMemo::default();
+    let mut batch = Batch::default();
+    batch.id = crate::attribution::model::BatchId {
+        replica: "r1".into(),
+        seq: 9,
+    };
+    for (code, seq, agent) in [
+        ("persona1", 7, Agent::Human),
+        ("persona1", 7, Agent::Human),
+        ("qrcode01", 70_000, Agent::Bot),
+        ("qrcode02", 3, Agent::Human),
+    ] {
+        let mut t = tap(&interner, code, agent, None);
+        t.seq = seq;
+        batch.push_click(&t, &mut memo, &interner, &mut ip);
+    }
+    // Each command as its key and its operations (a counter array's increments come in no
+    // particular order).
+    let commands = |b: &Batch| {
+        let mut out: Vec<(Vec<Vec<u8>>, Vec<Vec<Vec<u8>>>)> = Vec::new();
+        crate::store::redis::counter_updates(&b.counters, |args| {
+            let args: Vec<Vec<u8>> = args.iter().map(|a| a.to_vec()).collect();
+            let (head, ops) = args.split_at(2);
+            let width = if head[0] == b"BITFIELD" { 4 } else { ops.len().max(1) };
+            let mut ops: Vec<Vec<Vec<u8>>> = ops.chunks(width).map(<[Vec<u8>]>::to_vec).collect();
+            ops.sort();
+            out.push((head.to_vec(), ops));
+        });
+        out.sort();
+        out
+    };
+    let dir = std::env::temp_dir().join(format!("linkgate-spool-seqs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut spool = crate::stream::log::Spool::open(&dir).unwrap();
+    spool.append(&batch.spool_lines()).unwrap();
+    let back = spool.read_batch(100).unwrap();
+    let mut replayed = Batch::default();
+    for e in &back.events {
+        replayed.push_event(e);
+    }
+    replayed.restore_seqs(&back.seqs);
+    assert_eq!(back.id, Some(batch.id.clone()));
+    assert_eq!(
+        commands(&replayed),
+        commands(&batch),
+        "taps counted in their links' arrays, as the first attempt did"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
