@@ -215,10 +215,12 @@ fn a_batch_rebuilt_from_the_spool_updates_the_same_counters_in_the_same_groups()
     let interner = Interner::default();
     let mut ip = IpHasher::new(b"secret");
     let mut memo = BatchMemo::default();
-    let mut batch = Batch::default();
-    batch.id = crate::attribution::model::BatchId {
-        replica: "r1".into(),
-        seq: 9,
+    let mut batch = Batch {
+        id: crate::attribution::model::BatchId {
+            replica: "r1".into(),
+            seq: 9,
+        },
+        ..Batch::default()
     };
     for (code, seq, agent) in [
         ("persona1", 7, Agent::Human),
@@ -230,15 +232,16 @@ fn a_batch_rebuilt_from_the_spool_updates_the_same_counters_in_the_same_groups()
         t.seq = seq;
         batch.push_click(&t, &mut memo, &interner, &mut ip);
     }
-    // Each command as its key and its operations (a counter array's increments come in no
-    // particular order).
+    // Each command as its name and key, and its operations (a counter array's increments come in
+    // no particular order).
+    type Args = Vec<Vec<u8>>;
     let commands = |b: &Batch| {
-        let mut out: Vec<(Vec<Vec<u8>>, Vec<Vec<Vec<u8>>>)> = Vec::new();
+        let mut out: Vec<(Args, Vec<Args>)> = Vec::new();
         crate::store::redis::counter_updates(&b.counters, |args| {
             let args: Vec<Vec<u8>> = args.iter().map(|a| a.to_vec()).collect();
             let (head, ops) = args.split_at(2);
             let width = if head[0] == b"BITFIELD" { 4 } else { ops.len().max(1) };
-            let mut ops: Vec<Vec<Vec<u8>>> = ops.chunks(width).map(<[Vec<u8>]>::to_vec).collect();
+            let mut ops: Vec<Args> = ops.chunks(width).map(<[Vec<u8>]>::to_vec).collect();
             ops.sort();
             out.push((head.to_vec(), ops));
         });
