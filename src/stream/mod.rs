@@ -5,7 +5,8 @@
 //! counter increments, the lead candidates), opens leads for first human taps, and hands the batch
 //! to an [`EventSink`]: [`RedisStreamSink`] (one pipeline: every `XADD`, one `XTRIM … MAXLEN ~`
 //! per stream shard written and a script applying the counter updates, on its own
-//! [`crate::resp`] connection) or
+//! [`crate::resp`] connection), [`cluster::ClusterStreamSink`] (the same on a Redis Cluster, one
+//! pipeline per slot through redis-rs's cluster client) or
 //! [`LogSink`] (the embedded event log plus counters in redb).
 //!
 //! Every batch has an id (this batcher's random replica id and the batch's number), and the store

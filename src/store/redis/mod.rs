@@ -18,6 +18,7 @@
 //! | `lg:counts:{<n>}` | string | counter array (`BITFIELD`) of links numbered `n × 65,536` up to the next: per link, `i64` human clicks, bot clicks and leads counted by live taps; a link's stats add these to its hash's |
 //! | `lg:lb:{<campaign>}:leads` (`:conversions`, `:revenue`) | zset | owners scored for the leaderboards |
 //! | `lg:applied:{<replica>}` | string | the highest batch number of that batcher applied (`APPLY_ONCE`), `EX` 7 days |
+//! | `lg:applied:{<tag>}:<replica>` | string | on a Redis Cluster, the same per counter hash tag (a counter array's `n`, a campaign, a code): each tag's counters of a batch apply once, in its slot ([`crate::stream::cluster`]) |
 //! | `LINKGATE_STREAM` (default `linkgate:events`), or `<stream>:{0}` … with `LINKGATE_STREAM_SHARDS` | stream | events, fields `type` and `json`, `MAXLEN ~` capped per key; a code's events on one shard ([`crate::stream_shard`]) |
 //!
 //! Ids inside keys are escaped ([`esc`]: `%`, `{`, `}`, `:` as `%25`, `%7B`, `%7D`, `%3A`), so
