@@ -32,6 +32,20 @@ pub(crate) const MAX_BULK_BODY_BYTES: usize = 64 * 1024 * 1024;
 
 pub(crate) type ApiResult = Result<Response<Body>, ApiError>;
 
+/// The OpenAPI 3.1 document of this API, served at `GET /v1/openapi.json`. Written by hand
+/// (schemas included) and kept true by tests: `tests/openapi.rs` compares its paths with the
+/// routes of [`dispatch`], and CI runs schemathesis against a running server with it.
+pub(crate) const OPENAPI: &str = include_str!("openapi.json");
+
+fn openapi() -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "public, max-age=300")
+        .body(Body::from_static(OPENAPI.as_bytes()))
+        .unwrap_or_else(|_| Response::new(Body::empty()))
+}
+
 pub(crate) async fn handle<B>(app: &App, req: Request<B>) -> Response<Body>
 where
     B: http_body::Body<Data = Bytes>,
@@ -50,6 +64,13 @@ where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<crate::body::BoxError>,
 {
+    // The contract is public, like the rest of the documentation.
+    if req.uri().path() == "/v1/openapi.json" {
+        return match *req.method() {
+            Method::GET | Method::HEAD => Ok(openapi()),
+            _ => Err(ApiError::method_not_allowed()),
+        };
+    }
     let key = authenticate(app, req.headers())?;
     if let Some(limiter) = &app.rate_limiter {
         limiter.check(key)?;
