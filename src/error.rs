@@ -73,6 +73,8 @@ pub struct ApiError {
     pub details: Vec<Value>,
     /// Seconds to send as `Retry-After` (rate limits).
     pub retry_after: Option<u64>,
+    /// The methods the path takes, sent as `Allow` with a 405 (RFC 9110).
+    pub allow: Option<&'static str>,
 }
 
 impl ApiError {
@@ -82,6 +84,7 @@ impl ApiError {
             message: message.into(),
             details: Vec::new(),
             retry_after: None,
+            allow: None,
         }
     }
 
@@ -100,8 +103,15 @@ impl ApiError {
     pub fn not_found(what: &str) -> Self {
         Self::new(ErrorCode::NotFound, format!("{what} not found"))
     }
-    pub fn method_not_allowed() -> Self {
-        Self::new(ErrorCode::MethodNotAllowed, "method not allowed on this path")
+    /// A 405 naming the methods the path does take (`allow`, e.g. `"GET, POST"`).
+    pub fn method_not_allowed(allow: &'static str) -> Self {
+        Self {
+            allow: Some(allow),
+            ..Self::new(
+                ErrorCode::MethodNotAllowed,
+                format!("method not allowed on this path (allowed: {allow})"),
+            )
+        }
     }
     pub fn code_taken(code: &str) -> Self {
         Self::new(ErrorCode::CodeTaken, format!("the code `{code}` is already taken"))
@@ -122,6 +132,7 @@ impl ApiError {
             message,
             details: errors.iter().map(FieldError::to_json).collect(),
             retry_after: None,
+            allow: None,
         }
     }
     pub fn field(field: &str, message: impl Into<String>) -> Self {
@@ -143,6 +154,10 @@ impl ApiError {
         let mut r = crate::body::json(self.status(), self.body());
         if let Some(secs) = self.retry_after {
             r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(allow) = self.allow {
+            r.headers_mut()
+                .insert(http::header::ALLOW, HeaderValue::from_static(allow));
         }
         r
     }

@@ -300,3 +300,31 @@ async fn real_answers_match_their_documented_schemas() {
     let deleted = s.api("DELETE", "/v1/links/doc123", None).await;
     assert!(doc["paths"]["/v1/links/{code}"]["delete"]["responses"][deleted.status.as_str()].is_object());
 }
+
+/// A method a path does not take answers 405 with `Allow` naming exactly the methods the
+/// document gives that path (RFC 9110).
+#[tokio::test]
+async fn a_405_names_the_documented_methods_in_allow() {
+    let doc = document();
+    let env = Env::new(Backend::Embedded);
+    let s = TestServer::start(&env).await;
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        let uri = path.replace("{code}", "abc123").replace("{id}", "x1");
+        let r = s.api("TRACE", &uri, None).await;
+        assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "TRACE {uri}");
+        let mut allowed: Vec<String> = r
+            .header("allow")
+            .unwrap_or_else(|| panic!("TRACE {uri}: no Allow header"))
+            .split(", ")
+            .map(String::from)
+            .filter(|m| m != "HEAD")
+            .collect();
+        allowed.sort();
+        let mut documented: Vec<String> = ops.as_object().unwrap().keys().map(|m| m.to_uppercase()).collect();
+        documented.sort();
+        assert_eq!(allowed, documented, "{uri}");
+    }
+    let edge = s.api("POST", "/abc123", None).await;
+    assert_eq!(edge.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(edge.header("allow"), Some("GET, HEAD"));
+}

@@ -68,7 +68,7 @@ where
     if req.uri().path() == "/v1/openapi.json" {
         return match *req.method() {
             Method::GET | Method::HEAD => Ok(openapi()),
-            _ => Err(ApiError::method_not_allowed()),
+            _ => Err(ApiError::method_not_allowed("GET, HEAD")),
         };
     }
     let key = authenticate(app, req.headers())?;
@@ -97,14 +97,17 @@ where
         (&Method::GET, ["leads"]) => leads::list(app, key, req.uri().query()).await,
         (&Method::GET, ["leads", id]) => leads::get(app, key, id).await,
         (&Method::POST, ["conversions"]) => conversions::create(app, key, req).await,
+        (_, ["links" | "leads"]) => Err(ApiError::method_not_allowed("GET, POST")),
+        (_, ["partners" | "campaigns" | "conversions"] | ["links", "bulk"]) => {
+            Err(ApiError::method_not_allowed("POST"))
+        }
+        (_, ["links", _]) => Err(ApiError::method_not_allowed("GET, PATCH, DELETE")),
         (
             _,
-            ["links" | "partners" | "campaigns" | "leads" | "conversions"]
-            | ["links", "bulk"]
-            | ["links" | "partners" | "campaigns" | "leads", _]
+            ["partners" | "campaigns" | "leads", _]
             | ["links", _, "qr" | "stats"]
             | ["campaigns", _, "stats" | "leaderboard"],
-        ) => Err(ApiError::method_not_allowed()),
+        ) => Err(ApiError::method_not_allowed("GET")),
         _ => Err(ApiError::not_found("API route")),
     }
 }

@@ -30,7 +30,7 @@ where
         return resp;
     }
     if !get_like {
-        let resp = ApiError::method_not_allowed().response();
+        let resp = ApiError::method_not_allowed("GET, HEAD").response();
         app.metrics.record(RouteClass::Redirect, resp.status());
         return resp;
     }
