@@ -161,3 +161,61 @@ async fn a_replica_started_before_redis_is_not_ready_until_redis_answers() {
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
     assert_eq!(s.get("/early").await.location(), "https://a.example/");
 }
+
+/// Links minted together share a stored template (`lg:tpl:…`): a replica that never saw the
+/// template reads each link whole, and a change to one link leaves the others as they were.
+#[tokio::test]
+async fn links_minted_together_read_whole_on_another_replica() {
+    let env = Env::new(Backend::Redis);
+    let a = TestServer::start(&env).await;
+    let b = TestServer::start(&env).await;
+    let body = json!({"defaults": {"destination": "https://shop.example/spring", "campaign_id": "tpl", "owner_id": "sam", "kind": "sms"},
+        "links": [{"recipient_id": "r1"}, {"recipient_id": "r2"}, {"recipient_id": "r3", "destination": "https://own.example/"}]});
+    let r = a.api("POST", "/v1/links/bulk", Some(body)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let minted = r.json()["links"].as_array().unwrap().clone();
+    let redis = env.redis.as_ref().unwrap();
+    let templates = redis.cmd(&["KEYS", "lg:tpl:*"]);
+    assert!(
+        matches!(&templates, redis::Value::Array(t) if t.len() == 1),
+        "one template: {templates:?}"
+    );
+    for (m, (recipient, destination)) in minted.iter().zip([
+        ("r1", "https://shop.example/spring"),
+        ("r2", "https://shop.example/spring"),
+        ("r3", "https://own.example/"),
+    ]) {
+        let code = m["code"].as_str().unwrap();
+        let link = b.api("GET", &format!("/v1/links/{code}"), None).await.json();
+        assert_eq!(
+            (
+                &link["recipient_id"],
+                &link["destination"],
+                &link["owner_id"],
+                &link["kind"]
+            ),
+            (&json!(recipient), &json!(destination), &json!("sam"), &json!("sms")),
+            "{link}"
+        );
+        assert!(b.get(&format!("/{code}")).await.location().starts_with(destination));
+    }
+    let first = minted[0]["code"].as_str().unwrap();
+    let r = b
+        .api(
+            "PATCH",
+            &format!("/v1/links/{first}"),
+            Some(json!({"destination": "https://v2.example/"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let second = minted[1]["code"].as_str().unwrap();
+    assert_eq!(
+        a.api("GET", &format!("/v1/links/{second}"), None).await.json()["destination"],
+        "https://shop.example/spring",
+        "the template is unchanged"
+    );
+    assert_eq!(
+        a.api("GET", &format!("/v1/links/{first}"), None).await.json()["destination"],
+        "https://v2.example/"
+    );
+}

@@ -27,9 +27,19 @@ pub(crate) const ADMIN_KEY: &str = "test-admin-key-0123456789";
 pub(crate) const READ_KEY: &str = "test-read-key-0123456789";
 pub(crate) const CLICK_SECRET: &str = "test-click-secret-0123456789";
 
-/// A loopback port nobody is listening on right now.
+/// A loopback port nobody is listening on right now, for a server a test starts. Drawn below
+/// Linux's ephemeral range (32768 and up), where the outgoing connections of a busy test take
+/// their local ports, so none of them can take it before the server binds it; and never the same
+/// one twice in a test process.
 pub(crate) fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let start = 20_000 + (u64::from(std::process::id()) * 7_919) % 12_000;
+    loop {
+        let port = (20_000 + (start - 20_000 + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000) as u16;
+        if StdListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A redis-server child process on a free port, killed on drop.

@@ -25,7 +25,7 @@ return 1
 impl LinkStore for RedisStore {
     async fn get_link(&self, code: &str) -> Result<Option<Link>, StoreError> {
         let bytes: Option<Vec<u8>> = self.conn().await?.get(link_key(code)).await?;
-        stored_link(code, bytes)
+        self.stored_link(code, bytes).await
     }
 
     /// Mints in five steps, each one pipelined round trip or a few: (1) refuse custom codes
@@ -78,7 +78,7 @@ impl LinkStore for RedisStore {
             .arg("GET")
             .query_async(&mut self.conn().await?)
             .await?;
-        let Some(link) = stored_link(code, old)? else {
+        let Some(link) = self.stored_link(code, old).await? else {
             return Ok(false);
         };
         if let Some((c, r)) = link.recipient_key() {
@@ -344,12 +344,22 @@ impl RedisStore {
         let mut written = Vec::with_capacity(todo.len());
         let custom_set: HashSet<usize> = custom.iter().copied().collect();
         while !todo.is_empty() {
+            let planned = templates::records(&todo.iter().map(|&i| &links[i]).collect::<Vec<_>>());
+            // Templates first (named by their content, so writing one again changes nothing):
+            // no reader ever finds a link whose template is not there yet.
+            let writes = planned
+                .templates
+                .iter()
+                .map(|(key, t)| redis::cmd("SET").arg(key).arg(t).arg("NX").clone())
+                .collect();
+            self.run_chunked(writes).await?;
             let cmds = todo
                 .iter()
-                .map(|&i| {
+                .zip(&planned.records)
+                .map(|(&i, record)| {
                     redis::cmd("SET")
                         .arg(link_key(&links[i].code))
-                        .arg(encode_link(&links[i]))
+                        .arg(record)
                         .arg("NX")
                         .arg("GET")
                         .clone()
@@ -357,12 +367,12 @@ impl RedisStore {
                 .collect();
             let replies = self.run_chunked(cmds).await?;
             let mut retry = Vec::new();
-            for (&i, v) in todo.iter().zip(replies) {
+            for ((&i, v), record) in todo.iter().zip(replies).zip(&planned.records) {
                 // `SET … NX GET` answers the old value: none, or this very link when the client
                 // re-sent the command after Redis applied it (a cluster failover, say).
                 let ours = match bytes_of(v) {
                     None => true,
-                    Some(old) => old == encode_link(&links[i]),
+                    Some(old) => old == *record,
                 };
                 if ours {
                     written.push(i);

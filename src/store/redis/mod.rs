@@ -4,7 +4,8 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `lg:link:{<code>}` | string | the link in its compact JSON form (`store::encode_link`), or `-` once deleted (the code is retired); created with `SET NX`, the atomic claim of a code |
+//! | `lg:link:{<code>}` | string | the link in its compact JSON form (`store::encode_link`), or only its own fields and its template's id ([`templates`]), or `-` once deleted (the code is retired); created with `SET NX`, the atomic claim of a code |
+//! | `lg:tpl:{<id>}` | string | what links minted together share, stored once, named by its content's hash ([`templates`]); never changes |
 //! | `lg:rcpt:{<campaign>}` | hash | recipient id → the code of that recipient's link (`HSETNX` claim) |
 //! | `lg:seq` | string | link sequence counter (`INCRBY`, once per mint call): a link's slot in the counter arrays |
 //! | `lg:links:all`, `lg:links:c:{<campaign>}`, `lg:links:o:{<owner>}`, `lg:links:co:{<campaign>}:<owner>` | list | codes in minting order (`RPUSH`; deleted ones stay and are skipped); the paging cursor is a position |
@@ -35,6 +36,7 @@ mod attribution;
 mod conn;
 mod counters;
 mod links;
+mod templates;
 
 pub(crate) use self::counters::{APPLIED_TTL_SECS, APPLY_ONCE, applied_key, counter_updates};
 
@@ -70,6 +72,8 @@ const COUNTER_SLOTS: u64 = 3;
 
 pub struct RedisStore {
     backend: Backend,
+    /// The link templates this replica has read ([`templates`]).
+    templates: templates::Templates,
     /// Connected on first use, so linkgate starts (not ready) while Redis is still unreachable.
     conn: tokio::sync::OnceCell<Conn>,
 }
@@ -205,6 +209,7 @@ impl RedisStore {
         };
         let store = Self {
             backend,
+            templates: templates::Templates::default(),
             conn: tokio::sync::OnceCell::new(),
         };
         if let Err(e) = store.conn().await {
@@ -270,11 +275,39 @@ impl RedisStore {
             .map(|c| redis::cmd("GET").arg(link_key(c)).clone())
             .collect();
         let replies = self.run_chunked(cmds).await?;
-        codes
-            .iter()
-            .zip(replies)
-            .map(|(code, v)| stored_link(code, bytes_of(v)))
+        let records: Vec<Option<Vec<u8>>> = replies.into_iter().map(bytes_of).collect();
+        self.stored_links(codes.iter().map(String::as_str).zip(records)).await
+    }
+
+    /// The links stored under these codes (`None`: none, or deleted), reading the templates they
+    /// refer to that this replica has not read yet in one more round trip.
+    async fn stored_links<'a>(
+        &self,
+        records: impl IntoIterator<Item = (&'a str, Option<Vec<u8>>)>,
+    ) -> Result<Vec<Option<Link>>, StoreError> {
+        let records: Vec<(&str, Option<Vec<u8>>)> = records
+            .into_iter()
+            .map(|(code, b)| (code, b.filter(|b| b != TOMBSTONE)))
+            .collect();
+        let missing = self.templates.missing(records.iter().filter_map(|(_, b)| b.as_deref()));
+        if !missing.is_empty() {
+            let cmds = missing
+                .iter()
+                .map(|id| redis::cmd("GET").arg(templates::template_key(id)).clone())
+                .collect();
+            for (id, v) in missing.iter().zip(self.run_chunked(cmds).await?) {
+                self.templates.learn(id, bytes_of(v).as_deref())?;
+            }
+        }
+        records
+            .into_iter()
+            .map(|(code, b)| b.map(|b| self.templates.link(code, &b)).transpose())
             .collect()
+    }
+
+    /// The link stored under `code` as `bytes` (`None`: none, or deleted).
+    async fn stored_link(&self, code: &str, bytes: Option<Vec<u8>>) -> Result<Option<Link>, StoreError> {
+        Ok(self.stored_links([(code, bytes)]).await?.pop().flatten())
     }
 }
 
@@ -299,14 +332,6 @@ fn list_appends<'a>(appends: impl IntoIterator<Item = (String, &'a str)>) -> Vec
     }
     out.extend(lists.into_iter().filter(|(_, _, n)| *n > 0).map(|(_, cmd, _)| cmd));
     out
-}
-
-/// The link stored under `code`'s key: `None` when there is none or it was deleted.
-fn stored_link(code: &str, bytes: Option<Vec<u8>>) -> Result<Option<Link>, StoreError> {
-    match bytes {
-        Some(b) if b != TOMBSTONE => decode_link(code, &b).map(Some),
-        _ => Ok(None),
-    }
 }
 
 /// A reply read as `T`.
