@@ -332,3 +332,53 @@ async fn a_bulk_mint_of_100_000_links_on_the_cluster() {
     assert_eq!(s.get_ua(&format!("/{last}"), UA).await.status, StatusCode::FOUND);
     println!("100,000 links minted on the cluster in {took:?}");
 }
+
+/// A replica stalls (SIGSTOP) under `LINKGATE_REDIS_WAIT_REPLICAS=1`: the batches writing to its
+/// master are not confirmed, so they stay in the spool (counted) instead of being taken as
+/// delivered; once it resumes, every tap is streamed once and counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_replica_keeps_batches_in_the_spool_until_it_confirms() {
+    let env = Env::new(Backend::Cluster);
+    let wait = [
+        ("LINKGATE_REDIS_WAIT_REPLICAS", "1"),
+        ("LINKGATE_REDIS_WAIT_TIMEOUT", "100ms"),
+    ];
+    let s = TestServer::start_with(&env, &wait).await;
+    s.mint(json!({"destination": "https://a.example/", "code": "stall1", "campaign_id": "st"}))
+        .await;
+    let cluster = env.cluster.as_ref().unwrap();
+    cluster.wait_replicated(Duration::from_secs(10));
+    let replica = cluster.replica_of(cluster.master_of("lg:counts:{0}"));
+    cluster.nodes[replica].signal("STOP");
+    for _ in 0..20 {
+        assert_eq!(s.get_ua("/stall1", UA).await.status, StatusCode::FOUND);
+    }
+    eventually(
+        Duration::from_secs(10),
+        "an unconfirmed batch kept in the spool",
+        || async {
+            (metric(&s.app, "linkgate_batches_unreplicated_total") >= 1.0
+                && metric(&s.app, "linkgate_spool_bytes") > 0.0)
+                .then_some(())
+        },
+    )
+    .await;
+    cluster.nodes[replica].signal("CONT");
+    eventually(Duration::from_secs(20), "the spool drained", || async {
+        (metric(&s.app, "linkgate_spool_bytes") == 0.0).then_some(())
+    })
+    .await;
+    let clicks: HashSet<Value> = events(cluster)
+        .iter()
+        .filter(|e| e["type"] == "click")
+        .map(|e| e["click_id"].clone())
+        .collect();
+    assert_eq!(clicks.len(), 20, "every tap streamed");
+    let st = eventually(Duration::from_secs(5), "the counts", || async {
+        let st = stats(&s, "links/stall1").await;
+        (st["human_clicks"] == 20).then_some(st)
+    })
+    .await;
+    assert_eq!(st["clicks"], 20, "counted once");
+    assert_eq!(stats(&s, "campaigns/st").await["human_clicks"], 20);
+}

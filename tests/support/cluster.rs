@@ -179,6 +179,15 @@ impl ClusterGuard {
             .collect()
     }
 
+    /// The index in [`ClusterGuard::nodes`] of a live replica of node `master`.
+    pub(crate) fn replica_of(&self, master: usize) -> usize {
+        let follows = format!("master_port:{}\r", self.nodes[master].port);
+        self.nodes
+            .iter()
+            .position(|n| n.alive() && n.info("replication").contains(&follows))
+            .expect("the master has a replica")
+    }
+
     /// The index in [`ClusterGuard::nodes`] of the master serving `key` now.
     pub(crate) fn master_of(&self, key: &str) -> usize {
         let alive = self.nodes.iter().find(|n| n.alive()).expect("a live node");
