@@ -1,6 +1,7 @@
-//! linkgate on a real Redis Cluster (3 masters, 3 replicas): a master killed under load, three
-//! linkgate replicas sharing the cluster, invalidation after the subscription's node fails, and a
-//! bulk mint of 100,000 links. (The API and attribution suites also run on a cluster: `Backend::Cluster`.)
+//! linkgate on a real Redis Cluster (3 masters, 3 replicas): a master killed under load, a replica
+//! stalled under `WAIT`, three linkgate processes sharing the cluster, invalidation after the
+//! subscription's node fails, and a bulk mint of 100,000 links. (The API and attribution suites
+//! also run on a cluster: `Backend::Cluster`.)
 
 mod support;
 
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use serde_json::{Value, json};
-use support::{Backend, ClusterGuard, Env, TempDir, TestServer, eventually, metric, try_send};
+use support::{Backend, ClusterGuard, Env, TempDir, TestServer, eventually, metric, send, try_send};
 
 /// How soon every replica serves a change (SPEC).
 const COHERENCE: Duration = Duration::from_secs(1);
@@ -155,24 +156,74 @@ async fn a_master_killed_under_load_loses_no_tap_and_counts_stay_exact() {
     println!("failover in {failover:?}; {total} taps; {} stream entries", all.len());
 }
 
-/// Three linkgate processes' worth of replicas on one cluster: a campaign sent from all three at
-/// once gives each recipient one link, each link one lead however many replicas it is tapped on,
-/// an order reported to all three one conversion, the counters exact, and a change made on one
-/// replica served by the others within a second.
+/// A linkgate process (the real binary) on the cluster, killed on drop.
+struct Process {
+    addr: std::net::SocketAddr,
+    child: std::process::Child,
+    _dir: TempDir,
+}
+
+impl Process {
+    async fn start(cluster_url: &str) -> Self {
+        let dir = TempDir::new();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", support::free_port()).parse().unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_linkgate"))
+            .arg("serve")
+            .env("LINKGATE_LISTEN", addr.to_string())
+            .env("LINKGATE_ADMIN_LISTEN", "127.0.0.1:0")
+            .env("LINKGATE_REDIS_URL", cluster_url)
+            .env("LINKGATE_API_KEYS", support::ADMIN_KEY)
+            .env("LINKGATE_CLICK_SECRET", support::CLICK_SECRET)
+            .env("LINKGATE_DATA_DIR", &dir.0)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let p = Self { addr, child, _dir: dir };
+        eventually(Duration::from_secs(15), "the process ready", || async {
+            let r = try_send(addr, "GET", "/readyz", &[], vec![]).await?;
+            (r.status == StatusCode::OK).then_some(())
+        })
+        .await;
+        p
+    }
+
+    async fn api(&self, method: &str, path: &str, body: Option<Value>) -> support::Resp {
+        let auth = format!("Bearer {}", support::ADMIN_KEY);
+        let body = body.map(|b| serde_json::to_vec(&b).unwrap()).unwrap_or_default();
+        send(self.addr, method, path, &[("authorization", &auth)], body).await
+    }
+
+    async fn tap(&self, code: &str) -> support::Resp {
+        send(self.addr, "GET", &format!("/{code}"), &[("user-agent", UA)], vec![]).await
+    }
+
+    async fn stats(&self, what: &str) -> Value {
+        let r = self.api("GET", &format!("/v1/{what}/stats"), None).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        r.json()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Three linkgate processes on one cluster: a campaign sent from all three at once gives each
+/// recipient one link, each link one lead however many processes it is tapped on, an order
+/// reported to all three one conversion, the counters exact, and a change made through one
+/// served by the others within a second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_replicas_share_the_cluster_exactly() {
-    let env = Env::new(Backend::Cluster);
-    let cluster = env.cluster.as_ref().unwrap();
-    let (envs, url): (Vec<Env>, String) = {
-        let (a, url) = replica_env(cluster);
-        let (b, _) = replica_env(cluster);
-        (vec![a, b], url)
-    };
-    let extra = [("LINKGATE_REDIS_URL", url.as_str())];
+async fn three_processes_share_the_cluster_exactly() {
+    let cluster = ClusterGuard::start();
+    let url = cluster.url();
     let servers = vec![
-        TestServer::start(&env).await,
-        TestServer::start_with(&envs[0], &extra).await,
-        TestServer::start_with(&envs[1], &extra).await,
+        Process::start(&url).await,
+        Process::start(&url).await,
+        Process::start(&url).await,
     ];
     let recipients: Vec<Value> = (0..300).map(|i| json!({"recipient_id": format!("r{i}")})).collect();
     let body = json!({"defaults": {"destination": "https://shop.example/", "campaign_id": "win", "owner_id": "sam"}, "links": recipients});
@@ -203,13 +254,13 @@ async fn three_replicas_share_the_cluster_exactly() {
         by_recipient.iter().all(|m| *m == by_recipient[0]),
         "one link per recipient"
     );
-    assert_eq!(stats(&servers[0], "campaigns/win").await["links"], 300);
+    assert_eq!(servers[0].stats("campaigns/win").await["links"], 300);
 
-    // Each link tapped once on every replica: 3 clicks, 1 lead.
+    // Each link tapped once through every process: 3 clicks, 1 lead.
     let codes: Vec<String> = by_recipient[0].values().take(30).cloned().collect();
     for code in &codes {
         for s in &servers {
-            assert_eq!(s.get_ua(&format!("/{code}"), UA).await.status, StatusCode::FOUND);
+            assert_eq!(s.tap(code).await.status, StatusCode::FOUND);
         }
     }
     let order = json!({"order_id": "o-1", "code": codes[0], "type": "order", "amount": 10_000, "currency": "CNY"});
@@ -226,14 +277,14 @@ async fn three_replicas_share_the_cluster_exactly() {
         "one conversion: {statuses:?}"
     );
     let campaign = eventually(Duration::from_secs(5), "the campaign's counters", || async {
-        let c = stats(&servers[1], "campaigns/win").await;
+        let c = servers[1].stats("campaigns/win").await;
         (c["human_clicks"] == 90 && c["leads"] == 30 && c["conversions"] == 1).then_some(c)
     })
     .await;
     assert_eq!(campaign["revenue"], 10_000);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(stats(&servers[2], "campaigns/win").await, campaign, "and no more");
-    let leads: HashSet<Value> = events(cluster)
+    assert_eq!(servers[2].stats("campaigns/win").await, campaign, "and no more");
+    let leads: HashSet<Value> = events(&cluster)
         .iter()
         .filter(|e| e["type"] == "lead")
         .map(|e| e["code"].clone())
@@ -245,12 +296,8 @@ async fn three_replicas_share_the_cluster_exactly() {
     let r = servers[0].api("PATCH", &format!("/v1/links/{code}"), Some(patch)).await;
     assert_eq!(r.status, StatusCode::OK);
     for s in &servers[1..] {
-        eventually(COHERENCE, "the change served by every replica", || async {
-            let loc = s
-                .get_ua(&format!("/{code}"), UA)
-                .await
-                .header("location")
-                .map(String::from);
+        eventually(COHERENCE, "the change served by every process", || async {
+            let loc = s.tap(code).await.header("location").map(String::from);
             loc.is_some_and(|l| l.starts_with("https://v2.example/")).then_some(())
         })
         .await;
