@@ -263,13 +263,8 @@ async fn listen(
 }
 
 impl RedisStore {
-    /// Fills `out[i]` with `Existing` for each pair in `idx` that already has a link.
-    async fn resolve_existing(
-        &self,
-        links: &[Link],
-        idx: &[usize],
-        out: &mut [Option<Minted>],
-    ) -> Result<(), StoreError> {
+    /// For each link in `idx`, the code holding its `(campaign, recipient)` claim (`HGET`).
+    async fn recipient_holders(&self, links: &[Link], idx: &[usize]) -> Result<Vec<Value>, StoreError> {
         let cmds = idx
             .iter()
             .map(|&i| {
@@ -277,7 +272,17 @@ impl RedisStore {
                 redis::cmd("HGET").arg(rcpt_key(c)).arg(r).clone()
             })
             .collect();
-        let replies = self.run_chunked(cmds).await?;
+        self.run_chunked(cmds).await
+    }
+
+    /// Fills `out[i]` with `Existing` for each pair in `idx` that already has a link.
+    async fn resolve_existing(
+        &self,
+        links: &[Link],
+        idx: &[usize],
+        out: &mut [Option<Minted>],
+    ) -> Result<(), StoreError> {
+        let replies = self.recipient_holders(links, idx).await?;
         let mut found_idx = Vec::new();
         let mut found_codes = Vec::new();
         for (&i, v) in idx.iter().zip(replies) {
@@ -423,14 +428,7 @@ impl RedisStore {
             .collect();
         // A refused claim held by this very link was ours: the client re-sent the `HSETNX`
         // after Redis applied it.
-        let holders = refused
-            .iter()
-            .map(|&i| {
-                let (c, r) = links[i].recipient_key().unwrap_or_default();
-                redis::cmd("HGET").arg(rcpt_key(c)).arg(r).clone()
-            })
-            .collect();
-        let holders = self.run_chunked(holders).await?;
+        let holders = self.recipient_holders(links, &refused).await?;
         let lost: Vec<usize> = refused
             .into_iter()
             .zip(holders)
