@@ -1,6 +1,6 @@
 //! linkgate on a real Redis Cluster (3 masters, 3 replicas): a master killed under load, a replica
 //! stalled under `WAIT`, three linkgate processes sharing the cluster, invalidation after the
-//! subscription's node fails, and a bulk mint of 100,000 links. (The API and attribution suites
+//! subscription's node fails, a bulk mint of 100,000 links, and a cluster reached over TLS only. (The API and attribution suites
 //! also run on a cluster: `Backend::Cluster`.)
 
 mod support;
@@ -428,4 +428,61 @@ async fn a_stalled_replica_keeps_batches_in_the_spool_until_it_confirms() {
     .await;
     assert_eq!(st["clicks"], 20, "counted once");
     assert_eq!(stats(&s, "campaigns/st").await["human_clicks"], 20);
+}
+
+/// A cluster over TLS only (`rediss+cluster://`, a private CA named by `LINKGATE_REDIS_CA_FILE`):
+/// links minted in bulk redirect, taps reach the streams and counters, and a change made on one
+/// replica is served by another within a second (the sharded channel over TLS too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_over_tls_serves_mints_taps_and_changes() {
+    let cluster = ClusterGuard::start_with_tls();
+    let (url, ca) = (cluster.url(), cluster.ca_file());
+    assert!(url.starts_with("rediss+cluster://"));
+    let tls = [
+        ("LINKGATE_REDIS_URL", url.as_str()),
+        ("LINKGATE_REDIS_CA_FILE", ca.as_str()),
+    ];
+    let (env_a, _) = replica_env(&cluster);
+    let (env_b, _) = replica_env(&cluster);
+    let a = TestServer::start_with(&env_a, &tls).await;
+    let b = TestServer::start_with(&env_b, &tls).await;
+    assert_eq!(a.get("/readyz").await.status, StatusCode::OK);
+    let body = json!({"defaults": {"destination": "https://shop.example/", "campaign_id": "tls"},
+        "links": [{"recipient_id": "r1"}, {"recipient_id": "r2"}]});
+    let r = a.api("POST", "/v1/links/bulk", Some(body)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let codes: Vec<String> = r.json()["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["code"].as_str().unwrap().to_string())
+        .collect();
+    for code in &codes {
+        assert_eq!(b.get_ua(&format!("/{code}"), UA).await.status, StatusCode::FOUND);
+    }
+    let campaign = eventually(Duration::from_secs(5), "the taps counted", || async {
+        let c = stats(&a, "campaigns/tls").await;
+        (c["human_clicks"] == 2 && c["leads"] == 2).then_some(c)
+    })
+    .await;
+    assert_eq!(campaign["links"], 2);
+    let clicks = events(&cluster).iter().filter(|e| e["type"] == "click").count();
+    assert_eq!(clicks, 2, "both taps streamed");
+    let r = a
+        .api(
+            "PATCH",
+            &format!("/v1/links/{}", codes[0]),
+            Some(json!({"destination": "https://v2.example/"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    eventually(COHERENCE, "B serving the change", || async {
+        let loc = b
+            .get(&format!("/{}", codes[0]))
+            .await
+            .header("location")
+            .map(String::from);
+        loc.is_some_and(|l| l.starts_with("https://v2.example/")).then_some(())
+    })
+    .await;
 }

@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::{RedisGuard, TempDir, free_port, stream_entries_on};
+use super::{RedisGuard, TempDir, free_port, stream_entries_on, test_ca};
 
 /// Stream keys linkgate writes on a cluster when `LINKGATE_STREAM_SHARDS` is unset.
 pub(crate) const CLUSTER_STREAM_SHARDS: u32 = 16;
@@ -14,21 +14,40 @@ pub(crate) struct ClusterGuard {
     pub nodes: Vec<RedisGuard>,
     /// Each node's `redis-server` arguments (port, bus port, nodes file), to restart it.
     args: Vec<Vec<String>>,
-    _dir: TempDir,
+    /// Each node's TLS port, for a cluster started with [`ClusterGuard::start_with_tls`].
+    tls_ports: Vec<u16>,
+    dir: TempDir,
 }
 
 impl ClusterGuard {
     /// Starts 6 nodes, creates the cluster, and returns once every slot is served and every
     /// replica has synced (about 2–3 s).
     pub(crate) fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// A cluster whose nodes also speak TLS (clients, cluster bus and replication) on a second
+    /// port, with a certificate signed by a CA made for the test ([`ClusterGuard::ca_file`]);
+    /// [`ClusterGuard::url`] names the TLS ports (`rediss+cluster://`), and the plain ports stay
+    /// for the test's own reads.
+    pub(crate) fn start_with_tls() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Self {
         let dir = TempDir::new();
+        if tls {
+            test_ca(&dir);
+        }
+        let at = |f: &str| dir.0.join(f).to_string_lossy().to_string();
+        let mut tls_ports = Vec::new();
         let args: Vec<Vec<String>> = (0..6)
             .map(|_| {
                 let port = free_port();
                 let conf = dir.0.join(format!("nodes-{port}.conf")).to_string_lossy().to_string();
                 let bus = free_port().to_string();
                 let dir = dir.0.to_string_lossy().to_string();
-                [
+                let mut args = [
                     "--port",
                     &port.to_string(),
                     "--save",
@@ -49,12 +68,42 @@ impl ClusterGuard {
                     &dir,
                 ]
                 .map(String::from)
-                .to_vec()
+                .to_vec();
+                if tls {
+                    let port = free_port();
+                    tls_ports.push(port);
+                    args.extend(
+                        [
+                            "--tls-port",
+                            &port.to_string(),
+                            "--tls-cert-file",
+                            &at("redis.crt"),
+                            "--tls-key-file",
+                            &at("redis.key"),
+                            "--tls-ca-cert-file",
+                            &at("ca.crt"),
+                            "--tls-auth-clients",
+                            "no",
+                            "--tls-cluster",
+                            "yes",
+                            "--tls-replication",
+                            "yes",
+                        ]
+                        .map(String::from),
+                    );
+                }
+                args
             })
             .collect();
         let nodes: Vec<RedisGuard> = args.iter().map(|a| spawn_node(a)).collect();
-        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
-        let out = Command::new("redis-cli")
+        let mut create = Command::new("redis-cli");
+        let addrs: Vec<String> = if tls {
+            create.args(["--tls", "--cacert", &at("ca.crt")]);
+            tls_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect()
+        } else {
+            nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect()
+        };
+        let out = create
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", "1", "--cluster-yes"])
@@ -65,7 +114,12 @@ impl ClusterGuard {
             "cluster create: {}",
             String::from_utf8_lossy(&out.stdout)
         );
-        let guard = Self { nodes, args, _dir: dir };
+        let guard = Self {
+            nodes,
+            args,
+            tls_ports,
+            dir,
+        };
         guard.wait_healthy(Duration::from_secs(20));
         guard
     }
@@ -147,13 +201,23 @@ impl ClusterGuard {
         }
     }
 
-    /// `redis+cluster://` naming the three masters as seeds.
+    /// `redis+cluster://` naming the three masters as seeds (`rediss+cluster://` and their TLS
+    /// ports for a TLS cluster).
     pub(crate) fn url(&self) -> String {
+        if !self.tls_ports.is_empty() {
+            let seeds: Vec<String> = self.tls_ports[..3].iter().map(|p| format!("127.0.0.1:{p}")).collect();
+            return format!("rediss+cluster://{}", seeds.join(","));
+        }
         let seeds: Vec<String> = self.nodes[..3]
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
         format!("redis+cluster://{}", seeds.join(","))
+    }
+
+    /// The CA file a TLS cluster's certificates are signed by.
+    pub(crate) fn ca_file(&self) -> String {
+        self.dir.0.join("ca.crt").to_string_lossy().to_string()
     }
 
     /// A connection of redis-rs's cluster client, for the test's own reads.

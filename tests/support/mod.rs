@@ -120,75 +120,8 @@ impl RedisGuard {
     /// test's own reads.
     pub(crate) fn start_with_tls() -> Self {
         let dir = TempDir::new();
+        test_ca(&dir);
         let at = |f: &str| dir.0.join(f).to_string_lossy().to_string();
-        std::fs::write(dir.0.join("san.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-        let steps: [Vec<String>; 3] = [
-            ["req", "-x509"]
-                .iter()
-                .chain(&ec)
-                .map(|s| s.to_string())
-                .chain(
-                    [
-                        "-keyout",
-                        &at("ca.key"),
-                        "-out",
-                        &at("ca.crt"),
-                        "-days",
-                        "2",
-                        "-subj",
-                        "/CN=linkgate test CA",
-                    ]
-                    .map(String::from),
-                )
-                .collect(),
-            ["req"]
-                .iter()
-                .chain(&ec)
-                .map(|s| s.to_string())
-                .chain(
-                    [
-                        "-keyout",
-                        &at("redis.key"),
-                        "-out",
-                        &at("redis.csr"),
-                        "-subj",
-                        "/CN=127.0.0.1",
-                    ]
-                    .map(String::from),
-                )
-                .collect(),
-            [
-                "x509",
-                "-req",
-                "-in",
-                &at("redis.csr"),
-                "-CA",
-                &at("ca.crt"),
-                "-CAkey",
-                &at("ca.key"),
-                "-CAcreateserial",
-                "-out",
-                &at("redis.crt"),
-                "-days",
-                "2",
-                "-extfile",
-                &at("san.cnf"),
-            ]
-            .map(String::from)
-            .to_vec(),
-        ];
-        for args in steps {
-            let out = Command::new("openssl")
-                .args(&args)
-                .output()
-                .expect("openssl on PATH (apt-get install -y openssl)");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
         let tls_port = free_port();
         let mut guard = Self::spawn(
             free_port(),
@@ -348,6 +281,80 @@ impl Drop for RedisGuard {
         if let Some(socket) = &self.socket {
             let _ = std::fs::remove_file(socket);
         }
+    }
+}
+
+/// Writes a CA made for a test (`ca.crt`) and a certificate it signed for `127.0.0.1` and
+/// `localhost` (`redis.crt`, `redis.key`) into `dir`, with `openssl`.
+pub(crate) fn test_ca(dir: &TempDir) {
+    let at = |f: &str| dir.0.join(f).to_string_lossy().to_string();
+    std::fs::write(dir.0.join("san.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let steps: [Vec<String>; 3] = [
+        ["req", "-x509"]
+            .iter()
+            .chain(&ec)
+            .map(|s| s.to_string())
+            .chain(
+                [
+                    "-keyout",
+                    &at("ca.key"),
+                    "-out",
+                    &at("ca.crt"),
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=linkgate test CA",
+                ]
+                .map(String::from),
+            )
+            .collect(),
+        ["req"]
+            .iter()
+            .chain(&ec)
+            .map(|s| s.to_string())
+            .chain(
+                [
+                    "-keyout",
+                    &at("redis.key"),
+                    "-out",
+                    &at("redis.csr"),
+                    "-subj",
+                    "/CN=127.0.0.1",
+                ]
+                .map(String::from),
+            )
+            .collect(),
+        [
+            "x509",
+            "-req",
+            "-in",
+            &at("redis.csr"),
+            "-CA",
+            &at("ca.crt"),
+            "-CAkey",
+            &at("ca.key"),
+            "-CAcreateserial",
+            "-out",
+            &at("redis.crt"),
+            "-days",
+            "2",
+            "-extfile",
+            &at("san.cnf"),
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for args in steps {
+        let out = Command::new("openssl")
+            .args(&args)
+            .output()
+            .expect("openssl on PATH (apt-get install -y openssl)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
