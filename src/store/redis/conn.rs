@@ -74,11 +74,7 @@ impl Conn {
         match self {
             Self::Single(_) => {
                 let mut out = Vec::with_capacity(cmds.len());
-                for chunk in cmds.chunks(PIPELINE_CHUNK) {
-                    let mut p = Pipeline::with_capacity(chunk.len());
-                    for c in chunk {
-                        p.add_command(c.clone());
-                    }
+                for p in pipelines(cmds) {
                     out.extend(p.query_async::<Vec<Value>>(self).await?);
                 }
                 Ok(out)
@@ -87,26 +83,19 @@ impl Conn {
                 let n = cmds.len();
                 let groups = by_slot(cmds);
                 let mut out: Vec<Option<Value>> = vec![None; n];
-                let mut replies = futures_util::stream::iter(groups.into_iter().flat_map(|(positions, cmds)| {
-                    let chunks: Vec<(Vec<usize>, Vec<Cmd>)> = positions
-                        .chunks(PIPELINE_CHUNK)
-                        .zip(cmds.chunks(PIPELINE_CHUNK))
-                        .map(|(p, c)| (p.to_vec(), c.to_vec()))
-                        .collect();
-                    chunks
-                }))
-                .map(|(positions, cmds)| {
-                    let mut conn = conn.clone();
-                    async move {
-                        let mut p = Pipeline::with_capacity(cmds.len());
-                        for c in cmds {
-                            p.add_command(c);
+                let sends = groups.into_iter().flat_map(|(positions, cmds)| {
+                    let positions: Vec<Vec<usize>> = positions.chunks(PIPELINE_CHUNK).map(<[usize]>::to_vec).collect();
+                    positions.into_iter().zip(pipelines(cmds))
+                });
+                let mut replies = futures_util::stream::iter(sends)
+                    .map(|(positions, p)| {
+                        let mut conn = conn.clone();
+                        async move {
+                            let values: Vec<Value> = p.query_async(&mut conn).await?;
+                            Ok::<_, redis::RedisError>((positions, values))
                         }
-                        let values: Vec<Value> = p.query_async(&mut conn).await?;
-                        Ok::<_, redis::RedisError>((positions, values))
-                    }
-                })
-                .buffer_unordered(CLUSTER_FANOUT);
+                    })
+                    .buffer_unordered(CLUSTER_FANOUT);
                 while let Some(done) = replies.next().await {
                     let (positions, values) = done?;
                     for (at, v) in positions.into_iter().zip(values) {
@@ -131,6 +120,20 @@ impl Conn {
         };
         Ok(())
     }
+}
+
+/// `cmds` as pipelines of at most [`PIPELINE_CHUNK`] commands, in order.
+fn pipelines(cmds: Vec<Cmd>) -> Vec<Pipeline> {
+    let mut out = Vec::with_capacity(cmds.len().div_ceil(PIPELINE_CHUNK));
+    let mut cmds = cmds.into_iter().peekable();
+    while cmds.peek().is_some() {
+        let mut p = Pipeline::with_capacity(PIPELINE_CHUNK.min(cmds.len()));
+        for c in cmds.by_ref().take(PIPELINE_CHUNK) {
+            p.add_command(c);
+        }
+        out.push(p);
+    }
+    out
 }
 
 /// The commands grouped by the slot of their key, each group with the commands' positions, in

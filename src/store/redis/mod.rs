@@ -290,18 +290,21 @@ impl RedisStore {
             .map(|(code, b)| (code, b.filter(|b| b != TOMBSTONE)))
             .collect();
         let missing = self.templates.missing(records.iter().filter_map(|(_, b)| b.as_deref()));
+        let mut fetched = std::collections::HashMap::new();
         if !missing.is_empty() {
             let cmds = missing
                 .iter()
                 .map(|id| redis::cmd("GET").arg(templates::template_key(id)).clone())
                 .collect();
-            for (id, v) in missing.iter().zip(self.run_chunked(cmds).await?) {
-                self.templates.learn(id, bytes_of(v).as_deref())?;
+            for (id, v) in missing.into_iter().zip(self.run_chunked(cmds).await?) {
+                if let Some(t) = self.templates.learn(&id, bytes_of(v).as_deref())? {
+                    fetched.insert(id, t);
+                }
             }
         }
         records
             .into_iter()
-            .map(|(code, b)| b.map(|b| self.templates.link(code, &b)).transpose())
+            .map(|(code, b)| b.map(|b| self.templates.link(code, &b, &fetched)).transpose())
             .collect()
     }
 

@@ -23,6 +23,11 @@ use crate::link::Link;
 /// nothing from it.
 const TEMPLATE_MIN_LINKS: usize = 2;
 
+/// Templates a replica keeps in memory; past that it forgets them all and reads again what it
+/// needs (each is a few hundred bytes, and there is one per bulk call, so this bounds the cache to
+/// a few tens of megabytes).
+const TEMPLATE_CACHE_MAX: usize = 100_000;
+
 /// A link record that refers to a template: only the link's own fields.
 #[derive(Serialize, Deserialize)]
 struct Templated {
@@ -120,23 +125,33 @@ impl Templates {
         out
     }
 
-    /// Remembers a template read from the store (`None`: it is missing, and so is every link
-    /// that refers to it).
-    pub(crate) fn learn(&self, id: &str, bytes: Option<&[u8]>) -> Result<(), StoreError> {
-        if let Some(b) = bytes {
-            self.cache.insert(id.to_string(), Arc::new(decode_link("", b)?));
+    /// Remembers a template read from the store and returns it (`None`: it is missing, and so is
+    /// every link that refers to it).
+    pub(crate) fn learn(&self, id: &str, bytes: Option<&[u8]>) -> Result<Option<Arc<Link>>, StoreError> {
+        let Some(b) = bytes else { return Ok(None) };
+        let template = Arc::new(decode_link("", b)?);
+        if self.cache.len() >= TEMPLATE_CACHE_MAX {
+            self.cache.clear();
         }
-        Ok(())
+        self.cache.insert(id.to_string(), template.clone());
+        Ok(Some(template))
     }
 
-    /// The link stored under `code` as `bytes`: whole, or its own fields over its template (which
-    /// [`Templates::missing`] and [`Templates::learn`] have fetched).
-    pub(crate) fn link(&self, code: &str, bytes: &[u8]) -> Result<Link, StoreError> {
+    /// The link stored under `code` as `bytes`: whole, or its own fields over its template (from
+    /// `fetched`, what [`Templates::learn`] returned for the ids [`Templates::missing`] named, or
+    /// from this replica's cache).
+    pub(crate) fn link(
+        &self,
+        code: &str,
+        bytes: &[u8],
+        fetched: &std::collections::HashMap<String, Arc<Link>>,
+    ) -> Result<Link, StoreError> {
         let Some(own) = template_of(bytes) else {
             return decode_link(code, bytes);
         };
         let own = own?;
-        let template = self.cache.get(&own.template).map(|t| t.clone()).ok_or_else(|| {
+        let cached = || self.cache.get(&own.template).map(|t| t.clone());
+        let template = fetched.get(&own.template).cloned().or_else(cached).ok_or_else(|| {
             StoreError::Corrupt(
                 code.to_string(),
                 serde::de::Error::custom(format!("its template {} is missing", own.template)),
@@ -187,10 +202,16 @@ mod tests {
         let ids = templates.missing(out.records.iter().map(Vec::as_slice));
         assert_eq!(ids.len(), 1);
         assert_eq!(template_key(&ids[0]), out.templates[0].0);
-        assert!(templates.link("aaaaaaaa", &out.records[0]).is_err(), "unread template");
-        templates.learn(&ids[0], Some(&out.templates[0].1)).unwrap();
+        let none = std::collections::HashMap::new();
+        assert!(
+            templates.link("aaaaaaaa", &out.records[0], &none).is_err(),
+            "unread template"
+        );
+        let learnt = templates.learn(&ids[0], Some(&out.templates[0].1)).unwrap().unwrap();
+        let fetched = std::collections::HashMap::from([(ids[0].clone(), learnt)]);
         for (l, r) in links.iter().zip(&out.records) {
-            assert_eq!(&templates.link(&l.code, r).unwrap(), l);
+            assert_eq!(&templates.link(&l.code, r, &fetched).unwrap(), l);
+            assert_eq!(&templates.link(&l.code, r, &none).unwrap(), l, "and from the cache");
         }
     }
 }
