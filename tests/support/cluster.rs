@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::{RedisGuard, TempDir, free_port, stream_entries_on, test_ca};
+use super::{RedisGuard, TempDir, free_port, stream_entries_on, test_ca, tls_args};
 
 /// Stream keys linkgate writes on a cluster when `LINKGATE_STREAM_SHARDS` is unset.
 pub(crate) const CLUSTER_STREAM_SHARDS: u32 = 16;
@@ -46,7 +46,7 @@ impl ClusterGuard {
                 let port = free_port();
                 let conf = dir.0.join(format!("nodes-{port}.conf")).to_string_lossy().to_string();
                 let bus = free_port().to_string();
-                let dir = dir.0.to_string_lossy().to_string();
+                let data_dir = dir.0.to_string_lossy().to_string();
                 let mut args = [
                     "--port",
                     &port.to_string(),
@@ -65,32 +65,15 @@ impl ClusterGuard {
                     "--repl-diskless-sync-delay",
                     "0",
                     "--dir",
-                    &dir,
+                    &data_dir,
                 ]
                 .map(String::from)
                 .to_vec();
                 if tls {
                     let port = free_port();
                     tls_ports.push(port);
-                    args.extend(
-                        [
-                            "--tls-port",
-                            &port.to_string(),
-                            "--tls-cert-file",
-                            &at("redis.crt"),
-                            "--tls-key-file",
-                            &at("redis.key"),
-                            "--tls-ca-cert-file",
-                            &at("ca.crt"),
-                            "--tls-auth-clients",
-                            "no",
-                            "--tls-cluster",
-                            "yes",
-                            "--tls-replication",
-                            "yes",
-                        ]
-                        .map(String::from),
-                    );
+                    args.extend(tls_args(&dir, port));
+                    args.extend(["--tls-cluster", "yes", "--tls-replication", "yes"].map(String::from));
                 }
                 args
             })

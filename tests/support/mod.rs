@@ -121,27 +121,11 @@ impl RedisGuard {
     pub(crate) fn start_with_tls() -> Self {
         let dir = TempDir::new();
         test_ca(&dir);
-        let at = |f: &str| dir.0.join(f).to_string_lossy().to_string();
         let tls_port = free_port();
-        let mut guard = Self::spawn(
-            free_port(),
-            &[
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--tls-port",
-                &tls_port.to_string(),
-                "--tls-cert-file",
-                &at("redis.crt"),
-                "--tls-key-file",
-                &at("redis.key"),
-                "--tls-ca-cert-file",
-                &at("ca.crt"),
-                "--tls-auth-clients",
-                "no",
-            ],
-        );
+        let mut args = vec!["--save".to_string(), String::new(), "--appendonly".into(), "no".into()];
+        args.extend(tls_args(&dir, tls_port));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut guard = Self::spawn(free_port(), &args);
         guard.tls = Some((tls_port, dir));
         guard
     }
@@ -282,6 +266,26 @@ impl Drop for RedisGuard {
             let _ = std::fs::remove_file(socket);
         }
     }
+}
+
+/// `redis-server` arguments for a TLS port with [`test_ca`]'s certificate in `dir` (clients not
+/// asked for certificates).
+pub(crate) fn tls_args(dir: &TempDir, port: u16) -> Vec<String> {
+    let at = |f: &str| dir.0.join(f).to_string_lossy().to_string();
+    [
+        "--tls-port",
+        &port.to_string(),
+        "--tls-cert-file",
+        &at("redis.crt"),
+        "--tls-key-file",
+        &at("redis.key"),
+        "--tls-ca-cert-file",
+        &at("ca.crt"),
+        "--tls-auth-clients",
+        "no",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// Writes a CA made for a test (`ca.crt`) and a certificate it signed for `127.0.0.1` and
