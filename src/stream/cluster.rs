@@ -31,7 +31,7 @@ use redis::cluster_async::ClusterConnection;
 use super::{Batch, Delivered, EventSink, Refused, SinkError, stream_keys};
 use crate::attribution::model::BatchId;
 use crate::resp;
-use crate::store::redis::{APPLIED_TTL_SECS, APPLY_ONCE, counter_updates};
+use crate::store::redis::{APPLIED_TTL_SECS, APPLY_ONCE, applied_key_of_tag, counter_updates};
 
 /// Slot pipelines of one batch in flight at once.
 const FANOUT: usize = 32;
@@ -60,10 +60,12 @@ enum Part {
 /// A command as its arguments.
 type Command = Vec<Vec<u8>>;
 
-/// One pipeline of a batch, and the counter commands it applies (to name a refused one).
+/// One pipeline of a batch: the events it writes (a shard's), or the counter commands it
+/// applies (to name a refused one).
 struct SlotPipeline {
     part: Part,
     pipe: redis::Pipeline,
+    events: u64,
     commands: Vec<Command>,
 }
 
@@ -76,15 +78,6 @@ fn hash_tag(key: &[u8]) -> &[u8] {
         Some(len) if len > 0 => &key[open + 1..open + 1 + len],
         _ => key,
     }
-}
-
-/// The applied mark of `replica`'s batches for the counters under `tag`, in `tag`'s slot.
-fn applied_key(tag: &[u8], replica: &str) -> Vec<u8> {
-    let mut key = b"lg:applied:{".to_vec();
-    key.extend_from_slice(tag);
-    key.extend_from_slice(b"}:");
-    key.extend_from_slice(crate::store::redis::esc(replica).as_bytes());
-    key
 }
 
 impl ClusterStreamSink {
@@ -133,13 +126,14 @@ impl ClusterStreamSink {
     /// refused one).
     fn pipelines(&self, batch: &Batch) -> Vec<SlotPipeline> {
         let mut out = Vec::new();
-        let mut shards: Vec<Option<redis::Pipeline>> = vec![None; self.streams.len()];
+        let mut shards: Vec<Option<(redis::Pipeline, u64)>> = vec![None; self.streams.len()];
         for (t, json, shard) in batch.iter_sharded(self.streams.len() as u32) {
-            let p = shards[shard as usize].get_or_insert_with(|| {
+            let (p, events) = shards[shard as usize].get_or_insert_with(|| {
                 let mut p = redis::pipe();
                 p.ignore_errors();
-                p
+                (p, 0)
             });
+            *events += 1;
             p.cmd("XADD")
                 .arg(&self.streams[shard as usize])
                 .arg("*")
@@ -149,7 +143,7 @@ impl ClusterStreamSink {
                 .arg(json);
         }
         for (shard, p) in shards.into_iter().enumerate() {
-            if let Some(mut p) = p {
+            if let Some((mut p, events)) = p {
                 p.cmd("XTRIM")
                     .arg(&self.streams[shard])
                     .arg("MAXLEN")
@@ -158,6 +152,7 @@ impl ClusterStreamSink {
                 out.push(SlotPipeline {
                     part: Part::Shard(shard as u32),
                     pipe: p,
+                    events,
                     commands: Vec::new(),
                 });
             }
@@ -176,7 +171,7 @@ impl ClusterStreamSink {
             let mut eval = redis::cmd("EVAL");
             eval.arg(APPLY_ONCE)
                 .arg(1)
-                .arg(applied_key(&tag, &batch.id.replica))
+                .arg(applied_key_of_tag(&tag, &batch.id.replica))
                 .arg(batch.id.seq)
                 .arg(commands.len());
             for c in &commands {
@@ -189,6 +184,7 @@ impl ClusterStreamSink {
             out.push(SlotPipeline {
                 part: Part::Counters(tag),
                 pipe: p,
+                events: 0,
                 commands,
             });
         }
@@ -287,15 +283,14 @@ impl EventSink for ClusterStreamSink {
                 let mut conn = conn.clone();
                 async move {
                     let replies: redis::RedisResult<Vec<Value>> = p.pipe.query_async(&mut conn).await;
-                    (p.part, replies, p.commands)
+                    (p.part, replies, p.events, p.commands)
                 }
             })
             .buffer_unordered(FANOUT);
         let mut out = Delivered::default();
         let (mut landed, mut failed, mut counters, mut counters_already) = (done, None, 0, 0);
         let mut resent = 0u64;
-        let shards = self.streams.len() as u32;
-        while let Some((part, replies, commands)) = sent.next().await {
+        while let Some((part, replies, events, commands)) = sent.next().await {
             let read = replies
                 .map_err(SinkError::Cluster)
                 .and_then(|r| self.read(&part, r, &commands, &mut out));
@@ -304,8 +299,8 @@ impl EventSink for ClusterStreamSink {
                     if let Part::Counters(_) = part {
                         counters += 1;
                         counters_already += usize::from(already);
-                    } else if let (true, Part::Shard(s)) = (batch.resent, &part) {
-                        resent += batch.iter_sharded(shards).filter(|e| e.2 == *s).count() as u64;
+                    } else if batch.resent {
+                        resent += events;
                     }
                     landed.insert(part);
                 }
@@ -339,7 +334,7 @@ mod tests {
         assert_eq!(hash_tag(b"lg:lb:{spring}:leads"), b"spring");
         assert_eq!(hash_tag(b"lg:x:{}"), b"lg:x:{}", "an empty tag hashes the whole key");
         assert_eq!(
-            applied_key(b"spring", "r:1"),
+            applied_key_of_tag(b"spring", "r:1"),
             b"lg:applied:{spring}:r%3A1".to_vec(),
             "in the tag's slot, the replica escaped"
         );

@@ -50,6 +50,16 @@ pub(crate) fn applied_key(replica: &str) -> String {
     format!("lg:applied:{{{}}}", esc(replica))
 }
 
+/// On a Redis Cluster, the key of `replica`'s highest applied batch number for the counters under
+/// hash tag `tag`: in the tag's slot, so one script applies them and moves it.
+pub(crate) fn applied_key_of_tag(tag: &[u8], replica: &str) -> Vec<u8> {
+    let mut key = b"lg:applied:{".to_vec();
+    key.extend_from_slice(tag);
+    key.extend_from_slice(b"}:");
+    key.extend_from_slice(esc(replica).as_bytes());
+    key
+}
+
 /// The commands that add `delta` to the stored counters, each handed to `command` as its
 /// arguments (`HINCRBY key field n`, `ZINCRBY key n owner`, `BITFIELD key INCRBY i64 #slot n …`).
 ///

@@ -38,7 +38,7 @@ mod counters;
 mod links;
 mod templates;
 
-pub(crate) use self::counters::{APPLIED_TTL_SECS, APPLY_ONCE, applied_key, counter_updates};
+pub(crate) use self::counters::{APPLIED_TTL_SECS, APPLY_ONCE, applied_key, applied_key_of_tag, counter_updates};
 
 use std::time::Duration;
 
@@ -103,7 +103,7 @@ const CLUSTER_RETRIES: u32 = 4;
 /// is). A key's components are separated by `:` and its hash tag is in braces, so with these four
 /// escaped, distinct id tuples always give distinct keys and no id can close a hash tag early.
 /// Codes (`[A-Za-z0-9_-]`) and generated ids pass through unchanged.
-pub(crate) fn esc(id: &str) -> std::borrow::Cow<'_, str> {
+fn esc(id: &str) -> std::borrow::Cow<'_, str> {
     if !id.contains(['%', '{', '}', ':']) {
         return std::borrow::Cow::Borrowed(id);
     }
