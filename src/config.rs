@@ -20,6 +20,7 @@ pub enum Scope {
     LinksRead,
     ConversionsWrite,
     StatsRead,
+    WebhooksWrite,
     Admin,
 }
 
@@ -30,6 +31,7 @@ impl Scope {
             "links:read" => Self::LinksRead,
             "conversions:write" => Self::ConversionsWrite,
             "stats:read" => Self::StatsRead,
+            "webhooks:write" => Self::WebhooksWrite,
             "admin" => Self::Admin,
             _ => return None,
         })
@@ -41,6 +43,7 @@ impl Scope {
             Self::LinksRead => "links:read",
             Self::ConversionsWrite => "conversions:write",
             Self::StatsRead => "stats:read",
+            Self::WebhooksWrite => "webhooks:write",
             Self::Admin => "admin",
         }
     }
@@ -109,6 +112,82 @@ pub struct Config {
     /// API requests per second per key (`None`: unlimited).
     pub api_rate_limit: Option<u32>,
     pub log_format: LogFormat,
+    pub webhooks: WebhookSettings,
+}
+
+/// How webhooks are delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookSettings {
+    /// `LINKGATE_WEBHOOK_ALLOW_PRIVATE`: http, and loopback/private addresses, allowed
+    /// (development and tests only).
+    pub allow_private: bool,
+    /// Bound on one attempt: connecting, sending and reading the answer.
+    pub timeout: Duration,
+    /// The pause after the first failed attempt; each later one doubles it (up to an hour).
+    pub backoff: Duration,
+    /// How long a failing delivery is retried before its webhook is disabled.
+    pub retry_for: Duration,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            allow_private: false,
+            timeout: Duration::from_secs(10),
+            backoff: Duration::from_secs(5),
+            retry_for: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// A duration setting within `range`.
+fn duration_in(
+    get: &impl Fn(&'static str) -> Option<String>,
+    name: &'static str,
+    range: std::ops::RangeInclusive<Duration>,
+    what: &str,
+) -> Result<Duration, ConfigError> {
+    let v = get(name).unwrap_or_default();
+    humantime::parse_duration(v.trim())
+        .ok()
+        .filter(|d| range.contains(d))
+        .ok_or_else(|| bad(name, format!("`{v}` is not {what}")))
+}
+
+fn webhook_settings(get: &impl Fn(&'static str) -> Option<String>) -> Result<WebhookSettings, ConfigError> {
+    let allow_private = match get("LINKGATE_WEBHOOK_ALLOW_PRIVATE").as_deref().map(str::trim) {
+        None | Some("" | "false" | "0") => false,
+        Some("true" | "1") => true,
+        Some(other) => {
+            return Err(bad(
+                "LINKGATE_WEBHOOK_ALLOW_PRIVATE",
+                format!("`{other}` is not true or false"),
+            ));
+        }
+    };
+    let ms = Duration::from_millis;
+    let secs = Duration::from_secs;
+    Ok(WebhookSettings {
+        allow_private,
+        timeout: duration_in(
+            get,
+            "LINKGATE_WEBHOOK_TIMEOUT",
+            ms(100)..=secs(60),
+            "a duration from 100ms to 60s",
+        )?,
+        backoff: duration_in(
+            get,
+            "LINKGATE_WEBHOOK_BACKOFF",
+            ms(10)..=secs(3600),
+            "a duration from 10ms to 1h",
+        )?,
+        retry_for: duration_in(
+            get,
+            "LINKGATE_WEBHOOK_RETRY_FOR",
+            secs(1)..=secs(30 * 86_400),
+            "a duration from 1s to 30 days",
+        )?,
+    })
 }
 
 /// Most stream keys `LINKGATE_STREAM_SHARDS` may name: far more than the masters of any cluster,
@@ -268,6 +347,26 @@ pub const VARS: &[Var] = &[
         "LINKGATE_API_RATE_LIMIT",
         None,
         "API requests per second per key (unset or 0: no limit)",
+    ),
+    var(
+        "LINKGATE_WEBHOOK_ALLOW_PRIVATE",
+        Some("false"),
+        "let webhooks target http and loopback/private addresses (development and tests only)",
+    ),
+    var(
+        "LINKGATE_WEBHOOK_TIMEOUT",
+        Some("10s"),
+        "bound on one webhook attempt: connect, send, read the answer",
+    ),
+    var(
+        "LINKGATE_WEBHOOK_BACKOFF",
+        Some("5s"),
+        "pause after a webhook's first failed attempt; doubled after each (at most 1h)",
+    ),
+    var(
+        "LINKGATE_WEBHOOK_RETRY_FOR",
+        Some("24h"),
+        "how long a failing delivery is retried before its webhook is disabled",
     ),
     var(
         "LINKGATE_STREAM_MAXLEN",
@@ -460,6 +559,7 @@ impl Config {
             redis_wait_timeout,
             stream_maxlen,
             log_format,
+            webhooks: webhook_settings(&get)?,
         })
     }
 

@@ -57,6 +57,7 @@ mod store;
 mod stream;
 mod time;
 mod tls;
+mod webhook;
 
 // The public surface: what the binary, the integration tests, the benches and the load-test
 // examples use. Everything else is crate-private (`unreachable_pub` is warned), so the compiler

@@ -43,6 +43,14 @@ pub(crate) const BATCH_BUCKETS: [f64; 12] = [
     5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10_000.0, 100_000.0,
 ];
 
+/// Upper bounds of the webhook delivery lag buckets, in seconds: 10 ms to an hour.
+pub(crate) const WEBHOOK_LAG_BUCKETS: [f64; 13] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 300.0, 3600.0,
+];
+/// Outcomes of a webhook attempt, as labels (`webhook::Outcome`'s order).
+pub(crate) const WEBHOOK_OUTCOMES: [&str; 5] = ["delivered", "rejected", "timeout", "unreachable", "blocked"];
+
+const WEBHOOK_LAG: &str = "linkgate_webhook_delivery_lag_seconds";
 const REDIRECT_DURATION: &str = "linkgate_redirect_duration_seconds";
 const BATCH_EVENTS: &str = "linkgate_batch_events";
 
@@ -74,6 +82,18 @@ pub struct EventMetrics {
     pub unreplicated: Counter,
     pub dead_letters: Counter,
     pub revenue: Counter,
+}
+
+/// Webhook delivery metrics.
+#[derive(Clone)]
+pub struct WebhookMetrics {
+    /// Attempts by outcome, in [`WEBHOOK_OUTCOMES`] order.
+    pub attempts: [Counter; 5],
+    pub queue_depth: Gauge,
+    pub lag: Histogram,
+    pub disabled: Counter,
+    pub events_read: Counter,
+    pub enqueued: Counter,
 }
 
 /// The application's metrics: its recorder and every handle.
@@ -132,6 +152,7 @@ impl Metrics {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Full(REDIRECT_DURATION.into()), &REDIRECT_BUCKETS)
             .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_EVENTS.into()), &BATCH_BUCKETS))
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(WEBHOOK_LAG.into()), &WEBHOOK_LAG_BUCKETS))
             .expect("bucket lists are not empty")
             .build_recorder();
         let handle = recorder.handle();
@@ -234,6 +255,44 @@ impl Metrics {
             revenue: r.counter(
                 "linkgate_revenue_minor_total",
                 "Revenue of attributed conversions delivered, in minor units.",
+                &[],
+            ),
+        }
+    }
+
+    /// Webhook delivery's metrics, registered once when it starts.
+    pub fn webhooks(&self) -> WebhookMetrics {
+        let r = &self.registry;
+        WebhookMetrics {
+            attempts: WEBHOOK_OUTCOMES.map(|o| {
+                r.counter(
+                    "linkgate_webhook_attempts_total",
+                    "Webhook delivery attempts by outcome (delivered: a 2xx answer; rejected: another status; timeout; unreachable: DNS, connect, TLS or HTTP failure; blocked: the address is private).",
+                    &[("outcome", o)],
+                )
+            }),
+            queue_depth: r.gauge(
+                "linkgate_webhook_queue_depth",
+                "Webhook deliveries waiting for an attempt or a retry, over every endpoint.",
+            ),
+            lag: r.histogram(
+                WEBHOOK_LAG,
+                "Time from an event's write to the durable pipeline to its successful delivery.",
+                Some(Unit::Seconds),
+            ),
+            disabled: r.counter(
+                "linkgate_webhooks_disabled_total",
+                "Webhooks disabled because a delivery kept failing for the whole retry window.",
+                &[],
+            ),
+            events_read: r.counter(
+                "linkgate_webhook_events_read_total",
+                "Events read from the durable pipeline by webhook delivery.",
+                &[],
+            ),
+            enqueued: r.counter(
+                "linkgate_webhook_deliveries_enqueued_total",
+                "Webhook deliveries created (an event read twice creates none the second time).",
                 &[],
             ),
         }

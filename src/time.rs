@@ -16,6 +16,14 @@ pub(crate) fn now_secs() -> i64 {
         .unwrap_or(0)
 }
 
+/// Milliseconds since the Unix epoch, now.
+pub(crate) fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// Formats Unix seconds as `YYYY-MM-DDTHH:MM:SSZ`; instants beyond jiff's range (years −9999 to
 /// 9999) are clamped to it (nothing linkgate stores is near it: dates are validated when parsed).
 pub(crate) fn format_rfc3339(secs: i64) -> String {

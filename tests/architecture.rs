@@ -32,6 +32,8 @@ const LAYERS: &[&[&str]] = &[
     &["limit"],
     // Events downstream: batcher, sinks, spool.
     &["stream"],
+    // Webhooks: events read back from the durable pipeline and POSTed to subscribers.
+    &["webhook"],
     // The application state and its assembly from a Config.
     &["app"],
     // Handlers.

@@ -81,7 +81,13 @@ fn the_document_names_exactly_the_routes_the_api_serves() {
 #[test]
 fn every_operation_names_its_scope_and_its_error_answers() {
     let doc = document();
-    let scopes = ["links:write", "links:read", "conversions:write", "stats:read"];
+    let scopes = [
+        "links:write",
+        "links:read",
+        "conversions:write",
+        "stats:read",
+        "webhooks:write",
+    ];
     for (path, ops) in doc["paths"].as_object().unwrap() {
         for (method, op) in ops.as_object().unwrap() {
             let security = op["security"].as_array().unwrap();
@@ -299,6 +305,57 @@ async fn real_answers_match_their_documented_schemas() {
     assert!(doc["paths"]["/v1/links/{code}/qr"]["get"]["responses"]["200"]["content"]["image/png"].is_object());
     let deleted = s.api("DELETE", "/v1/links/doc123", None).await;
     assert!(doc["paths"]["/v1/links/{code}"]["delete"]["responses"][deleted.status.as_str()].is_object());
+
+    // Webhooks: create (the secret shown once), read, list, deliveries, a retry of nothing, bad
+    // input, delete.
+    let created = s
+        .api(
+            "POST",
+            "/v1/webhooks",
+            Some(json!({"url": "https://hooks.example.com/lg", "events": ["click", "lead"], "batch": 50})),
+        )
+        .await;
+    conforms(&doc, "post", "/v1/webhooks", created.status, &created.json());
+    assert_eq!(created.status, StatusCode::CREATED);
+    let id = created.json()["id"].as_str().unwrap().to_string();
+    for (method, path, uri, body) in [
+        ("get", "/v1/webhooks", "/v1/webhooks".to_string(), None),
+        ("get", "/v1/webhooks/{id}", format!("/v1/webhooks/{id}"), None),
+        ("get", "/v1/webhooks/{id}", "/v1/webhooks/wh_none".to_string(), None),
+        (
+            "get",
+            "/v1/webhooks/{id}/deliveries",
+            format!("/v1/webhooks/{id}/deliveries?limit=5"),
+            None,
+        ),
+        (
+            "get",
+            "/v1/webhooks/{id}/deliveries",
+            format!("/v1/webhooks/{id}/deliveries?limit=0"),
+            None,
+        ),
+        (
+            "post",
+            "/v1/webhooks/{id}/deliveries/{delivery_id}/retry",
+            format!("/v1/webhooks/{id}/deliveries/dl_none/retry"),
+            None,
+        ),
+        (
+            "post",
+            "/v1/webhooks",
+            "/v1/webhooks".to_string(),
+            Some(json!({"url": "http://10.0.0.1/", "events": ["tap"]})),
+        ),
+    ] {
+        let r = s.api(&method.to_uppercase(), &uri, body).await;
+        conforms(&doc, method, path, r.status, &r.json());
+    }
+    let deleted = s.api("DELETE", &format!("/v1/webhooks/{id}"), None).await;
+    assert!(doc["paths"]["/v1/webhooks/{id}"]["delete"]["responses"][deleted.status.as_str()].is_object());
+    assert!(
+        doc["webhooks"]["click"]["post"]["requestBody"].is_object(),
+        "deliveries are documented"
+    );
 }
 
 /// A method a path does not take answers 405 with `Allow` naming exactly the methods the
@@ -309,7 +366,10 @@ async fn a_405_names_the_documented_methods_in_allow() {
     let env = Env::new(Backend::Embedded);
     let s = TestServer::start(&env).await;
     for (path, ops) in doc["paths"].as_object().unwrap() {
-        let uri = path.replace("{code}", "abc123").replace("{id}", "x1");
+        let uri = path
+            .replace("{code}", "abc123")
+            .replace("{id}", "x1")
+            .replace("{delivery_id}", "dl_1");
         let r = s.api("TRACE", &uri, None).await;
         assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "TRACE {uri}");
         let mut allowed: Vec<String> = r

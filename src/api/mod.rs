@@ -11,6 +11,7 @@ pub(crate) mod links;
 mod partners;
 pub(crate) mod qr;
 mod stats;
+mod webhooks;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode, header};
@@ -97,7 +98,16 @@ where
         (&Method::GET, ["leads"]) => leads::list(app, key, req.uri().query()).await,
         (&Method::GET, ["leads", id]) => leads::get(app, key, id).await,
         (&Method::POST, ["conversions"]) => conversions::create(app, key, req).await,
-        (_, ["links" | "leads"]) => Err(ApiError::method_not_allowed("GET, POST")),
+        (&Method::POST, ["webhooks"]) => webhooks::create(app, key, req).await,
+        (&Method::GET, ["webhooks"]) => webhooks::list(app, key).await,
+        (&Method::GET, ["webhooks", id]) => webhooks::get(app, key, id).await,
+        (&Method::DELETE, ["webhooks", id]) => webhooks::delete(app, key, id).await,
+        (&Method::GET, ["webhooks", id, "deliveries"]) => webhooks::deliveries(app, key, id, req.uri().query()).await,
+        (&Method::POST, ["webhooks", id, "deliveries", did, "retry"]) => webhooks::retry(app, key, id, did).await,
+        (_, ["links" | "leads" | "webhooks"]) => Err(ApiError::method_not_allowed("GET, POST")),
+        (_, ["webhooks", _]) => Err(ApiError::method_not_allowed("GET, DELETE")),
+        (_, ["webhooks", _, "deliveries"]) => Err(ApiError::method_not_allowed("GET")),
+        (_, ["webhooks", _, "deliveries", _, "retry"]) => Err(ApiError::method_not_allowed("POST")),
         (_, ["partners" | "campaigns" | "conversions"] | ["links", "bulk"]) => {
             Err(ApiError::method_not_allowed("POST"))
         }

@@ -2,7 +2,7 @@
 //!
 //! [`App::build`] opens the store and the event sink the config names (Redis, or the embedded
 //! redb file and event log), provisions embedded-mode secrets ([`provision`]), registers the
-//! metrics and starts the batcher. Handlers receive `&App`; the server only accepts, routes and
+//! metrics and starts the batcher and webhook delivery ([`crate::webhook`]). Handlers receive `&App`; the server only accepts, routes and
 //! drains.
 
 mod provision;
@@ -17,11 +17,13 @@ use crate::link::click_id::ClickSigner;
 use crate::metrics::Metrics;
 use crate::resolve::Resolver;
 use crate::shutdown::Readiness;
+use crate::store::redis::feed::RedisFeed;
 use crate::store::{EmbeddedStore, RedisStore, Store};
 use crate::stream::cluster::ClusterStreamSink;
-use crate::stream::log::{EventLog, LOG_ROTATE_BYTES, Spool};
+use crate::stream::log::{EventLog, LOG_ROTATE_BYTES, LogTail, Spool};
 use crate::stream::{BatcherParts, Delivery, EventSink, LogSink, RedisStreamSink};
 use crate::tls::RedisTarget;
+use crate::webhook::{Feed, Webhooks};
 
 /// How often histogram samples are folded into their buckets between scrapes.
 pub(crate) const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -41,6 +43,8 @@ pub struct App {
     pub events: Option<Arc<EventQueue>>,
     /// The batcher draining `events`.
     delivery: Option<Delivery>,
+    /// Webhook delivery (`None` in benchmarks built with [`App::assemble`]).
+    pub(crate) webhooks: Option<Arc<Webhooks>>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -48,9 +52,12 @@ impl App {
     /// Opens the store and event sink named by the config, provisions embedded-mode secrets and
     /// starts the batcher. Must run inside a Tokio runtime.
     pub async fn build(config: Config) -> anyhow::Result<Arc<Self>> {
-        let (store, sink): (Arc<dyn Store>, Arc<dyn EventSink>) = match &config.redis_url {
+        let consumer = format!("replica-{}", crate::link::code::generate_codes(1).concat());
+        let (store, sink, feed): (Arc<dyn Store>, Arc<dyn EventSink>, Feed) = match &config.redis_url {
             Some(url) => {
                 let redis = Arc::new(RedisStore::connect_with(url, &config.redis_tls).await?);
+                let streams = crate::stream::stream_keys(&config.stream, config.stream_shards);
+                let feed = Feed::Redis(RedisFeed::new(redis.clone(), streams, consumer));
                 let sink: Arc<dyn EventSink> = match RedisTarget::parse(url).map_err(anyhow::Error::msg)? {
                     RedisTarget::Single(url) => Arc::new(
                         RedisStreamSink::sharded(&url, &config.stream, config.stream_shards, config.stream_maxlen)
@@ -68,7 +75,7 @@ impl App {
                         .with_wait(config.redis_wait_replicas, config.redis_wait_timeout),
                     ),
                 };
-                (redis, sink)
+                (redis, sink, feed)
             }
             None => {
                 let embedded = Arc::new(EmbeddedStore::open(&config.data_dir)?);
@@ -77,7 +84,8 @@ impl App {
                     log: Arc::new(std::sync::Mutex::new(log)),
                     store: embedded.clone(),
                 };
-                (embedded, Arc::new(sink))
+                let feed = Feed::Log(LogTail::open(&config.data_dir)?);
+                (embedded, Arc::new(sink), feed)
             }
         };
         let api_keys = provision::api_keys(&config)?;
@@ -85,6 +93,9 @@ impl App {
         let spool = Spool::open(&config.data_dir)?;
         let mut app = Self::assemble(config, store, api_keys, &click_secret);
         app.start_events(sink, spool, click_secret)?;
+        let settings = app.config.webhooks.clone();
+        let metrics = app.metrics.webhooks();
+        app.webhooks = Some(Webhooks::start(app.store.clone(), feed, settings, metrics).map_err(anyhow::Error::msg)?);
         let upkeep = Arc::downgrade(&app.metrics);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
@@ -131,6 +142,7 @@ impl App {
             readiness: Readiness::default(),
             events: None,
             delivery: None,
+            webhooks: None,
             metrics,
             config,
         };
@@ -149,10 +161,16 @@ impl App {
 
     /// Flushes every queued event to the sink or the spool, waiting at most `deadline`. Returns
     /// whether the batcher finished in time.
+    /// Webhook delivery stops afterwards (what it had not recorded is attempted again after a
+    /// restart or by another replica).
     pub async fn flush_events(&self, deadline: Duration) -> bool {
-        match &self.delivery {
+        let flushed = match &self.delivery {
             Some(d) => d.shutdown(deadline).await,
             None => true,
+        };
+        if let Some(w) = &self.webhooks {
+            w.stop().await;
         }
+        flushed
     }
 }

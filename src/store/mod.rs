@@ -1,5 +1,5 @@
-//! Where links and attribution records live: three narrow traits ([`LinkStore`],
-//! [`AttributionStore`], [`CounterStore`]), each implemented by two backends with the same
+//! Where links and attribution records live: four narrow traits ([`LinkStore`],
+//! [`AttributionStore`], [`CounterStore`], [`WebhookStore`]), each implemented by two backends with the same
 //! behaviour, one file per trait.
 //!
 //! - [`RedisStore`]: production; every replica shares it and pub/sub keeps their caches coherent.
@@ -12,6 +12,7 @@
 
 mod embedded;
 pub(crate) mod redis;
+pub(crate) mod webhooks;
 
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ use async_trait::async_trait;
 
 pub use self::embedded::EmbeddedStore;
 pub use self::redis::RedisStore;
+pub(crate) use self::webhooks::{Attempted, DeliveryStatus, Webhook, WebhookDelivery, WebhookStore};
 use crate::attribution::model::{Campaign, Conversion, Lead, LeadClaim, Partner, RankBy, Stats};
 use crate::link::Link;
 use crate::link::input::LinkPatch;
@@ -150,7 +152,7 @@ pub trait CounterStore: Send + Sync + 'static {
 
 /// A whole backend, as the application holds it; callers that need one part take that trait.
 #[async_trait]
-pub trait Store: LinkStore + AttributionStore + CounterStore {
+pub trait Store: LinkStore + AttributionStore + CounterStore + WebhookStore {
     /// Whether the store answers (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
 }

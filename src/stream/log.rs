@@ -64,6 +64,136 @@ impl EventLog {
     }
 }
 
+/// A position in the event log: a file's number and a byte offset in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct LogPos {
+    pub file: u32,
+    pub offset: u64,
+}
+
+/// Reads the event log from a position kept in `<data>/webhooks.cursor`: webhook delivery's
+/// feed in embedded mode. Only whole lines are read (a line still being appended waits for the
+/// next read); the position is saved ([`LogTail::commit`], written to a temporary file and
+/// renamed) once what was read is stored elsewhere, so a restart reads on from there.
+pub(crate) struct LogTail {
+    dir: PathBuf,
+    cursor: PathBuf,
+    pos: LogPos,
+}
+
+impl LogTail {
+    /// Opens the tail at its saved position, or at the log's end when none is saved.
+    pub(crate) fn open(data_dir: &Path) -> std::io::Result<Self> {
+        let dir = data_dir.join("events");
+        std::fs::create_dir_all(&dir)?;
+        let mut tail = Self {
+            dir,
+            cursor: data_dir.join("webhooks.cursor"),
+            pos: LogPos { file: 1, offset: 0 },
+        };
+        tail.pos = match std::fs::read_to_string(tail.cursor_path()) {
+            Ok(text) => {
+                let mut parts = text.split_whitespace().map(str::parse::<u64>);
+                match (parts.next(), parts.next()) {
+                    (Some(Ok(file)), Some(Ok(offset))) => LogPos {
+                        file: u32::try_from(file).unwrap_or(1),
+                        offset,
+                    },
+                    _ => tail.end()?,
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => tail.end()?,
+            Err(e) => return Err(e),
+        };
+        Ok(tail)
+    }
+
+    fn cursor_path(&self) -> PathBuf {
+        self.cursor.clone()
+    }
+
+    fn file_path(&self, file: u32) -> PathBuf {
+        self.dir.join(format!("events-{file:06}.jsonl"))
+    }
+
+    /// The end of the log now: the newest file and its size.
+    pub(crate) fn end(&self) -> std::io::Result<LogPos> {
+        let newest = std::fs::read_dir(&self.dir)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                name.strip_prefix("events-")?
+                    .strip_suffix(".jsonl")?
+                    .parse::<u32>()
+                    .ok()
+            })
+            .max()
+            .unwrap_or(1);
+        let size = match std::fs::metadata(self.file_path(newest)) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e),
+        };
+        Ok(LogPos {
+            file: newest,
+            offset: size,
+        })
+    }
+
+    /// Up to `max` whole lines from the position, each with the position after it. At the end of
+    /// a file that has a successor, reading goes on in the successor.
+    pub(crate) fn read(&mut self, max: usize) -> std::io::Result<Vec<(LogPos, Vec<u8>)>> {
+        let mut out = Vec::new();
+        let mut pos = self.pos;
+        loop {
+            let file = match File::open(self.file_path(pos.file)) {
+                Ok(f) => Some(f),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(e),
+            };
+            if let Some(mut f) = file {
+                f.seek(SeekFrom::Start(pos.offset))?;
+                let mut reader = BufReader::new(f);
+                let mut line = Vec::new();
+                while out.len() < max {
+                    line.clear();
+                    let n = reader.read_until(b'\n', &mut line)?;
+                    if n == 0 || line.last() != Some(&b'\n') {
+                        break;
+                    }
+                    pos.offset += n as u64;
+                    line.pop();
+                    out.push((pos, line.clone()));
+                }
+            }
+            if out.len() >= max || !self.file_path(pos.file + 1).exists() {
+                break;
+            }
+            pos = LogPos {
+                file: pos.file + 1,
+                offset: 0,
+            };
+        }
+        self.pos = pos;
+        Ok(out)
+    }
+
+    /// Saves `pos` as where a restart reads on from.
+    pub(crate) fn commit(&self, pos: LogPos) -> std::io::Result<()> {
+        let tmp = self.cursor.with_extension("cursor.tmp");
+        let mut f = File::create(&tmp)?;
+        f.write_all(format!("{} {}\n", pos.file, pos.offset).as_bytes())?;
+        f.sync_data()?;
+        std::fs::rename(tmp, self.cursor_path())
+    }
+
+    /// Moves the reading position to `pos` (back to the last committed one after a failure, or
+    /// on to the end); [`LogTail::commit`] saves it.
+    pub(crate) fn seek(&mut self, pos: LogPos) {
+        self.pos = pos;
+    }
+}
+
 /// A spool header line: the batch's id (`None` when it does not parse), its event count, and
 /// the sequence numbers of its links (`seqs`, absent in spools written before it existed).
 struct Header {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 mod cluster;
+pub(crate) mod receiver;
 pub(crate) use self::cluster::ClusterGuard;
 
 use std::collections::HashMap;

@@ -10,6 +10,8 @@
 //! - `idempotency`: key → expiry (u64 BE Unix seconds) followed by the stored answer
 //! - `leads`, `lead_claims` (claim key → lead id), `lead_index` (like `link_index`)
 //! - `partners`, `campaigns`, `orders` (order id → first conversion answer): JSON records
+//! - `webhooks`, `wh_deliveries`, `wh_due`, `wh_due_of`, `wh_recent`: webhooks and their
+//!   delivery queues ([`webhooks`])
 //! - `stats`: (scope, field) → counter, scope `l\x1f<code>`, `c\x1f<campaign>`, `o\x1f<campaign>\x1f<owner>`
 //!
 //! Every mint is one write transaction, so a bulk call is all or nothing; commits are durable
@@ -18,6 +20,7 @@
 mod attribution;
 mod counters;
 mod links;
+mod webhooks;
 
 use self::counters::add_counters;
 
@@ -113,6 +116,7 @@ impl EmbeddedStore {
             txn.open_table(CAMPAIGNS).map_err(err)?;
             txn.open_table(ORDERS).map_err(err)?;
             txn.open_table(STATS).map_err(err)?;
+            webhooks::create_tables(&txn)?;
         }
         purge_expired(&txn)?;
         txn.commit().map_err(err)?;

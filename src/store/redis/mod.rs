@@ -20,11 +20,13 @@
 //! | `lg:lb:{<campaign>}:leads` (`:conversions`, `:revenue`) | zset | owners scored for the leaderboards |
 //! | `lg:applied:{<replica>}` | string | the highest batch number of that batcher applied (`APPLY_ONCE`), `EX` 7 days |
 //! | `lg:applied:{<tag>}:<replica>` | string | on a Redis Cluster, the same per counter hash tag (a counter array's `n`, a campaign, a code): each tag's counters of a batch apply once, in its slot ([`crate::stream::cluster`]) |
+//! | `lg:webhooks`, `lg:wh:{<webhook>}:…` | hash, zset, strings, list | webhooks and their delivery queues ([`webhooks`]) |
 //! | `LINKGATE_STREAM` (default `linkgate:events`), or `<stream>:{0}` … with `LINKGATE_STREAM_SHARDS` | stream | events, fields `type` and `json`, `MAXLEN ~` capped per key; a code's events on one shard ([`crate::stream_shard`]) |
 //!
 //! Ids inside keys are escaped ([`esc`]: `%`, `{`, `}`, `:` as `%25`, `%7B`, `%7D`, `%3A`), so
 //! distinct ids never share a key and no id closes a hash tag early; ids without those characters
-//! read as before. This is a pre-release format change: data minted with ids holding them is not
+//! read as before. The stream's consumer group `linkgate-webhooks` hands each event to one
+//! replica's webhook delivery ([`feed`]). This is a pre-release format change: data minted with ids holding them is not
 //! migrated.
 //!
 //! Pub/sub channel `lg:invalidate` carries codes whose link changed; each replica drops them from
@@ -35,8 +37,10 @@
 mod attribution;
 mod conn;
 mod counters;
+pub(crate) mod feed;
 mod links;
 mod templates;
+mod webhooks;
 
 pub(crate) use self::counters::{APPLIED_TTL_SECS, APPLY_ONCE, applied_key, applied_key_of_tag, counter_updates};
 
