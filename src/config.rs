@@ -116,8 +116,11 @@ pub struct Config {
 }
 
 /// How webhooks are delivered.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct WebhookSettings {
+    /// What `https` receivers are trusted by (`LINKGATE_WEBHOOK_CA_FILE`, else the system's
+    /// authorities).
+    pub tls: RedisTls,
     /// `LINKGATE_WEBHOOK_ALLOW_PRIVATE`: http, and loopback/private addresses, allowed
     /// (development and tests only).
     pub allow_private: bool,
@@ -132,6 +135,7 @@ pub struct WebhookSettings {
 impl Default for WebhookSettings {
     fn default() -> Self {
         Self {
+            tls: RedisTls::default(),
             allow_private: false,
             timeout: Duration::from_secs(10),
             backoff: Duration::from_secs(5),
@@ -165,9 +169,17 @@ fn webhook_settings(get: &impl Fn(&'static str) -> Option<String>) -> Result<Web
             ));
         }
     };
+    let tls = match get("LINKGATE_WEBHOOK_CA_FILE") {
+        None => RedisTls::default(),
+        Some(path) => std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(RedisTls::with_ca_pem)
+            .map_err(|m| bad("LINKGATE_WEBHOOK_CA_FILE", format!("`{path}`: {m}")))?,
+    };
     let ms = Duration::from_millis;
     let secs = Duration::from_secs;
     Ok(WebhookSettings {
+        tls,
         allow_private,
         timeout: duration_in(
             get,
@@ -352,6 +364,11 @@ pub const VARS: &[Var] = &[
         "LINKGATE_WEBHOOK_ALLOW_PRIVATE",
         Some("false"),
         "let webhooks target http and loopback/private addresses (development and tests only)",
+    ),
+    var(
+        "LINKGATE_WEBHOOK_CA_FILE",
+        None,
+        "PEM file of the authorities https webhook receivers are trusted by (unset: the system's)",
     ),
     var(
         "LINKGATE_WEBHOOK_TIMEOUT",

@@ -24,8 +24,8 @@ const FAST: [(&str, &str); 3] = [
 ];
 const ARRIVAL: Duration = Duration::from_secs(20);
 
-fn settings(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
-    let mut v = FAST.to_vec();
+fn settings<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut v: Vec<(&str, &str)> = FAST.to_vec();
     v.extend_from_slice(extra);
     v
 }
@@ -527,4 +527,48 @@ async fn deliveries_never_reach_a_private_address_without_the_setting() {
         .json()["deliveries"]
         .clone();
     assert!(list[0]["error"].as_str().unwrap().contains("127.0.0.1"), "{list}");
+}
+
+#[tokio::test]
+async fn https_receivers_are_verified_against_the_configured_authorities() {
+    let certs = support::TempDir::new();
+    support::test_ca(&certs);
+    let ca = certs.0.join("ca.crt").to_string_lossy().to_string();
+    let env = Env::new(Backend::Embedded);
+    let receiver = Receiver::start_tls(&certs).await;
+    assert!(receiver.url("/").starts_with("https://127.0.0.1:"));
+
+    // Trusting only the system's authorities, the test CA's certificate is refused.
+    let untrusting = TestServer::start_with(&env, &settings(&[])).await;
+    subscribe(&untrusting, &receiver, json!({"events": ["click"]})).await;
+    tap_links(&untrusting, "tls", 1, 1).await;
+    eventually(ARRIVAL, "the TLS handshake refused", || async {
+        (metric(
+            &untrusting.app,
+            "linkgate_webhook_attempts_total{outcome=\"unreachable\"}",
+        ) >= 1.0)
+            .then_some(())
+    })
+    .await;
+    assert!(receiver.posts().is_empty());
+    let hooks = untrusting.api("GET", "/v1/webhooks", None).await.json();
+    let id = hooks["webhooks"][0]["id"].as_str().unwrap().to_string();
+    let list = untrusting
+        .api("GET", &format!("/v1/webhooks/{id}/deliveries"), None)
+        .await
+        .json();
+    let error = list["deliveries"][0]["error"].as_str().unwrap_or_default().to_string();
+    assert!(
+        error.contains("certificate") || error.contains("UnknownIssuer"),
+        "{error}"
+    );
+    untrusting.stop().await;
+
+    // With LINKGATE_WEBHOOK_CA_FILE naming it, the queued delivery goes through, over TLS.
+    let trusting = TestServer::start_with(&env, &settings(&[("LINKGATE_WEBHOOK_CA_FILE", ca.as_str())])).await;
+    let ids = event_ids(&env, &["click"]);
+    assert_eq!(ids.len(), 1);
+    all_arrive(&receiver, &ids).await;
+    assert!(receiver.posts().iter().all(|p| p.signature_ok));
+    drop(trusting);
 }

@@ -372,6 +372,43 @@ mod tests {
     use super::*;
     use crate::click::EventType;
 
+    /// The tail reads whole lines across rotated files, never a line still being written, and a
+    /// reopened tail goes on from the committed position (a fresh one starts at the end).
+    #[test]
+    fn the_log_tail_reads_whole_lines_across_files_from_its_saved_position() {
+        let dir = std::env::temp_dir().join(format!("linkgate-tail-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut log = EventLog::open(&dir, 10).unwrap();
+        log.append(b"{\"id\":\"old\"}\n").unwrap();
+        let mut tail = LogTail::open(&dir).unwrap();
+        assert!(tail.read(10).unwrap().is_empty(), "a fresh tail starts at the end");
+        // Each append past 10 bytes starts a new file.
+        log.append(b"{\"id\":\"a\"}\n{\"id\":\"b\"}\n").unwrap();
+        log.append(b"{\"id\":\"c\"}\n").unwrap();
+        let got = tail.read(2).unwrap();
+        assert_eq!(
+            got.iter().map(|(_, l)| l.as_slice()).collect::<Vec<_>>(),
+            [&b"{\"id\":\"a\"}"[..], b"{\"id\":\"b\"}"]
+        );
+        tail.commit(got[1].0).unwrap();
+        // A torn line (no newline yet) waits.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join("events").join(format!("events-{:06}.jsonl", log.index)))
+            .unwrap()
+            .write_all(b"{\"id\":")
+            .unwrap();
+        let got = tail.read(10).unwrap();
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].1, b"{\"id\":\"c\"}");
+        // Not committed: a reopened tail reads `c` again.
+        let mut again = LogTail::open(&dir).unwrap();
+        let got = again.read(10).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].1, b"{\"id\":\"c\"}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// `events` as the lines the batcher spools for batch `seq`.
     fn lines(seq: u64, events: &[Event]) -> Vec<u8> {
         let mut batch = crate::stream::Batch::default();

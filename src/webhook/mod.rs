@@ -161,7 +161,7 @@ impl Webhooks {
         settings: WebhookSettings,
         metrics: WebhookMetrics,
     ) -> Result<Arc<Self>, String> {
-        let tls = crate::tls::RedisTls::default().client_config()?;
+        let tls = settings.tls.client_config()?;
         let hooks = Arc::new(Self {
             store,
             client: Client::new(tls, settings.allow_private, settings.timeout),

@@ -53,6 +53,8 @@ pub(crate) struct Receiver {
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// Serves https with this when set.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Checks `t=<secs>,v1=<hex>` against the body: the verification an integrator writes.
@@ -92,6 +94,33 @@ impl Receiver {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             state: Arc::default(),
             task: None,
+            tls: None,
+        };
+        r.listen().await;
+        r
+    }
+
+    /// An https receiver with the certificate [`super::test_ca`] wrote into `dir` (for
+    /// `127.0.0.1` and `localhost`).
+    pub(crate) async fn start_tls(dir: &super::TempDir) -> Self {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(dir.0.join("redis.crt"))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let key = PrivateKeyDer::from_pem_file(dir.0.join("redis.key")).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        let mut r = Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            state: Arc::default(),
+            task: None,
+            tls: Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
         };
         r.listen().await;
         r
@@ -101,6 +130,7 @@ impl Receiver {
         let listener = tokio::net::TcpListener::bind(self.addr).await.expect("receiver binds");
         self.addr = listener.local_addr().unwrap();
         let state = self.state.clone();
+        let tls = self.tls.clone();
         self.task = Some(tokio::spawn(async move {
             // Dropped with the accept loop: aborting it closes every open connection too.
             let mut conns = tokio::task::JoinSet::new();
@@ -109,11 +139,16 @@ impl Receiver {
                     continue;
                 };
                 let state = state.clone();
+                let tls = tls.clone();
                 conns.spawn(async move {
-                    let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    match tls {
+                        Some(acceptor) => {
+                            if let Ok(s) = acceptor.accept(stream).await {
+                                serve(s, state).await;
+                            }
+                        }
+                        None => serve(stream, state).await,
+                    }
                 });
             }
         }));
@@ -134,7 +169,8 @@ impl Receiver {
     }
 
     pub(crate) fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.addr)
     }
 
     pub(crate) fn set_secret(&self, secret: &str) {
@@ -177,6 +213,16 @@ impl Drop for Receiver {
             t.abort();
         }
     }
+}
+
+async fn serve<IO>(io: IO, state: Arc<Mutex<State>>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), service)
+        .await;
 }
 
 async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
