@@ -43,9 +43,9 @@ pub(crate) const BATCH_BUCKETS: [f64; 12] = [
     5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10_000.0, 100_000.0,
 ];
 
-/// Upper bounds of the webhook delivery lag buckets, in seconds: 10 ms to an hour.
-pub(crate) const WEBHOOK_LAG_BUCKETS: [f64; 13] = [
-    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 300.0, 3600.0,
+/// Upper bounds of the webhook delivery lag buckets, in seconds: 5 ms to an hour.
+pub(crate) const WEBHOOK_LAG_BUCKETS: [f64; 16] = [
+    0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 300.0, 3600.0,
 ];
 /// Outcomes of a webhook attempt, as labels (`webhook::Outcome`'s order).
 pub(crate) const WEBHOOK_OUTCOMES: [&str; 5] = ["delivered", "rejected", "timeout", "unreachable", "blocked"];
