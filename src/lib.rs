@@ -11,27 +11,30 @@
 //! 3. **Redirect** — [`redirect`] turns the resolved link into a 301/302/307/308, a 410 or a 404,
 //!    with the click id ([`link::click_id`]) appended for conversion tracking. A cache hit does no
 //!    I/O. The API's handlers ([`api`]) sit beside it.
-//! 4. **Stream** — [`stream`]: one batcher drains the click queue, encodes each batch's JSON once,
+//! 4. **Webhooks** — [`webhook`] reads the events back from the durable pipeline (a Redis Stream
+//!    consumer group, or the embedded event log), POSTs them signed to the endpoints subscribed to
+//!    them, and retries what failed from a queue in the store; never on the redirect path.
+//! 5. **Stream** — [`stream`]: one batcher drains the click queue, encodes each batch's JSON once,
 //!    claims leads, adds up counters and writes pipelined `XADD`s (over the stream's shard keys)
 //!    to Redis on its own connection ([`resp`]), to a Redis Cluster through redis-rs's cluster
 //!    client (one pipeline per slot), or to the embedded event log; what cannot be written goes to
 //!    the spool and is replayed in order.
-//! 5. **Errors** — [`error`] is the one place errors become HTTP answers: the API's JSON errors and
+//! 6. **Errors** — [`error`] is the one place errors become HTTP answers: the API's JSON errors and
 //!    the edge's 404/410/503 pages. [`limit`] is the API's per-key rate limit.
-//! 6. **Click** — [`click`] classifies the visitor (human, link previewer, bot), records the tap as
+//! 7. **Click** — [`click`] classifies the visitor (human, link previewer, bot), records the tap as
 //!    a [`click::ClickRecord`] and hands it to a bounded lock-free queue ([`click::EventQueue`],
 //!    never awaited). It also defines the events consumers read.
-//! 7. **Resolve** — [`resolve`] answers "which link is this code?" from a sharded in-memory map. A
+//! 8. **Resolve** — [`resolve`] answers "which link is this code?" from a sharded in-memory map. A
 //!    miss reads the [`store`] once (concurrent misses coalesce), unknown codes are remembered
 //!    briefly, and Redis pub/sub keeps replicas coherent.
-//! 8. **Store** — [`store`]: narrow traits (links, attribution records, counters) and two backends,
+//! 9. **Store** — [`store`]: narrow traits (links, attribution records, counters, webhooks) and two backends,
 //!    Redis (production, shared by replicas; one server or a Redis Cluster) and an embedded redb
 //!    file (the default).
-//! 9. **Attribute** — [`attribution`]: plain records and functions: who becomes a lead, whether a
+//! 10. **Attribute** — [`attribution`]: plain records and functions: who becomes a lead, whether a
 //!    conversion is attributed, the partner chain and its commission.
-//! 10. **Model** — [`config`] reads and validates every setting before a port is bound; [`link`]
+//! 11. **Model** — [`config`] reads and validates every setting before a port is bound; [`link`]
 //!     holds the Link and its rules (codes, destinations, click ids, API input).
-//! 11. **Foundations** — [`time`], [`hash`], [`body`] (the response body), [`resp`] (the RESP
+//! 12. **Foundations** — [`time`], [`hash`], [`body`] (the response body), [`resp`] (the RESP
 //!     wire), [`tls`] (where Redis is: one server or a cluster's seeds, and what `rediss://`
 //!     trusts), [`field`] (one bad field), [`shutdown`] (signals, readiness), [`metrics`] (every
 //!     metric, declared once).

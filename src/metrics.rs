@@ -291,8 +291,8 @@ impl Metrics {
                 &[],
             ),
             enqueued: r.counter(
-                "linkgate_webhook_deliveries_enqueued_total",
-                "Webhook deliveries created (an event read twice creates none the second time).",
+                "linkgate_webhook_deliveries_queued_total",
+                "Webhook deliveries whose first attempt failed, queued for retries (one read twice is queued once).",
                 &[],
             ),
         }

@@ -1,12 +1,13 @@
 //! Webhook subscriptions and their deliveries: the records and the [`WebhookStore`] trait both
 //! backends implement (Redis: `redis/webhooks.rs`; embedded: `embedded/webhooks.rs`).
 //!
-//! A delivery is one POST to one endpoint: one event, or (batch mode) an array of events. It is
-//! created once per (endpoint, event) — its id is a hash of the two, so reading an event twice
-//! from the feed (a replica restarted before it acknowledged the read) enqueues nothing twice —
-//! and then sits in its endpoint's due queue until a sender claims it. A claim is a lease: the
-//! delivery's due time moves `lease` into the future, so a replica that dies mid-POST leaves it
-//! to be claimed again once the lease runs out (at least once).
+//! A delivery is one POST to one endpoint: one event, or (batch mode) an array of events; its id
+//! is a hash of the two, so reading an event twice (a replica restarted before it acknowledged
+//! the read) makes the same delivery. Its first attempt is made by the replica that read it;
+//! only when that fails is it stored, in its endpoint's due queue, until a sender claims it for
+//! the next attempt. A claim is a lease: the delivery's due time moves `lease` into the future, so
+//! a replica that dies mid-POST leaves it to be claimed again once the lease runs out (at least
+//! once). Every delivery also goes to its endpoint's log of recent deliveries.
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -118,9 +119,13 @@ pub trait WebhookStore: Send + Sync + 'static {
     /// Deletes the webhook and its queue; `false` when unknown.
     async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError>;
 
-    /// Adds deliveries, due at once. A delivery whose id exists already is left as it is (the
-    /// same event read twice), so this is safe to repeat. Returns how many were new.
+    /// Queues deliveries whose first attempt failed, due at their `next_attempt_ms`. A delivery
+    /// whose id is queued or recorded already is left as it is (the same event read twice), so
+    /// this is safe to repeat. Returns how many were new.
     async fn enqueue_deliveries(&self, deliveries: &[WebhookDelivery]) -> Result<usize, StoreError>;
+    /// Records deliveries whose first attempt succeeded (or failed for good) in their endpoints'
+    /// recent-delivery logs; they are not queued.
+    async fn record_deliveries(&self, deliveries: &[WebhookDelivery]) -> Result<(), StoreError>;
     /// Claims up to `max` deliveries of `webhook_id` due at `now_ms`, leasing each until
     /// `now_ms + lease_ms` (another replica can claim it again only after that).
     async fn claim_deliveries(

@@ -5,8 +5,9 @@
 //! - **intake** ([`intake`]) reads events back from the durable pipeline (the Redis Stream
 //!   through the `linkgate-webhooks` consumer group, so each event is read by one replica; the
 //!   embedded event log from a saved position), turns them into deliveries for the webhooks that
-//!   want them and stores those before acknowledging the read;
-//! - **a sender per webhook** claims due deliveries from the store (a lease: a replica that dies
+//!   want them, makes their first attempts, and records them (delivered) or queues them (failed)
+//!   before acknowledging the read;
+//! - **a sender per webhook** retries: it claims due deliveries from the store (a lease: a replica that dies
 //!   mid-POST leaves them to another once it runs out), POSTs them ([`client`]) up to
 //!   [`CLAIM_MAX`] at a time, and records each attempt: delivered on a 2xx answer, otherwise
 //!   queued again after a pause that doubles from `LINKGATE_WEBHOOK_BACKOFF` up to an hour; a
@@ -47,6 +48,8 @@ use crate::time::{now_millis, now_secs};
 pub(crate) const REFRESH_EVERY: Duration = Duration::from_secs(1);
 /// Deliveries one sender claims and POSTs at once.
 pub(crate) const CLAIM_MAX: usize = 32;
+/// First attempts the intake makes at once (over every webhook).
+const FIRST_ATTEMPTS_AT_ONCE: usize = 64;
 /// How often an idle sender looks for deliveries that came due (retries, other replicas' reads).
 const IDLE_POLL: Duration = Duration::from_millis(250);
 /// Longest pause between two attempts of a delivery.
@@ -283,6 +286,20 @@ impl Webhooks {
         self.changed();
         self.signals.queued.notify_waiters();
         Ok(d)
+    }
+
+    /// First attempts of freshly read deliveries, [`FIRST_ATTEMPTS_AT_ONCE`] at a time.
+    async fn first_attempts(&self, hooks: &[Webhook], deliveries: Vec<WebhookDelivery>) -> Vec<Attempted> {
+        let mut jobs = Vec::with_capacity(deliveries.len());
+        for d in deliveries {
+            if let Some(hook) = hooks.iter().find(|h| h.id == d.webhook_id) {
+                jobs.push(self.attempt(hook, d));
+            }
+        }
+        futures_util::stream::iter(jobs)
+            .buffer_unordered(FIRST_ATTEMPTS_AT_ONCE)
+            .collect()
+            .await
     }
 
     /// One sender round: claims due deliveries, POSTs them, records the attempts. Returns how

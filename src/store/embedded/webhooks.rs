@@ -52,9 +52,32 @@ fn requeue(txn: &WriteTransaction, webhook: &str, id: &str, at: Option<i64>) -> 
     Ok(())
 }
 
+/// Records deliveries that are not queued: their records and their places in the recent log.
+fn record_in(db: &Database, deliveries: Vec<WebhookDelivery>) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(err)?;
+    let mut webhooks: Vec<&str> = Vec::new();
+    {
+        let mut records = txn.open_table(DELIVERIES).map_err(err)?;
+        let mut recent = txn.open_table(RECENT).map_err(err)?;
+        for d in &deliveries {
+            let (w, id) = (d.webhook_id.as_str(), d.id.as_str());
+            records.insert((w, id), encode(d).as_slice()).map_err(err)?;
+            recent.insert((w, ms(d.created_ms), id), ()).map_err(err)?;
+            if !webhooks.contains(&w) {
+                webhooks.push(w);
+            }
+        }
+    }
+    for w in webhooks {
+        trim_recent(&txn, w)?;
+    }
+    txn.commit().map_err(err)?;
+    Ok(())
+}
+
 fn enqueue_in(db: &Database, deliveries: Vec<WebhookDelivery>) -> Result<usize, StoreError> {
     let txn = db.begin_write().map_err(err)?;
-    let mut added = 0;
+    let mut added = Vec::new();
     let mut webhooks = Vec::new();
     {
         let mut records = txn.open_table(DELIVERIES).map_err(err)?;
@@ -66,13 +89,14 @@ fn enqueue_in(db: &Database, deliveries: Vec<WebhookDelivery>) -> Result<usize, 
             }
             records.insert((w, id), encode(d).as_slice()).map_err(err)?;
             recent.insert((w, ms(d.created_ms), id), ()).map_err(err)?;
-            added += 1;
+            added.push(d);
             if !webhooks.contains(&w) {
                 webhooks.push(w);
             }
         }
     }
-    for d in &deliveries {
+    let n = added.len();
+    for d in added {
         requeue(
             &txn,
             &d.webhook_id,
@@ -84,7 +108,7 @@ fn enqueue_in(db: &Database, deliveries: Vec<WebhookDelivery>) -> Result<usize, 
         trim_recent(&txn, w)?;
     }
     txn.commit().map_err(err)?;
-    Ok(added)
+    Ok(n)
 }
 
 /// Keeps the newest [`RECENT_DELIVERIES`] of `webhook`; older records go too unless queued.
@@ -272,6 +296,14 @@ impl WebhookStore for EmbeddedStore {
         }
         let deliveries = deliveries.to_vec();
         self.blocking(move |db| enqueue_in(db, deliveries)).await
+    }
+
+    async fn record_deliveries(&self, deliveries: &[WebhookDelivery]) -> Result<(), StoreError> {
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        let deliveries = deliveries.to_vec();
+        self.blocking(move |db| record_in(db, deliveries)).await
     }
 
     async fn claim_deliveries(

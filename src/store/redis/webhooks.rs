@@ -5,8 +5,8 @@
 //! |---|---|---|
 //! | `lg:webhooks` | hash | webhook id → webhook JSON |
 //! | `lg:wh:{<id>}:due` | zset | delivery id → when it is due (Unix ms; a claim moves it a lease ahead) |
-//! | `lg:wh:{<id>}:d:<delivery>` | string | the delivery record, `EX` 7 days from its last change |
-//! | `lg:wh:{<id>}:recent` | list | the newest delivery ids (`LPUSH`, trimmed to 100) |
+//! | `lg:wh:{<id>}:d:<delivery>` | string | a queued delivery's record (its first attempt failed), `EX` 7 days from its last change |
+//! | `lg:wh:{<id>}:recent` | list | the newest deliveries' records as they were first attempted or queued (`LPUSH`, trimmed to 100); a queued one's current state is its `d:` key |
 
 use async_trait::async_trait;
 use redis::Value;
@@ -26,12 +26,12 @@ fn recent_key(webhook: &str) -> String {
     format!("lg:wh:{{{}}}:recent", esc(webhook))
 }
 
-/// Creates a delivery unless its id exists: the record (`SET NX EX`), then its place in the due
+/// Queues a delivery unless its id exists: the record (`SET NX EX`), then its place in the due
 /// queue and the recent list. KEYS: record, due, recent; ARGV: record, ttl, due ms, id, recent cap.
 const ENQUEUE: &str = r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
-  redis.call('LPUSH', KEYS[3], ARGV[4])
+  redis.call('LPUSH', KEYS[3], ARGV[1])
   redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[5]) - 1)
   return 1
 end
@@ -168,20 +168,68 @@ impl WebhookStore for RedisStore {
         Ok(())
     }
 
+    async fn record_deliveries(&self, deliveries: &[WebhookDelivery]) -> Result<(), StoreError> {
+        let mut by_hook: Vec<(&str, Vec<&WebhookDelivery>)> = Vec::new();
+        for d in deliveries {
+            match by_hook.iter_mut().find(|(w, _)| *w == d.webhook_id) {
+                Some((_, list)) => list.push(d),
+                None => by_hook.push((&d.webhook_id, vec![d])),
+            }
+        }
+        let mut cmds = Vec::new();
+        for (hook, list) in by_hook {
+            let newest = &list[list.len().saturating_sub(RECENT_DELIVERIES)..];
+            let mut push = redis::cmd("LPUSH");
+            push.arg(recent_key(hook));
+            for d in newest {
+                push.arg(encode(*d));
+            }
+            cmds.push(push);
+            cmds.push(
+                redis::cmd("LTRIM")
+                    .arg(recent_key(hook))
+                    .arg(0)
+                    .arg(RECENT_DELIVERIES - 1)
+                    .clone(),
+            );
+        }
+        self.run_chunked(cmds).await?;
+        Ok(())
+    }
+
+    /// The recent list's records, each queued one in its current state.
     async fn recent_deliveries(&self, webhook_id: &str, limit: usize) -> Result<Vec<WebhookDelivery>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let ids: Vec<String> = self
+        let items: Vec<Vec<u8>> = self
             .conn()
             .await?
             .lrange(recent_key(webhook_id), 0, limit as isize - 1)
             .await?;
-        self.deliveries(webhook_id, &ids).await
+        let mut out: Vec<WebhookDelivery> = items.iter().map(|b| decode(webhook_id, b)).collect::<Result<_, _>>()?;
+        let queued: Vec<String> = out
+            .iter()
+            .filter(|d| d.status == crate::store::DeliveryStatus::Pending)
+            .map(|d| d.id.clone())
+            .collect();
+        for live in self.deliveries(webhook_id, &queued).await? {
+            if let Some(d) = out.iter_mut().find(|d| d.id == live.id) {
+                *d = live;
+            }
+        }
+        Ok(out)
     }
 
     async fn get_delivery(&self, webhook_id: &str, delivery_id: &str) -> Result<Option<WebhookDelivery>, StoreError> {
-        self.get_json(delivery_key(webhook_id, delivery_id), delivery_id).await
+        if let Some(d) = self
+            .get_json(delivery_key(webhook_id, delivery_id), delivery_id)
+            .await?
+        {
+            return Ok(Some(d));
+        }
+        let recent = self.recent_deliveries(webhook_id, RECENT_DELIVERIES).await?;
+        Ok(recent.into_iter().find(|d| d.id == delivery_id))
     }
 
     async fn queued_deliveries(&self, webhook_id: &str) -> Result<u64, StoreError> {
