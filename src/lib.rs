@@ -31,7 +31,7 @@
 //!    Redis (production, shared by replicas; one server or a Redis Cluster) and an embedded redb
 //!    file (the default).
 //! 10. **Attribute** — [`attribution`]: plain records and functions: who becomes a lead, whether a
-//!    conversion is attributed, the partner chain and its commission.
+//!     conversion is attributed, the partner chain and its commission.
 //! 11. **Model** — [`config`] reads and validates every setting before a port is bound; [`link`]
 //!     holds the Link and its rules (codes, destinations, click ids, API input).
 //! 12. **Foundations** — [`time`], [`hash`], [`body`] (the response body), [`resp`] (the RESP
