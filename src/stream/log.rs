@@ -13,6 +13,21 @@ use crate::click::Event;
 /// Size at which the event log starts a new file.
 pub(crate) const LOG_ROTATE_BYTES: u64 = 64 * 1024 * 1024;
 
+/// The number of the newest `events-NNNNNN.jsonl` in `dir` (1 when there is none).
+fn newest_file(dir: &Path) -> std::io::Result<u32> {
+    Ok(std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            name.strip_prefix("events-")?
+                .strip_suffix(".jsonl")?
+                .parse::<u32>()
+                .ok()
+        })
+        .max()
+        .unwrap_or(1))
+}
+
 /// `events-000001.jsonl`, `events-000002.jsonl`, … in `<data>/events/`.
 pub(crate) struct EventLog {
     dir: PathBuf,
@@ -26,17 +41,7 @@ impl EventLog {
     pub(crate) fn open(data_dir: &Path, rotate_at: u64) -> std::io::Result<Self> {
         let dir = data_dir.join("events");
         std::fs::create_dir_all(&dir)?;
-        let index = std::fs::read_dir(&dir)?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                name.strip_prefix("events-")?
-                    .strip_suffix(".jsonl")?
-                    .parse::<u32>()
-                    .ok()
-            })
-            .max()
-            .unwrap_or(1);
+        let index = newest_file(&dir)?;
         let path = dir.join(format!("events-{index:06}.jsonl"));
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         let size = file.metadata()?.len();
@@ -79,6 +84,8 @@ pub(crate) struct LogTail {
     dir: PathBuf,
     cursor: PathBuf,
     pos: LogPos,
+    /// The position last saved, so saving it again costs no write.
+    saved: Option<LogPos>,
 }
 
 impl LogTail {
@@ -90,15 +97,20 @@ impl LogTail {
             dir,
             cursor: data_dir.join("webhooks.cursor"),
             pos: LogPos { file: 1, offset: 0 },
+            saved: None,
         };
         tail.pos = match std::fs::read_to_string(tail.cursor_path()) {
             Ok(text) => {
                 let mut parts = text.split_whitespace().map(str::parse::<u64>);
                 match (parts.next(), parts.next()) {
-                    (Some(Ok(file)), Some(Ok(offset))) => LogPos {
-                        file: u32::try_from(file).unwrap_or(1),
-                        offset,
-                    },
+                    (Some(Ok(file)), Some(Ok(offset))) => {
+                        let pos = LogPos {
+                            file: u32::try_from(file).unwrap_or(1),
+                            offset,
+                        };
+                        tail.saved = Some(pos);
+                        pos
+                    }
                     _ => tail.end()?,
                 }
             }
@@ -118,17 +130,7 @@ impl LogTail {
 
     /// The end of the log now: the newest file and its size.
     pub(crate) fn end(&self) -> std::io::Result<LogPos> {
-        let newest = std::fs::read_dir(&self.dir)?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                name.strip_prefix("events-")?
-                    .strip_suffix(".jsonl")?
-                    .parse::<u32>()
-                    .ok()
-            })
-            .max()
-            .unwrap_or(1);
+        let newest = newest_file(&self.dir)?;
         let size = match std::fs::metadata(self.file_path(newest)) {
             Ok(m) => m.len(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
@@ -179,12 +181,17 @@ impl LogTail {
     }
 
     /// Saves `pos` as where a restart reads on from.
-    pub(crate) fn commit(&self, pos: LogPos) -> std::io::Result<()> {
+    pub(crate) fn commit(&mut self, pos: LogPos) -> std::io::Result<()> {
+        if self.saved == Some(pos) {
+            return Ok(());
+        }
         let tmp = self.cursor.with_extension("cursor.tmp");
         let mut f = File::create(&tmp)?;
         f.write_all(format!("{} {}\n", pos.file, pos.offset).as_bytes())?;
         f.sync_data()?;
-        std::fs::rename(tmp, self.cursor_path())
+        std::fs::rename(tmp, self.cursor_path())?;
+        self.saved = Some(pos);
+        Ok(())
     }
 
     /// Moves the reading position to `pos` (back to the last committed one after a failure, or

@@ -2,7 +2,7 @@
 //! socket this module opens itself, so the address is checked where it is connected to
 //! ([`super::guard::allowed`]), then rustls for `https`. Connections are kept per origin and
 //! reused. Every attempt is bounded: connect, send and the answer within the timeout, and at most
-//! [`MAX_RESPONSE_BYTES`] of the answer read.
+//! [`MAX_RESPONSE_BYTES`] of the answer read (a longer one is cut off; its status counts).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -36,8 +36,6 @@ pub(crate) enum SendError {
     Http(#[from] hyper::Error),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
-    #[error("the answer was larger than {MAX_RESPONSE_BYTES} bytes")]
-    TooLarge,
     #[error("{0}")]
     Url(String),
 }
@@ -105,7 +103,9 @@ impl Client {
             }
             Err(e) => match e.downcast::<hyper::Error>() {
                 Ok(h) => Err(SendError::Http(*h)),
-                Err(_) => Err(SendError::TooLarge),
+                // The status counts; the rest of a long answer is not read (and the connection,
+                // dropped here, is not reused).
+                Err(_) => Ok(status),
             },
         }
     }

@@ -186,6 +186,24 @@ fn finish_in(db: &Database, attempts: Vec<Attempted>) -> Result<(), StoreError> 
     Ok(())
 }
 
+/// The delivery ids of `webhook` in a table keyed by (webhook, delivery).
+fn ids_of<V: redb::Value + 'static>(
+    table: &impl ReadableTable<(&'static str, &'static str), V>,
+    webhook: &str,
+) -> Result<Vec<String>, StoreError> {
+    Ok(table
+        .range((webhook, "")..)
+        .map_err(err)?
+        .filter_map(Result::ok)
+        .map(|(k, _)| {
+            let (w, id) = k.value();
+            (w == webhook, id.to_string())
+        })
+        .take_while(|(ours, _)| *ours)
+        .map(|(_, id)| id)
+        .collect())
+}
+
 fn delete_in(db: &Database, webhook: &str) -> Result<bool, StoreError> {
     let txn = db.begin_write().map_err(err)?;
     let existed = txn
@@ -196,17 +214,7 @@ fn delete_in(db: &Database, webhook: &str) -> Result<bool, StoreError> {
         .is_some();
     {
         let mut records = txn.open_table(DELIVERIES).map_err(err)?;
-        let ids: Vec<String> = records
-            .range((webhook, "")..)
-            .map_err(err)?
-            .filter_map(Result::ok)
-            .map(|(k, _)| {
-                let (w, id) = k.value();
-                (w == webhook, id.to_string())
-            })
-            .take_while(|(ours, _)| *ours)
-            .map(|(_, id)| id)
-            .collect();
+        let ids = ids_of(&records, webhook)?;
         let mut recent = txn.open_table(RECENT).map_err(err)?;
         recent
             .retain_in((webhook, 0, "")..=(webhook, u64::MAX, "\u{10FFFF}"), |_, _| false)
@@ -220,17 +228,7 @@ fn delete_in(db: &Database, webhook: &str) -> Result<bool, StoreError> {
         due.retain_in((webhook, 0, "")..=(webhook, u64::MAX, "\u{10FFFF}"), |_, _| false)
             .map_err(err)?;
         let mut due_of = txn.open_table(DUE_OF).map_err(err)?;
-        let ids: Vec<String> = due_of
-            .range((webhook, "")..)
-            .map_err(err)?
-            .filter_map(Result::ok)
-            .map(|(k, _)| {
-                let (w, id) = k.value();
-                (w == webhook, id.to_string())
-            })
-            .take_while(|(ours, _)| *ours)
-            .map(|(_, id)| id)
-            .collect();
+        let ids = ids_of(&due_of, webhook)?;
         for id in &ids {
             due_of.remove((webhook, id.as_str())).map_err(err)?;
         }
