@@ -572,3 +572,31 @@ async fn https_receivers_are_verified_against_the_configured_authorities() {
     assert!(receiver.posts().iter().all(|p| p.signature_ok));
     drop(trusting);
 }
+
+#[tokio::test]
+async fn a_long_answer_is_cut_off_and_its_status_counts() {
+    let env = Env::new(Backend::Embedded);
+    let s = TestServer::start_with(&env, &settings(&[])).await;
+    let receiver = Receiver::start().await;
+    receiver.set_mode(Mode::Large(1024 * 1024));
+    let hook = subscribe(&s, &receiver, json!({"events": ["click"]})).await;
+    tap_links(&s, "long", 1, 2).await;
+    let id = hook["id"].as_str().unwrap();
+    let list = eventually(ARRIVAL, "two deliveries recorded", || async {
+        let v = s
+            .api("GET", &format!("/v1/webhooks/{id}/deliveries"), None)
+            .await
+            .json();
+        let list = v["deliveries"].as_array().cloned().unwrap_or_default();
+        (list.len() == 2).then_some(list)
+    })
+    .await;
+    for d in &list {
+        assert_eq!(
+            (d["status"].as_str(), d["attempts"].as_u64()),
+            (Some("delivered"), Some(1)),
+            "{d}"
+        );
+    }
+    assert_eq!(receiver.posts().len(), 2);
+}

@@ -21,8 +21,8 @@ pub(crate) const RECENT_DELIVERIES: usize = 100;
 /// How long a delivery record is kept after its last change.
 pub(crate) const DELIVERY_TTL_SECS: u64 = 7 * 86_400;
 
-/// A subscription: where to POST which events.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A subscription: where to POST which events. (`Debug` leaves the secret out.)
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Webhook {
     pub id: String,
     pub url: String,
@@ -44,6 +44,21 @@ pub struct Webhook {
     pub disabled_at: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disabled_reason: Option<String>,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("id", &self.id)
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .field("campaign_id", &self.campaign_id)
+            .field("batch", &self.batch)
+            .field("secret", &"<redacted>")
+            .field("created_at", &self.created_at)
+            .field("disabled_at", &self.disabled_at)
+            .finish()
+    }
 }
 
 impl Webhook {
@@ -143,4 +158,26 @@ pub trait WebhookStore: Send + Sync + 'static {
     async fn get_delivery(&self, webhook_id: &str, delivery_id: &str) -> Result<Option<WebhookDelivery>, StoreError>;
     /// Deliveries of `webhook_id` waiting in its queue (due or leased).
     async fn queued_deliveries(&self, webhook_id: &str) -> Result<u64, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_the_secret() {
+        let hook = Webhook {
+            id: "wh_1".into(),
+            url: "https://h.example/".into(),
+            events: vec!["click".into()],
+            campaign_id: None,
+            batch: None,
+            secret: "whsec_topsecret".into(),
+            created_at: 0,
+            disabled_at: None,
+            disabled_reason: None,
+        };
+        let shown = format!("{hook:?}");
+        assert!(shown.contains("wh_1") && !shown.contains("topsecret"), "{shown}");
+    }
 }

@@ -27,6 +27,8 @@ pub(crate) enum Mode {
     Status(u16),
     /// 200 after this pause (the events count as accepted when it is answered).
     Slow(Duration),
+    /// 200 with a body of this many bytes.
+    Large(usize),
 }
 
 /// One POST as it arrived.
@@ -250,8 +252,13 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Resp
         let s = state.lock().unwrap();
         (s.secret.clone().unwrap_or_default(), s.mode.unwrap_or(Mode::Ok))
     };
+    let mut answer = Bytes::from_static(b"ok");
     let status = match mode {
         Mode::Ok => 200,
+        Mode::Large(n) => {
+            answer = Bytes::from(vec![b'x'; n]);
+            200
+        }
         Mode::Status(s) => s,
         Mode::Slow(pause) => {
             tokio::time::sleep(pause).await;
@@ -268,7 +275,7 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Resp
         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
         answered: status,
     });
-    let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")));
+    let mut resp = Response::new(Full::new(answer));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
     Ok(resp)
 }
