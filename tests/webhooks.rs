@@ -600,3 +600,49 @@ async fn a_long_answer_is_cut_off_and_its_status_counts() {
     }
     assert_eq!(receiver.posts().len(), 2);
 }
+
+#[tokio::test]
+async fn a_hanging_receiver_does_not_hold_up_the_other_webhooks() {
+    let env = Env::new(Backend::Redis);
+    let s = TestServer::start_with(&env, &settings(&[("LINKGATE_WEBHOOK_TIMEOUT", "1s")])).await;
+    let hanging = Receiver::start().await;
+    hanging.set_mode(Mode::Slow(Duration::from_secs(30)));
+    subscribe(&s, &hanging, json!({"events": ["click"]})).await;
+    let healthy = Receiver::start().await;
+    subscribe(&s, &healthy, json!({"events": ["click"]})).await;
+    let codes = tap_links(&s, "hang", 1, 0).await;
+    let tap = || async {
+        assert_eq!(
+            s.get_ua(&format!("/{}", codes[0]), IPHONE).await.status,
+            StatusCode::FOUND
+        )
+    };
+    // The first tap's read round waits for the hanging receiver's timeout, once.
+    tap().await;
+    eventually(ARRIVAL, "the first event at the healthy receiver", || async {
+        (healthy.accepted_events().len() == 1).then_some(())
+    })
+    .await;
+    eventually(ARRIVAL, "the hanging receiver's first attempt timing out", || async {
+        (metric(&s.app, "linkgate_webhook_attempts_total{outcome=\"timeout\"}") >= 1.0).then_some(())
+    })
+    .await;
+    // From then on the hanging one's deliveries wait in its own queue: each tap reaches the
+    // healthy receiver well within the timeout.
+    for n in 2..=10 {
+        tap().await;
+        let started = std::time::Instant::now();
+        eventually(
+            Duration::from_secs(5),
+            "the next event at the healthy receiver",
+            || async { (healthy.accepted_events().len() == n).then_some(()) },
+        )
+        .await;
+        assert!(
+            started.elapsed() < Duration::from_millis(700),
+            "tap {n} took {:?} to arrive",
+            started.elapsed()
+        );
+    }
+    assert!(hanging.posts().is_empty() || hanging.posts().iter().all(|p| p.signature_ok));
+}

@@ -27,6 +27,12 @@ use crate::time::now_millis;
 /// from 30,700 to 26,400 events/s, and redirect latency beside it did not improve beyond the
 /// noise.)
 const READ_BATCH: usize = 1024;
+/// How often, while no webhook exists, the read position is moved past what was written (so the
+/// first webhook does not start with a backlog to read through).
+const IDLE_SKIP_EVERY: Duration = Duration::from_secs(5);
+/// How often, while no webhook exists, the intake looks whether one appeared (in the list the
+/// supervisor reloads).
+const IDLE_CHECK_EVERY: Duration = Duration::from_millis(250);
 /// Pause when nothing new was read.
 const IDLE_PAUSE: Duration = Duration::from_millis(20);
 /// How often entries other replicas read and never acknowledged are looked for, and how long
@@ -131,12 +137,16 @@ impl Feed {
 pub(crate) async fn run(hooks: std::sync::Weak<Webhooks>, signals: std::sync::Arc<super::Signals>, mut feed: Feed) {
     let mut last_reclaim = Instant::now();
     let never = std::future::pending::<()>;
+    let mut last_skip: Option<Instant> = None;
     while !signals.stopping() {
         let Some(h) = hooks.upgrade() else { return };
         if h.enabled().is_empty() {
-            feed.skip_if_unwanted(&h).await;
+            if last_skip.is_none_or(|t| t.elapsed() >= IDLE_SKIP_EVERY) {
+                feed.skip_if_unwanted(&h).await;
+                last_skip = Some(Instant::now());
+            }
             drop(h);
-            signals.pause(super::REFRESH_EVERY, never()).await;
+            signals.pause(IDLE_CHECK_EVERY, never()).await;
             continue;
         }
         let reclaim = matches!(feed, Feed::Redis(_)) && last_reclaim.elapsed() >= RECLAIM_EVERY;

@@ -48,6 +48,8 @@ use crate::time::{now_millis, now_secs};
 pub(crate) const REFRESH_EVERY: Duration = Duration::from_secs(1);
 /// Deliveries one sender claims and POSTs at once.
 pub(crate) const CLAIM_MAX: usize = 32;
+/// An answer slower than this marks its webhook as struggling ([`Webhooks::first_attempts`]).
+const SLOW_ANSWER: Duration = Duration::from_secs(1);
 /// First attempts the intake makes at once (over every webhook).
 const FIRST_ATTEMPTS_AT_ONCE: usize = 64;
 /// How often an idle sender looks for deliveries that came due (retries, other replicas' reads).
@@ -120,6 +122,9 @@ pub(crate) struct Webhooks {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// One sender per enabled webhook, by its id.
     senders: Mutex<HashMap<String, JoinHandle<()>>>,
+    /// Webhooks whose last answer failed or was slow: their new deliveries are queued for their
+    /// sender instead of attempted by the intake ([`Webhooks::first_attempts`]).
+    struggling: Mutex<std::collections::HashSet<String>>,
     /// Ends the delivery thread's runtime when dropped.
     _runtime: RuntimeThread,
 }
@@ -183,6 +188,12 @@ impl Drop for Webhooks {
     }
 }
 
+/// Whether an attempt got a 2xx within [`SLOW_ANSWER`].
+fn answered_well(a: &Attempted) -> bool {
+    a.delivery.status == DeliveryStatus::Delivered
+        && a.delivery.latency_ms.unwrap_or(u64::MAX) < SLOW_ANSWER.as_millis() as u64
+}
+
 /// `t=<secs>,v1=<hex HMAC-SHA256(secret, "<secs>.<body>")>`.
 pub(crate) fn signature(secret: &str, secs: i64, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any size");
@@ -226,6 +237,7 @@ impl Webhooks {
             metrics,
             tasks: Mutex::default(),
             senders: Mutex::default(),
+            struggling: Mutex::default(),
             _runtime: runtime,
         });
         // The supervisor spawns the senders on the runtime it runs on: this one.
@@ -342,18 +354,42 @@ impl Webhooks {
         Ok(d)
     }
 
-    /// First attempts of freshly read deliveries, [`FIRST_ATTEMPTS_AT_ONCE`] at a time.
+    /// First attempts of freshly read deliveries, [`FIRST_ATTEMPTS_AT_ONCE`] at a time. A
+    /// webhook whose last answer failed or took longer than [`SLOW_ANSWER`] is not attempted
+    /// here: its deliveries go straight to its queue, where its own sender works through them, so
+    /// a receiver that hangs holds up the events of every other webhook for one read round at
+    /// most. A fast 2xx to its sender makes it a candidate for first attempts again.
     async fn first_attempts(&self, hooks: &[Webhook], deliveries: Vec<WebhookDelivery>) -> Vec<Attempted> {
+        let struggling = self.struggling.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let now = now_millis();
+        let mut queued = Vec::new();
         let mut jobs = Vec::with_capacity(deliveries.len());
-        for d in deliveries {
-            if let Some(hook) = hooks.iter().find(|h| h.id == d.webhook_id) {
+        for mut d in deliveries {
+            let Some(hook) = hooks.iter().find(|h| h.id == d.webhook_id) else {
+                continue;
+            };
+            if struggling.contains(&hook.id) {
+                d.next_attempt_ms = Some(now);
+                queued.push(Attempted {
+                    delivery: d,
+                    retry_at_ms: Some(now),
+                });
+            } else {
                 jobs.push(self.attempt(hook, d));
             }
         }
-        futures_util::stream::iter(jobs)
+        let attempted: Vec<Attempted> = futures_util::stream::iter(jobs)
             .buffer_unordered(FIRST_ATTEMPTS_AT_ONCE)
             .collect()
-            .await
+            .await;
+        {
+            let mut struggling = self.struggling.lock().unwrap_or_else(|e| e.into_inner());
+            for a in attempted.iter().filter(|a| !answered_well(a)) {
+                struggling.insert(a.delivery.webhook_id.clone());
+            }
+        }
+        queued.extend(attempted);
+        queued
     }
 
     /// One sender round: claims due deliveries, POSTs them, records the attempts. Returns how
@@ -373,6 +409,12 @@ impl Webhooks {
             .buffer_unordered(CLAIM_MAX)
             .collect()
             .await;
+        if attempts.iter().any(answered_well) {
+            self.struggling
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&hook.id);
+        }
         // Not recorded (the store failed): the leases run out and the deliveries are attempted
         // again, at least once.
         self.store.finish_deliveries(&attempts).await?;

@@ -103,16 +103,23 @@ impl RedisFeed {
             return Ok(());
         }
         self.ensure_groups("$").await?;
-        let mut conn = self.store.conn().await?;
-        for (key, id) in self.streams.iter().zip(ends) {
-            let _: Value = redis::cmd("XGROUP")
-                .arg("SETID")
-                .arg(key)
-                .arg(WEBHOOK_GROUP)
-                .arg(id)
-                .query_async(&mut conn)
-                .await?;
-        }
+        // Only the shards written since the last skip (one pipeline per slot).
+        let cmds = self
+            .streams
+            .iter()
+            .zip(ends)
+            .enumerate()
+            .filter(|(i, (_, id))| self.skipped.get(*i) != Some(*id))
+            .map(|(_, (key, id))| {
+                redis::cmd("XGROUP")
+                    .arg("SETID")
+                    .arg(key)
+                    .arg(WEBHOOK_GROUP)
+                    .arg(id)
+                    .clone()
+            })
+            .collect();
+        self.store.run_chunked(cmds).await?;
         self.skipped = ends.to_vec();
         Ok(())
     }
