@@ -356,6 +356,31 @@ async fn real_answers_match_their_documented_schemas() {
         doc["webhooks"]["click"]["post"]["requestBody"].is_object(),
         "deliveries are documented"
     );
+
+    // The events webhooks post (the stream's, here the event log's) match the document's `Event`,
+    // one by one and as a batch-mode array.
+    let events = support::eventually(
+        std::time::Duration::from_secs(5),
+        "a click, a lead and a conversion",
+        || async {
+            let events = env.events();
+            let types: BTreeSet<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+            (types.len() == 3).then(|| events.clone())
+        },
+    )
+    .await;
+    let body =
+        |name: &str| doc["webhooks"][name]["post"]["requestBody"]["content"]["application/json"]["schema"].clone();
+    for name in ["click", "lead", "conversion"] {
+        for e in events.iter().filter(|e| e["type"] == name) {
+            if let Err(m) = check(&doc, &body(name), e, "event") {
+                panic!("{name} event: {m}\n{e}");
+            }
+        }
+    }
+    if let Err(m) = check(&doc, &body("batch"), &Value::Array(events.clone()), "batch") {
+        panic!("batch: {m}");
+    }
 }
 
 /// A method a path does not take answers 405 with `Allow` naming exactly the methods the
