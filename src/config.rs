@@ -218,16 +218,12 @@ fn wait_settings(get: &impl Fn(&'static str) -> Option<String>) -> Result<(u32, 
         0..=16,
         "a number of replicas from 0 to 16",
     )? as u32;
-    let t = get("LINKGATE_REDIS_WAIT_TIMEOUT").unwrap_or_default();
-    let timeout = humantime::parse_duration(t.trim())
-        .ok()
-        .filter(|d| (Duration::from_millis(1)..=Duration::from_secs(2)).contains(d))
-        .ok_or_else(|| {
-            bad(
-                "LINKGATE_REDIS_WAIT_TIMEOUT",
-                format!("`{t}` is not a duration from 1ms to 2s"),
-            )
-        })?;
+    let timeout = duration_in(
+        get,
+        "LINKGATE_REDIS_WAIT_TIMEOUT",
+        Duration::from_millis(1)..=Duration::from_secs(2),
+        "a duration from 1ms to 2s",
+    )?;
     Ok((replicas, timeout))
 }
 

@@ -1,4 +1,5 @@
-//! Hashers shared by the cache, the resolver's side maps and the batcher's per-batch maps.
+//! Hashers shared by the cache, the resolver's side maps and the batcher's per-batch maps, and
+//! digests written as hex text.
 //!
 //! The design card's `xxhash-rust` is used through the one-shot `xxh3_64` functions: its
 //! streaming `Xxh3Builder` made map lookups several times slower here (see `loadtest/optimisations.md`).
@@ -30,6 +31,18 @@ pub fn stream_shard(code: Option<&str>, shards: u32) -> u32 {
 #[inline]
 pub(crate) fn stream_route(code: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(code)
+}
+
+/// Lower-case hex digits of `bytes` (digests as text: idempotency records, delivery ids,
+/// signatures).
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(2 * bytes.len());
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    out
 }
 
 /// The shard of a [`stream_route`] among `shards`.
@@ -99,6 +112,12 @@ impl Hasher for Xxh3Hasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_is_two_lower_case_digits_per_byte_high_first() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xab, 0xff]), "000fabff");
+        assert_eq!(hex(&[]), "");
+    }
 
     #[test]
     fn code_hashes_are_seeded_per_process() {

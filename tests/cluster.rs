@@ -460,11 +460,9 @@ async fn a_cluster_over_tls_serves_mints_taps_and_changes() {
     assert_eq!(a.get("/readyz").await.status, StatusCode::OK);
     let body = json!({"defaults": {"destination": "https://shop.example/", "campaign_id": "tls"},
         "links": [{"recipient_id": "r1"}, {"recipient_id": "r2"}]});
-    let r = a.api("POST", "/v1/links/bulk", Some(body)).await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
-    let codes: Vec<String> = r.json()["links"]
-        .as_array()
-        .unwrap()
+    let codes: Vec<String> = a
+        .mint_bulk(body)
+        .await
         .iter()
         .map(|l| l["code"].as_str().unwrap().to_string())
         .collect();

@@ -182,15 +182,7 @@ async fn a_csv_export_that_fails_midway_aborts_instead_of_ending_cleanly() {
     // Three pages of 1,000 rows.
     let items: Vec<_> = (0..2500).map(|i| json!({"recipient_id": format!("r{i:05}")})).collect();
     let defaults = json!({"destination": "https://shop.example/", "campaign_id": "export"});
-    let r = s
-        .api(
-            "POST",
-            "/v1/links/bulk",
-            Some(json!({"defaults": defaults, "links": items})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
-    let minted = r.json()["links"].as_array().unwrap().clone();
+    let minted = s.mint_bulk(json!({"defaults": defaults, "links": items})).await;
     let path = "/v1/links?campaign_id=export&format=csv";
 
     let (status, body) = get_streamed(s.addr, path, ADMIN_KEY).await;

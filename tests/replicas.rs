@@ -171,9 +171,7 @@ async fn links_minted_together_read_whole_on_another_replica() {
     let b = TestServer::start(&env).await;
     let body = json!({"defaults": {"destination": "https://shop.example/spring", "campaign_id": "tpl", "owner_id": "sam", "kind": "sms"},
         "links": [{"recipient_id": "r1"}, {"recipient_id": "r2"}, {"recipient_id": "r3", "destination": "https://own.example/"}]});
-    let r = a.api("POST", "/v1/links/bulk", Some(body)).await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
-    let minted = r.json()["links"].as_array().unwrap().clone();
+    let minted = a.mint_bulk(body).await;
     let redis = env.redis.as_ref().unwrap();
     let templates = redis.cmd(&["KEYS", "lg:tpl:*"]);
     assert!(

@@ -46,17 +46,9 @@ async fn tap_links(s: &TestServer, campaign: &str, n: usize, taps: usize) -> Vec
     let links: Vec<Value> = (0..n)
         .map(|i| json!({"recipient_id": format!("{campaign}-r{i}")}))
         .collect();
-    let r = s
-        .api(
-            "POST",
-            "/v1/links/bulk",
-            Some(json!({"defaults": {"destination": "https://shop.example/", "kind": "sms", "campaign_id": campaign}, "links": links})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
-    let codes: Vec<String> = r.json()["links"]
-        .as_array()
-        .unwrap()
+    let codes: Vec<String> = s
+        .mint_bulk(json!({"defaults": {"destination": "https://shop.example/", "kind": "sms", "campaign_id": campaign}, "links": links}))
+        .await
         .iter()
         .map(|l| l["code"].as_str().unwrap().to_string())
         .collect();

@@ -475,7 +475,7 @@ where
     h.update(route.as_bytes());
     h.update([0]);
     h.update(idem.as_bytes());
-    let id: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let id = crate::hash::hex(&h.finalize());
     let body_hash: [u8; 32] = Sha256::digest(body).into();
     if let Some(stored) = app.store.idempotency_get(&id).await? {
         if stored.len() < 34 || stored[2..34] != body_hash {

@@ -249,12 +249,9 @@ pub(crate) fn page_query(
                 Ok(c) => q.cursor = c,
                 Err(_) => errors.push(FieldError::new("cursor", "is not a cursor this API returned")),
             },
-            "limit" => match v.parse::<usize>() {
-                Ok(n) if (1..=MAX_PAGE).contains(&n) => q.limit = n,
-                _ => errors.push(FieldError::new(
-                    "limit",
-                    format!("must be an integer from 1 to {MAX_PAGE}"),
-                )),
+            "limit" => match limit_param(&v, MAX_PAGE) {
+                Ok(n) => q.limit = n,
+                Err(e) => errors.push(e),
             },
             name => {
                 if !other(name, &v, &mut errors) {
@@ -267,6 +264,14 @@ pub(crate) fn page_query(
         Ok(q)
     } else {
         Err(ApiError::validation(errors))
+    }
+}
+
+/// A `limit` query parameter: an integer from 1 to `max`.
+pub(crate) fn limit_param(v: &str, max: usize) -> Result<usize, FieldError> {
+    match v.parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(FieldError::new("limit", format!("must be an integer from 1 to {max}"))),
     }
 }
 

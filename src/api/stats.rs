@@ -4,7 +4,7 @@
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use super::{ApiResult, ok_json, query_pairs, require};
+use super::{ApiResult, limit_param, ok_json, query_pairs, require};
 use crate::app::App;
 use crate::attribution::model::RankBy;
 use crate::config::{ApiKey, Scope};
@@ -57,12 +57,9 @@ pub(super) async fn leaderboard(app: &App, key: &ApiKey, id: &str, query: Option
                 Some(b) => by = b,
                 None => errors.push(FieldError::new("by", "must be leads, conversions or revenue")),
             },
-            "limit" => match v.parse::<usize>() {
-                Ok(n) if (1..=MAX_RANKS).contains(&n) => limit = n,
-                _ => errors.push(FieldError::new(
-                    "limit",
-                    format!("must be an integer from 1 to {MAX_RANKS}"),
-                )),
+            "limit" => match limit_param(&v, MAX_RANKS) {
+                Ok(n) => limit = n,
+                Err(e) => errors.push(e),
             },
             other => errors.push(FieldError::new(other, "unknown query parameter")),
         }

@@ -7,7 +7,7 @@ use http::{Request, StatusCode};
 use serde_json::{Value, json};
 
 use super::fields::Fields;
-use super::{ApiResult, MAX_BODY_BYTES, ok_json, parse_object, query_pairs, read_body, require};
+use super::{ApiResult, MAX_BODY_BYTES, limit_param, ok_json, parse_object, query_pairs, read_body, require};
 use crate::app::App;
 use crate::body::BoxError;
 use crate::config::{ApiKey, Scope};
@@ -183,12 +183,9 @@ pub(super) async fn deliveries(app: &App, key: &ApiKey, id: &str, query: Option<
     let mut errors = Vec::new();
     for (k, v) in query_pairs(query) {
         match k.as_str() {
-            "limit" => match v.parse::<usize>() {
-                Ok(n) if (1..=MAX_DELIVERIES).contains(&n) => limit = n,
-                _ => errors.push(FieldError::new(
-                    "limit",
-                    format!("must be an integer from 1 to {MAX_DELIVERIES}"),
-                )),
+            "limit" => match limit_param(&v, MAX_DELIVERIES) {
+                Ok(n) => limit = n,
+                Err(e) => errors.push(e),
             },
             other => errors.push(FieldError::new(other, "unknown query parameter")),
         }

@@ -13,6 +13,11 @@ use crate::click::Event;
 /// Size at which the event log starts a new file.
 pub(crate) const LOG_ROTATE_BYTES: u64 = 64 * 1024 * 1024;
 
+/// The event log's file number `index` in `dir`.
+fn log_file(dir: &Path, index: u32) -> PathBuf {
+    dir.join(format!("events-{index:06}.jsonl"))
+}
+
 /// The number of the newest `events-NNNNNN.jsonl` in `dir` (1 when there is none).
 fn newest_file(dir: &Path) -> std::io::Result<u32> {
     Ok(std::fs::read_dir(dir)?
@@ -42,7 +47,7 @@ impl EventLog {
         let dir = data_dir.join("events");
         std::fs::create_dir_all(&dir)?;
         let index = newest_file(&dir)?;
-        let path = dir.join(format!("events-{index:06}.jsonl"));
+        let path = log_file(&dir, index);
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         let size = file.metadata()?.len();
         Ok(Self {
@@ -58,7 +63,7 @@ impl EventLog {
     pub(crate) fn append(&mut self, buf: &[u8]) -> std::io::Result<()> {
         if self.size >= self.rotate_at {
             self.index += 1;
-            let path = self.dir.join(format!("events-{:06}.jsonl", self.index));
+            let path = log_file(&self.dir, self.index);
             self.file = OpenOptions::new().create(true).append(true).open(path)?;
             self.size = 0;
         }
@@ -99,7 +104,7 @@ impl LogTail {
             pos: LogPos { file: 1, offset: 0 },
             saved: None,
         };
-        tail.pos = match std::fs::read_to_string(tail.cursor_path()) {
+        tail.pos = match std::fs::read_to_string(&tail.cursor) {
             Ok(text) => {
                 let mut parts = text.split_whitespace().map(str::parse::<u64>);
                 match (parts.next(), parts.next()) {
@@ -120,12 +125,8 @@ impl LogTail {
         Ok(tail)
     }
 
-    fn cursor_path(&self) -> PathBuf {
-        self.cursor.clone()
-    }
-
     fn file_path(&self, file: u32) -> PathBuf {
-        self.dir.join(format!("events-{file:06}.jsonl"))
+        log_file(&self.dir, file)
     }
 
     /// The end of the log now: the newest file and its size.
@@ -189,7 +190,7 @@ impl LogTail {
         let mut f = File::create(&tmp)?;
         f.write_all(format!("{} {}\n", pos.file, pos.offset).as_bytes())?;
         f.sync_data()?;
-        std::fs::rename(tmp, self.cursor_path())?;
+        std::fs::rename(tmp, &self.cursor)?;
         self.saved = Some(pos);
         Ok(())
     }

@@ -159,24 +159,27 @@ impl Client {
     }
 
     async fn handshake(&self, t: &Target, tcp: tokio::net::TcpStream) -> Result<SendRequest<Full<Bytes>>, SendError> {
-        if t.https {
-            let name = rustls::pki_types::ServerName::try_from(t.host.clone())
-                .map_err(|e| SendError::Url(format!("not a TLS server name: {e}")))?;
-            let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
-                .connect(name, tcp)
-                .await
-                .map_err(SendError::Tls)?;
-            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            Ok(sender)
-        } else {
-            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            Ok(sender)
+        if !t.https {
+            return http1(tcp).await;
         }
+        let name = rustls::pki_types::ServerName::try_from(t.host.clone())
+            .map_err(|e| SendError::Url(format!("not a TLS server name: {e}")))?;
+        let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(SendError::Tls)?;
+        http1(tls).await
     }
+}
+
+/// An HTTP/1 client connection over `io`, driven by a task of its own.
+async fn http1<IO>(io: IO) -> Result<SendRequest<Full<Bytes>>, SendError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
 }

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::Webhooks;
+use crate::hash::hex;
 use crate::store::redis::feed::{RedisFeed, StreamEntry};
 use crate::store::{Attempted, DeliveryStatus, Webhook, WebhookDelivery};
 use crate::stream::log::{LogPos, LogTail};
@@ -48,10 +49,41 @@ pub(crate) enum Feed {
     Log(LogTail),
 }
 
-/// Where a read event sits, to acknowledge it.
+/// What one read returned: the entries (their JSON, and where they sit, to acknowledge them).
 enum Read {
     Redis(Vec<StreamEntry>),
-    Log(Option<LogPos>),
+    /// The lines and the position after each, all read at `ms` (the log keeps no time).
+    Log {
+        lines: Vec<(LogPos, Vec<u8>)>,
+        ms: i64,
+    },
+}
+
+impl Read {
+    fn len(&self) -> usize {
+        match self {
+            Read::Redis(entries) => entries.len(),
+            Read::Log { lines, .. } => lines.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The events read, borrowed.
+    fn events(&self) -> Vec<FeedEvent<'_>> {
+        match self {
+            Read::Redis(entries) => entries
+                .iter()
+                .map(|e| FeedEvent {
+                    json: &e.json,
+                    ms: e.ms,
+                })
+                .collect(),
+            Read::Log { lines, ms } => lines.iter().map(|(_, l)| FeedEvent { json: l, ms: *ms }).collect(),
+        }
+    }
 }
 
 /// An event as read: its JSON and when it was written (Unix ms).
@@ -72,9 +104,9 @@ struct Head {
 }
 
 impl Feed {
-    /// Moves past everything written so far, when no webhook wants it. `fresh` answers whether
-    /// the store still has no webhook: asked after the end is read, so an event written after a
-    /// webhook was created is never skipped.
+    /// Moves past everything written so far, when no webhook wants it. The store is asked
+    /// whether it still has none after the end is read, so an event written after a webhook was
+    /// created is never skipped.
     async fn skip_if_unwanted(&mut self, hooks: &Webhooks) {
         let result: Result<(), String> = async {
             match self {
@@ -101,7 +133,7 @@ impl Feed {
     }
 
     /// Reads what is new; `since_ms` is where a consumer group that does not exist yet starts.
-    async fn read(&mut self, reclaim: bool, since_ms: i64) -> Result<(Read, Vec<(Vec<u8>, i64)>), String> {
+    async fn read(&mut self, reclaim: bool, since_ms: i64) -> Result<Read, String> {
         match self {
             Feed::Redis(feed) => {
                 let mut entries = feed.read(READ_BATCH, since_ms).await.map_err(|e| e.to_string())?;
@@ -112,14 +144,14 @@ impl Feed {
                             .map_err(|e| e.to_string())?,
                     );
                 }
-                let events = entries.iter().map(|e| (e.json.clone(), e.ms)).collect();
-                Ok((Read::Redis(entries), events))
+                Ok(Read::Redis(entries))
             }
             Feed::Log(tail) => {
                 let lines = tail.read(READ_BATCH).map_err(|e| e.to_string())?;
-                let now = now_millis();
-                let last = lines.last().map(|(p, _)| *p);
-                Ok((Read::Log(last), lines.into_iter().map(|(_, l)| (l, now)).collect()))
+                Ok(Read::Log {
+                    lines,
+                    ms: now_millis(),
+                })
             }
         }
     }
@@ -127,7 +159,10 @@ impl Feed {
     async fn ack(&mut self, read: &Read) -> Result<(), String> {
         match (self, read) {
             (Feed::Redis(feed), Read::Redis(entries)) => feed.ack(entries).await.map_err(|e| e.to_string()),
-            (Feed::Log(tail), Read::Log(Some(pos))) => tail.commit(*pos).map_err(|e| e.to_string()),
+            (Feed::Log(tail), Read::Log { lines, .. }) => match lines.last() {
+                Some((pos, _)) => tail.commit(*pos).map_err(|e| e.to_string()),
+                None => Ok(()),
+            },
             _ => Ok(()),
         }
     }
@@ -140,7 +175,8 @@ pub(crate) async fn run(hooks: std::sync::Weak<Webhooks>, signals: std::sync::Ar
     let mut last_skip: Option<Instant> = None;
     while !signals.stopping() {
         let Some(h) = hooks.upgrade() else { return };
-        if h.enabled().is_empty() {
+        let enabled = h.enabled();
+        if enabled.is_empty() {
             if last_skip.is_none_or(|t| t.elapsed() >= IDLE_SKIP_EVERY) {
                 feed.skip_if_unwanted(&h).await;
                 last_skip = Some(Instant::now());
@@ -155,8 +191,8 @@ pub(crate) async fn run(hooks: std::sync::Weak<Webhooks>, signals: std::sync::Ar
         }
         // The oldest webhook's creation, less a minute for clocks that disagree (earlier events
         // are filtered out by time anyway).
-        let since_ms = h.enabled().iter().map(|w| w.created_at).min().unwrap_or(0) * 1000 - CLOCK_SLACK_MS;
-        let (read, events) = match feed.read(reclaim, since_ms).await {
+        let since_ms = enabled.iter().map(|w| w.created_at).min().unwrap_or(0) * 1000 - CLOCK_SLACK_MS;
+        let read = match feed.read(reclaim, since_ms).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "webhook delivery could not read events; trying again");
@@ -165,18 +201,14 @@ pub(crate) async fn run(hooks: std::sync::Weak<Webhooks>, signals: std::sync::Ar
                 continue;
             }
         };
-        if events.is_empty() {
+        if read.is_empty() {
             drop(h);
             signals.pause(IDLE_PAUSE, never()).await;
             continue;
         }
-        h.metrics.events_read.increment(events.len() as u64);
-        let hooks = h.enabled();
-        let deliveries = deliveries_for(
-            &hooks,
-            events.iter().map(|(json, ms)| FeedEvent { json, ms: *ms }),
-            now_millis(),
-        );
+        h.metrics.events_read.increment(read.len() as u64);
+        let hooks = enabled;
+        let deliveries = deliveries_for(&hooks, read.events().into_iter(), now_millis());
         // Let the redirects queued meanwhile go first.
         tokio::task::yield_now().await;
         // First attempts, by this replica, now; the read is acknowledged only once each attempt
@@ -244,13 +276,13 @@ fn deliveries_for<'a>(
             continue;
         };
         let ts = crate::time::parse_rfc3339(&head.ts).unwrap_or(i64::MAX);
+        let t = crate::click::EventType::ALL
+            .iter()
+            .map(|t| t.as_str())
+            .find(|t| *t == head.event_type)
+            .unwrap_or("event");
         for (i, hook) in hooks.iter().enumerate() {
             if hook.wants(&head.event_type, head.campaign_id.as_deref(), ts) {
-                let t = crate::click::EventType::ALL
-                    .iter()
-                    .map(|t| t.as_str())
-                    .find(|t| *t == head.event_type)
-                    .unwrap_or("event");
                 wanted[i].push((head.id.clone(), t, e.json, e.ms));
             }
         }
@@ -285,19 +317,14 @@ fn deliveries_for<'a>(
 }
 
 /// A delivery's id: a hash of its webhook and its events, so the same events make the same id.
-pub(crate) fn delivery_id(webhook_id: &str, event_ids: &[String]) -> String {
+fn delivery_id(webhook_id: &str, event_ids: &[String]) -> String {
     let mut h = Sha256::new();
     h.update(webhook_id.as_bytes());
     for id in event_ids {
         h.update(b"\n");
         h.update(id.as_bytes());
     }
-    let digest = h.finalize();
-    let mut out = String::from("dl_");
-    for b in &digest[..12] {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
+    format!("dl_{}", hex(&h.finalize()[..12]))
 }
 
 fn delivery(

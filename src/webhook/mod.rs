@@ -39,6 +39,7 @@ use tokio::task::JoinHandle;
 
 use self::client::{Client, SendError};
 use crate::config::WebhookSettings;
+use crate::hash::hex;
 use crate::link::code::generate_codes;
 use crate::metrics::WebhookMetrics;
 use crate::store::{Attempted, DeliveryStatus, Store, StoreError, Webhook, WebhookDelivery};
@@ -200,12 +201,7 @@ pub(crate) fn signature(secret: &str, secs: i64, body: &[u8]) -> String {
     mac.update(secs.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
-    let tag = mac.finalize().into_bytes();
-    let mut out = format!("t={secs},v1=");
-    for b in tag.iter() {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
+    format!("t={secs},v1={}", hex(&mac.finalize().into_bytes()))
 }
 
 /// The pause after the `attempts`-th failure: `base` doubled per earlier failure, at most an hour,

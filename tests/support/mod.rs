@@ -517,6 +517,17 @@ impl TestServer {
         r.json()
     }
 
+    /// Mints links with one bulk call (`{"defaults", "links"}`) with the admin key; fails the test
+    /// unless it answers 201. Returns the minted links, in request order.
+    pub(crate) async fn mint_bulk(&self, body: Value) -> Vec<Value> {
+        let r = self.api("POST", "/v1/links/bulk", Some(body)).await;
+        assert_eq!(r.status, http::StatusCode::CREATED, "{}", r.text());
+        r.json()["links"]
+            .as_array()
+            .cloned()
+            .expect("a bulk answer lists its links")
+    }
+
     /// An API call with the admin key.
     pub(crate) async fn api(&self, method: &str, path: &str, body: Option<Value>) -> Resp {
         self.api_as(ADMIN_KEY, method, path, body).await

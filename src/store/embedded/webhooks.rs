@@ -52,30 +52,10 @@ fn requeue(txn: &WriteTransaction, webhook: &str, id: &str, at: Option<i64>) -> 
     Ok(())
 }
 
-/// Records deliveries that are not queued: their records and their places in the recent log.
-fn record_in(db: &Database, deliveries: Vec<WebhookDelivery>) -> Result<(), StoreError> {
-    let txn = db.begin_write().map_err(err)?;
-    let mut webhooks: Vec<&str> = Vec::new();
-    {
-        let mut records = txn.open_table(DELIVERIES).map_err(err)?;
-        let mut recent = txn.open_table(RECENT).map_err(err)?;
-        for d in &deliveries {
-            let (w, id) = (d.webhook_id.as_str(), d.id.as_str());
-            records.insert((w, id), encode(d).as_slice()).map_err(err)?;
-            recent.insert((w, ms(d.created_ms), id), ()).map_err(err)?;
-            if !webhooks.contains(&w) {
-                webhooks.push(w);
-            }
-        }
-    }
-    for w in webhooks {
-        trim_recent(&txn, w)?;
-    }
-    txn.commit().map_err(err)?;
-    Ok(())
-}
-
-fn enqueue_in(db: &Database, deliveries: Vec<WebhookDelivery>) -> Result<usize, StoreError> {
+/// Adds deliveries' records and their places in the recent log. With `queue` each also goes to
+/// the due queue (at its `next_attempt_ms`), and a delivery whose id exists is left as it is.
+/// Returns how many were added.
+fn add_in(db: &Database, deliveries: Vec<WebhookDelivery>, queue: bool) -> Result<usize, StoreError> {
     let txn = db.begin_write().map_err(err)?;
     let mut added = Vec::new();
     let mut webhooks = Vec::new();
@@ -84,7 +64,7 @@ fn enqueue_in(db: &Database, deliveries: Vec<WebhookDelivery>) -> Result<usize, 
         let mut recent = txn.open_table(RECENT).map_err(err)?;
         for d in &deliveries {
             let (w, id) = (d.webhook_id.as_str(), d.id.as_str());
-            if records.get((w, id)).map_err(err)?.is_some() {
+            if queue && records.get((w, id)).map_err(err)?.is_some() {
                 continue;
             }
             records.insert((w, id), encode(d).as_slice()).map_err(err)?;
@@ -96,13 +76,15 @@ fn enqueue_in(db: &Database, deliveries: Vec<WebhookDelivery>) -> Result<usize, 
         }
     }
     let n = added.len();
-    for d in added {
-        requeue(
-            &txn,
-            &d.webhook_id,
-            &d.id,
-            Some(d.next_attempt_ms.unwrap_or(d.created_ms)),
-        )?;
+    if queue {
+        for d in added {
+            requeue(
+                &txn,
+                &d.webhook_id,
+                &d.id,
+                Some(d.next_attempt_ms.unwrap_or(d.created_ms)),
+            )?;
+        }
     }
     for w in webhooks {
         trim_recent(&txn, w)?;
@@ -293,7 +275,7 @@ impl WebhookStore for EmbeddedStore {
             return Ok(0);
         }
         let deliveries = deliveries.to_vec();
-        self.blocking(move |db| enqueue_in(db, deliveries)).await
+        self.blocking(move |db| add_in(db, deliveries, true)).await
     }
 
     async fn record_deliveries(&self, deliveries: &[WebhookDelivery]) -> Result<(), StoreError> {
@@ -301,7 +283,7 @@ impl WebhookStore for EmbeddedStore {
             return Ok(());
         }
         let deliveries = deliveries.to_vec();
-        self.blocking(move |db| record_in(db, deliveries)).await
+        self.blocking(move |db| add_in(db, deliveries, false).map(drop)).await
     }
 
     async fn claim_deliveries(
