@@ -54,6 +54,7 @@ mod metrics;
 mod redirect;
 mod resolve;
 mod resp;
+mod runtime;
 mod server;
 mod shutdown;
 mod store;

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 /// module of its own layer or a higher one.
 const LAYERS: &[&[&str]] = &[
     // Foundations: no dependency on anything linkgate-specific.
-    &["time", "hash", "body", "tls", "field", "shutdown", "metrics"],
+    &["time", "hash", "body", "tls", "field", "shutdown", "metrics", "runtime"],
     // The event sink's own Redis connection (over `tls` when asked).
     &["resp"],
     // The link model and its rules.

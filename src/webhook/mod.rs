@@ -42,6 +42,7 @@ use crate::config::WebhookSettings;
 use crate::hash::hex;
 use crate::link::code::generate_codes;
 use crate::metrics::WebhookMetrics;
+use crate::runtime::RuntimeThread;
 use crate::store::{Attempted, DeliveryStatus, Store, StoreError, Webhook, WebhookDelivery};
 use crate::time::{now_millis, now_secs};
 
@@ -127,55 +128,15 @@ pub(crate) struct Webhooks {
     /// sender instead of attempted by the intake ([`Webhooks::first_attempts`]).
     struggling: Mutex<std::collections::HashSet<String>>,
     /// Ends the delivery thread's runtime when dropped.
+    ///
+    /// Delivery runs on a runtime of its own, on its own thread: its work (matching events, hundreds
+    /// of POSTs and their wake-ups) is then scheduled by the OS beside the server's threads instead
+    /// of queueing in front of redirects on the same worker. Measured with `loadtest/webhooks`
+    /// (server, Redis and delivery on one core, at a quarter of its redirect maximum, a click webhook
+    /// posting each event): redirect p50 23 µs without the webhook; about 1 ms with delivery on the
+    /// server's runtime; 0.3 and 0.8 ms in two runs on its own thread. The rest is the core's load
+    /// (delivery's CPU is about twice the redirects'); in batch mode p50 stays at 26–30 µs.
     _runtime: RuntimeThread,
-}
-
-/// Delivery runs on a runtime of its own, on its own thread: its work (matching events, hundreds
-/// of POSTs and their wake-ups) is then scheduled by the OS beside the server's threads instead
-/// of queueing in front of redirects on the same worker. Measured with `loadtest/webhooks`
-/// (server, Redis and delivery on one core, at a quarter of its redirect maximum, a click webhook
-/// posting each event): redirect p50 23 µs without the webhook; about 1 ms with delivery on the
-/// server's runtime; 0.3 and 0.8 ms in two runs on its own thread. The rest is the core's load
-/// (delivery's CPU is about twice the redirects'); in batch mode p50 stays at 26–30 µs.
-struct RuntimeThread {
-    handle: tokio::runtime::Handle,
-    done: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl RuntimeThread {
-    fn start() -> Result<Self, String> {
-        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
-        let (done, done_rx) = tokio::sync::oneshot::channel::<()>();
-        std::thread::Builder::new()
-            .name("linkgate-webhooks".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = handle_tx.send(Err(e.to_string()));
-                        return;
-                    }
-                };
-                let _ = handle_tx.send(Ok(rt.handle().clone()));
-                rt.block_on(async {
-                    let _ = done_rx.await;
-                });
-            })
-            .map_err(|e| e.to_string())?;
-        let handle = handle_rx.recv().map_err(|e| e.to_string())??;
-        Ok(Self {
-            handle,
-            done: Some(done),
-        })
-    }
-}
-
-impl Drop for RuntimeThread {
-    fn drop(&mut self) {
-        if let Some(done) = self.done.take() {
-            let _ = done.send(());
-        }
-    }
 }
 
 impl Drop for Webhooks {
@@ -222,7 +183,7 @@ impl Webhooks {
         metrics: WebhookMetrics,
     ) -> Result<Arc<Self>, String> {
         let tls = settings.tls.client_config()?;
-        let runtime = RuntimeThread::start()?;
+        let runtime = RuntimeThread::start("linkgate-webhooks")?;
         let rt = runtime.handle.clone();
         let hooks = Arc::new(Self {
             store,
