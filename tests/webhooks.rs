@@ -516,13 +516,21 @@ async fn deliveries_never_reach_a_private_address_without_the_setting() {
     })
     .await;
     assert!(receiver.posts().is_empty(), "nothing reached the loopback receiver");
-    let id = hook["id"].as_str().unwrap();
-    let list = strict
-        .api("GET", &format!("/v1/webhooks/{id}/deliveries"), None)
-        .await
-        .json()["deliveries"]
-        .clone();
-    assert!(list[0]["error"].as_str().unwrap().contains("127.0.0.1"), "{list}");
+    let error = first_delivery_error(&strict, hook["id"].as_str().unwrap()).await;
+    assert!(error.contains("127.0.0.1"), "{error}");
+}
+
+/// The error of a webhook's newest delivery, once it is recorded: an attempt is counted in the
+/// metrics before its outcome is written to the store, so this polls.
+async fn first_delivery_error(s: &TestServer, id: &str) -> String {
+    eventually(ARRIVAL, "the failed delivery recorded", || async {
+        let list = s
+            .api("GET", &format!("/v1/webhooks/{id}/deliveries"), None)
+            .await
+            .json();
+        list["deliveries"][0]["error"].as_str().map(str::to_string)
+    })
+    .await
 }
 
 #[tokio::test]
@@ -548,12 +556,7 @@ async fn https_receivers_are_verified_against_the_configured_authorities() {
     .await;
     assert!(receiver.posts().is_empty());
     let hooks = untrusting.api("GET", "/v1/webhooks", None).await.json();
-    let id = hooks["webhooks"][0]["id"].as_str().unwrap().to_string();
-    let list = untrusting
-        .api("GET", &format!("/v1/webhooks/{id}/deliveries"), None)
-        .await
-        .json();
-    let error = list["deliveries"][0]["error"].as_str().unwrap_or_default().to_string();
+    let error = first_delivery_error(&untrusting, hooks["webhooks"][0]["id"].as_str().unwrap()).await;
     assert!(
         error.contains("certificate") || error.contains("UnknownIssuer"),
         "{error}"
