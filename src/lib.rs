@@ -14,11 +14,11 @@
 //! 4. **Webhooks** — [`webhook`] reads the events back from the durable pipeline (a Redis Stream
 //!    consumer group, or the embedded event log), POSTs them signed to the endpoints subscribed to
 //!    them, and retries what failed from a queue in the store; never on the redirect path.
-//! 5. **Stream** — [`stream`]: one batcher drains the click queue, encodes each batch's JSON once,
-//!    claims leads, adds up counters and writes pipelined `XADD`s (over the stream's shard keys)
-//!    to Redis on its own connection ([`resp`]), to a Redis Cluster through redis-rs's cluster
-//!    client (one pipeline per slot), or to the embedded event log; what cannot be written goes to
-//!    the spool and is replayed in order.
+//! 5. **Stream** — [`stream`]: one batcher, on a thread of its own, drains the click queue,
+//!    encodes each batch's JSON once, claims leads, adds up counters and writes pipelined `XADD`s
+//!    (over the stream's shard keys) to Redis on its own connection ([`resp`]), to a Redis Cluster
+//!    through redis-rs's cluster client (one pipeline per slot), or to the embedded event log; what
+//!    cannot be written goes to the spool and is replayed in order.
 //! 6. **Errors** — [`error`] is the one place errors become HTTP answers: the API's JSON errors and
 //!    the edge's 404/410/503 pages. [`limit`] is the API's per-key rate limit.
 //! 7. **Click** — [`click`] classifies the visitor (human, link previewer, bot), records the tap as
@@ -37,7 +37,8 @@
 //! 12. **Foundations** — [`time`], [`hash`], [`body`] (the response body), [`resp`] (the RESP
 //!     wire), [`tls`] (where Redis is: one server or a cluster's seeds, and what `rediss://`
 //!     trusts), [`field`] (one bad field), [`shutdown`] (signals, readiness), [`metrics`] (every
-//!     metric, declared once).
+//!     metric, declared once), [`runtime`] (a Tokio runtime on a thread of its own, for the
+//!     batcher and webhook delivery).
 
 mod api;
 mod app;

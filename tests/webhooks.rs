@@ -267,11 +267,7 @@ async fn a_receiver_answering_500_is_retried_with_growing_pauses() {
     assert!(gaps[2] > gaps[0], "the pauses grow: {gaps:?}");
     let id = hook["id"].as_str().unwrap();
     let list = eventually(ARRIVAL, "the delivery recorded", || async {
-        let list = s
-            .api("GET", &format!("/v1/webhooks/{id}/deliveries"), None)
-            .await
-            .json()["deliveries"]
-            .clone();
+        let list = deliveries(&s, id).await;
         (list[0]["status"] == "delivered").then_some(list)
     })
     .await;
@@ -357,11 +353,7 @@ async fn a_delivery_failing_for_the_whole_window_disables_the_webhook_until_retr
         (metric(&s.app, "linkgate_webhooks_disabled_total") == 1.0).then_some(())
     })
     .await;
-    let list = s
-        .api("GET", &format!("/v1/webhooks/{id}/deliveries"), None)
-        .await
-        .json()["deliveries"]
-        .clone();
+    let list = deliveries(&s, id).await;
     assert_eq!(list[0]["status"], "failed");
     let attempts = receiver.posts().len();
     // Disabled: a new event is not posted.
@@ -520,15 +512,19 @@ async fn deliveries_never_reach_a_private_address_without_the_setting() {
     assert!(error.contains("127.0.0.1"), "{error}");
 }
 
+/// A webhook's delivery log (`GET /v1/webhooks/{id}/deliveries`), newest first.
+async fn deliveries(s: &TestServer, id: &str) -> Value {
+    s.api("GET", &format!("/v1/webhooks/{id}/deliveries"), None)
+        .await
+        .json()["deliveries"]
+        .clone()
+}
+
 /// The error of a webhook's newest delivery, once it is recorded: an attempt is counted in the
 /// metrics before its outcome is written to the store, so this polls.
 async fn first_delivery_error(s: &TestServer, id: &str) -> String {
     eventually(ARRIVAL, "the failed delivery recorded", || async {
-        let list = s
-            .api("GET", &format!("/v1/webhooks/{id}/deliveries"), None)
-            .await
-            .json();
-        list["deliveries"][0]["error"].as_str().map(str::to_string)
+        deliveries(s, id).await[0]["error"].as_str().map(str::to_string)
     })
     .await
 }
@@ -582,11 +578,7 @@ async fn a_long_answer_is_cut_off_and_its_status_counts() {
     tap_links(&s, "long", 1, 2).await;
     let id = hook["id"].as_str().unwrap();
     let list = eventually(ARRIVAL, "two deliveries recorded", || async {
-        let v = s
-            .api("GET", &format!("/v1/webhooks/{id}/deliveries"), None)
-            .await
-            .json();
-        let list = v["deliveries"].as_array().cloned().unwrap_or_default();
+        let list = deliveries(&s, id).await.as_array().cloned().unwrap_or_default();
         (list.len() == 2).then_some(list)
     })
     .await;

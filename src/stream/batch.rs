@@ -380,4 +380,4 @@ impl BatchMemo {
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

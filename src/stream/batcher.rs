@@ -394,12 +394,9 @@ mod tests {
 
     use super::*;
     use crate::click::agent::Agent;
-    use crate::click::event::ClickRecord;
-    use crate::link::click_id::ClickSigner;
-    use crate::link::code::InlineCode;
-    use crate::link::{LinkKind, LinkState};
     use crate::metrics::Metrics;
     use crate::store::EmbeddedStore;
+    use crate::stream::batch::tests::tap;
 
     /// Counts the events of the batches it is given.
     struct Counting(AtomicU64);
@@ -429,13 +426,14 @@ mod tests {
         let metrics = Metrics::new();
         let sink = Arc::new(Counting(AtomicU64::new(0)));
         let store = Arc::new(EmbeddedStore::open(&dir).unwrap());
+        let resolver = Resolver::new(store.clone(), metrics.cache.clone());
         let (queue, delivery) = rt.block_on(async {
             let events = metrics.events("counting");
             let queue = Arc::new(EventQueue::new(events.clone()));
             let parts = BatcherParts {
                 sink: sink.clone(),
-                store: store.clone(),
-                resolver: Resolver::new(store, metrics.cache.clone()),
+                store,
+                resolver: resolver.clone(),
                 spool: Spool::open(&dir).unwrap(),
                 ip_secret: b"test".to_vec(),
                 metrics: events,
@@ -444,25 +442,9 @@ mod tests {
             (queue, delivery)
         });
         const TAPS: u64 = 1000;
-        let signer = ClickSigner::new(b"secret");
         for i in 0..TAPS {
             let code = format!("c{i:05}");
-            queue.try_send(Queued::Click(ClickRecord {
-                click: signer.sign(&code, 1_795_507_200),
-                code: InlineCode::new(&code),
-                seq: i + 1,
-                campaign: 0,
-                owner: 0,
-                recipient: None,
-                kind: LinkKind::QrOrder,
-                agent: Agent::Human,
-                state: LinkState::Active,
-                synthetic: false,
-                ts: 1_795_507_200,
-                user_agent: None,
-                referer: None,
-                ip: None,
-            }));
+            queue.try_send(Queued::Click(tap(resolver.interner(), &code, Agent::Human, None)));
         }
         // The runtime's one thread is held by a task that never yields, as a connection task
         // would hold it under load, until every tap is delivered or 10 s have passed.

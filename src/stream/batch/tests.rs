@@ -8,7 +8,7 @@ use crate::link::code::InlineCode;
 
 const TS: i64 = 1_795_507_200;
 
-fn tap(interner: &Interner, code: &str, agent: Agent, recipient: Option<&str>) -> ClickRecord {
+pub(in crate::stream) fn tap(interner: &Interner, code: &str, agent: Agent, recipient: Option<&str>) -> ClickRecord {
     ClickRecord {
         code: InlineCode::new(code),
         seq: 42,
