@@ -113,6 +113,66 @@ pub struct Config {
     pub api_rate_limit: Option<u32>,
     pub log_format: LogFormat,
     pub webhooks: WebhookSettings,
+    pub analytics: AnalyticsSettings,
+}
+
+/// How analytics are bucketed and kept.
+#[derive(Debug, Clone)]
+pub struct AnalyticsSettings {
+    /// `LINKGATE_TIMEZONE`: an IANA name, checked against the bundled time zone database.
+    pub timezone: String,
+    /// `LINKGATE_GEO_DB`: an ip2region database (xdb or its text form), loaded at start.
+    pub geo_db: Option<PathBuf>,
+    pub hourly_retention: Duration,
+    pub daily_retention: Duration,
+}
+
+impl Default for AnalyticsSettings {
+    fn default() -> Self {
+        Self {
+            timezone: "Asia/Shanghai".into(),
+            geo_db: None,
+            hourly_retention: Duration::from_secs(90 * 86_400),
+            daily_retention: Duration::from_secs(761 * 86_400),
+        }
+    }
+}
+
+fn analytics_settings(get: &impl Fn(&'static str) -> Option<String>) -> Result<AnalyticsSettings, ConfigError> {
+    let timezone = get("LINKGATE_TIMEZONE").unwrap_or_else(|| "Asia/Shanghai".into());
+    let timezone = timezone.trim().to_string();
+    if jiff::tz::TimeZone::get(&timezone).is_err() {
+        return Err(bad(
+            "LINKGATE_TIMEZONE",
+            format!("`{timezone}` is not an IANA time zone name"),
+        ));
+    }
+    let geo_db = get("LINKGATE_GEO_DB").map(PathBuf::from);
+    if let Some(p) = &geo_db
+        && !p.is_file()
+    {
+        return Err(bad(
+            "LINKGATE_GEO_DB",
+            format!("`{}` is not a readable file", p.display()),
+        ));
+    }
+    let day = Duration::from_secs(86_400);
+    Ok(AnalyticsSettings {
+        timezone,
+        geo_db,
+        hourly_retention: duration_in(
+            get,
+            "LINKGATE_ANALYTICS_HOURLY_RETENTION",
+            day..=day * 3660,
+            "a duration from 1 day to 10 years",
+        )?,
+        daily_retention: duration_in(
+            get,
+            "LINKGATE_ANALYTICS_DAILY_RETENTION",
+            day..=day * 3660,
+            "a duration from 1 day to 10 years",
+        )?,
+    })
 }
 
 /// How webhooks are delivered.
@@ -382,6 +442,26 @@ pub const VARS: &[Var] = &[
         "how long a failing delivery is retried before its webhook is disabled",
     ),
     var(
+        "LINKGATE_TIMEZONE",
+        Some("Asia/Shanghai"),
+        "default time zone of analytics: buckets by day and month, and day breakdowns",
+    ),
+    var(
+        "LINKGATE_GEO_DB",
+        None,
+        "ip2region database (xdb, or its text form start_ip|end_ip|region) for province, city and ISP",
+    ),
+    var(
+        "LINKGATE_ANALYTICS_HOURLY_RETENTION",
+        Some("90d"),
+        "how long hourly analytics buckets are kept",
+    ),
+    var(
+        "LINKGATE_ANALYTICS_DAILY_RETENTION",
+        Some("761d"),
+        "how long daily analytics buckets and breakdowns are kept (25 months)",
+    ),
+    var(
         "LINKGATE_STREAM_MAXLEN",
         Some("1000000"),
         "approximate cap of the Redis Stream, in entries",
@@ -573,6 +653,7 @@ impl Config {
             stream_maxlen,
             log_format,
             webhooks: webhook_settings(&get)?,
+            analytics: analytics_settings(&get)?,
         })
     }
 

@@ -109,6 +109,27 @@ impl Hasher for Xxh3Hasher {
     }
 }
 
+/// An id as it appears inside a key: `%`, `{`, `}` and `:` percent-escaped (everything else as
+/// is). A key's components are separated by `:` and its hash tag is in braces, so with these four
+/// escaped, distinct id tuples always give distinct keys and no id can close a hash tag early.
+/// Codes (`[A-Za-z0-9_-]`) and generated ids pass through unchanged.
+pub(crate) fn esc(id: &str) -> std::borrow::Cow<'_, str> {
+    if !id.contains(['%', '{', '}', ':']) {
+        return std::borrow::Cow::Borrowed(id);
+    }
+    let mut out = String::with_capacity(id.len() + 8);
+    for c in id.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '{' => out.push_str("%7B"),
+            '}' => out.push_str("%7D"),
+            ':' => out.push_str("%3A"),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,6 +40,7 @@
 //!     metric, declared once), [`runtime`] (a Tokio runtime on a thread of its own, for the
 //!     batcher and webhook delivery).
 
+mod analytics;
 mod api;
 mod app;
 mod attribution;

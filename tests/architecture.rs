@@ -21,6 +21,8 @@ const LAYERS: &[&[&str]] = &[
     &["config"],
     // Who becomes a lead, how a conversion is attributed: plain records and functions.
     &["attribution"],
+    // Analytics: what a tap says (device, app, province), buckets over time, the query's rules.
+    &["analytics"],
     // Where records live.
     &["store"],
     // Which link a code names (cache in front of the store).

@@ -4,6 +4,7 @@
 //! with every configured key's hash in constant time, without stopping at the first match, so the
 //! comparison leaks neither which key nor how much of it matched. Keys are never logged.
 
+mod analytics;
 mod conversions;
 mod fields;
 mod leads;
@@ -98,6 +99,7 @@ where
         (&Method::GET, ["leads"]) => leads::list(app, key, req.uri().query()).await,
         (&Method::GET, ["leads", id]) => leads::get(app, key, id).await,
         (&Method::POST, ["conversions"]) => conversions::create(app, key, req).await,
+        (&Method::GET, ["analytics"]) => analytics::get(app, key, req.uri().query()).await,
         (&Method::POST, ["webhooks"]) => webhooks::create(app, key, req).await,
         (&Method::GET, ["webhooks"]) => webhooks::list(app, key).await,
         (&Method::GET, ["webhooks", id]) => webhooks::get(app, key, id).await,
@@ -114,7 +116,8 @@ where
         (_, ["links", _]) => Err(ApiError::method_not_allowed("GET, PATCH, DELETE")),
         (
             _,
-            ["partners" | "campaigns" | "leads", _]
+            ["analytics"]
+            | ["partners" | "campaigns" | "leads", _]
             | ["links", _, "qr" | "stats"]
             | ["campaigns", _, "stats" | "leaderboard"],
         ) => Err(ApiError::method_not_allowed("GET")),

@@ -10,6 +10,7 @@ mod provision;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::analytics::Rules;
 use crate::click::EventQueue;
 use crate::config::{ApiKey, Config};
 use crate::limit::RateLimiter;
@@ -27,6 +28,26 @@ use crate::webhook::{Feed, Webhooks};
 
 /// How often histogram samples are folded into their buckets between scrapes.
 pub(crate) const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the embedded store drops analytics buckets past their retention (Redis expires
+/// them by itself).
+pub(crate) const ANALYTICS_SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Sweeps the embedded store's analytics every [`ANALYTICS_SWEEP_INTERVAL`], first at start.
+fn sweep_analytics(store: Arc<EmbeddedStore>, rules: Arc<Rules>) {
+    let store = Arc::downgrade(&store);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(ANALYTICS_SWEEP_INTERVAL);
+        loop {
+            tick.tick().await;
+            let Some(store) = store.upgrade() else { break };
+            match store.sweep_analytics(&rules, crate::time::now_secs()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(rows = n, "analytics past their retention removed"),
+                Err(e) => tracing::warn!(error = %e, "analytics sweep failed"),
+            }
+        }
+    });
+}
 
 /// Everything a handler needs, built once at start-up.
 pub struct App {
@@ -46,12 +67,19 @@ pub struct App {
     /// Webhook delivery (`None` in benchmarks built with [`App::assemble`]).
     pub(crate) webhooks: Option<Arc<Webhooks>>,
     pub metrics: Arc<Metrics>,
+    /// How the batcher classifies and buckets analytics, and how `/v1/analytics` reads them.
+    pub(crate) rules: Arc<Rules>,
 }
 
 impl App {
     /// Opens the store and event sink named by the config, provisions embedded-mode secrets and
     /// starts the batcher. Must run inside a Tokio runtime.
     pub async fn build(config: Config) -> anyhow::Result<Arc<Self>> {
+        let mut rules = Rules::from_settings(&config.analytics);
+        rules
+            .load_geo(&config.analytics)
+            .map_err(|e| anyhow::anyhow!("LINKGATE_GEO_DB: {e}"))?;
+        let rules = Arc::new(rules);
         let consumer = format!("replica-{}", crate::link::code::generate_codes(1).concat());
         let (store, sink, feed): (Arc<dyn Store>, Arc<dyn EventSink>, Feed) = match &config.redis_url {
             Some(url) => {
@@ -85,6 +113,7 @@ impl App {
                     store: embedded.clone(),
                 };
                 let feed = Feed::Log(LogTail::open(&config.data_dir)?);
+                sweep_analytics(embedded.clone(), rules.clone());
                 (embedded, Arc::new(sink), feed)
             }
         };
@@ -92,6 +121,7 @@ impl App {
         let click_secret = provision::click_secret(&config)?;
         let spool = Spool::open(&config.data_dir)?;
         let mut app = Self::assemble(config, store, api_keys, &click_secret);
+        app.rules = rules;
         app.start_events(sink, spool, click_secret)?;
         let settings = app.config.webhooks.clone();
         let metrics = app.metrics.webhooks();
@@ -125,7 +155,7 @@ impl App {
             ip_secret,
             metrics,
         };
-        self.delivery = Some(Delivery::start(queue.clone(), parts)?);
+        self.delivery = Some(Delivery::start_with(queue.clone(), parts, self.rules.clone())?);
         self.events = Some(queue);
         Ok(())
     }
@@ -133,7 +163,9 @@ impl App {
     /// An app without event recording (benchmarks of the bare redirect).
     pub fn assemble(config: Config, store: Arc<dyn Store>, api_keys: Vec<ApiKey>, click_secret: &[u8]) -> Self {
         let metrics = Arc::new(Metrics::new());
+        let rules = Arc::new(Rules::from_settings(&config.analytics));
         let app = Self {
+            rules,
             resolver: Resolver::new(store.clone(), metrics.cache.clone()),
             store,
             signer: ClickSigner::new(click_secret),

@@ -120,6 +120,12 @@ pub struct Event {
     pub referer: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_hash: Option<String>,
+    /// Where the tap came from, when `LINKGATE_GEO_DB` names an IP database (so a replayed
+    /// event counts in the same province as it did live; the address itself is never kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub province: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub city: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lead_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -199,6 +205,8 @@ impl Event {
             user_agent: None,
             referer: None,
             ip_hash: None,
+            province: None,
+            city: None,
             lead_id: None,
             source: None,
             conversion_id: None,

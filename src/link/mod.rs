@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 use crate::time::format_rfc3339;
 
 /// What the code is printed on or sent in; drives reporting, not behaviour.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LinkKind {
     Sms,

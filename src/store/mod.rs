@@ -1,5 +1,5 @@
-//! Where links and attribution records live: four narrow traits ([`LinkStore`],
-//! [`AttributionStore`], [`CounterStore`], [`WebhookStore`]), each implemented by two backends with the same
+//! Where links and attribution records live: five narrow traits ([`LinkStore`],
+//! [`AttributionStore`], [`CounterStore`], [`WebhookStore`], [`AnalyticsStore`]), each implemented by two backends with the same
 //! behaviour, one file per trait.
 //!
 //! - [`RedisStore`]: production; every replica shares it and pub/sub keeps their caches coherent.
@@ -21,6 +21,7 @@ use async_trait::async_trait;
 pub use self::embedded::EmbeddedStore;
 pub use self::redis::RedisStore;
 pub(crate) use self::webhooks::{Attempted, DeliveryStatus, Webhook, WebhookDelivery, WebhookStore};
+use crate::analytics::AKey;
 use crate::attribution::model::{Campaign, Conversion, Lead, LeadClaim, Partner, RankBy, Stats};
 use crate::link::Link;
 use crate::link::input::LinkPatch;
@@ -150,9 +151,20 @@ pub trait CounterStore: Send + Sync + 'static {
     ) -> Result<Vec<(String, Stats)>, StoreError>;
 }
 
+/// Analytics buckets ([`crate::analytics`]), as written by the batcher with the counters.
+#[async_trait]
+pub(crate) trait AnalyticsStore: Send + Sync + 'static {
+    /// Each bucket's fields, in the order asked (empty for a bucket with none).
+    async fn analytics_hashes(&self, keys: &[AKey]) -> Result<Vec<Vec<(String, i64)>>, StoreError>;
+    /// The distinct visitors of each group of visitor buckets (exact in the embedded store, a
+    /// HyperLogLog estimate in Redis).
+    async fn analytics_visitors(&self, groups: &[Vec<AKey>]) -> Result<Vec<u64>, StoreError>;
+}
+
 /// A whole backend, as the application holds it; callers that need one part take that trait.
 #[async_trait]
-pub trait Store: LinkStore + AttributionStore + CounterStore + WebhookStore {
+#[allow(private_bounds)]
+pub trait Store: LinkStore + AttributionStore + CounterStore + WebhookStore + AnalyticsStore {
     /// Whether the store answers (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
 }

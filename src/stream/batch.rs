@@ -8,7 +8,9 @@
 //! same bytes go to the Redis Stream, the event log and, when delivery fails, the spool.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
+use crate::analytics::{AnalyticsDelta, AnalyticsMemo, Counts, DEFAULT_RULES, Place, Rules, visitor_of_hex};
 use crate::attribution::leads::{Tap, lead_for_tap, opens_lead};
 use crate::attribution::model::{BatchId, CounterDelta, Lead, Stats};
 use crate::click::event::{ClickRecord, IpHasher};
@@ -41,6 +43,11 @@ pub struct Batch {
     candidate_codes: HashSet<String>,
     /// Attributed revenue of the real (not synthetic) conversions, in minor units.
     revenue: u64,
+    /// The batch's analytics buckets, applied with its counters.
+    pub(crate) analytics: AnalyticsDelta,
+    /// How events are classified and bucketed (`None`: the defaults).
+    pub(crate) rules: Option<Arc<Rules>>,
+    amemo: AnalyticsMemo,
 }
 
 impl Batch {
@@ -53,6 +60,33 @@ impl Batch {
         self.candidates.clear();
         self.candidate_codes.clear();
         self.revenue = 0;
+        self.analytics.clear();
+    }
+
+    /// Every Redis command that applies this batch's counters and analytics, each handed to
+    /// `command` as its arguments (run once, inside the apply-once script).
+    pub(crate) fn redis_updates(&self, mut command: impl FnMut(&[&[u8]])) {
+        crate::store::redis::counter_updates(&self.counters, &mut command);
+        if !self.analytics.is_empty() {
+            crate::store::redis::analytics_updates(&self.analytics.cells(&self.rules()), &mut command);
+        }
+    }
+
+    /// The rules this batch classifies by.
+    pub(crate) fn rules(&self) -> Arc<Rules> {
+        self.rules.clone().unwrap_or_else(|| DEFAULT_RULES.clone())
+    }
+
+    fn place(
+        &mut self,
+        rules: &Rules,
+        ts: i64,
+        campaign: Option<&str>,
+        owner: Option<&str>,
+        kind: Option<LinkKind>,
+    ) -> Place {
+        self.amemo
+            .place(rules, ts, campaign.map(Arc::from), owner.map(Arc::from), kind)
     }
 
     pub fn len(&self) -> usize {
@@ -151,12 +185,29 @@ impl Batch {
             return;
         }
         let (code, campaign, owner) = (e.code.as_deref(), e.campaign_id.as_deref(), e.owner_id.as_deref());
+        let rules = self.rules();
+        let ts = crate::time::parse_rfc3339(&e.ts).unwrap_or_else(crate::time::now_secs);
+        let place = self.place(&rules, ts, campaign, owner, e.kind);
         match e.event_type {
             EventType::Click => {
                 let human = e.agent == Some(Agent::Human);
+                let region = match (&e.province, &e.city) {
+                    (None, None) => None,
+                    (p, c) => Some(Arc::new(crate::analytics::geo::Region {
+                        province: p.clone().unwrap_or_else(|| crate::analytics::geo::UNKNOWN.into()),
+                        city: c.clone().unwrap_or_else(|| crate::analytics::geo::UNKNOWN.into()),
+                        isp: crate::analytics::geo::UNKNOWN.into(),
+                    })),
+                };
+                let visit = self
+                    .amemo
+                    .visit(e.user_agent.as_deref().map(str::as_bytes), e.referer.as_deref(), region);
+                self.analytics.add(&place, Some(visit), code, click_counts(human));
+                if let (true, Some(v)) = (human, e.ip_hash.as_deref().and_then(|h| visitor_of_hex(h.as_bytes()))) {
+                    self.analytics.add_visitor(&place, v);
+                }
                 self.counters.add(code, campaign, owner, click_stats(human));
                 if let (Some(code), Some(click_id)) = (code, &e.click_id) {
-                    let ts = crate::time::parse_rfc3339(&e.ts).unwrap_or_else(crate::time::now_secs);
                     let tap = Tap {
                         code,
                         campaign,
@@ -168,9 +219,25 @@ impl Batch {
                     self.candidate(&tap, e.kind, || click_id.clone());
                 }
             }
-            EventType::Lead => self.counters.add(code, campaign, owner, LEAD),
+            EventType::Lead => {
+                let n = Counts {
+                    leads: 1,
+                    ..Counts::default()
+                };
+                self.analytics.add(&place, None, code, n);
+                self.counters.add(code, campaign, owner, LEAD);
+            }
             EventType::Conversion if e.attributed == Some(true) => {
                 let amount = e.amount.unwrap_or(0);
+                let n = Counts {
+                    conversions: 1,
+                    revenue: amount,
+                    ..Counts::default()
+                };
+                self.analytics.add(&place, None, code, n);
+                for level in e.chain.iter().flatten() {
+                    self.analytics.add_partner(&place, &level.partner_id, n);
+                }
                 self.revenue += amount.max(0) as u64;
                 let s = Stats {
                     conversions: 1,
@@ -230,10 +297,26 @@ impl Batch {
             j.extend_from_slice(b",\"referer\":");
             j.extend_from_slice(referer.as_bytes());
         }
+        let mut visitor = None;
         if let Some(addr) = c.ip {
             j.extend_from_slice(b",\"ip_hash\":\"");
-            j.extend_from_slice(&ip.hash_hex(addr, c.ts));
+            let hex = ip.hash_hex(addr, c.ts);
+            j.extend_from_slice(&hex);
             j.push(b'"');
+            visitor = visitor_of_hex(&hex);
+        }
+        let rules = self.rules.clone().unwrap_or_else(|| DEFAULT_RULES.clone());
+        let region = match (&rules.geo, c.ip) {
+            (Some(geo), Some(addr)) => geo.lookup(addr).cloned(),
+            _ => None,
+        };
+        if let Some(r) = &region {
+            for (name, value) in [("province", &r.province), ("city", &r.city)] {
+                j.extend_from_slice(b",\"");
+                j.extend_from_slice(name.as_bytes());
+                j.extend_from_slice(b"\":");
+                write_str(j, value);
+            }
         }
         j.push(b'}');
         self.end_entry(EventType::Click, Some(code));
@@ -241,6 +324,17 @@ impl Batch {
             return;
         }
         let human = c.agent == Agent::Human;
+        let place = self
+            .amemo
+            .place(&rules, c.ts, campaign.arc.clone(), owner.arc.clone(), Some(c.kind));
+        let visit = self
+            .amemo
+            .visit(c.user_agent.as_deref().map(str::as_bytes), c.referer.as_deref(), region);
+        self.analytics
+            .add(&place, Some(visit), Some(c.code()), click_counts(human));
+        if let (true, Some(v)) = (human, visitor) {
+            self.analytics.add_visitor(&place, v);
+        }
         let (campaign, owner) = (campaign.name.as_deref(), owner.name.as_deref());
         self.counters
             .add_seq(Some((&c.code, c.seq)), campaign, owner, click_stats(human));
@@ -305,6 +399,14 @@ fn click_stats(human: bool) -> Stats {
     }
 }
 
+fn click_counts(human: bool) -> Counts {
+    Counts {
+        human: human as i64,
+        bot: !human as i64,
+        ..Counts::default()
+    }
+}
+
 fn write_str(out: &mut Vec<u8>, s: &str) {
     serde_json::to_writer(out, s).expect("strings always serialise");
 }
@@ -319,6 +421,7 @@ fn write_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
 /// A campaign or owner name, and its JSON value (a string or `null`).
 struct Name {
     name: Option<String>,
+    arc: Option<Arc<str>>,
     json: String,
 }
 
@@ -362,11 +465,13 @@ impl BatchMemo {
                 self.names.resize_with(i + 1, || None);
             }
             self.names[i].get_or_insert_with(|| {
-                let name = interner.name(id).map(|s| s.to_string());
+                let arc = interner.name(id);
+                let name = arc.as_ref().map(|s| s.to_string());
                 let mut json = Vec::new();
                 write_opt_str(&mut json, name.as_deref());
                 Name {
                     name,
+                    arc,
                     json: String::from_utf8(json).unwrap_or_default(),
                 }
             });

@@ -64,6 +64,15 @@ impl Delivery {
     /// dead-letter file beside the spool cannot be opened or the thread cannot start. Must run
     /// inside the server's runtime (the batcher's store calls run there).
     pub fn start(queue: Arc<EventQueue>, parts: BatcherParts) -> std::io::Result<Self> {
+        Self::start_with(queue, parts, crate::analytics::DEFAULT_RULES.clone())
+    }
+
+    /// [`Delivery::start`], classifying and bucketing analytics by `rules`.
+    pub(crate) fn start_with(
+        queue: Arc<EventQueue>,
+        parts: BatcherParts,
+        rules: Arc<crate::analytics::Rules>,
+    ) -> std::io::Result<Self> {
         let (done_tx, done) = watch::channel(false);
         parts.metrics.spool_bytes.set(parts.spool.pending_bytes() as f64);
         let dead_letters = DeadLetters::open(parts.spool.dir())?;
@@ -83,6 +92,7 @@ impl Delivery {
             resolver: parts.resolver,
             metrics: parts.metrics,
             spare: Batch::default(),
+            rules,
             queued: Vec::with_capacity(BATCH_MAX),
             memo: BatchMemo::default(),
         };
@@ -135,6 +145,7 @@ struct Batcher {
     /// Campaign and owner names as JSON, kept from batch to batch (an interned id's name never
     /// changes).
     memo: BatchMemo,
+    rules: Arc<crate::analytics::Rules>,
 }
 
 impl Batcher {
@@ -182,6 +193,7 @@ impl Batcher {
     fn batch_of(&mut self, queued: &mut Vec<Queued>) -> Batch {
         let mut batch = std::mem::take(&mut self.spare);
         batch.clear();
+        batch.rules = Some(self.rules.clone());
         self.next_seq += 1;
         batch.id = BatchId {
             replica: self.replica.clone(),
@@ -261,6 +273,7 @@ impl Batcher {
             if !events.is_empty() {
                 let mut batch = std::mem::take(&mut self.spare);
                 batch.clear();
+                batch.rules = Some(self.rules.clone());
                 batch.id = id.unwrap_or_else(|| {
                     self.legacy_seq += 1;
                     BatchId {

@@ -31,7 +31,7 @@ use redis::cluster_async::ClusterConnection;
 use super::{Batch, Delivered, EventSink, Refused, SinkError, stream_keys};
 use crate::attribution::model::BatchId;
 use crate::resp;
-use crate::store::redis::{APPLIED_TTL_SECS, APPLY_ONCE, applied_key_of_tag, counter_updates};
+use crate::store::redis::{APPLIED_TTL_SECS, APPLY_ONCE, applied_key_of_tag};
 
 /// Slot pipelines of one batch in flight at once.
 const FANOUT: usize = 32;
@@ -159,7 +159,7 @@ impl ClusterStreamSink {
         }
         let mut tags: Vec<(Vec<u8>, Vec<Command>)> = Vec::new();
         let mut at: HashMap<Vec<u8>, usize> = HashMap::new();
-        counter_updates(&batch.counters, |args| {
+        batch.redis_updates(|args| {
             let tag = hash_tag(args.get(1).copied().unwrap_or_default()).to_vec();
             let i = *at.entry(tag.clone()).or_insert_with(|| {
                 tags.push((tag, Vec::new()));

@@ -248,7 +248,7 @@ impl RedisStreamSink {
         trimmed: &mut Vec<u32>,
     ) {
         counters.clear();
-        crate::store::redis::counter_updates(&batch.counters, |args| counters.push(args));
+        batch.redis_updates(|args| counters.push(args));
         w.clear();
         let mut touched = vec![false; self.streams.len()];
         for (t, json, shard) in batch.iter_sharded(self.streams.len() as u32) {
@@ -416,7 +416,8 @@ impl EventSink for LogSink {
         tokio::task::spawn_blocking(move || log.lock().unwrap_or_else(|e| e.into_inner()).append(&lines))
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))??;
-        let landed = self.store.apply_batch(&batch.counters, &batch.id).await?;
+        let cells = batch.analytics.cells(&batch.rules());
+        let landed = self.store.apply_batch(&batch.counters, cells, &batch.id).await?;
         Ok(Delivered {
             already: !landed,
             ..Delivered::default()

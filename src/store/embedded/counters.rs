@@ -47,7 +47,12 @@ impl EmbeddedStore {
     /// Adds a batch's counter increments, once: in one transaction with the replica's highest
     /// applied batch number, so a batch applied already (re-sent after an error, or replayed from
     /// the spool after a restart) changes nothing. Returns whether it applied.
-    pub(crate) async fn apply_batch(&self, delta: &CounterDelta, batch: &BatchId) -> Result<bool, StoreError> {
+    pub(crate) async fn apply_batch(
+        &self,
+        delta: &CounterDelta,
+        cells: crate::analytics::Cells,
+        batch: &BatchId,
+    ) -> Result<bool, StoreError> {
         let delta = delta.clone();
         let (mark, seq) = (format!("applied\x1f{}", batch.replica), batch.seq);
         self.blocking(move |db| {
@@ -60,6 +65,7 @@ impl EmbeddedStore {
                 meta.insert(mark.as_str(), seq).map_err(err)?;
             }
             add_counters(&txn, &delta)?;
+            super::analytics::add_analytics(&txn, &cells)?;
             txn.commit().map_err(err)?;
             Ok(true)
         })

@@ -17,6 +17,7 @@
 //! Every mint is one write transaction, so a bulk call is all or nothing; commits are durable
 //! (fsync) before the API answers. redb is synchronous, so every call runs on the blocking pool.
 
+mod analytics;
 mod attribution;
 mod counters;
 mod links;
@@ -56,6 +57,10 @@ const ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("orders");
 /// (scope, field) → counter; scope is `l\x1f<code>`, `c\x1f<campaign>` or `o\x1f<campaign>\x1f<owner>`.
 const STATS: TableDefinition<(&str, &str), i64> = TableDefinition::new("stats");
 const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
+/// (bucket, field) → count: the analytics hashes ([`crate::analytics`]).
+const ANALYTICS: TableDefinition<(&str, &str), i64> = TableDefinition::new("analytics");
+/// (bucket, visitor) → 1: each hour's and day's visitors, exactly.
+const VISITORS: TableDefinition<(&str, &[u8]), u8> = TableDefinition::new("visitors");
 
 pub struct EmbeddedStore {
     db: Arc<Database>,
@@ -116,6 +121,8 @@ impl EmbeddedStore {
             txn.open_table(CAMPAIGNS).map_err(err)?;
             txn.open_table(ORDERS).map_err(err)?;
             txn.open_table(STATS).map_err(err)?;
+            txn.open_table(ANALYTICS).map_err(err)?;
+            txn.open_table(VISITORS).map_err(err)?;
             webhooks::create_tables(&txn)?;
         }
         purge_expired(&txn)?;

@@ -109,6 +109,45 @@ pub(crate) fn counter_updates(delta: &CounterDelta, mut command: impl FnMut(&[&[
     }
 }
 
+/// Most visitors added by one `PFADD` (the apply script's Lua stack, as for `BITFIELD`).
+const PFADD_MEMBERS: usize = 1000;
+
+/// The commands that add a batch's analytics to their buckets: `HINCRBY` per field, `PFADD` of
+/// the visitors, and `EXPIREAT` per key (the bucket's end plus its retention: idempotent, so a
+/// re-sent batch sets the same time).
+pub(crate) fn analytics_updates(cells: &crate::analytics::Cells, mut command: impl FnMut(&[&[u8]])) {
+    let mut number = Vec::with_capacity(20);
+    let mut expire = Vec::with_capacity(20);
+    for (key, at, fields) in &cells.hashes {
+        let key = analytics_key(key);
+        for (field, n) in fields {
+            number.clear();
+            crate::resp::push_signed(&mut number, *n);
+            command(&[b"HINCRBY", key.as_bytes(), field.as_bytes(), &number]);
+        }
+        expire.clear();
+        crate::resp::push_signed(&mut expire, *at);
+        command(&[b"EXPIREAT", key.as_bytes(), &expire]);
+    }
+    for (key, at, members) in &cells.sets {
+        let key = analytics_key(key);
+        for chunk in members.chunks(PFADD_MEMBERS) {
+            let mut args: Vec<&[u8]> = Vec::with_capacity(chunk.len() + 2);
+            args.extend([b"PFADD".as_slice(), key.as_bytes()]);
+            args.extend(chunk.iter().map(|m| m.as_slice()));
+            command(&args);
+        }
+        expire.clear();
+        crate::resp::push_signed(&mut expire, *at);
+        command(&[b"EXPIREAT", key.as_bytes(), &expire]);
+    }
+}
+
+/// Where an analytics bucket lives: `lg:a:{<tag>}:<name>`.
+pub(crate) fn analytics_key(key: &crate::analytics::AKey) -> String {
+    format!("lg:a:{{{}}}:{}", key.tag, key.name)
+}
+
 /// A link's number and what to add to its array slots: human clicks, bot clicks, leads.
 type ArrayIncrement = (u64, [i64; COUNTER_SLOTS as usize]);
 
@@ -284,6 +323,45 @@ impl CounterStore for RedisStore {
                 )
             })
             .collect())
+    }
+}
+
+#[async_trait]
+impl crate::store::AnalyticsStore for RedisStore {
+    /// One pipeline of `HGETALL`s (split by slot on a cluster).
+    async fn analytics_hashes(&self, keys: &[crate::analytics::AKey]) -> Result<Vec<Vec<(String, i64)>>, StoreError> {
+        let cmds = keys
+            .iter()
+            .map(|k| redis::cmd("HGETALL").arg(analytics_key(k)).clone())
+            .collect();
+        self.run_chunked(cmds)
+            .await?
+            .into_iter()
+            .map(|v| {
+                let map: std::collections::HashMap<String, i64> = parse(v)?;
+                Ok(map.into_iter().collect())
+            })
+            .collect()
+    }
+
+    /// One `PFCOUNT` per group (a group's keys share their scope's hash tag, so one slot).
+    async fn analytics_visitors(&self, groups: &[Vec<crate::analytics::AKey>]) -> Result<Vec<u64>, StoreError> {
+        let asked: Vec<usize> = (0..groups.len()).filter(|&i| !groups[i].is_empty()).collect();
+        let cmds = asked
+            .iter()
+            .map(|&i| {
+                let mut c = redis::cmd("PFCOUNT");
+                for k in &groups[i] {
+                    c.arg(analytics_key(k));
+                }
+                c
+            })
+            .collect();
+        let mut out = vec![0u64; groups.len()];
+        for (i, v) in asked.into_iter().zip(self.run_chunked(cmds).await?) {
+            out[i] = parse(v)?;
+        }
+        Ok(out)
     }
 }
 

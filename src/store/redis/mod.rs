@@ -18,6 +18,7 @@
 //! | `lg:stats:link:{<code>}`, `lg:stats:camp:{<campaign>}` | hash | counters: `links`, `human_clicks`, `bot_clicks`, `leads`, `conversions`, `revenue` (`clicks` is their sum) |
 //! | `lg:counts:{<n>}` | string | counter array (`BITFIELD`) of links numbered `n × 65,536` up to the next: per link, `i64` human clicks, bot clicks and leads counted by live taps; a link's stats add these to its hash's |
 //! | `lg:lb:{<campaign>}:leads` (`:conversions`, `:revenue`) | zset | owners scored for the leaderboards |
+//! | `lg:a:{<campaign>}:<name>`, `lg:a:{*}:<name>` | hash, HyperLogLog | analytics buckets ([`crate::analytics`]): hours by UTC day, breakdowns by local day, visitors by hour and day; `EXPIREAT` the bucket's end plus its retention |
 //! | `lg:applied:{<replica>}` | string | the highest batch number of that batcher applied (`APPLY_ONCE`), `EX` 7 days |
 //! | `lg:applied:{<tag>}:<replica>` | string | on a Redis Cluster, the same per counter hash tag (a counter array's `n`, a campaign, a code): each tag's counters of a batch apply once, in its slot ([`crate::stream::cluster`]) |
 //! | `lg:webhooks`, `lg:wh:{<webhook>}:…` | hash, zset, strings, list | webhooks and their delivery queues ([`webhooks`]) |
@@ -42,7 +43,9 @@ mod links;
 mod templates;
 mod webhooks;
 
-pub(crate) use self::counters::{APPLIED_TTL_SECS, APPLY_ONCE, applied_key, applied_key_of_tag, counter_updates};
+pub(crate) use self::counters::{
+    APPLIED_TTL_SECS, APPLY_ONCE, analytics_updates, applied_key, applied_key_of_tag, counter_updates,
+};
 
 use std::time::Duration;
 
@@ -50,6 +53,7 @@ use async_trait::async_trait;
 use redis::{AsyncCommands, Client, Value};
 
 use self::conn::Conn;
+use crate::hash::esc;
 
 use super::{
     AttributionStore, CounterStore, IDEMPOTENCY_TTL_SECS, IndexName, Invalidation, InvalidationHandler, LinkFilter,
@@ -102,27 +106,6 @@ const STORE_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 const STORE_RETRIES: u32 = 2;
 /// A cluster command's re-sends: enough to follow a `MOVED` after a failover.
 const CLUSTER_RETRIES: u32 = 4;
-
-/// An id as it appears inside a key: `%`, `{`, `}` and `:` percent-escaped (everything else as
-/// is). A key's components are separated by `:` and its hash tag is in braces, so with these four
-/// escaped, distinct id tuples always give distinct keys and no id can close a hash tag early.
-/// Codes (`[A-Za-z0-9_-]`) and generated ids pass through unchanged.
-fn esc(id: &str) -> std::borrow::Cow<'_, str> {
-    if !id.contains(['%', '{', '}', ':']) {
-        return std::borrow::Cow::Borrowed(id);
-    }
-    let mut out = String::with_capacity(id.len() + 8);
-    for c in id.chars() {
-        match c {
-            '%' => out.push_str("%25"),
-            '{' => out.push_str("%7B"),
-            '}' => out.push_str("%7D"),
-            ':' => out.push_str("%3A"),
-            c => out.push(c),
-        }
-    }
-    std::borrow::Cow::Owned(out)
-}
 
 /// `lg:<kind>:{<id>}`: a record keyed by one id.
 fn record_key(kind: &str, id: &str) -> String {
