@@ -114,6 +114,9 @@ pub struct Config {
     pub log_format: LogFormat,
     pub webhooks: WebhookSettings,
     pub analytics: AnalyticsSettings,
+    /// `LINKGATE_RECEIPT_TOKEN`: what SMS providers put in the receipt URL (`?token=`); receipts
+    /// are refused while it is unset.
+    pub receipt_token: Option<String>,
 }
 
 /// How analytics are bucketed and kept.
@@ -442,6 +445,11 @@ pub const VARS: &[Var] = &[
         "how long a failing delivery is retried before its webhook is disabled",
     ),
     var(
+        "LINKGATE_RECEIPT_TOKEN",
+        None,
+        "token SMS providers put in the receipt URL (?token=, at least 16 characters); receipts are refused while unset",
+    ),
+    var(
         "LINKGATE_TIMEZONE",
         Some("Asia/Shanghai"),
         "default time zone of analytics: buckets by day and month, and day breakdowns",
@@ -654,6 +662,12 @@ impl Config {
             log_format,
             webhooks: webhook_settings(&get)?,
             analytics: analytics_settings(&get)?,
+            receipt_token: match get("LINKGATE_RECEIPT_TOKEN") {
+                Some(t) if t.trim().len() < 16 => {
+                    return Err(bad("LINKGATE_RECEIPT_TOKEN", "must be at least 16 characters"));
+                }
+                t => t.map(|t| t.trim().to_string()),
+            },
         })
     }
 

@@ -59,6 +59,7 @@ mod resp;
 mod runtime;
 mod server;
 mod shutdown;
+mod sms;
 mod store;
 mod stream;
 mod time;

@@ -23,6 +23,8 @@ const LAYERS: &[&[&str]] = &[
     &["attribution"],
     // Analytics: what a tap says (device, app, province), buckets over time, the query's rules.
     &["analytics"],
+    // SMS sends, delivery receipts in each provider's format, the funnel.
+    &["sms"],
     // Where records live.
     &["store"],
     // Which link a code names (cache in front of the store).

@@ -11,6 +11,7 @@ mod leads;
 pub(crate) mod links;
 mod partners;
 pub(crate) mod qr;
+mod sms;
 mod stats;
 mod webhooks;
 
@@ -73,6 +74,15 @@ where
             _ => Err(ApiError::method_not_allowed("GET, HEAD")),
         };
     }
+    // SMS providers can only be given a URL: receipts carry their token in it, not a key.
+    if let Some(provider) = req.uri().path().strip_prefix("/v1/receipts/") {
+        let provider = provider.trim_end_matches('/').to_string();
+        return match *req.method() {
+            Method::POST if !provider.contains('/') => sms::receipts(app, &provider, req).await,
+            Method::POST => Err(ApiError::not_found("API route")),
+            _ => Err(ApiError::method_not_allowed("POST")),
+        };
+    }
     let key = authenticate(app, req.headers())?;
     if let Some(limiter) = &app.rate_limiter {
         limiter.check(key)?;
@@ -100,6 +110,8 @@ where
         (&Method::GET, ["leads", id]) => leads::get(app, key, id).await,
         (&Method::POST, ["conversions"]) => conversions::create(app, key, req).await,
         (&Method::GET, ["analytics"]) => analytics::get(app, key, req.uri().query()).await,
+        (&Method::POST, ["sends"]) => sms::sends(app, key, req).await,
+        (&Method::GET, ["campaigns", id, "funnel"]) => sms::funnel(app, key, id, req.uri().query()).await,
         (&Method::POST, ["webhooks"]) => webhooks::create(app, key, req).await,
         (&Method::GET, ["webhooks"]) => webhooks::list(app, key).await,
         (&Method::GET, ["webhooks", id]) => webhooks::get(app, key, id).await,
@@ -110,7 +122,7 @@ where
         (_, ["webhooks", _]) => Err(ApiError::method_not_allowed("GET, DELETE")),
         (_, ["webhooks", _, "deliveries"]) => Err(ApiError::method_not_allowed("GET")),
         (_, ["webhooks", _, "deliveries", _, "retry"]) => Err(ApiError::method_not_allowed("POST")),
-        (_, ["partners" | "campaigns" | "conversions"] | ["links", "bulk"]) => {
+        (_, ["partners" | "campaigns" | "conversions" | "sends"] | ["links", "bulk"]) => {
             Err(ApiError::method_not_allowed("POST"))
         }
         (_, ["links", _]) => Err(ApiError::method_not_allowed("GET, PATCH, DELETE")),
@@ -119,7 +131,7 @@ where
             ["analytics"]
             | ["partners" | "campaigns" | "leads", _]
             | ["links", _, "qr" | "stats"]
-            | ["campaigns", _, "stats" | "leaderboard"],
+            | ["campaigns", _, "stats" | "leaderboard" | "funnel"],
         ) => Err(ApiError::method_not_allowed("GET")),
         _ => Err(ApiError::not_found("API route")),
     }

@@ -18,6 +18,7 @@ use crate::link::click_id::ClickSigner;
 use crate::metrics::Metrics;
 use crate::resolve::Resolver;
 use crate::shutdown::Readiness;
+use crate::sms::PhoneHasher;
 use crate::store::redis::feed::RedisFeed;
 use crate::store::{EmbeddedStore, RedisStore, Store};
 use crate::stream::cluster::ClusterStreamSink;
@@ -69,6 +70,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// How the batcher classifies and buckets analytics, and how `/v1/analytics` reads them.
     pub(crate) rules: Arc<Rules>,
+    /// Salted hashes of the phone numbers SMS receipts carry.
+    pub(crate) phones: PhoneHasher,
 }
 
 impl App {
@@ -166,6 +169,7 @@ impl App {
         let rules = Arc::new(Rules::from_settings(&config.analytics));
         let app = Self {
             rules,
+            phones: PhoneHasher::new(click_secret),
             resolver: Resolver::new(store.clone(), metrics.cache.clone()),
             store,
             signer: ClickSigner::new(click_secret),

@@ -1,5 +1,5 @@
-//! Where links and attribution records live: five narrow traits ([`LinkStore`],
-//! [`AttributionStore`], [`CounterStore`], [`WebhookStore`], [`AnalyticsStore`]), each implemented by two backends with the same
+//! Where links and attribution records live: six narrow traits ([`LinkStore`],
+//! [`AttributionStore`], [`CounterStore`], [`WebhookStore`], [`AnalyticsStore`], [`MessageStore`]), each implemented by two backends with the same
 //! behaviour, one file per trait.
 //!
 //! - [`RedisStore`]: production; every replica shares it and pub/sub keeps their caches coherent.
@@ -25,6 +25,7 @@ use crate::analytics::AKey;
 use crate::attribution::model::{Campaign, Conversion, Lead, LeadClaim, Partner, RankBy, Stats};
 use crate::link::Link;
 use crate::link::input::LinkPatch;
+use crate::sms::{Message, Receipt, Sent};
 
 /// How long an `Idempotency-Key` answer is kept.
 pub(crate) const IDEMPOTENCY_TTL_SECS: u64 = 24 * 3600;
@@ -161,10 +162,29 @@ pub(crate) trait AnalyticsStore: Send + Sync + 'static {
     async fn analytics_visitors(&self, groups: &[Vec<AKey>]) -> Result<Vec<u64>, StoreError>;
 }
 
+/// SMS messages: what was sent and what the providers' receipts say ([`crate::sms`]).
+#[async_trait]
+pub(crate) trait MessageStore: Send + Sync + 'static {
+    /// Records sends; a `(provider, message_id)` recorded before changes nothing, and a link's
+    /// first send is the one kept. Receipts that arrived before their send are applied. Returns
+    /// how many sends were new.
+    async fn record_sends(&self, sends: Vec<Sent>) -> Result<usize, StoreError>;
+    /// Applies receipts to their messages (found by `(provider, message_id)`, or through the
+    /// implied send of a receipt whose `out_id` names a link); a receipt whose message is not
+    /// known yet is kept until its send arrives.
+    async fn record_receipts(&self, receipts: Vec<(Receipt, Option<Sent>)>) -> Result<(), StoreError>;
+    /// Every message sent for `campaign`.
+    async fn campaign_messages(&self, campaign: &str) -> Result<Vec<Message>, StoreError>;
+    /// The links sends and receipts name, in one round trip (`None`: unknown or deleted).
+    async fn links_named(&self, codes: &[String]) -> Result<Vec<Option<Link>>, StoreError>;
+    /// The code of each `(campaign_id, recipient_id)` pair's link.
+    async fn recipient_codes(&self, pairs: &[(String, String)]) -> Result<Vec<Option<String>>, StoreError>;
+}
+
 /// A whole backend, as the application holds it; callers that need one part take that trait.
 #[async_trait]
 #[allow(private_bounds)]
-pub trait Store: LinkStore + AttributionStore + CounterStore + WebhookStore + AnalyticsStore {
+pub trait Store: LinkStore + AttributionStore + CounterStore + WebhookStore + AnalyticsStore + MessageStore {
     /// Whether the store answers (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -21,6 +21,7 @@ mod analytics;
 mod attribution;
 mod counters;
 mod links;
+mod messages;
 mod webhooks;
 
 use self::counters::add_counters;
@@ -59,6 +60,14 @@ const STATS: TableDefinition<(&str, &str), i64> = TableDefinition::new("stats");
 const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
 /// (bucket, field) → count: the analytics hashes ([`crate::analytics`]).
 const ANALYTICS: TableDefinition<(&str, &str), i64> = TableDefinition::new("analytics");
+/// code → the message carrying that link (JSON [`crate::sms::Message`]).
+const MESSAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("messages");
+/// `provider:message_id` → code.
+const MESSAGE_IDS: TableDefinition<&str, &str> = TableDefinition::new("message_ids");
+/// `provider:message_id` → the outcome of a receipt whose send is not known yet (JSON).
+const EARLY_RECEIPTS: TableDefinition<&str, &[u8]> = TableDefinition::new("early_receipts");
+/// (campaign, code) → 1: the campaign's messages.
+const CAMPAIGN_MESSAGES: TableDefinition<(&str, &str), u8> = TableDefinition::new("campaign_messages");
 /// (bucket, visitor) → 1: each hour's and day's visitors, exactly.
 const VISITORS: TableDefinition<(&str, &[u8]), u8> = TableDefinition::new("visitors");
 
@@ -123,6 +132,10 @@ impl EmbeddedStore {
             txn.open_table(STATS).map_err(err)?;
             txn.open_table(ANALYTICS).map_err(err)?;
             txn.open_table(VISITORS).map_err(err)?;
+            txn.open_table(MESSAGES).map_err(err)?;
+            txn.open_table(MESSAGE_IDS).map_err(err)?;
+            txn.open_table(EARLY_RECEIPTS).map_err(err)?;
+            txn.open_table(CAMPAIGN_MESSAGES).map_err(err)?;
             webhooks::create_tables(&txn)?;
         }
         purge_expired(&txn)?;

@@ -40,6 +40,7 @@ mod conn;
 mod counters;
 pub(crate) mod feed;
 mod links;
+mod messages;
 mod templates;
 mod webhooks;
 

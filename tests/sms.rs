@@ -1,0 +1,209 @@
+//! SMS sends, delivery receipts in each provider's format, and the funnel, against the real
+//! server on each store: what was sent, delivered, failed, tapped and bought is counted exactly,
+//! whatever order receipts arrive in and however often providers repeat them.
+
+mod support;
+
+use std::time::Duration;
+
+use http::StatusCode;
+use serde_json::{Value, json};
+use support::{BACKENDS, Env, TestServer, eventually, send};
+
+const TOKEN: &str = "receipt-token-0123456789";
+const IPHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1";
+
+async fn receipt(s: &TestServer, provider: &str, token: &str, body: &str) -> support::Resp {
+    let ct = if provider == "twilio" {
+        "application/x-www-form-urlencoded"
+    } else {
+        "application/json"
+    };
+    send(
+        s.addr,
+        "POST",
+        &format!("/v1/receipts/{provider}?token={token}"),
+        &[("content-type", ct)],
+        body.as_bytes().to_vec(),
+    )
+    .await
+}
+
+async fn funnel(s: &TestServer, query: &str) -> Value {
+    let r = s.api("GET", &format!("/v1/campaigns/react/funnel{query}"), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    r.json()
+}
+
+#[tokio::test]
+async fn sends_receipts_and_taps_make_an_exact_funnel_on_every_store() {
+    for backend in BACKENDS {
+        let env = Env::new(backend);
+        let s = TestServer::start_with(&env, &[("LINKGATE_RECEIPT_TOKEN", TOKEN)]).await;
+        let items: Vec<Value> = (0..10)
+            .map(|i| json!({"recipient_id": format!("r{i}"), "owner_id": if i % 2 == 0 { "store-a" } else { "store-b" }}))
+            .collect();
+        let links = s
+            .mint_bulk(json!({
+                "defaults": {"destination": "https://shop.example/a", "campaign_id": "react", "kind": "sms"},
+                "links": items,
+            }))
+            .await;
+        let code = |i: usize| links[i]["code"].as_str().unwrap().to_string();
+
+        // A receipt before its send: kept, and applied when the send arrives.
+        let early = r#"[{"sid":"sid-5","report_status":"SUCCESS","user_receive_time":"2026-12-07 10:00:00","nationcode":"86","mobile":"13800000005"}]"#;
+        let r = receipt(&s, "tencent", TOKEN, early).await;
+        assert_eq!(
+            (r.status, r.json()),
+            (StatusCode::OK, json!({"result": 0, "errmsg": "OK"}))
+        );
+
+        let mut sends: Vec<Value> = (0..4)
+            .map(|i| json!({"code": code(i), "provider": "aliyun", "message_id": format!("biz-{i}"), "sent_at": "2026-12-07T01:00:00Z"}))
+            .collect();
+        sends.extend((4..6).map(|i| json!({"campaign_id": "react", "recipient_id": format!("r{i}"), "provider": "tencent", "message_id": format!("sid-{i}")})));
+        sends.extend((6..8).map(|i| json!({"code": code(i), "provider": "twilio", "message_id": format!("SM{i}")})));
+        let r = s.api("POST", "/v1/sends", Some(json!({"sends": sends}))).await;
+        assert_eq!(
+            (r.status, r.json()),
+            (StatusCode::CREATED, json!({"recorded": 8})),
+            "{backend:?}"
+        );
+        // Sends are idempotent.
+        let again = s.api("POST", "/v1/sends", Some(json!({"sends": sends}))).await;
+        assert_eq!(again.json(), json!({"recorded": 0}));
+
+        // Alibaba: delivered, a duplicate, a failure, a delivery then a late failure; and a
+        // receipt for link 8, never reported as sent, whose out_id names it.
+        let ali = |i: usize, ok: bool, at: &str| {
+            json!({"phone_number": format!("1390000000{i}"), "success": ok, "err_code": if ok { "DELIVERED" } else { "MK:0001" },
+                   "biz_id": format!("biz-{i}"), "out_id": code(i), "report_time": at, "send_time": "2026-12-07 09:00:00"})
+        };
+        let body = json!([
+            ali(0, true, "2026-12-07 09:01:00"),
+            ali(0, true, "2026-12-07 09:01:00"),
+            ali(1, true, "2026-12-07 09:02:00"),
+            ali(2, false, "2026-12-07 09:01:00"),
+            ali(3, true, "2026-12-07 09:01:00"),
+            ali(8, true, "2026-12-07 09:03:00")
+        ]);
+        let r = receipt(&s, "aliyun", TOKEN, &body.to_string()).await;
+        assert_eq!(
+            (r.status, r.json()),
+            (StatusCode::OK, json!({"code": 0, "msg": "成功"}))
+        );
+        let late = json!([ali(3, false, "2026-12-07 09:05:00")]);
+        assert_eq!(
+            receipt(&s, "aliyun", TOKEN, &late.to_string()).await.status,
+            StatusCode::OK
+        );
+        // Tencent and Twilio, out of order and repeated.
+        let tencent = r#"[{"sid":"sid-4","report_status":"SUCCESS","errmsg":"DELIVRD"},{"sid":"sid-unknown","report_status":"FAIL"}]"#;
+        assert_eq!(receipt(&s, "tencent", TOKEN, tencent).await.status, StatusCode::OK);
+        for form in [
+            "MessageSid=SM6&MessageStatus=sent&To=%2B15558675310",
+            "MessageSid=SM6&MessageStatus=delivered",
+            "MessageSid=SM7&MessageStatus=undelivered&ErrorCode=30003",
+            "MessageSid=SM7&MessageStatus=delivered",
+        ] {
+            let r = receipt(&s, "twilio", TOKEN, form).await;
+            assert_eq!(r.status, StatusCode::NO_CONTENT);
+        }
+
+        // Bad receipts change nothing: a wrong token, a body that is not the provider's.
+        assert_eq!(
+            receipt(&s, "aliyun", "wrong-token-000000000", "[]").await.status,
+            StatusCode::UNAUTHORIZED
+        );
+        let bad = receipt(
+            &s,
+            "aliyun",
+            TOKEN,
+            &json!([ali(9, true, "2026-12-07 09:01:00"), {"success": true}]).to_string(),
+        )
+        .await;
+        assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(bad.json()["error"]["details"][0]["index"], 1);
+        assert_eq!(receipt(&s, "nosuch", TOKEN, "[]").await.status, StatusCode::NOT_FOUND);
+        let unknown = s
+            .api("POST", "/v1/sends", Some(json!({"sends": [{"code": code(9), "provider": "aliyun", "message_id": "biz-9"}, {"code": "Zz9Zz9Zz", "provider": "aliyun", "message_id": "x"}]})))
+            .await;
+        assert_eq!(unknown.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(unknown.json()["error"]["details"][0]["index"], 1);
+
+        // People tap links 0, 1 and 4 (twice); one of them orders.
+        for i in [0, 1, 4, 4] {
+            let r = send(
+                s.addr,
+                "GET",
+                &format!("/{}", code(i)),
+                &[("user-agent", IPHONE)],
+                Vec::new(),
+            )
+            .await;
+            assert_eq!(r.status, StatusCode::FOUND);
+        }
+        let r = s
+            .api(
+                "POST",
+                "/v1/conversions",
+                Some(json!({"order_id": "o-1", "code": code(0), "amount": 120_000, "currency": "CNY"})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED);
+
+        let f = eventually(
+            Duration::from_secs(20),
+            "three taps and an order in the funnel",
+            || async {
+                let f = funnel(&s, "").await;
+                (f["tapped"] == 3 && f["conversions"] == 1).then_some(f)
+            },
+        )
+        .await;
+        let want = json!({"links": 10, "sent": 9, "delivered": 7, "failed": 2, "pending": 0, "tapped": 3, "leads": 3, "conversions": 1, "revenue": 120_000});
+        for (k, v) in want.as_object().unwrap() {
+            assert_eq!(&f[k], v, "{backend:?}: {k} in {f}");
+        }
+        assert_eq!(f["rates"]["delivered_per_sent"], json!(0.7778));
+        assert_eq!(f["rates"]["tapped_per_delivered"], json!(0.4286));
+        let hours = f["taps_by_hour_since_delivery"].as_array().unwrap();
+        assert_eq!(
+            hours.iter().map(|h| h.as_i64().unwrap()).sum::<i64>(),
+            3,
+            "the three tapped links were delivered"
+        );
+        assert!(f["first_tap_after_delivery"]["p50_seconds"].as_i64().unwrap() > 0);
+
+        let by = funnel(&s, "?by=owner").await;
+        let owners = by["owners"].as_array().unwrap();
+        let a = owners.iter().find(|o| o["owner_id"] == "store-a").unwrap();
+        let b = owners.iter().find(|o| o["owner_id"] == "store-b").unwrap();
+        // store-a: links 0 2 4 6 8; store-b: 1 3 5 7 9.
+        assert_eq!(
+            (&a["links"], &a["sent"], &a["delivered"], &a["failed"]),
+            (&json!(5), &json!(5), &json!(4), &json!(1))
+        );
+        assert_eq!(
+            (&b["links"], &b["sent"], &b["delivered"], &b["failed"]),
+            (&json!(5), &json!(4), &json!(3), &json!(1))
+        );
+        assert_eq!(
+            (&a["tapped"], &a["conversions"], &b["tapped"]),
+            (&json!(2), &json!(1), &json!(1))
+        );
+        let bad = s.api("GET", "/v1/campaigns/react/funnel?by=colour", None).await;
+        assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+        s.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn receipts_are_refused_while_no_token_is_configured() {
+    let env = Env::new(support::Backend::Embedded);
+    let s = TestServer::start(&env).await;
+    let r = receipt(&s, "generic", "", r#"{"receipts": []}"#).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.error_code(), "unauthorized");
+}
