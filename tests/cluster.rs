@@ -150,6 +150,7 @@ async fn a_master_killed_under_load_loses_no_tap_and_counts_stay_exact() {
         "campaign counted once"
     );
     assert_eq!(campaign["leads"], 1, "one lead for the one recipient");
+    support::analytics_settle_at(&s, "spring", (total + codes.len()) as i64).await;
     let all = events(cluster);
     let leads = all.iter().filter(|e| e["type"] == "lead").map(|e| e["lead_id"].clone());
     assert_eq!(leads.collect::<HashSet<_>>().len(), 1, "one lead event (by id)");

@@ -12,8 +12,8 @@ use std::time::Duration;
 use http::StatusCode;
 use serde_json::json;
 use support::{
-    ADMIN_KEY, CLICK_SECRET, Env, RedisGuard, TempDir, TestServer, eventually, free_port, get_streamed, metric,
-    stream_entries, try_send,
+    ADMIN_KEY, CLICK_SECRET, Env, RedisGuard, TempDir, TestServer, analytics_settle_at, eventually, free_port,
+    get_streamed, metric, stream_entries, try_send,
 };
 
 const UA: &str = "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 Chrome/120.0 Mobile Safari/537.36";
@@ -112,6 +112,7 @@ async fn a_redis_outage_mid_load_loses_no_tap() {
     })
     .await;
     assert_eq!(clicks, accepted as i64, "every accepted tap counted once");
+    analytics_settle_at(&s, "outage", accepted as i64).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -258,6 +259,8 @@ async fn a_key_of_the_wrong_type_is_dead_lettered_and_everything_else_counts_onc
     clicks_settle_at(&s, "links/healthy", 10).await;
     clicks_settle_at(&s, "campaigns/fine", 10).await;
     clicks_settle_at(&s, "links/poisoned", 4).await;
+    analytics_settle_at(&s, "fine", 10).await;
+    analytics_settle_at(&s, "broken", 4).await;
     // The refused updates are in the dead-letter file, with their error, and counted.
     // (The batcher writes the file after the batch's reply, on its own thread: poll until every
     // counted refusal is in it.)
@@ -304,6 +307,7 @@ async fn redis_out_of_memory_holds_the_events_and_they_land_once_when_it_has_roo
     assert_eq!(distinct_clicks(&url), (6, 6));
     clicks_settle_at(&s, "links/oomlink", 6).await;
     clicks_settle_at(&s, "campaigns/oom", 6).await;
+    analytics_settle_at(&s, "oom", 6).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,6 +344,7 @@ async fn a_reply_lost_after_redis_applied_the_batch_is_not_applied_twice() {
     );
     clicks_settle_at(&s, "links/stalled", 7).await;
     clicks_settle_at(&s, "campaigns/stall", 7).await;
+    analytics_settle_at(&s, "stall", 7).await;
 }
 
 /// `LINKGATE_REDIS_WAIT_REPLICAS=1`: a batch counts as delivered only once the replica holds it.

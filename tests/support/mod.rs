@@ -759,3 +759,33 @@ pub(crate) fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
+
+/// Waits until analytics count `want` human clicks for `campaign` over the last day, then checks
+/// that the total, the sum of its hourly series and the sum of its device breakdown all equal it
+/// (each bucket applied once, like the stats).
+#[allow(dead_code)]
+pub(crate) async fn analytics_settle_at(s: &TestServer, campaign: &str, want: i64) {
+    let sum = |v: &Value| -> i64 {
+        v["rows"]
+            .as_array()
+            .map(|rows| rows.iter().map(|r| r["clicks"].as_i64().unwrap_or(0)).sum())
+            .unwrap_or(-1)
+    };
+    let ask = |group: &'static str| {
+        let path = format!("/v1/analytics?campaign_id={campaign}&interval=24h&group_by={group}");
+        async move { s.api("GET", &path, None).await.json() }
+    };
+    eventually(
+        Duration::from_secs(20),
+        &format!("analytics of {campaign} count {want}"),
+        || async { (sum(&ask("count").await) >= want).then_some(()) },
+    )
+    .await;
+    for group in ["count", "timeseries", "device"] {
+        assert_eq!(
+            sum(&ask(group).await),
+            want,
+            "{campaign}: analytics by {group} counted once"
+        );
+    }
+}
