@@ -126,3 +126,93 @@ impl AnalyticsStore for EmbeddedStore {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::analytics::{AnalyticsDelta, AnalyticsMemo, Counts};
+    use crate::link::LinkKind;
+
+    /// Taps at `times` (Unix seconds) for campaign `c`, applied as batches `1..`.
+    async fn tap(store: &EmbeddedStore, rules: &Rules, times: &[i64]) {
+        let mut memo = AnalyticsMemo::default();
+        for (i, &t) in times.iter().enumerate() {
+            let mut d = AnalyticsDelta::default();
+            let p = memo.place(rules, t, Some(Arc::from("c")), None, Some(LinkKind::Sms));
+            let v = memo.visit(Some(b"Mozilla/5.0 (iPhone)"), None, None);
+            d.add(
+                &p,
+                Some(v),
+                Some("abc1234"),
+                Counts {
+                    human: 1,
+                    ..Counts::default()
+                },
+            );
+            d.add_visitor(&p, [i as u8; 16]);
+            let id = crate::attribution::model::BatchId {
+                replica: "r".into(),
+                seq: i as u64 + 1,
+            };
+            store
+                .apply_batch(&Default::default(), d.cells(rules), &id)
+                .await
+                .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn the_sweep_drops_buckets_past_their_retention_and_keeps_the_rest() {
+        let dir = std::env::temp_dir().join(format!("linkgate-analytics-sweep-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = EmbeddedStore::open(&dir).unwrap();
+        let rules = Rules {
+            hourly_secs: 3 * 86_400,
+            daily_secs: 10 * 86_400,
+            ..Rules::default()
+        };
+        let now = 1_796_659_199;
+        // Five days ago (past the hourly retention, within the daily one), and now.
+        tap(&store, &rules, &[now - 5 * 86_400, now]).await;
+        let hourly = |t: i64| crate::analytics::Scope::ALL.hourly_key(crate::analytics::utc_day_of_hour(t / 3600).0);
+        let daily = |t: i64| {
+            let day = jiff::Timestamp::from_second(t)
+                .unwrap()
+                .to_zoned(rules.tz.clone())
+                .date();
+            crate::analytics::Scope::ALL.daily_key(crate::analytics::Dim::Total, day)
+        };
+        let keys = [
+            hourly(now - 5 * 86_400),
+            hourly(now),
+            daily(now - 5 * 86_400),
+            daily(now),
+        ];
+        let before = store.analytics_hashes(&keys).await.unwrap();
+        assert!(before.iter().all(|f| !f.is_empty()), "{before:?}");
+
+        let removed = store.sweep_analytics(&rules, now).await.unwrap();
+        assert!(removed > 0);
+        let after = store.analytics_hashes(&keys).await.unwrap();
+        assert!(after[0].is_empty(), "the old hour is gone");
+        assert!(
+            !after[1].is_empty() && !after[2].is_empty() && !after[3].is_empty(),
+            "{after:?}"
+        );
+        let visitors = store
+            .analytics_visitors(&[vec![
+                crate::analytics::Scope::ALL.hourly_visitors_key((now - 5 * 86_400) / 3600),
+            ]])
+            .await
+            .unwrap();
+        assert_eq!(visitors, [0], "the old hour's visitors are gone too");
+        // Past the daily retention (counted from the end of the bucket's day, with a day's margin
+        // for zones ahead of UTC), the daily buckets go as well.
+        store.sweep_analytics(&rules, now + 13 * 86_400).await.unwrap();
+        let later = store.analytics_hashes(&keys).await.unwrap();
+        assert!(later.iter().all(Vec::is_empty), "{later:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
