@@ -8,7 +8,9 @@
 //! SMS reactivation scenario), so taps are lead candidates. `BATCHER_CLUSTER=1` runs the same on a
 //! one-node Redis Cluster (every slot on it) through the cluster sink (redis-rs's cluster client,
 //! counters applied per hash tag): the same Redis work, measured against the single-node sink's
-//! own encoder.
+//! own encoder. `BATCHER_CAMPAIGNS` and `BATCHER_OWNERS` set how many campaigns and owners the
+//! 100,000 links are spread over (default 100 and 1,000): each batch's analytics cost grows
+//! with the campaigns and owners it touches.
 
 #[path = "support/redis_server.rs"]
 mod redis_server;
@@ -159,10 +161,19 @@ fn main() {
         .unwrap();
         (queue, resolver, delivery)
     });
-    let campaigns: Vec<u32> = (0..100)
+    // BATCHER_CAMPAIGNS / BATCHER_OWNERS: how many campaigns and owners the links are spread
+    // over (100 and 1,000 by default; a single SMS campaign of a few salespeople is 1 and 10).
+    let knob = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(default)
+    };
+    let campaigns: Vec<u32> = (0..knob("BATCHER_CAMPAIGNS", 100))
         .map(|i| resolver.interner().intern(Some(&format!("campaign-{i}"))))
         .collect();
-    let owners: Vec<u32> = (0..1000)
+    let owners: Vec<u32> = (0..knob("BATCHER_OWNERS", 1000))
         .map(|i| resolver.interner().intern(Some(&format!("owner-{i}"))))
         .collect();
     let signer = linkgate::ClickSigner::new(b"bench-secret-0123456789");

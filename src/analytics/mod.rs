@@ -12,6 +12,9 @@
 //! - `h:<scope>:<UTC date>`: a hash per UTC day, field `<HH><m>` per hour and metric (`h` human
 //!   clicks, `b` bot clicks, `l` leads, `n` conversions, `r` revenue): at most 120 fields, so
 //!   Redis keeps it listpack-encoded. Kept `LINKGATE_ANALYTICS_HOURLY_RETENTION` (90 days).
+//!   Owners (and a campaign's owners) have no hashes of their own: their hours are fields
+//!   `<HH><m>:<owner>` of `ho:<campaign or all>:<UTC date>`, their days the `owner` breakdown,
+//!   read field by field.
 //! - `d:<scope>:<dim>:<local date>`: a hash per dimension and day of `LINKGATE_TIMEZONE`, field
 //!   `<m>:<value>` (`t` is the day's total, value empty). Kept
 //!   `LINKGATE_ANALYTICS_DAILY_RETENTION` (25 months).
@@ -40,6 +43,7 @@ use self::classify::{UaClass, UaMemo};
 use self::geo::{Geo, Region};
 use crate::hash::{Xxh3State, esc};
 use crate::link::LinkKind;
+use crate::link::code::InlineCode;
 
 /// How the batcher classifies and keeps analytics: the zone of daily buckets, the IP database,
 /// and how long buckets are kept.
@@ -162,7 +166,8 @@ pub(crate) struct Visit {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct AnalyticsDelta {
     events: HashMap<(Place, Option<Visit>), Counts, Xxh3State>,
-    links: HashMap<(Place, Arc<str>), Counts, Xxh3State>,
+    /// Keyed by the code held inline: no allocation per tap.
+    links: HashMap<(Place, InlineCode), Counts, Xxh3State>,
     /// Conversions credited to each partner of their chain.
     partners: HashMap<(Place, Arc<str>), Counts, Xxh3State>,
     visitors: HashMap<Place, Vec<[u8; 16]>, Xxh3State>,
@@ -184,7 +189,10 @@ impl AnalyticsDelta {
     /// link's.
     pub(crate) fn add(&mut self, place: &Place, visit: Option<Visit>, code: Option<&str>, n: Counts) {
         if let Some(code) = code {
-            self.links.entry((place.clone(), Arc::from(code))).or_default().add(&n);
+            self.links
+                .entry((place.clone(), InlineCode::new(code)))
+                .or_default()
+                .add(&n);
         }
         self.events.entry((place.clone(), visit)).or_default().add(&n);
     }
@@ -205,77 +213,127 @@ impl AnalyticsDelta {
     /// The increments and set members this delta writes, key by key.
     pub(crate) fn cells(&self, rules: &Rules) -> Cells {
         let mut out = CellsBuilder::default();
+        let mut field = String::new();
+        // Entries of one place share their keys: work out each place's keys once.
+        let mut by_place: HashMap<&Place, Vec<(&Option<Visit>, &Counts)>, Xxh3State> = HashMap::default();
         for ((place, visit), n) in &self.events {
-            for scope in Scope::of(place) {
+            by_place.entry(place).or_default().push((visit, n));
+        }
+        for (place, entries) in by_place {
+            let hh = place.hour.rem_euclid(24);
+            // An owner's hours are fields of a hash its campaign (or everything) shares: a
+            // campaign may have as many owners as links (one QR code per partner), and keys of
+            // their own cost a few commands per owner per batch.
+            if let Some(owner) = &place.owner {
+                let parents = [Scope::ALL, Scope::campaign(place.campaign.as_deref())];
+                for parent in parents.iter().filter(|p| *p == &Scope::ALL || p.campaign.is_some()) {
+                    let key = out.owner_hours(parent, place.hour, rules);
+                    for (_, n) in &entries {
+                        for (m, v) in n.fields() {
+                            field_text(&mut field, format_args!("{hh:02}{m}:{owner}"));
+                            out.incr(key, &field, v);
+                        }
+                    }
+                }
+            }
+            for scope in Scope::of(place).into_iter().filter(Scope::has_keys) {
                 let hour_key = out.hourly(&scope, place.hour, rules);
-                let hh = place.hour.rem_euclid(24);
-                for (m, v) in n.fields() {
-                    out.incr(&hour_key, format!("{hh:02}{m}"), v);
-                }
-                let mut dims: Vec<(Dim, &str)> = vec![(Dim::Total, "")];
-                if let Some(v) = visit {
-                    let (province, city) = match &v.region {
-                        Some(r) => (r.province.as_str(), r.city.as_str()),
-                        None => (geo::UNKNOWN, geo::UNKNOWN),
-                    };
-                    dims.extend([
-                        (Dim::Device, v.ua.device.as_str()),
-                        (Dim::Os, v.ua.os.as_str()),
-                        (Dim::Browser, v.ua.browser.as_str()),
-                        (Dim::App, v.ua.app.as_str()),
-                        (Dim::Province, province),
-                        (Dim::City, city),
-                        (Dim::Referer, &v.referer),
-                    ]);
-                }
-                if let (None, Some(k)) = (scope.kind, place.kind) {
-                    dims.push((Dim::Kind, k.as_str()));
-                }
-                if let (None, Some(c)) = (scope.campaign, &place.campaign) {
-                    dims.push((Dim::Campaign, c));
-                }
-                if let (None, Some(o)) = (scope.owner, &place.owner) {
-                    dims.push((Dim::Owner, o));
-                }
-                for (dim, value) in dims {
-                    let key = out.daily(&scope, dim, place.day, rules);
+                let mut daily: Vec<(Dim, usize)> = Vec::new();
+                for (visit, n) in &entries {
                     for (m, v) in n.fields() {
-                        out.incr(&key, format!("{m}:{value}"), v);
+                        field_text(&mut field, format_args!("{hh:02}{m}"));
+                        out.incr(hour_key, &field, v);
+                    }
+                    for (dim, value) in dims(&scope, place, visit.as_ref()) {
+                        let key = match daily.iter().find(|(d, _)| *d == dim) {
+                            Some((_, k)) => *k,
+                            None => {
+                                let k = out.daily(&scope, dim, place.day, rules);
+                                daily.push((dim, k));
+                                k
+                            }
+                        };
+                        for (m, v) in n.fields() {
+                            field_text(&mut field, format_args!("{m}:{value}"));
+                            out.incr(key, &field, v);
+                        }
                     }
                 }
             }
         }
+        // Links: nearly one per tap; the key is looked up once per campaign, owner and day.
+        let mut homes: HashMap<(Option<&str>, Option<&str>, Date), usize, Xxh3State> = HashMap::default();
         for ((place, code), n) in &self.links {
-            for scope in Scope::of(place).into_iter().filter(|s| s.keeps_links(place)) {
-                let key = out.daily(&scope, Dim::Link, place.day, rules);
-                for (m, v) in n.fields() {
-                    out.incr(&key, format!("{m}:{code}"), v);
-                }
+            let home = (place.campaign.as_deref(), place.owner.as_deref(), place.day);
+            let key = *homes.entry(home).or_insert_with(|| {
+                let scope = Scope::link_home(home.0, home.1);
+                out.daily(&scope, Dim::Link, place.day, rules)
+            });
+            for (m, v) in n.fields() {
+                field_text(&mut field, format_args!("{m}:{}", code.as_str()));
+                out.incr(key, &field, v);
             }
         }
         for ((place, partner), n) in &self.partners {
-            for scope in [Scope::ALL, Scope::campaign(place.campaign.as_deref())] {
-                if scope.campaign.is_none() && scope != Scope::ALL {
-                    continue;
-                }
-                let key = out.daily(&scope, Dim::Partner, place.day, rules);
+            let parents = [Scope::ALL, Scope::campaign(place.campaign.as_deref())];
+            for scope in parents.iter().filter(|p| *p == &Scope::ALL || p.campaign.is_some()) {
+                let key = out.daily(scope, Dim::Partner, place.day, rules);
                 for (m, v) in n.fields() {
-                    out.incr(&key, format!("{m}:{partner}"), v);
+                    field_text(&mut field, format_args!("{m}:{partner}"));
+                    out.incr(key, &field, v);
                 }
             }
         }
         for (place, visitors) in &self.visitors {
-            for scope in Scope::of(place) {
+            for scope in Scope::of(place).into_iter().filter(Scope::keeps_visitors) {
                 for key in [
                     out.hourly_visitors(&scope, place.hour, rules),
                     out.daily_visitors(&scope, place.day, rules),
                 ] {
-                    out.members(&key, visitors);
+                    out.members(key, visitors);
                 }
             }
         }
         out.finish()
     }
+}
+
+/// `text` into `buf`, reusing its allocation.
+fn field_text(buf: &mut String, text: std::fmt::Arguments<'_>) {
+    use std::fmt::Write;
+    buf.clear();
+    let _ = buf.write_fmt(text);
+}
+
+/// The daily breakdowns an event at `place` (a click when `visit` is known) adds to in `scope`,
+/// with its value in each.
+fn dims<'p>(scope: &Scope<'_>, place: &'p Place, visit: Option<&'p Visit>) -> Vec<(Dim, &'p str)> {
+    let mut dims: Vec<(Dim, &str)> = vec![(Dim::Total, "")];
+    if let Some(v) = visit.filter(|_| scope.keeps(Dim::Device)) {
+        let (province, city) = match &v.region {
+            Some(r) => (r.province.as_str(), r.city.as_str()),
+            None => (geo::UNKNOWN, geo::UNKNOWN),
+        };
+        dims.extend([
+            (Dim::Device, v.ua.device.as_str()),
+            (Dim::Os, v.ua.os.as_str()),
+            (Dim::Browser, v.ua.browser.as_str()),
+            (Dim::App, v.ua.app.as_str()),
+            (Dim::Province, province),
+            (Dim::City, city),
+            (Dim::Referer, &v.referer),
+        ]);
+    }
+    if let (true, Some(k)) = (scope.keeps(Dim::Kind), place.kind) {
+        dims.push((Dim::Kind, k.as_str()));
+    }
+    if let (true, Some(c)) = (scope.keeps(Dim::Campaign), &place.campaign) {
+        dims.push((Dim::Campaign, c));
+    }
+    if let (true, Some(o)) = (scope.keeps(Dim::Owner), &place.owner) {
+        dims.push((Dim::Owner, o));
+    }
+    dims
 }
 
 /// The breakdown dimensions kept per day.
@@ -341,7 +399,7 @@ impl<'a> Scope<'a> {
         kind: None,
     };
 
-    fn campaign(c: Option<&'a str>) -> Self {
+    pub(crate) fn campaign(c: Option<&'a str>) -> Self {
         Scope {
             campaign: c,
             owner: None,
@@ -374,12 +432,51 @@ impl<'a> Scope<'a> {
         v
     }
 
-    /// Whether this scope keeps the `link` breakdown of the links at `place`: campaigns and
-    /// owners (and everything, for links of neither), never kinds, so a tapped link costs a field
-    /// in at most three day hashes.
-    fn keeps_links(&self, place: &Place) -> bool {
-        let bare = place.campaign.is_none() && place.owner.is_none();
-        self.kind.is_none() && (self.campaign.is_some() || self.owner.is_some() || bare)
+    /// Where the `link` breakdown of a link of `campaign` and `owner` is kept: its campaign's
+    /// scope, else its owner's, else everything's. One place only, so a tapped link costs a
+    /// field or two in a hash its campaign shares (see [`Scope::keeps`]).
+    pub(crate) fn link_home(campaign: Option<&'a str>, owner: Option<&'a str>) -> Scope<'a> {
+        Scope {
+            campaign,
+            owner: if campaign.is_some() { None } else { owner },
+            kind: None,
+        }
+    }
+
+    /// Which daily breakdowns this scope keeps. Everything and each campaign keep them all (but
+    /// their own); an owner keeps totals, kinds and campaigns; the narrower scopes (a campaign's
+    /// owner, a kind, a campaign's kind) only totals. Each breakdown kept costs fields in every
+    /// batch that touches the scope, and owners are many: with 1,000 owners tapped in a batch,
+    /// keeping every breakdown for every scope took Redis about ten times the work of the
+    /// events themselves (`loadtest/optimisations.md`). The `link` breakdown is kept at
+    /// [`Scope::link_home`].
+    pub(crate) fn keeps(&self, dim: Dim) -> bool {
+        match (self.campaign.is_some(), self.owner.is_some(), self.kind.is_some()) {
+            (false, false, false) => !matches!(dim, Dim::Link),
+            (true, false, false) => !matches!(dim, Dim::Campaign | Dim::Link),
+            _ => dim == Dim::Total,
+        }
+    }
+
+    /// Whether this scope has buckets of its own. An owner's (or a campaign's owner's) hours
+    /// and days are fields of its parent's hashes instead: its hours in the parent's owner-hours
+    /// hash ([`Scope::owner_hours_key`]), its days in the parent's `owner` breakdown.
+    pub(crate) fn has_keys(&self) -> bool {
+        self.owner.is_none()
+    }
+
+    /// The scope whose hashes hold this owner scope's counts: its campaign, or everything.
+    pub(crate) fn parent(&self) -> Scope<'a> {
+        Scope {
+            campaign: self.campaign,
+            owner: None,
+            kind: None,
+        }
+    }
+
+    /// Whether visitors are counted for this scope: everything and each campaign.
+    pub(crate) fn keeps_visitors(&self) -> bool {
+        self.owner.is_none() && self.kind.is_none()
     }
 
     /// Whether this combination of filters is kept.
@@ -407,6 +504,11 @@ impl<'a> Scope<'a> {
             Some(c) => esc(c).into_owned(),
             None => "*".into(),
         }
+    }
+
+    /// The hours of every owner of this (parent) scope on a UTC day: fields `<HH><m>:<owner>`.
+    pub(crate) fn owner_hours_key(&self, day: Date) -> AKey {
+        AKey::new(self, format!("ho:{}:{}", self.name(), ymd(day)))
     }
 
     pub(crate) fn hourly_key(&self, day: Date) -> AKey {
@@ -447,9 +549,26 @@ impl AKey {
 
     /// Whether this is an hourly bucket (kept for the hourly retention).
     pub(crate) fn is_hourly(name: &str) -> bool {
-        name.starts_with("h:") || name.starts_with("uh:")
+        name.starts_with("h:") || name.starts_with("ho:") || name.starts_with("uh:")
     }
 }
+
+/// A hash to read: all its fields, or only those named (an owner's or a link's fields of a hash
+/// its campaign shares).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Read {
+    pub key: AKey,
+    pub fields: Option<Vec<String>>,
+}
+
+impl Read {
+    pub(crate) fn all(key: AKey) -> Self {
+        Read { key, fields: None }
+    }
+}
+
+/// The five metric letters, in field order.
+pub(crate) const METRICS: [char; 5] = ['h', 'b', 'l', 'n', 'r'];
 
 /// `YYYYMMDD`.
 pub(crate) fn ymd(d: Date) -> String {
@@ -483,69 +602,89 @@ pub(crate) struct Cells {
 /// A hash's fields and their increments (or values, when read).
 pub(crate) type Fields = Vec<(String, i64)>;
 
+/// The hashes and sets of a batch, each key held once and named by its index.
 #[derive(Default)]
 struct CellsBuilder {
-    hashes: HashMap<AKey, (i64, HashMap<String, i64>)>,
-    sets: HashMap<AKey, (i64, std::collections::BTreeSet<[u8; 16]>)>,
+    index: HashMap<AKey, usize, Xxh3State>,
+    hashes: Vec<(AKey, i64, HashMap<String, i64, Xxh3State>)>,
+    sets: Vec<(AKey, i64, std::collections::BTreeSet<[u8; 16]>)>,
+    set_index: HashMap<AKey, usize, Xxh3State>,
 }
 
 impl CellsBuilder {
-    fn hourly(&mut self, scope: &Scope<'_>, hour: i64, rules: &Rules) -> AKey {
+    fn hash(&mut self, key: AKey, expire: i64) -> usize {
+        if let Some(i) = self.index.get(&key) {
+            return *i;
+        }
+        self.hashes.push((key.clone(), expire, HashMap::default()));
+        self.index.insert(key, self.hashes.len() - 1);
+        self.hashes.len() - 1
+    }
+
+    fn set(&mut self, key: AKey, expire: i64) -> usize {
+        if let Some(i) = self.set_index.get(&key) {
+            return *i;
+        }
+        self.sets.push((key.clone(), expire, Default::default()));
+        self.set_index.insert(key, self.sets.len() - 1);
+        self.sets.len() - 1
+    }
+
+    fn hourly(&mut self, scope: &Scope<'_>, hour: i64, rules: &Rules) -> usize {
         let (day, _) = utc_day_of_hour(hour);
-        let key = scope.hourly_key(day);
-        let expire = utc_midnight(day) + 86_400 + rules.hourly_secs;
-        self.hashes
-            .entry(key.clone())
-            .or_insert_with(|| (expire, HashMap::new()));
-        key
+        self.hash(scope.hourly_key(day), utc_midnight(day) + 86_400 + rules.hourly_secs)
     }
 
-    fn daily(&mut self, scope: &Scope<'_>, dim: Dim, day: Date, rules: &Rules) -> AKey {
-        let key = scope.daily_key(dim, day);
+    fn owner_hours(&mut self, parent: &Scope<'_>, hour: i64, rules: &Rules) -> usize {
+        let (day, _) = utc_day_of_hour(hour);
+        self.hash(
+            parent.owner_hours_key(day),
+            utc_midnight(day) + 86_400 + rules.hourly_secs,
+        )
+    }
+
+    fn daily(&mut self, scope: &Scope<'_>, dim: Dim, day: Date, rules: &Rules) -> usize {
         // A local day ends at most 14 hours after the UTC day of the same date.
-        let expire = utc_midnight(day) + 2 * 86_400 + rules.daily_secs;
-        self.hashes
-            .entry(key.clone())
-            .or_insert_with(|| (expire, HashMap::new()));
-        key
+        self.hash(
+            scope.daily_key(dim, day),
+            utc_midnight(day) + 2 * 86_400 + rules.daily_secs,
+        )
     }
 
-    fn hourly_visitors(&mut self, scope: &Scope<'_>, hour: i64, rules: &Rules) -> AKey {
-        let key = scope.hourly_visitors_key(hour);
-        let expire = (hour + 1) * 3600 + 86_400 + rules.hourly_secs;
-        self.sets
-            .entry(key.clone())
-            .or_insert_with(|| (expire, Default::default()));
-        key
+    fn hourly_visitors(&mut self, scope: &Scope<'_>, hour: i64, rules: &Rules) -> usize {
+        self.set(
+            scope.hourly_visitors_key(hour),
+            (hour + 1) * 3600 + 86_400 + rules.hourly_secs,
+        )
     }
 
-    fn daily_visitors(&mut self, scope: &Scope<'_>, day: Date, rules: &Rules) -> AKey {
-        let key = scope.daily_visitors_key(day);
-        let expire = utc_midnight(day) + 2 * 86_400 + rules.daily_secs;
-        self.sets
-            .entry(key.clone())
-            .or_insert_with(|| (expire, Default::default()));
-        key
+    fn daily_visitors(&mut self, scope: &Scope<'_>, day: Date, rules: &Rules) -> usize {
+        self.set(
+            scope.daily_visitors_key(day),
+            utc_midnight(day) + 2 * 86_400 + rules.daily_secs,
+        )
     }
 
-    fn incr(&mut self, key: &AKey, field: String, v: i64) {
-        if let Some((_, fields)) = self.hashes.get_mut(key) {
-            *fields.entry(field).or_default() += v;
+    fn incr(&mut self, key: usize, field: &str, v: i64) {
+        let fields = &mut self.hashes[key].2;
+        match fields.get_mut(field) {
+            Some(n) => *n += v,
+            None => {
+                fields.insert(field.to_string(), v);
+            }
         }
     }
 
-    fn members(&mut self, key: &AKey, visitors: &[[u8; 16]]) {
-        if let Some((_, set)) = self.sets.get_mut(key) {
-            set.extend(visitors.iter().copied());
-        }
+    fn members(&mut self, key: usize, visitors: &[[u8; 16]]) {
+        self.sets[key].2.extend(visitors.iter().copied());
     }
 
     fn finish(self) -> Cells {
         let mut hashes: Vec<_> = self
             .hashes
             .into_iter()
-            .filter(|(_, (_, f))| !f.is_empty())
-            .map(|(k, (exp, f))| {
+            .filter(|(_, _, f)| !f.is_empty())
+            .map(|(k, exp, f)| {
                 let mut f: Vec<_> = f.into_iter().filter(|(_, v)| *v != 0).collect();
                 f.sort();
                 (k, exp, f)
@@ -555,8 +694,8 @@ impl CellsBuilder {
         let mut sets: Vec<_> = self
             .sets
             .into_iter()
-            .filter(|(_, (_, s))| !s.is_empty())
-            .map(|(k, (exp, s))| (k, exp, s.into_iter().collect()))
+            .filter(|(_, _, s)| !s.is_empty())
+            .map(|(k, exp, s)| (k, exp, s.into_iter().collect()))
             .collect();
         sets.sort_by(|a, b| a.0.cmp(&b.0));
         Cells { hashes, sets }

@@ -24,7 +24,7 @@ use jiff::tz::TimeZone;
 use jiff::{ToSpan, Zoned};
 use serde_json::{Value, json};
 
-use super::{AKey, Counts, Dim, Rules, Scope};
+use super::{AKey, Counts, Dim, METRICS, Read, Rules, Scope};
 use crate::field::FieldError;
 use crate::link::LinkKind;
 
@@ -146,7 +146,7 @@ pub(crate) struct LinkHome {
 /// What to read for a query.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Plan {
-    pub hashes: Vec<AKey>,
+    pub hashes: Vec<Read>,
     /// Each group's visitors are counted together (distinct across its sets).
     pub visitors: Vec<Vec<AKey>>,
     buckets: Vec<i64>,
@@ -297,21 +297,27 @@ impl Query {
             if d.clicks_only() && event != EventKind::Clicks {
                 bad("group_by", format!("{} is known for clicks only", d.key()));
             }
-            if d == Dim::Link && campaign_id.is_none() && owner_id.is_none() {
-                bad("group_by", "link needs campaign_id or owner_id".into());
-            }
-            if d == Dim::Link && kind.is_some() {
-                bad("group_by", "link cannot be combined with kind".into());
-            }
-            let filtered = match d {
-                Dim::Campaign => campaign_id.is_some(),
-                Dim::Owner => owner_id.is_some() || (kind.is_some() && campaign_id.is_none()),
-                Dim::Kind => kind.is_some(),
-                Dim::Partner => campaign_id.is_none() && owner_id.is_some() || kind.is_some(),
-                _ => false,
+            let scope = Scope {
+                campaign: campaign_id.as_deref(),
+                owner: owner_id.as_deref(),
+                kind,
             };
-            if filtered {
-                bad("group_by", format!("{} cannot be grouped within that filter", d.key()));
+            let kept = match d {
+                // A link's breakdown lives in one place: its campaign, or its owner for links
+                // without one (`Scope::link_home`).
+                Dim::Link => kind.is_none() && (campaign_id.is_some() != owner_id.is_some()),
+                _ => scope.keeps(d),
+            };
+            if !kept {
+                bad(
+                    "group_by",
+                    format!(
+                        "{} is not kept for these filters: breakdowns are kept overall and per campaign \
+                         (link: per campaign, or per owner for links without one); with owner_id alone, \
+                         by kind and campaign",
+                        d.key()
+                    ),
+                );
             }
         }
         if !errors.is_empty() {
@@ -333,6 +339,36 @@ impl Query {
             limit,
             csv,
         })
+    }
+
+    /// A UTC day's hours of this query's scope: its own hash, or an owner's fields of its
+    /// parent's owner-hours hash.
+    fn hourly_read(&self, date: jiff::civil::Date) -> Read {
+        let scope = self.scope();
+        match scope.owner {
+            None => Read::all(scope.hourly_key(date)),
+            Some(owner) => Read {
+                key: scope.parent().owner_hours_key(date),
+                fields: Some(
+                    (0..24)
+                        .flat_map(|hh| METRICS.map(|m| format!("{hh:02}{m}:{owner}")))
+                        .collect(),
+                ),
+            },
+        }
+    }
+
+    /// A local day's totals of this query's scope: its own `t` hash, or an owner's fields of its
+    /// parent's `owner` breakdown.
+    fn daily_total_read(&self, day: jiff::civil::Date) -> Read {
+        let scope = self.scope();
+        match scope.owner {
+            None => Read::all(scope.daily_key(Dim::Total, day)),
+            Some(owner) => Read {
+                key: scope.parent().daily_key(Dim::Owner, day),
+                fields: Some(fields_of(owner)),
+            },
+        }
     }
 
     fn scope(&self) -> Scope<'_> {
@@ -412,11 +448,11 @@ impl Query {
         let mut day = first_hour.div_euclid(24);
         while day <= last_hour.div_euclid(24) {
             let (date, _) = super::utc_day_of_hour(day * 24);
-            hashes.push(scope.hourly_key(date));
+            hashes.push(self.hourly_read(date));
             day += 1;
         }
         let mut visitors = Vec::new();
-        if matches!(self.group_by, GroupBy::Count | GroupBy::Timeseries) {
+        if matches!(self.group_by, GroupBy::Count | GroupBy::Timeseries) && self.counts_visitors() {
             for w in buckets.windows(2) {
                 let (from, to) = (w[0].max(first).div_euclid(3600), (w[1] - 1).div_euclid(3600));
                 visitors.push((from..=to).map(|h| scope.hourly_visitors_key(h)).collect());
@@ -456,9 +492,9 @@ impl Query {
     fn plan_days(&self, rules: &Rules, buckets: &[i64]) -> Plan {
         let scope = self.scope();
         let days = Self::days(rules, buckets[0], buckets[buckets.len() - 1]);
-        let hashes = days.iter().map(|d| scope.daily_key(Dim::Total, *d)).collect();
+        let hashes = days.iter().map(|d| self.daily_total_read(*d)).collect();
         let mut visitors: Vec<Vec<AKey>> = vec![Vec::new(); buckets.len() - 1];
-        for d in &days {
+        for d in days.iter().filter(|_| self.counts_visitors()) {
             if let Some(i) = bucket_of(buckets, local_midnight(rules, *d)) {
                 visitors[i].push(scope.daily_visitors_key(*d));
             }
@@ -478,11 +514,11 @@ impl Query {
         let scope = self.scope();
         let mut hashes = Vec::new();
         for d in Self::days(rules, self.start, self.end) {
-            hashes.push(scope.daily_key(dim, d));
+            hashes.push(Read::all(scope.daily_key(dim, d)));
             // Partners earn conversions through their chain; their clicks and leads are those of
             // the links they own.
             if dim == Dim::Partner {
-                hashes.push(scope.daily_key(Dim::Owner, d));
+                hashes.push(Read::all(scope.daily_key(Dim::Owner, d)));
             }
         }
         Plan {
@@ -504,7 +540,13 @@ impl Query {
         let buckets = self.buckets();
         let days = Self::days(rules, buckets[0], buckets[buckets.len() - 1]);
         Plan {
-            hashes: days.iter().map(|d| scope.daily_key(Dim::Link, *d)).collect(),
+            hashes: days
+                .iter()
+                .map(|d| Read {
+                    key: scope.daily_key(Dim::Link, *d),
+                    fields: Some(fields_of(self.code.as_deref().unwrap_or_default())),
+                })
+                .collect(),
             visitors: Vec::new(),
             buckets,
             source: Source::Daily,
@@ -520,13 +562,13 @@ impl Query {
                 if self.group_by == GroupBy::Count {
                     let mut total = Counts::default();
                     sums.iter().for_each(|c| total.add(c));
-                    vec![self.row(None, &total, visitors.first().copied().or(self.no_visitors()))]
+                    vec![self.row(None, &total, self.visitors_of(visitors, 0))]
                 } else {
                     sums.iter()
                         .enumerate()
                         .map(|(i, c)| {
                             let start = self.zoned(plan.buckets[i]);
-                            let v = visitors.get(i).copied().or(self.no_visitors());
+                            let v = self.visitors_of(visitors, i);
                             self.row(Some(("start", Value::from(start))), c, v)
                         })
                         .collect()
@@ -548,15 +590,23 @@ impl Query {
         }
     }
 
-    /// Visitors are counted per scope, not per link: a link's series has none.
-    fn no_visitors(&self) -> Option<u64> {
-        if self.code.is_some() { None } else { Some(0) }
+    /// Whether the rows carry visitors: they are counted overall and per campaign, not per
+    /// owner, kind or link.
+    fn counts_visitors(&self) -> bool {
+        self.code.is_none() && self.scope().keeps_visitors()
+    }
+
+    /// The visitors of row `i` (`null` where they are not counted).
+    fn visitors_of(&self, visitors: &[u64], i: usize) -> Option<u64> {
+        self.counts_visitors().then(|| visitors.get(i).copied().unwrap_or(0))
     }
 
     fn sum_series(&self, rules: &Rules, plan: &Plan, hashes: &[Vec<(String, i64)>], sums: &mut [Counts]) {
         let last = plan.buckets.len() - 1;
-        for (key, fields) in plan.hashes.iter().zip(hashes) {
-            let Some(date) = AKey::date(&key.name) else { continue };
+        for (read, fields) in plan.hashes.iter().zip(hashes) {
+            let Some(date) = AKey::date(&read.key.name) else {
+                continue;
+            };
             match plan.source {
                 Source::Hourly => {
                     let midnight = super::utc_midnight(date);
@@ -593,8 +643,10 @@ impl Query {
     fn cyclic(&self, plan: &Plan, hashes: &[Vec<(String, i64)>]) -> Vec<Value> {
         let weekday = self.group_by == GroupBy::Weekday;
         let mut sums = vec![Counts::default(); if weekday { 7 } else { 24 }];
-        for (key, fields) in plan.hashes.iter().zip(hashes) {
-            let Some(date) = AKey::date(&key.name) else { continue };
+        for (read, fields) in plan.hashes.iter().zip(hashes) {
+            let Some(date) = AKey::date(&read.key.name) else {
+                continue;
+            };
             let midnight = super::utc_midnight(date);
             for (f, v) in fields {
                 let (Some(hh), Some(m)) = (f.get(..2).and_then(|h| h.parse::<i64>().ok()), f[2..].chars().next())
@@ -760,6 +812,11 @@ pub(crate) fn csv_text(s: &str) -> String {
     } else {
         s
     }
+}
+
+/// The daily fields of one value (an owner, a code): `<m>:<value>` for each metric.
+fn fields_of(value: &str) -> Vec<String> {
+    METRICS.iter().map(|m| format!("{m}:{value}")).collect()
 }
 
 /// `<m>:<value>` → (metric letter, value).

@@ -21,7 +21,7 @@ use async_trait::async_trait;
 pub use self::embedded::EmbeddedStore;
 pub use self::redis::RedisStore;
 pub(crate) use self::webhooks::{Attempted, DeliveryStatus, Webhook, WebhookDelivery, WebhookStore};
-use crate::analytics::AKey;
+use crate::analytics::{AKey, Read};
 use crate::attribution::model::{Campaign, Conversion, Lead, LeadClaim, Partner, RankBy, Stats};
 use crate::link::Link;
 use crate::link::input::LinkPatch;
@@ -155,8 +155,9 @@ pub trait CounterStore: Send + Sync + 'static {
 /// Analytics buckets ([`crate::analytics`]), as written by the batcher with the counters.
 #[async_trait]
 pub(crate) trait AnalyticsStore: Send + Sync + 'static {
-    /// Each bucket's fields, in the order asked (empty for a bucket with none).
-    async fn analytics_hashes(&self, keys: &[AKey]) -> Result<Vec<Vec<(String, i64)>>, StoreError>;
+    /// Each bucket's fields (all of them, or those the read names that exist), in the order
+    /// asked (empty for a bucket with none).
+    async fn analytics_hashes(&self, reads: &[Read]) -> Result<Vec<Vec<(String, i64)>>, StoreError>;
     /// The distinct visitors of each group of visitor buckets (exact in the embedded store, a
     /// HyperLogLog estimate in Redis).
     async fn analytics_visitors(&self, groups: &[Vec<AKey>]) -> Result<Vec<u64>, StoreError>;

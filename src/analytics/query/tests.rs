@@ -43,11 +43,12 @@ impl Buckets {
         let hashes: Vec<Vec<(String, i64)>> = plan
             .hashes
             .iter()
-            .map(|k| {
-                self.hashes
-                    .get(&k.name)
-                    .map(|h| h.clone().into_iter().collect())
-                    .unwrap_or_default()
+            .map(|r| {
+                let h = self.hashes.get(&r.key.name).cloned().unwrap_or_default();
+                match &r.fields {
+                    None => h.into_iter().collect(),
+                    Some(named) => named.iter().filter_map(|f| h.get(f).map(|v| (f.clone(), *v))).collect(),
+                }
             })
             .collect();
         let visitors: Vec<u64> = plan
@@ -235,6 +236,11 @@ fn breakdowns_rank_and_fold_the_rest_into_other() {
     );
     let count = b.ask(&rules, &[("interval", "7d"), ("owner_id", "store-12")], now);
     assert_eq!(counts(&count, "clicks"), [4]);
+    assert!(
+        count["rows"][0]["visitors"].is_null(),
+        "visitors are not counted per owner"
+    );
+    let count = b.ask(&rules, &[("interval", "7d"), ("campaign_id", "spring")], now);
     assert_eq!(counts(&count, "visitors"), [3], "visitor ids 0, 1, 2 (twice 0)");
 }
 
@@ -272,6 +278,12 @@ fn bad_parameters_are_named() {
     assert_eq!(bad(&[("limit", "0")]), ["limit"]);
     assert_eq!(bad(&[("event", "leads"), ("group_by", "device")]), ["group_by"]);
     assert_eq!(bad(&[("group_by", "link")]), ["group_by"]);
+    assert_eq!(
+        bad(&[("group_by", "link"), ("campaign_id", "c"), ("owner_id", "o")]),
+        ["group_by"]
+    );
+    assert_eq!(bad(&[("group_by", "app"), ("owner_id", "o")]), ["group_by"]);
+    assert_eq!(bad(&[("group_by", "device"), ("kind", "sms")]), ["group_by"]);
     assert_eq!(bad(&[("owner_id", "o"), ("kind", "sms")]), ["kind"]);
     assert_eq!(bad(&[("colour", "red")]), ["colour"]);
     assert_eq!(bad(&[("event", "clicks"), ("event", "leads")]), ["event"]);

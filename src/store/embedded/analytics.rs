@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use redb::ReadableTable;
 
 use super::*;
-use crate::analytics::{AKey, Cells, Rules};
+use crate::analytics::{AKey, Cells, Read, Rules};
 use crate::store::AnalyticsStore;
 
 /// Adds a batch's analytics (in the batch's transaction, under its applied mark).
@@ -74,22 +74,34 @@ impl EmbeddedStore {
 
 #[async_trait]
 impl AnalyticsStore for EmbeddedStore {
-    async fn analytics_hashes(&self, keys: &[AKey]) -> Result<Vec<Vec<(String, i64)>>, StoreError> {
-        let names: Vec<String> = keys.iter().map(|k| k.name.clone()).collect();
+    async fn analytics_hashes(&self, reads: &[Read]) -> Result<Vec<Vec<(String, i64)>>, StoreError> {
+        let reads = reads.to_vec();
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(err)?;
             let t = txn.open_table(ANALYTICS).map_err(err)?;
-            let mut out = Vec::with_capacity(names.len());
-            for name in &names {
+            let mut out = Vec::with_capacity(reads.len());
+            for read in &reads {
+                let name = read.key.name.as_str();
                 let mut fields = Vec::new();
-                // Every field of `name`: from ("name", "") up to the next name.
-                for row in t.range((name.as_str(), "")..).map_err(err)? {
-                    let (k, v) = row.map_err(err)?;
-                    let (n, f) = k.value();
-                    if n != name {
-                        break;
+                match &read.fields {
+                    Some(named) => {
+                        for f in named {
+                            if let Some(v) = t.get((name, f.as_str())).map_err(err)? {
+                                fields.push((f.clone(), v.value()));
+                            }
+                        }
                     }
-                    fields.push((f.to_string(), v.value()));
+                    // Every field of `name`: from ("name", "") up to the next name.
+                    None => {
+                        for row in t.range((name, "")..).map_err(err)? {
+                            let (k, v) = row.map_err(err)?;
+                            let (n, f) = k.value();
+                            if n != name {
+                                break;
+                            }
+                            fields.push((f.to_string(), v.value()));
+                        }
+                    }
                 }
                 out.push(fields);
             }
@@ -190,6 +202,7 @@ mod tests {
             daily(now - 5 * 86_400),
             daily(now),
         ];
+        let keys: Vec<Read> = keys.into_iter().map(Read::all).collect();
         let before = store.analytics_hashes(&keys).await.unwrap();
         assert!(before.iter().all(|f| !f.is_empty()), "{before:?}");
 

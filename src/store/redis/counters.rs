@@ -22,6 +22,10 @@ pub(crate) const APPLIED_TTL_SECS: u64 = 7 * 86_400;
 /// - Otherwise every command runs with `redis.pcall`: one that Redis refuses for good (a key of
 ///   the wrong type) is reported, by position and error, and the others still apply; then the mark
 ///   moves to this batch. The answer is `{1, {position, error, …}}`.
+/// - `HINCRBY key field n field n …` (more than one pair, which Redis itself would refuse) is
+///   run as one `HINCRBY` per pair: a batch's analytics add many fields to few hashes, and the
+///   key and command name are then sent and unpacked once per hash instead of once per field.
+///   A refused pair stops that command and is reported for it.
 /// - The `#!lua` line gives the script flags, so Redis refuses it whole, before any write, when
 ///   out of memory: that batch is kept and sent again, not half applied.
 pub(crate) const APPLY_ONCE: &str = r"#!lua
@@ -34,7 +38,18 @@ local refused = {}
 local at = 3
 for c = 1, tonumber(ARGV[2]) do
   local argc = tonumber(ARGV[at])
-  local r = redis.pcall(unpack(ARGV, at + 1, at + argc))
+  local r
+  if argc > 4 and ARGV[at + 1] == 'HINCRBY' then
+    local key = ARGV[at + 2]
+    for j = at + 3, at + argc, 2 do
+      r = redis.pcall('HINCRBY', key, ARGV[j], ARGV[j + 1])
+      if type(r) == 'table' and r.err then
+        break
+      end
+    end
+  else
+    r = redis.pcall(unpack(ARGV, at + 1, at + argc))
+  end
   if type(r) == 'table' and r.err then
     refused[#refused + 1] = c
     refused[#refused + 1] = r.err
@@ -109,6 +124,9 @@ pub(crate) fn counter_updates(delta: &CounterDelta, mut command: impl FnMut(&[&[
     }
 }
 
+/// Most field pairs in one multi-field `HINCRBY` of the apply script.
+const HINCRBY_PAIRS: usize = 1000;
+
 /// Most visitors added by one `PFADD` (the apply script's Lua stack, as for `BITFIELD`).
 const PFADD_MEMBERS: usize = 1000;
 
@@ -120,10 +138,22 @@ pub(crate) fn analytics_updates(cells: &crate::analytics::Cells, mut command: im
     let mut expire = Vec::with_capacity(20);
     for (key, at, fields) in &cells.hashes {
         let key = analytics_key(key);
-        for (field, n) in fields {
+        // One `HINCRBY key field n field n …` per hash (see `APPLY_ONCE`), in chunks.
+        for chunk in fields.chunks(HINCRBY_PAIRS) {
             number.clear();
-            crate::resp::push_signed(&mut number, *n);
-            command(&[b"HINCRBY", key.as_bytes(), field.as_bytes(), &number]);
+            let mut ends = Vec::with_capacity(chunk.len());
+            for (_, n) in chunk {
+                crate::resp::push_signed(&mut number, *n);
+                ends.push(number.len());
+            }
+            let mut args: Vec<&[u8]> = Vec::with_capacity(2 + 2 * chunk.len());
+            args.extend([b"HINCRBY".as_slice(), key.as_bytes()]);
+            let mut start = 0;
+            for ((field, _), end) in chunk.iter().zip(ends) {
+                args.extend([field.as_bytes(), &number[start..end]]);
+                start = end;
+            }
+            command(&args);
         }
         expire.clear();
         crate::resp::push_signed(&mut expire, *at);
@@ -328,18 +358,32 @@ impl CounterStore for RedisStore {
 
 #[async_trait]
 impl crate::store::AnalyticsStore for RedisStore {
-    /// One pipeline of `HGETALL`s (split by slot on a cluster).
-    async fn analytics_hashes(&self, keys: &[crate::analytics::AKey]) -> Result<Vec<Vec<(String, i64)>>, StoreError> {
-        let cmds = keys
+    /// One pipeline of `HGETALL`s, or `HMGET`s of the fields named (split by slot on a cluster).
+    async fn analytics_hashes(&self, reads: &[crate::analytics::Read]) -> Result<Vec<Vec<(String, i64)>>, StoreError> {
+        let cmds = reads
             .iter()
-            .map(|k| redis::cmd("HGETALL").arg(analytics_key(k)).clone())
+            .map(|r| match &r.fields {
+                None => redis::cmd("HGETALL").arg(analytics_key(&r.key)).clone(),
+                Some(fields) => redis::cmd("HMGET").arg(analytics_key(&r.key)).arg(fields).clone(),
+            })
             .collect();
-        self.run_chunked(cmds)
-            .await?
-            .into_iter()
-            .map(|v| {
-                let map: std::collections::HashMap<String, i64> = parse(v)?;
-                Ok(map.into_iter().collect())
+        let replies = self.run_chunked(cmds).await?;
+        reads
+            .iter()
+            .zip(replies)
+            .map(|(r, v)| match &r.fields {
+                None => {
+                    let map: std::collections::HashMap<String, i64> = parse(v)?;
+                    Ok(map.into_iter().collect())
+                }
+                Some(fields) => {
+                    let values: Vec<Option<i64>> = parse(v)?;
+                    Ok(fields
+                        .iter()
+                        .zip(values)
+                        .filter_map(|(f, v)| v.map(|v| (f.clone(), v)))
+                        .collect())
+                }
             })
             .collect()
     }
