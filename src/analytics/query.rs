@@ -630,9 +630,8 @@ impl Query {
                         continue;
                     };
                     for (f, v) in fields {
-                        let Some((m, value)) = split_field(f) else { continue };
-                        if self.code.as_deref().is_none_or(|c| c == value) {
-                            sums[i].add_field(m, *v);
+                        if value_of(f).is_some_and(|value| self.code.as_deref().is_none_or(|c| c == value)) {
+                            add_daily(&mut sums[i], f, *v);
                         }
                     }
                 }
@@ -692,8 +691,9 @@ impl Query {
         let mut by: std::collections::HashMap<&str, Counts> = std::collections::HashMap::new();
         for fields in hashes {
             for (f, v) in fields {
-                let Some((m, value)) = split_field(f) else { continue };
-                by.entry(value).or_default().add_field(m, *v);
+                if let Some(value) = value_of(f) {
+                    add_daily(by.entry(value).or_default(), f, *v);
+                }
             }
         }
         let mut rows: Vec<(&str, Counts)> = by
@@ -814,9 +814,39 @@ pub(crate) fn csv_text(s: &str) -> String {
     }
 }
 
-/// The daily fields of one value (an owner, a code): `<m>:<value>` for each metric.
+/// The daily fields of one value (an owner, a code): `<m>:<value>` for each metric, and the
+/// bare value (a link's packed human clicks and leads).
 fn fields_of(value: &str) -> Vec<String> {
-    METRICS.iter().map(|m| format!("{m}:{value}")).collect()
+    let mut f: Vec<String> = METRICS.iter().map(|m| format!("{m}:{value}")).collect();
+    f.push(value.to_string());
+    f
+}
+
+/// Adds a daily field to `c`: `<m>:<value>`, or a bare code (a link's packed human clicks and
+/// leads, [`super::pack_link`]). Returns the value the field counts for.
+fn add_daily<'f>(c: &mut Counts, f: &'f str, v: i64) -> Option<&'f str> {
+    match split_field(f) {
+        Some((m, value)) => {
+            c.add_field(m, v);
+            Some(value)
+        }
+        None if !f.is_empty() && !f.contains(':') => {
+            let (human, leads) = super::unpack_link(v);
+            c.human += human;
+            c.leads += leads;
+            Some(f)
+        }
+        None => None,
+    }
+}
+
+/// The value a daily field counts for.
+fn value_of(f: &str) -> Option<&str> {
+    match split_field(f) {
+        Some((_, value)) => Some(value),
+        None if !f.is_empty() && !f.contains(':') => Some(f),
+        None => None,
+    }
 }
 
 /// `<m>:<value>` → (metric letter, value).
