@@ -688,11 +688,14 @@ impl Query {
     }
 
     fn breakdown(&self, hashes: &[Vec<(String, i64)>]) -> Vec<Value> {
-        let mut by: std::collections::HashMap<&str, Counts> = std::collections::HashMap::new();
+        let mut by: std::collections::HashMap<&str, Counts, crate::hash::Xxh3State> = Default::default();
         for fields in hashes {
             for (f, v) in fields {
                 if let Some(value) = value_of(f) {
-                    add_daily(by.entry(value).or_default(), f, *v);
+                    match by.get_mut(value) {
+                        Some(c) => add_daily(c, f, *v),
+                        None => add_daily(by.entry(value).or_default(), f, *v),
+                    };
                 }
             }
         }

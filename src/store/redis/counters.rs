@@ -372,10 +372,8 @@ impl crate::store::AnalyticsStore for RedisStore {
             .iter()
             .zip(replies)
             .map(|(r, v)| match &r.fields {
-                None => {
-                    let map: std::collections::HashMap<String, i64> = parse(v)?;
-                    Ok(map.into_iter().collect())
-                }
+                // A hash's fields are distinct: read as pairs, without building a map.
+                None => parse::<Vec<(String, i64)>>(v),
                 Some(fields) => {
                     let values: Vec<Option<i64>> = parse(v)?;
                     Ok(fields
