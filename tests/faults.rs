@@ -245,7 +245,31 @@ async fn a_key_of_the_wrong_type_is_dead_lettered_and_everything_else_counts_onc
     s.mint(json!({"destination": "https://a.example/", "code": "poisoned", "campaign_id": "broken"}))
         .await;
     // The broken campaign's counters are a string, not a hash: Redis refuses every update of it.
+    // So is its analytics hash of hours (today's and tomorrow's UTC day, in case the test runs
+    // across midnight): a multi-field `HINCRBY` the apply script runs pair by pair.
     redis.cmd(&["SET", "lg:stats:camp:{broken}", "not a hash"]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let hours: Vec<String> = [now, now + 86_400]
+        .iter()
+        .map(|t| {
+            let d = jiff::Timestamp::from_second(*t)
+                .unwrap()
+                .to_zoned(jiff::tz::TimeZone::UTC)
+                .date();
+            format!(
+                "lg:a:{{broken}}:h:c:broken:{:04}{:02}{:02}",
+                d.year(),
+                d.month(),
+                d.day()
+            )
+        })
+        .collect();
+    for key in &hours {
+        redis.cmd(&["SET", key, "not a hash"]);
+    }
     for _ in 0..2 {
         tap_n(&s, "/healthy", 5).await;
         tap_n(&s, "/poisoned", 2).await;
@@ -260,7 +284,6 @@ async fn a_key_of_the_wrong_type_is_dead_lettered_and_everything_else_counts_onc
     clicks_settle_at(&s, "campaigns/fine", 10).await;
     clicks_settle_at(&s, "links/poisoned", 4).await;
     analytics_settle_at(&s, "fine", 10).await;
-    analytics_settle_at(&s, "broken", 4).await;
     // The refused updates are in the dead-letter file, with their error, and counted.
     // (The batcher writes the file after the batch's reply, on its own thread: poll until every
     // counted refusal is in it.)
@@ -273,9 +296,35 @@ async fn a_key_of_the_wrong_type_is_dead_lettered_and_everything_else_counts_onc
     })
     .await;
     for r in &refused {
-        assert_eq!(r["command"][1], "lg:stats:camp:{broken}", "{r}");
+        let key = r["command"][1].as_str().unwrap();
+        assert!(key == "lg:stats:camp:{broken}" || hours.iter().any(|h| h == key), "{r}");
         assert!(r["error"].as_str().unwrap().starts_with("WRONGTYPE"), "{r}");
     }
+    assert!(
+        refused
+            .iter()
+            .any(|r| hours.iter().any(|h| r["command"][1] == h.as_str())),
+        "the refused analytics hash is dead-lettered too"
+    );
+    // Its other buckets (the days' breakdowns) counted every tap, once.
+    let device = eventually(Duration::from_secs(10), "the broken campaign's devices", || async {
+        let v = s
+            .api(
+                "GET",
+                "/v1/analytics?campaign_id=broken&interval=24h&group_by=device",
+                None,
+            )
+            .await
+            .json();
+        let n: i64 = v["rows"]
+            .as_array()?
+            .iter()
+            .map(|r| r["clicks"].as_i64().unwrap_or(0))
+            .sum();
+        (n >= 4).then_some(n)
+    })
+    .await;
+    assert_eq!(device, 4);
     // Nothing is replayed over and over: the stream, the spool and the counts stay put. (Only
     // time can show that something does not happen: a few replay intervals.)
     tokio::time::sleep(Duration::from_millis(1500)).await;
