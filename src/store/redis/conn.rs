@@ -54,15 +54,27 @@ impl ConnectionLike for Conn {
     }
 }
 
-/// The key a command routes by: the one after `EVAL script numkeys`, else its first argument.
+/// The key a command routes by: after `EVAL script numkeys`, after a container command's
+/// subcommand (`XGROUP SETID key …`, `XINFO STREAM key`, `OBJECT ENCODING key`, `MEMORY USAGE
+/// key`), after `STREAMS` in `XREAD`/`XREADGROUP`; else its first argument. Taking the first
+/// argument for every command routed `XGROUP SETID` by the word `SETID`, so the webhook feed's
+/// pipeline of `XGROUP SETID`s over the stream shards spanned slots and a cluster refused it
+/// (`CROSSSLOT`, every 5 s while no webhook was enabled).
 pub(crate) fn key_of(cmd: &Cmd) -> Option<&[u8]> {
     let mut args = cmd.args_iter().map(|a| match a {
         redis::Arg::Simple(b) => b,
         _ => &[][..],
     });
     let name = args.next()?;
-    if name.eq_ignore_ascii_case(b"EVAL") || name.eq_ignore_ascii_case(b"EVALSHA") {
+    let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+    if is(b"EVAL") || is(b"EVALSHA") {
         return args.nth(2);
+    }
+    if is(b"XGROUP") || is(b"XINFO") || is(b"OBJECT") || is(b"MEMORY") {
+        return args.nth(1);
+    }
+    if is(b"XREAD") || is(b"XREADGROUP") {
+        return args.skip_while(|a| !a.eq_ignore_ascii_case(b"STREAMS")).nth(1);
     }
     args.next()
 }
@@ -189,5 +201,54 @@ mod tests {
             .clone();
         assert_eq!(key_of(&eval), Some(&b"lg:link:{x}"[..]));
         assert_eq!(key_of(&redis::cmd("SET").arg("k").arg("v").clone()), Some(&b"k"[..]));
+    }
+
+    proptest! {
+        /// Every kind of command the store pipelines routes by its key, wherever the command
+        /// puts it, so a pipeline of them over keys in several slots is split by slot.
+        #[test]
+        fn commands_route_by_their_key_wherever_it_sits(key in "[a-z:{}]{1,12}", kind in 0usize..9) {
+            let c = |args: &[&str]| {
+                let mut c = redis::cmd(args[0]);
+                for a in &args[1..] {
+                    c.arg(*a);
+                }
+                c
+            };
+            let cmd = match kind {
+                0 => c(&["XGROUP", "SETID", &key, "linkgate-webhooks", "0-0"]),
+                1 => c(&["XGROUP", "CREATE", &key, "g", "$", "MKSTREAM"]),
+                2 => c(&["XINFO", "STREAM", &key]),
+                3 => c(&["OBJECT", "ENCODING", &key]),
+                4 => c(&["MEMORY", "USAGE", &key]),
+                5 => c(&["XREADGROUP", "GROUP", "g", "c", "COUNT", "10", "STREAMS", &key, ">"]),
+                6 => c(&["EVALSHA", "abc", "1", &key, "x"]),
+                7 => c(&["XREVRANGE", &key, "+", "-", "COUNT", "1"]),
+                _ => c(&["HMGET", &key, "f1", "f2"]),
+            };
+            prop_assert_eq!(key_of(&cmd), Some(key.as_bytes()));
+        }
+    }
+
+    /// The webhook feed's skip, one `XGROUP SETID` per stream shard: one group per slot.
+    #[test]
+    fn xgroup_setid_over_the_shards_is_split_by_slot() {
+        let cmds: Vec<Cmd> = (0..16)
+            .map(|i| {
+                redis::cmd("XGROUP")
+                    .arg("SETID")
+                    .arg(format!("linkgate:events:{{{i}}}"))
+                    .arg("g")
+                    .arg("0-0")
+                    .clone()
+            })
+            .collect();
+        let groups = by_slot(cmds);
+        for (_, cmds) in &groups {
+            let slots: std::collections::HashSet<Slot> =
+                cmds.iter().map(|c| Slot::for_key(key_of(c).unwrap())).collect();
+            assert_eq!(slots.len(), 1);
+        }
+        assert!(groups.len() > 1, "the shards span several slots");
     }
 }
