@@ -330,3 +330,94 @@ async fn links_per_owner(app: &App, campaign: &str) -> Result<HashMap<String, i6
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+
+    fn field_of(v: Value) -> Option<String> {
+        check_send(&v, 0).err().map(|e| e.field)
+    }
+
+    #[test]
+    fn each_bad_send_names_its_field() {
+        let ok = json!({"code": "Ab3xK9q", "provider": "aliyun", "message_id": "biz-1"});
+        assert!(check_send(&ok, 0).is_ok());
+        let pair =
+            json!({"campaign_id": "春季", "recipient_id": "客户-1", "provider": "tencent", "message_id": "序列号-1"});
+        assert!(check_send(&pair, 0).is_ok(), "any text in ids");
+        assert_eq!(
+            field_of(json!({"code": "Ab3xK9q", "provider": "aliyun", "message_id": "m", "colour": 1})),
+            Some("colour".into())
+        );
+        assert_eq!(
+            field_of(json!({"code": "no spaces", "provider": "aliyun", "message_id": "m"})),
+            Some("code".into())
+        );
+        assert_eq!(
+            field_of(json!({"campaign_id": "c", "provider": "aliyun", "message_id": "m"})),
+            Some("code".into())
+        );
+        assert_eq!(
+            field_of(json!({"code": "Ab3xK9q", "provider": "Aliyun", "message_id": "m"})),
+            Some("provider".into())
+        );
+        assert_eq!(
+            field_of(json!({"code": "Ab3xK9q", "provider": "aliyun", "message_id": "m".repeat(129)})),
+            Some("message_id".into())
+        );
+        assert_eq!(
+            field_of(json!({"code": "Ab3xK9q", "provider": "aliyun", "message_id": 7})),
+            Some("message_id".into())
+        );
+        assert_eq!(
+            field_of(json!({"code": "Ab3xK9q", "provider": "aliyun", "message_id": "m", "sent_at": "today"})),
+            Some("sent_at".into())
+        );
+        assert_eq!(field_of(json!(["not", "an", "object"])), Some("sends".into()));
+    }
+
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            "\\PC{0,140}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(2, 16, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                proptest::collection::hash_map(
+                    prop_oneof![
+                        Just("code".to_string()),
+                        Just("provider".to_string()),
+                        Just("message_id".to_string()),
+                        Just("campaign_id".to_string()),
+                        Just("recipient_id".to_string()),
+                        Just("sent_at".to_string()),
+                        "\\PC{0,6}",
+                    ],
+                    inner,
+                    0..6
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Any item: a send, or an error naming a field of the contract or the unknown key it
+        /// met; never a panic.
+        #[test]
+        fn any_item_is_a_send_or_a_named_error(v in any_json()) {
+            if let Err(e) = check_send(&v, 0) {
+                let known = ["sends", "code", "provider", "message_id", "campaign_id", "recipient_id", "sent_at"];
+                let key_of_item = v.as_object().is_some_and(|o| o.contains_key(&e.field));
+                prop_assert!(known.contains(&e.field.as_str()) || key_of_item, "{:?}", e);
+            }
+        }
+    }
+}
