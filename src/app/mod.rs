@@ -33,11 +33,26 @@ pub(crate) const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// them by itself).
 pub(crate) const ANALYTICS_SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
 
-/// Sweeps the embedded store's analytics every [`ANALYTICS_SWEEP_INTERVAL`], first at start.
-fn sweep_analytics(store: Arc<EmbeddedStore>, rules: Arc<Rules>) {
+/// How long after start the first sweep runs: not at once, so a store closed and opened again
+/// in the same process (the tests' restarts) never finds a sweep still holding it.
+pub(crate) const ANALYTICS_FIRST_SWEEP: Duration = Duration::from_secs(60);
+
+/// A background task stopped when its owner (the [`App`]) is dropped.
+pub(crate) struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Sweeps the embedded store's analytics every [`ANALYTICS_SWEEP_INTERVAL`], the first time
+/// [`ANALYTICS_FIRST_SWEEP`] after start; holds the store only while a sweep runs.
+fn sweep_analytics(store: Arc<EmbeddedStore>, rules: Arc<Rules>) -> AbortOnDrop {
     let store = Arc::downgrade(&store);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(ANALYTICS_SWEEP_INTERVAL);
+    AbortOnDrop(tokio::spawn(async move {
+        let first = tokio::time::Instant::now() + ANALYTICS_FIRST_SWEEP;
+        let mut tick = tokio::time::interval_at(first, ANALYTICS_SWEEP_INTERVAL);
         loop {
             tick.tick().await;
             let Some(store) = store.upgrade() else { break };
@@ -47,7 +62,7 @@ fn sweep_analytics(store: Arc<EmbeddedStore>, rules: Arc<Rules>) {
                 Err(e) => tracing::warn!(error = %e, "analytics sweep failed"),
             }
         }
-    });
+    }))
 }
 
 /// Everything a handler needs, built once at start-up.
@@ -72,6 +87,8 @@ pub struct App {
     pub(crate) rules: Arc<Rules>,
     /// Salted hashes of the phone numbers SMS receipts carry.
     pub(crate) phones: PhoneHasher,
+    /// The embedded store's retention sweep (stopped with the app).
+    _sweeper: Option<AbortOnDrop>,
 }
 
 impl App {
@@ -83,6 +100,7 @@ impl App {
             .load_geo(&config.analytics)
             .map_err(|e| anyhow::anyhow!("LINKGATE_GEO_DB: {e}"))?;
         let rules = Arc::new(rules);
+        let mut sweeper = None;
         let consumer = format!("replica-{}", crate::link::code::generate_codes(1).concat());
         let (store, sink, feed): (Arc<dyn Store>, Arc<dyn EventSink>, Feed) = match &config.redis_url {
             Some(url) => {
@@ -116,7 +134,7 @@ impl App {
                     store: embedded.clone(),
                 };
                 let feed = Feed::Log(LogTail::open(&config.data_dir)?);
-                sweep_analytics(embedded.clone(), rules.clone());
+                sweeper = Some(sweep_analytics(embedded.clone(), rules.clone()));
                 (embedded, Arc::new(sink), feed)
             }
         };
@@ -125,6 +143,7 @@ impl App {
         let spool = Spool::open(&config.data_dir)?;
         let mut app = Self::assemble(config, store, api_keys, &click_secret);
         app.rules = rules;
+        app._sweeper = sweeper;
         app.start_events(sink, spool, click_secret)?;
         let settings = app.config.webhooks.clone();
         let metrics = app.metrics.webhooks();
@@ -170,6 +189,7 @@ impl App {
         let app = Self {
             rules,
             phones: PhoneHasher::new(click_secret),
+            _sweeper: None,
             resolver: Resolver::new(store.clone(), metrics.cache.clone()),
             store,
             signer: ClickSigner::new(click_secret),
