@@ -29,6 +29,15 @@ async fn receipt(s: &TestServer, provider: &str, token: &str, body: &str) -> sup
     .await
 }
 
+/// Beijing time `minutes` before now, as Alibaba and Tencent write it (`2026-12-07 09:01:00`):
+/// receipts before the taps, whatever day the test runs.
+fn beijing_ago(minutes: i64) -> String {
+    let t = jiff::Timestamp::now() - jiff::SignedDuration::from_mins(minutes);
+    t.to_zoned(jiff::tz::TimeZone::get("Asia/Shanghai").unwrap())
+        .strftime("%Y-%m-%d %H:%M:%S")
+        .to_string()
+}
+
 async fn funnel(s: &TestServer, query: &str) -> Value {
     let r = s.api("GET", &format!("/v1/campaigns/react/funnel{query}"), None).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
@@ -78,22 +87,22 @@ async fn sends_receipts_and_taps_make_an_exact_funnel_on_every_store() {
         // receipt for link 8, never reported as sent, whose out_id names it.
         let ali = |i: usize, ok: bool, at: &str| {
             json!({"phone_number": format!("1390000000{i}"), "success": ok, "err_code": if ok { "DELIVERED" } else { "MK:0001" },
-                   "biz_id": format!("biz-{i}"), "out_id": code(i), "report_time": at, "send_time": "2026-12-07 09:00:00"})
+                   "biz_id": format!("biz-{i}"), "out_id": code(i), "report_time": at, "send_time": beijing_ago(60)})
         };
         let body = json!([
-            ali(0, true, "2026-12-07 09:01:00"),
-            ali(0, true, "2026-12-07 09:01:00"),
-            ali(1, true, "2026-12-07 09:02:00"),
-            ali(2, false, "2026-12-07 09:01:00"),
-            ali(3, true, "2026-12-07 09:01:00"),
-            ali(8, true, "2026-12-07 09:03:00")
+            ali(0, true, &beijing_ago(59)),
+            ali(0, true, &beijing_ago(59)),
+            ali(1, true, &beijing_ago(58)),
+            ali(2, false, &beijing_ago(59)),
+            ali(3, true, &beijing_ago(59)),
+            ali(8, true, &beijing_ago(57))
         ]);
         let r = receipt(&s, "aliyun", TOKEN, &body.to_string()).await;
         assert_eq!(
             (r.status, r.json()),
             (StatusCode::OK, json!({"code": 0, "msg": "成功"}))
         );
-        let late = json!([ali(3, false, "2026-12-07 09:05:00")]);
+        let late = json!([ali(3, false, &beijing_ago(55))]);
         assert_eq!(
             receipt(&s, "aliyun", TOKEN, &late.to_string()).await.status,
             StatusCode::OK
@@ -120,7 +129,7 @@ async fn sends_receipts_and_taps_make_an_exact_funnel_on_every_store() {
             &s,
             "aliyun",
             TOKEN,
-            &json!([ali(9, true, "2026-12-07 09:01:00"), {"success": true}]).to_string(),
+            &json!([ali(9, true, &beijing_ago(59)), {"success": true}]).to_string(),
         )
         .await;
         assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
