@@ -27,14 +27,20 @@
 //! 8. **Resolve** — [`resolve`] answers "which link is this code?" from a sharded in-memory map. A
 //!    miss reads the [`store`] once (concurrent misses coalesce), unknown codes are remembered
 //!    briefly, and Redis pub/sub keeps replicas coherent.
-//! 9. **Store** — [`store`]: narrow traits (links, attribution records, counters, webhooks) and two backends,
-//!    Redis (production, shared by replicas; one server or a Redis Cluster) and an embedded redb
-//!    file (the default).
-//! 10. **Attribute** — [`attribution`]: plain records and functions: who becomes a lead, whether a
+//! 9. **Store** — [`store`]: narrow traits (links, attribution records, counters, webhooks,
+//!    analytics buckets, SMS messages) and two backends, Redis (production, shared by replicas;
+//!    one server or a Redis Cluster) and an embedded redb file (the default).
+//! 10. **SMS** — [`sms`]: sends, delivery receipts in each provider's own format (the first
+//!     terminal receipt decides a message), and the campaign funnel: plain functions.
+//! 11. **Analytics** — [`analytics`]: what a tap says (device, OS, browser, in-app app, referer,
+//!     province and city from an ip2region database), the buckets a batch adds to (by hour and by
+//!     day, per campaign, owner and kind), and the rules of `GET /v1/analytics`: plain functions,
+//!     applied by the batcher with the counters.
+//! 12. **Attribute** — [`attribution`]: plain records and functions: who becomes a lead, whether a
 //!     conversion is attributed, the partner chain and its commission.
-//! 11. **Model** — [`config`] reads and validates every setting before a port is bound; [`link`]
+//! 13. **Model** — [`config`] reads and validates every setting before a port is bound; [`link`]
 //!     holds the Link and its rules (codes, destinations, click ids, API input).
-//! 12. **Foundations** — [`time`], [`hash`], [`body`] (the response body), [`resp`] (the RESP
+//! 14. **Foundations** — [`time`], [`hash`], [`body`] (the response body), [`resp`] (the RESP
 //!     wire), [`tls`] (where Redis is: one server or a cluster's seeds, and what `rediss://`
 //!     trusts), [`field`] (one bad field), [`shutdown`] (signals, readiness), [`metrics`] (every
 //!     metric, declared once), [`runtime`] (a Tokio runtime on a thread of its own, for the
