@@ -637,3 +637,41 @@ async fn a_hanging_receiver_does_not_hold_up_the_other_webhooks() {
     }
     assert!(hanging.posts().is_empty() || hanging.posts().iter().all(|p| p.signature_ok));
 }
+
+/// Twenty receivers that accept and never answer and twenty addresses that refuse, beside one
+/// healthy receiver, all subscribed before a burst of taps: the healthy one gets every event
+/// within seconds, although each hanging attempt would wait the full 10 s timeout. (Before the
+/// intake probed each webhook once and gave its first attempts a second at most, the burst's
+/// first read waited one timeout per wave of 64 hanging attempts: about 30 s here.)
+#[tokio::test]
+async fn many_hanging_and_refusing_receivers_do_not_hold_up_a_healthy_one() {
+    let env = Env::new(Backend::Redis);
+    let s = TestServer::start_with(&env, &settings(&[("LINKGATE_WEBHOOK_TIMEOUT", "10s")])).await;
+    let mut hanging = Vec::new();
+    for _ in 0..20 {
+        let r = Receiver::start().await;
+        r.set_mode(Mode::Slow(Duration::from_secs(60)));
+        subscribe(&s, &r, json!({"events": ["click"]})).await;
+        hanging.push(r);
+    }
+    for _ in 0..20 {
+        let url = format!("http://127.0.0.1:{}/refused", support::free_port());
+        let r = s
+            .api("POST", "/v1/webhooks", Some(json!({"url": url, "events": ["click"]})))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    }
+    let healthy = Receiver::start().await;
+    subscribe(&s, &healthy, json!({"events": ["click"]})).await;
+    let codes = tap_links(&s, "crowd", 20, 0).await;
+    for code in &codes {
+        assert_eq!(s.get_ua(&format!("/{code}"), IPHONE).await.status, StatusCode::FOUND);
+    }
+    eventually(
+        Duration::from_secs(6),
+        "all 20 events at the healthy receiver",
+        || async { (healthy.accepted_events().len() == 20).then_some(()) },
+    )
+    .await;
+    assert!(hanging.iter().all(|h| h.posts().iter().all(|p| p.signature_ok)));
+}
