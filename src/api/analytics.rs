@@ -9,18 +9,32 @@ use crate::analytics::query::{LinkHome, Query};
 use crate::app::App;
 use crate::body::Body;
 use crate::config::{ApiKey, Scope};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 pub(super) async fn get(app: &App, key: &ApiKey, query: Option<&str>) -> ApiResult {
     require(key, Scope::StatsRead)?;
     let now = crate::time::now_secs();
-    let q = Query::parse(&query_pairs(query), &app.rules, now).map_err(ApiError::validation)?;
+    let mut pairs = query_pairs(query);
+    // A key limited to one owner asks about that owner (or a link of its own, with `code`).
+    if let Some(owner) = &key.owner {
+        if pairs.iter().any(|(k, v)| k == "owner_id" && v != owner) {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "this API key reads only its own owner's analytics",
+            ));
+        }
+        if !pairs.iter().any(|(k, _)| k == "owner_id" || k == "code") {
+            pairs.push(("owner_id".into(), owner.clone()));
+        }
+    }
+    let q = Query::parse(&pairs, &app.rules, now).map_err(ApiError::validation)?;
     let home = match &q.code {
         Some(code) => {
             let link = app
                 .store
                 .get_link(code)
                 .await?
+                .filter(|l| super::owns(key, l.owner_id.as_deref()))
                 .ok_or_else(|| ApiError::not_found("link"))?;
             Some(LinkHome {
                 campaign: link.campaign_id,

@@ -61,12 +61,15 @@ pub(super) async fn get(app: &App, key: &ApiKey, id: &str) -> ApiResult {
         .get_lead(id)
         .await?
         .ok_or_else(|| ApiError::not_found("lead"))?;
+    if !super::owns(key, lead.owner_id.as_deref()) {
+        return Err(ApiError::not_found("lead"));
+    }
     ok_json(StatusCode::OK, &lead.to_api_json())
 }
 
 pub(super) async fn list(app: &App, key: &ApiKey, query: Option<&str>) -> ApiResult {
     require(key, Scope::StatsRead)?;
-    let q = page_query(query, |_, _, _| false)?;
+    let q = page_query(key, query, |_, _, _| false)?;
     let page = app.store.list_leads(&q.filter, q.cursor, q.limit).await?;
     let leads: Vec<Value> = page.leads.iter().map(Lead::to_api_json).collect();
     ok_json(

@@ -283,7 +283,7 @@ fn validate_bulk(rules: &Rules, obj: &Map<String, Value>) -> Result<(Vec<Link>, 
 pub(crate) async fn list<B>(app: &App, key: &ApiKey, req: &Request<B>) -> ApiResult {
     require(key, Scope::LinksRead)?;
     let mut csv = false;
-    let page = page_query(req.uri().query(), |k, v, errors| {
+    let page = page_query(key, req.uri().query(), |k, v, errors| {
         if k != "format" {
             return false;
         }
@@ -386,6 +386,9 @@ fn csv_cell(s: &str) -> String {
 pub(crate) async fn get(app: &App, key: &ApiKey, code: &str) -> ApiResult {
     require(key, Scope::LinksRead)?;
     let link = load(app, code).await?;
+    if !super::owns(key, link.owner_id.as_deref()) {
+        return Err(ApiError::not_found("link"));
+    }
     ok_json(StatusCode::OK, &link.to_api_json(&app.config.public_base_url))
 }
 

@@ -90,6 +90,12 @@ where
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_start_matches("/v1").trim_matches('/').split('/').collect();
     let method = req.method().clone();
+    if key.owner.is_some() && !owner_route(&method, &segments) {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "this API key is limited to one owner's links, leads and stats; this route is not among them",
+        ));
+    }
     match (&method, segments.as_slice()) {
         (&Method::POST, ["links"]) => links::create(app, key, req).await,
         (&Method::POST, ["links", "bulk"]) => links::bulk(app, key, req).await,
@@ -135,6 +141,28 @@ where
         ) => Err(ApiError::method_not_allowed("GET")),
         _ => Err(ApiError::not_found("API route")),
     }
+}
+
+/// The routes a key limited to one owner (`owner:<id>`) may use: reads of that owner's links,
+/// leads, stats and analytics. Everything else answers 403 to such a key, so a route that does
+/// not yet know how to limit itself to an owner can never leak or change another's data.
+fn owner_route(method: &Method, segments: &[&str]) -> bool {
+    *method == Method::GET
+        && matches!(
+            segments,
+            ["links"]
+                | ["links", _]
+                | ["links", _, "qr" | "stats"]
+                | ["leads"]
+                | ["leads", _]
+                | ["analytics"]
+                | ["campaigns", _, "funnel"]
+        )
+}
+
+/// Whether `key` may see a record of `owner` (every record, for a key without an owner).
+pub(crate) fn owns(key: &ApiKey, owner: Option<&str>) -> bool {
+    key.owner.as_deref().is_none_or(|o| owner == Some(o))
 }
 
 /// Finds the key behind `Authorization: Bearer …`.
@@ -243,6 +271,7 @@ pub(crate) struct PageQuery {
 /// Parses a list query. `other` sees every other parameter, may record an error, and answers
 /// whether it knew the parameter; unknown ones are refused.
 pub(crate) fn page_query(
+    key: &ApiKey,
     query: Option<&str>,
     mut other: impl FnMut(&str, &str, &mut Vec<FieldError>) -> bool,
 ) -> Result<PageQuery, ApiError> {
@@ -275,11 +304,20 @@ pub(crate) fn page_query(
             }
         }
     }
-    if errors.is_empty() {
-        Ok(q)
-    } else {
-        Err(ApiError::validation(errors))
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
     }
+    // A key limited to one owner pages through that owner's records only.
+    if let Some(owner) = &key.owner {
+        if q.filter.owner_id.as_ref().is_some_and(|o| o != owner) {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "this API key reads only its own owner's records",
+            ));
+        }
+        q.filter.owner_id = Some(owner.clone());
+    }
+    Ok(q)
 }
 
 /// A `limit` query parameter: an integer from 1 to `max`.

@@ -86,7 +86,12 @@ impl QrParams {
 pub(crate) async fn get(app: &App, key: &ApiKey, code: &str, query: Option<&str>) -> ApiResult {
     require(key, Scope::LinksRead)?;
     let params = QrParams::parse(query)?;
-    if !is_code_shaped(code) || app.store.get_link(code).await?.is_none() {
+    let link = if is_code_shaped(code) {
+        app.store.get_link(code).await?
+    } else {
+        None
+    };
+    if !link.is_some_and(|l| super::owns(key, l.owner_id.as_deref())) {
         return Err(ApiError::not_found("link"));
     }
     let (bytes, content_type) = render(&short_url(&app.config.public_base_url, code), &params)?;

@@ -242,6 +242,8 @@ pub(super) async fn funnel(app: &App, key: &ApiKey, id: &str, query: Option<&str
             _ => return Err(ApiError::field(&k, "unknown query parameter")),
         }
     }
+    // A key limited to one owner sees that owner's part of the campaign.
+    let only = key.owner.clone();
     let messages = app.store.campaign_messages(id).await?;
     let filter = LinkFilter {
         campaign_id: Some(id.to_string()),
@@ -263,7 +265,7 @@ pub(super) async fn funnel(app: &App, key: &ApiKey, id: &str, query: Option<&str
         }
     }
     let stats = app.store.campaign_stats(id).await?;
-    if !by_owner {
+    if !by_owner && only.is_none() {
         let input = FunnelInput {
             links: stats.links,
             messages,
@@ -295,6 +297,18 @@ pub(super) async fn funnel(app: &App, key: &ApiKey, id: &str, query: Option<&str
     }
     for (o, n) in links_per_owner(app, id).await? {
         owners.entry(o).or_default().links = n;
+    }
+    if let Some(o) = &only {
+        let mut f = compute(owners.get(o).unwrap_or(&FunnelInput::default()));
+        f["campaign_id"] = json!(id);
+        f["owner_id"] = json!(o);
+        if by_owner {
+            return ok_json(
+                StatusCode::OK,
+                &json!({"campaign_id": id, "by": "owner", "owners": [f]}),
+            );
+        }
+        return ok_json(StatusCode::OK, &f);
     }
     let rows: Vec<Value> = owners
         .iter()

@@ -22,7 +22,7 @@ pub(super) async fn link(app: &App, key: &ApiKey, code: &str) -> ApiResult {
     } else {
         None
     };
-    let Some(link) = link else {
+    let Some(link) = link.filter(|l| super::owns(key, l.owner_id.as_deref())) else {
         return Err(ApiError::not_found("link"));
     };
     let s = app.store.link_stats(&link).await?;
