@@ -691,7 +691,8 @@ impl Config {
     }
 }
 
-/// Parses `secret` or `secret:scope+scope`, comma-separated.
+/// Parses `secret` or `secret:scope+scope` (a scope `owner:<id>` limits the key to that owner),
+/// comma-separated.
 pub(crate) fn parse_api_keys(v: &str) -> Result<Vec<ApiKey>, ConfigError> {
     const VAR: &str = "LINKGATE_API_KEYS";
     v.split(',')
@@ -720,6 +721,10 @@ pub(crate) fn parse_api_keys(v: &str) -> Result<Vec<ApiKey>, ConfigError> {
                 }
                 None => (entry, vec![Scope::Admin]),
             };
+            if secret.len() < 16 {
+                // The secret itself is never echoed, only its position.
+                return Err(bad(VAR, format!("key #{} is shorter than 16 characters", i + 1)));
+            }
             Ok(ApiKey {
                 owner,
                 ..ApiKey::new(secret, scopes)
@@ -742,6 +747,7 @@ mod tests {
             "store-key-0123456789:stats:read+owner:",
             "store-key-0123456789:owner:a+owner:b",
             "store-key-0123456789:stats:read+owners:x",
+            "short:stats:read+owner:store-12",
         ] {
             assert!(parse_api_keys(bad).is_err(), "{bad}");
         }
