@@ -118,6 +118,20 @@ pub(crate) fn with_type(status: StatusCode, body: Body, content_type: &'static s
     r
 }
 
+/// Quotes a CSV cell when needed, and defuses spreadsheet formulas (`=`, `+`, `-`, `@` first).
+pub(crate) fn csv_cell(s: &str) -> String {
+    let s = if s.starts_with(['=', '+', '-', '@']) {
+        format!("'{s}")
+    } else {
+        s.to_string()
+    };
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use http_body_util::BodyExt;
@@ -138,5 +152,27 @@ mod tests {
             body.collect().await.is_err(),
             "a cut-short stream is an error, not a short file"
         );
+    }
+
+    /// Reads one CSV cell back the way a spreadsheet does (RFC 4180 quoting).
+    fn read_cell(cell: &str) -> String {
+        match cell.strip_prefix('"').and_then(|c| c.strip_suffix('"')) {
+            Some(inner) => inner.replace("\"\"", "\""),
+            None => cell.to_string(),
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn cells_read_back_as_written_and_never_as_formulas(s in "\\PC{0,30}|[=+@-][ -~]{0,10}|[\",\r\n]{0,4}") {
+            let cell = csv_cell(&s);
+            let back = read_cell(&cell);
+            proptest::prop_assert!(!back.starts_with(['=', '+', '-', '@']), "{:?}", cell);
+            let want = if s.starts_with(['=', '+', '-', '@']) { format!("'{s}") } else { s.clone() };
+            proptest::prop_assert_eq!(&back, &want);
+            if !cell.starts_with('"') {
+                proptest::prop_assert!(!cell.contains([',', '"', '\n', '\r']), "{:?}", cell);
+            }
+        }
     }
 }

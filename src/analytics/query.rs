@@ -630,8 +630,10 @@ impl Query {
                         continue;
                     };
                     for (f, v) in fields {
-                        if value_of(f).is_some_and(|value| self.code.as_deref().is_none_or(|c| c == value)) {
-                            add_daily(&mut sums[i], f, *v);
+                        if let Some((value, n)) = daily_field(f, *v)
+                            && self.code.as_deref().is_none_or(|c| c == value)
+                        {
+                            sums[i].add(&n);
                         }
                     }
                 }
@@ -691,11 +693,8 @@ impl Query {
         let mut by: std::collections::HashMap<&str, Counts, crate::hash::Xxh3State> = Default::default();
         for fields in hashes {
             for (f, v) in fields {
-                if let Some(value) = value_of(f) {
-                    match by.get_mut(value) {
-                        Some(c) => add_daily(c, f, *v),
-                        None => add_daily(by.entry(value).or_default(), f, *v),
-                    };
+                if let Some((value, n)) = daily_field(f, *v) {
+                    by.entry(value).or_default().add(&n);
                 }
             }
         }
@@ -793,7 +792,7 @@ impl Answer {
                 .iter()
                 .map(|c| match &row[c] {
                     Value::Null => String::new(),
-                    Value::String(s) => csv_text(s),
+                    Value::String(s) => crate::body::csv_cell(s),
                     v => v.to_string(),
                 })
                 .collect();
@@ -801,19 +800,6 @@ impl Answer {
             out.push('\n');
         }
         out
-    }
-}
-
-pub(crate) fn csv_text(s: &str) -> String {
-    let s = if s.starts_with(['=', '+', '-', '@']) {
-        format!("'{s}")
-    } else {
-        s.to_string()
-    };
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s
     }
 }
 
@@ -825,29 +811,19 @@ fn fields_of(value: &str) -> Vec<String> {
     f
 }
 
-/// Adds a daily field to `c`: `<m>:<value>`, or a bare code (a link's packed human clicks and
-/// leads, [`super::pack_link`]). Returns the value the field counts for.
-fn add_daily<'f>(c: &mut Counts, f: &'f str, v: i64) -> Option<&'f str> {
+/// What a daily field counts, and for which value: `<m>:<value>`, or a bare code (a link's
+/// packed human clicks and leads, [`super::pack_link`]).
+fn daily_field(f: &str, v: i64) -> Option<(&str, Counts)> {
+    let mut n = Counts::default();
     match split_field(f) {
         Some((m, value)) => {
-            c.add_field(m, v);
-            Some(value)
+            n.add_field(m, v);
+            Some((value, n))
         }
         None if !f.is_empty() && !f.contains(':') => {
-            let (human, leads) = super::unpack_link(v);
-            c.human += human;
-            c.leads += leads;
-            Some(f)
+            (n.human, n.leads) = super::unpack_link(v);
+            Some((f, n))
         }
-        None => None,
-    }
-}
-
-/// The value a daily field counts for.
-fn value_of(f: &str) -> Option<&str> {
-    match split_field(f) {
-        Some((_, value)) => Some(value),
-        None if !f.is_empty() && !f.contains(':') => Some(f),
         None => None,
     }
 }

@@ -2,7 +2,7 @@
 //! buckets the batcher keeps ([`crate::analytics`]). The parameters and the rows are the
 //! analytics module's; this handler only fetches what its plan names.
 
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderValue, StatusCode, header};
 
 use super::{ApiResult, ok_json, query_pairs, require};
 use crate::analytics::query::{LinkHome, Query};
@@ -50,14 +50,12 @@ pub(super) async fn get(app: &App, key: &ApiKey, query: Option<&str>) -> ApiResu
     if !q.csv {
         return ok_json(StatusCode::OK, &answer.json);
     }
-    let mut r = Response::new(Body::from(answer.csv().into_bytes()));
-    *r.status_mut() = StatusCode::OK;
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/csv; charset=utf-8"),
+    let mut r = crate::body::with_type(
+        StatusCode::OK,
+        Body::from(answer.csv().into_bytes()),
+        "text/csv; charset=utf-8",
     );
-    h.insert(
+    r.headers_mut().insert(
         header::CONTENT_DISPOSITION,
         HeaderValue::from_static("attachment; filename=\"analytics.csv\""),
     );

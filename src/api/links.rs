@@ -359,7 +359,7 @@ async fn csv_export(app: &App, filter: LinkFilter) -> ApiResult {
 fn csv_rows(links: &[Link], base: &str) -> Bytes {
     let mut chunk = String::with_capacity(links.len() * 64);
     for l in links {
-        chunk.push_str(&csv_cell(l.recipient_id.as_deref().unwrap_or("")));
+        chunk.push_str(&crate::body::csv_cell(l.recipient_id.as_deref().unwrap_or("")));
         chunk.push(',');
         chunk.push_str(&l.code);
         chunk.push(',');
@@ -367,20 +367,6 @@ fn csv_rows(links: &[Link], base: &str) -> Bytes {
         chunk.push('\n');
     }
     Bytes::from(chunk)
-}
-
-/// Quotes a CSV cell when needed, and defuses spreadsheet formulas (`=`, `+`, `-`, `@` first).
-fn csv_cell(s: &str) -> String {
-    let s = if s.starts_with(['=', '+', '-', '@']) {
-        format!("'{s}")
-    } else {
-        s.to_string()
-    };
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s
-    }
 }
 
 pub(crate) async fn get(app: &App, key: &ApiKey, code: &str) -> ApiResult {
@@ -502,31 +488,4 @@ where
         tracing::warn!(error = %e, "could not store an idempotent answer");
     }
     Ok(json(status, out))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Reads one CSV cell back the way a spreadsheet does (RFC 4180 quoting).
-    fn read_cell(cell: &str) -> String {
-        match cell.strip_prefix('"').and_then(|c| c.strip_suffix('"')) {
-            Some(inner) => inner.replace("\"\"", "\""),
-            None => cell.to_string(),
-        }
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn cells_read_back_as_written_and_never_as_formulas(s in "\\PC{0,30}|[=+@-][ -~]{0,10}|[\",\r\n]{0,4}") {
-            let cell = csv_cell(&s);
-            let back = read_cell(&cell);
-            proptest::prop_assert!(!back.starts_with(['=', '+', '-', '@']), "{:?}", cell);
-            let want = if s.starts_with(['=', '+', '-', '@']) { format!("'{s}") } else { s.clone() };
-            proptest::prop_assert_eq!(&back, &want);
-            if !cell.starts_with('"') {
-                proptest::prop_assert!(!cell.contains([',', '"', '\n', '\r']), "{:?}", cell);
-            }
-        }
-    }
 }

@@ -35,11 +35,7 @@ impl AttributionStore for RedisStore {
         let holders: Vec<Option<String>> = leads
             .iter()
             .zip(replies.into_iter().skip(1).step_by(2))
-            .map(|(l, v)| {
-                bytes_of(v)
-                    .and_then(|b| String::from_utf8(b).ok())
-                    .filter(|h| *h != l.lead_id)
-            })
+            .map(|(l, v)| text_of(v).filter(|h| *h != l.lead_id))
             .collect();
         let mut cmds = Vec::new();
         let mut reads = Vec::new();

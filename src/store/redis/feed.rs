@@ -227,7 +227,7 @@ fn entries_of(shard: usize, v: Value) -> Vec<StreamEntry> {
             continue;
         }
         let fields = pair.pop();
-        let id = match pair.pop().and_then(bytes_of).and_then(|b| String::from_utf8(b).ok()) {
+        let id = match pair.pop().and_then(text_of) {
             Some(id) => id,
             None => continue,
         };

@@ -286,7 +286,7 @@ impl RedisStore {
         let mut found_idx = Vec::new();
         let mut found_codes = Vec::new();
         for (&i, v) in idx.iter().zip(replies) {
-            if let Some(code) = bytes_of(v).and_then(|b| String::from_utf8(b).ok()) {
+            if let Some(code) = text_of(v) {
                 found_idx.push(i);
                 found_codes.push(code);
             }

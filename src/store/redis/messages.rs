@@ -58,12 +58,7 @@ impl RedisStore {
     /// The code each message id names (`None` when no send claimed it yet).
     async fn codes_of(&self, keys: &[String]) -> Result<Vec<Option<String>>, StoreError> {
         let cmds = keys.iter().map(|k| redis::cmd("GET").arg(id_key(k)).clone()).collect();
-        Ok(self
-            .run_chunked(cmds)
-            .await?
-            .into_iter()
-            .map(|v| bytes_of(v).and_then(|b| String::from_utf8(b).ok()))
-            .collect())
+        Ok(self.run_chunked(cmds).await?.into_iter().map(text_of).collect())
     }
 }
 
@@ -206,11 +201,6 @@ impl MessageStore for RedisStore {
             .iter()
             .map(|(c, r)| redis::cmd("HGET").arg(rcpt_key(c)).arg(r).clone())
             .collect();
-        Ok(self
-            .run_chunked(cmds)
-            .await?
-            .into_iter()
-            .map(|v| bytes_of(v).and_then(|b| String::from_utf8(b).ok()))
-            .collect())
+        Ok(self.run_chunked(cmds).await?.into_iter().map(text_of).collect())
     }
 }

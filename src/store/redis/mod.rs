@@ -338,6 +338,11 @@ fn bytes_of(v: Value) -> Option<Vec<u8>> {
     }
 }
 
+/// A reply's text: [`bytes_of`], when it is UTF-8.
+fn text_of(v: Value) -> Option<String> {
+    bytes_of(v).and_then(|b| String::from_utf8(b).ok())
+}
+
 #[async_trait]
 impl Store for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
