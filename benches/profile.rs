@@ -82,11 +82,11 @@ fn main() {
             .now_or_never()
             .expect("a cache hit never waits");
         assert_eq!(resp.status(), 302);
-        if i % 8192 == 0 {
-            if let Some(events) = &app.events {
-                while events.depth() > 0 {
-                    std::thread::sleep(std::time::Duration::from_millis(1));
-                }
+        if i % 8192 == 0
+            && let Some(events) = &app.events
+        {
+            while events.depth() > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(1));
             }
         }
     }

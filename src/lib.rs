@@ -53,6 +53,7 @@ mod attribution;
 mod body;
 mod click;
 mod config;
+mod console;
 mod error;
 mod field;
 mod hash;

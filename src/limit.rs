@@ -15,8 +15,16 @@ use crate::error::{ApiError, ErrorCode};
 
 pub struct RateLimiter {
     per_sec: f64,
+    /// Most requests a bucket holds (a burst).
+    burst: f64,
+    /// What the refusal says is counted.
+    what: &'static str,
     buckets: Mutex<HashMap<[u8; 32], Bucket>>,
 }
+
+/// Buckets kept before full ones (idle clients) are forgotten: bounds the memory a flood of
+/// distinct clients can take.
+const MAX_BUCKETS: usize = 100_000;
 
 struct Bucket {
     tokens: f64,
@@ -25,8 +33,17 @@ struct Bucket {
 
 impl RateLimiter {
     pub fn new(per_sec: u32) -> Self {
+        let per_sec = f64::from(per_sec.max(1));
+        Self::with_burst(per_sec, per_sec, "requests per second with this key")
+    }
+
+    /// A bucket of `burst` requests per client refilled at `per_sec`; `what` names the count in
+    /// the refusal.
+    pub fn with_burst(burst: f64, per_sec: f64, what: &'static str) -> Self {
         Self {
-            per_sec: f64::from(per_sec.max(1)),
+            per_sec,
+            burst,
+            what,
             buckets: Mutex::new(HashMap::new()),
         }
     }
@@ -36,14 +53,19 @@ impl RateLimiter {
         self.take(key.hash, Instant::now())
     }
 
-    fn take(&self, key: [u8; 32], now: Instant) -> Result<(), ApiError> {
+    /// Takes one request from the bucket of the client `id` (a hash, never the raw value).
+    pub(crate) fn take(&self, id: [u8; 32], now: Instant) -> Result<(), ApiError> {
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        let b = buckets.entry(key).or_insert(Bucket {
-            tokens: self.per_sec,
+        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(&id) {
+            let (per_sec, burst) = (self.per_sec, self.burst);
+            buckets.retain(|_, b| b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * per_sec < burst);
+        }
+        let b = buckets.entry(id).or_insert(Bucket {
+            tokens: self.burst,
             at: now,
         });
         let refill = now.saturating_duration_since(b.at).as_secs_f64() * self.per_sec;
-        b.tokens = (b.tokens + refill).min(self.per_sec);
+        b.tokens = (b.tokens + refill).min(self.burst);
         b.at = now;
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
@@ -52,10 +74,7 @@ impl RateLimiter {
         let wait = ((1.0 - b.tokens) / self.per_sec).ceil().max(1.0) as u64;
         let mut e = ApiError::new(
             ErrorCode::RateLimited,
-            format!(
-                "more than {} requests per second with this key; retry in {wait} s",
-                self.per_sec
-            ),
+            format!("more than {} {}; retry in {wait} s", self.burst, self.what),
         );
         e.retry_after = Some(wait);
         Err(e)

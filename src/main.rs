@@ -67,7 +67,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         "embedded"
     };
     let app = App::build(config).await?;
-    tracing::info!(addr = %listener.local_addr()?, admin = %admin.local_addr()?, mode, "linkgate serving");
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, admin = %admin.local_addr()?, mode, "linkgate serving");
+    // A wildcard address is reached on loopback from the same machine.
+    let host = if addr.ip().is_unspecified() {
+        std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+    } else {
+        addr
+    };
+    tracing::info!("console: http://{host}/console (sign in with an API key)");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         linkgate::signal().await;

@@ -17,15 +17,17 @@ pub enum RouteClass {
     Redirect,
     Api,
     Probe,
+    Console,
 }
 
 impl RouteClass {
-    const ALL: [RouteClass; 3] = [Self::Redirect, Self::Api, Self::Probe];
+    const ALL: [RouteClass; 4] = [Self::Redirect, Self::Api, Self::Probe, Self::Console];
     fn as_str(self) -> &'static str {
         match self {
             Self::Redirect => "redirect",
             Self::Api => "api",
             Self::Probe => "probe",
+            Self::Console => "console",
         }
     }
 }
@@ -100,7 +102,7 @@ pub struct WebhookMetrics {
 pub struct Metrics {
     registry: Registry,
     handle: PrometheusHandle,
-    requests: [[Counter; 5]; 3],
+    requests: [[Counter; 5]; 4],
     pub redirect_duration: Histogram,
     pub cache: CacheMetrics,
     pub cache_links: Gauge,

@@ -471,11 +471,11 @@ async fn exchange(
                     None => break,
                 }
             }
-            if seen == before {
-                if let Some((used, last)) = parse_reply(&pending[at..])? {
-                    pending.drain(..at + used);
-                    return Ok(PipelineReply { errors, last });
-                }
+            if seen == before
+                && let Some((used, last)) = parse_reply(&pending[at..])?
+            {
+                pending.drain(..at + used);
+                return Ok(PipelineReply { errors, last });
             }
             pending.drain(..at);
             pending.reserve(64 * 1024);

@@ -42,6 +42,8 @@ const LAYERS: &[&[&str]] = &[
     &["app"],
     // Handlers.
     &["redirect", "api"],
+    // The browser console: pages rendered from the API's own handlers.
+    &["console"],
     // Accept loop, routing, admin listener, drain.
     &["server"],
 ];

@@ -140,10 +140,10 @@ fn check(doc: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), String>
     if !allowed {
         return Err(format!("{at}: {kind} where the document says {types:?}"));
     }
-    if let Some(allowed) = schema["enum"].as_array() {
-        if !allowed.contains(v) {
-            return Err(format!("{at}: {v} is not one of {allowed:?}"));
-        }
+    if let Some(allowed) = schema["enum"].as_array()
+        && !allowed.contains(v)
+    {
+        return Err(format!("{at}: {v} is not one of {allowed:?}"));
     }
     if let Value::Object(map) = v {
         for field in schema["required"].as_array().into_iter().flatten() {

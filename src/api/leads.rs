@@ -5,6 +5,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use serde_json::{Value, json};
 
+use super::MAX_PAGE;
 use super::fields::Fields;
 use super::{ApiResult, MAX_BODY_BYTES, ok_json, page_query, parse_object, read_body, require};
 use crate::app::App;
@@ -13,7 +14,8 @@ use crate::attribution::model::{Lead, LeadClaim};
 use crate::body::BoxError;
 use crate::click::{Event, Queued};
 use crate::config::{ApiKey, Scope};
-use crate::error::ApiError;
+use crate::error::{ApiError, FieldError};
+use crate::time::format_rfc3339;
 use crate::time::now_secs;
 
 /// `POST /v1/leads`: one lead per click id (a repeat answers 200 with the first lead).
@@ -67,13 +69,65 @@ pub(super) async fn get(app: &App, key: &ApiKey, id: &str) -> ApiResult {
     ok_json(StatusCode::OK, &lead.to_api_json())
 }
 
+/// `GET /v1/leads`: a page of leads, oldest first (`order=newest`: newest first), or every one
+/// as CSV (`format=csv`).
 pub(super) async fn list(app: &App, key: &ApiKey, query: Option<&str>) -> ApiResult {
     require(key, Scope::StatsRead)?;
-    let q = page_query(key, query, |_, _, _| false)?;
-    let page = app.store.list_leads(&q.filter, q.cursor, q.limit).await?;
+    let (mut csv, mut newest) = (false, false);
+    let q = page_query(key, query, |k, v, errors| {
+        match (k, v) {
+            ("format", "json") => csv = false,
+            ("format", "csv") => csv = true,
+            ("format", _) => errors.push(FieldError::new("format", "must be json or csv")),
+            ("order", "oldest") => newest = false,
+            ("order", "newest") => newest = true,
+            ("order", _) => errors.push(FieldError::new("order", "must be oldest or newest")),
+            _ => return false,
+        }
+        true
+    })?;
+    if csv {
+        let store = app.store.clone();
+        let filter = q.filter;
+        return super::export::csv(CSV_HEADER, "leads.csv", move |cursor| {
+            let (store, filter) = (store.clone(), filter.clone());
+            async move {
+                let page = store.list_leads(&filter, cursor, MAX_PAGE, newest).await?;
+                Ok((csv_rows(&page.leads), page.next_cursor))
+            }
+        })
+        .await;
+    }
+    let page = app.store.list_leads(&q.filter, q.cursor, q.limit, newest).await?;
     let leads: Vec<Value> = page.leads.iter().map(Lead::to_api_json).collect();
     ok_json(
         StatusCode::OK,
         &json!({"leads": leads, "next_cursor": page.next_cursor.map(|c| c.to_string())}),
     )
+}
+
+const CSV_HEADER: &str = "lead_id,created_at,campaign_id,owner_id,recipient_id,code,source\n";
+
+/// One page of leads as CSV rows.
+fn csv_rows(leads: &[Lead]) -> Bytes {
+    let mut out = String::with_capacity(leads.len() * 96);
+    for l in leads {
+        let cells = [
+            l.lead_id.as_str(),
+            &format_rfc3339(l.created_at),
+            l.campaign_id.as_deref().unwrap_or(""),
+            l.owner_id.as_deref().unwrap_or(""),
+            l.recipient_id.as_deref().unwrap_or(""),
+            l.code.as_str(),
+            l.source.as_str(),
+        ];
+        for (i, c) in cells.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&crate::body::csv_cell(c));
+        }
+        out.push('\n');
+    }
+    Bytes::from(out)
 }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::future::Future;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
@@ -13,8 +13,8 @@ use super::{
     ApiResult, MAX_BODY_BYTES, MAX_BULK_BODY_BYTES, MAX_PAGE, ok_json, page_query, parse_object, read_body, require,
 };
 use crate::app::App;
+use crate::body::Body;
 use crate::body::json;
-use crate::body::{Body, Chunk};
 use crate::config::{ApiKey, Scope};
 use crate::error::{ApiError, ErrorCode, FieldError};
 use crate::link::code::is_code_shaped;
@@ -306,53 +306,18 @@ pub(crate) async fn list<B>(app: &App, key: &ApiKey, req: &Request<B>) -> ApiRes
     )
 }
 
-/// Streams `recipient_id,code,short_url` rows of every link matching `filter`, page by page.
-///
-/// The first page is read before answering, so a store that is down gets a 503 JSON error. A
-/// failure on a later page, after the 200 went out, aborts the transfer ([`crate::body::Chunk`]):
-/// an SMS platform then sees a failed download, never a file that silently lacks recipients.
+/// Streams `recipient_id,code,short_url` rows of every link matching `filter`.
 async fn csv_export(app: &App, filter: LinkFilter) -> ApiResult {
-    let first = app.store.list_links(&filter, 0, MAX_PAGE).await?;
-    let (tx, body) = crate::body::stream(4);
     let store = app.store.clone();
     let base = app.config.public_base_url.clone();
-    tokio::spawn(async move {
-        let send = |chunk: Bytes| {
-            let tx = tx.clone();
-            async move { tx.send(Chunk::Data(chunk)).await.is_ok() }
-        };
-        if !send(Bytes::from_static(b"recipient_id,code,short_url\n")).await {
-            return;
+    super::export::csv("recipient_id,code,short_url\n", "links.csv", move |cursor| {
+        let (store, base, filter) = (store.clone(), base.clone(), filter.clone());
+        async move {
+            let page = store.list_links(&filter, cursor, MAX_PAGE).await?;
+            Ok((csv_rows(&page.links, &base), page.next_cursor))
         }
-        let mut page = first;
-        loop {
-            if !send(csv_rows(&page.links, &base)).await {
-                return;
-            }
-            let Some(cursor) = page.next_cursor else {
-                let _ = tx.send(Chunk::End).await;
-                return;
-            };
-            page = match store.list_links(&filter, cursor, MAX_PAGE).await {
-                Ok(p) => p,
-                Err(e) => {
-                    // Dropping the sender without `End` aborts the response.
-                    tracing::warn!(error = %e, "CSV export aborted: store read failed");
-                    return;
-                }
-            };
-        }
-    });
-    let mut r = Response::new(body);
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/csv; charset=utf-8"),
-    );
-    r.headers_mut().insert(
-        header::CONTENT_DISPOSITION,
-        HeaderValue::from_static("attachment; filename=\"links.csv\""),
-    );
-    Ok(r)
+    })
+    .await
 }
 
 /// One page of links as CSV rows.

@@ -6,6 +6,7 @@
 
 mod analytics;
 mod conversions;
+mod export;
 mod fields;
 mod leads;
 pub(crate) mod links;
@@ -87,8 +88,20 @@ where
     if let Some(limiter) = &app.rate_limiter {
         limiter.check(key)?;
     }
+    dispatch_as(app, key, req).await
+}
+
+/// Answers `req` on behalf of `key`, already authenticated: the bearer path above and the
+/// console, which renders its pages from the same handlers (and so the same scopes, owner
+/// limits and validation) instead of a second copy of them.
+pub(crate) async fn dispatch_as<B>(app: &App, key: &ApiKey, req: Request<B>) -> ApiResult
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<crate::body::BoxError>,
+{
     let path = req.uri().path().to_string();
-    let segments: Vec<&str> = path.trim_start_matches("/v1").trim_matches('/').split('/').collect();
+    let decoded = path_segments(path.trim_start_matches("/v1"))?;
+    let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
     let method = req.method().clone();
     if key.owner.is_some() && !owner_route(&method, &segments) {
         return Err(ApiError::new(
@@ -106,8 +119,10 @@ where
         (&Method::GET, ["links", code, "qr"]) => qr::get(app, key, code, req.uri().query()).await,
         (&Method::GET, ["links", code, "stats"]) => stats::link(app, key, code).await,
         (&Method::POST, ["partners"]) => partners::put_partner(app, key, req).await,
+        (&Method::GET, ["partners"]) => partners::list_partners(app, key).await,
         (&Method::GET, ["partners", id]) => partners::get_partner(app, key, id).await,
         (&Method::POST, ["campaigns"]) => partners::put_campaign(app, key, req).await,
+        (&Method::GET, ["campaigns"]) => partners::list_campaigns(app, key).await,
         (&Method::GET, ["campaigns", id]) => partners::get_campaign(app, key, id).await,
         (&Method::GET, ["campaigns", id, "stats"]) => stats::campaign(app, key, id).await,
         (&Method::GET, ["campaigns", id, "leaderboard"]) => stats::leaderboard(app, key, id, req.uri().query()).await,
@@ -128,9 +143,8 @@ where
         (_, ["webhooks", _]) => Err(ApiError::method_not_allowed("GET, DELETE")),
         (_, ["webhooks", _, "deliveries"]) => Err(ApiError::method_not_allowed("GET")),
         (_, ["webhooks", _, "deliveries", _, "retry"]) => Err(ApiError::method_not_allowed("POST")),
-        (_, ["partners" | "campaigns" | "conversions" | "sends"] | ["links", "bulk"]) => {
-            Err(ApiError::method_not_allowed("POST"))
-        }
+        (_, ["partners" | "campaigns"]) => Err(ApiError::method_not_allowed("GET, POST")),
+        (_, ["conversions" | "sends"] | ["links", "bulk"]) => Err(ApiError::method_not_allowed("POST")),
         (_, ["links", _]) => Err(ApiError::method_not_allowed("GET, PATCH, DELETE")),
         (
             _,
@@ -156,6 +170,7 @@ fn owner_route(method: &Method, segments: &[&str]) -> bool {
                 | ["leads"]
                 | ["leads", _]
                 | ["analytics"]
+                | ["campaigns"]
                 | ["campaigns", _, "funnel"]
         )
 }
@@ -163,6 +178,21 @@ fn owner_route(method: &Method, segments: &[&str]) -> bool {
 /// Whether `key` may see a record of `owner` (every record, for a key without an owner).
 pub(crate) fn owns(key: &ApiKey, owner: Option<&str>) -> bool {
     key.owner.as_deref().is_none_or(|o| owner == Some(o))
+}
+
+/// The segments of a path, each percent-decoded (ids may hold any character but controls, so
+/// `/v1/campaigns/%E6%98%A5%20sale/funnel` names the campaign `春 sale`). A segment that does not
+/// decode to UTF-8 names nothing: 404.
+pub(crate) fn path_segments(path: &str) -> Result<Vec<String>, ApiError> {
+    path.trim_matches('/')
+        .split('/')
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8()
+                .map(|s| s.into_owned())
+                .map_err(|_| ApiError::not_found("API route"))
+        })
+        .collect()
 }
 
 /// Finds the key behind `Authorization: Bearer …`.
@@ -173,6 +203,12 @@ pub(crate) fn authenticate<'a>(app: &'a App, headers: &HeaderMap) -> Result<&'a 
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim)
         .ok_or_else(ApiError::unauthorized)?;
+    key_for(app, presented).ok_or_else(ApiError::unauthorized)
+}
+
+/// The configured key whose secret is `presented`: its hash compared with every key's in
+/// constant time, without stopping at the first match.
+pub(crate) fn key_for<'a>(app: &'a App, presented: &str) -> Option<&'a ApiKey> {
     let hash: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
     let mut found = None;
     for key in &app.api_keys {
@@ -180,7 +216,7 @@ pub(crate) fn authenticate<'a>(app: &'a App, headers: &HeaderMap) -> Result<&'a 
             found = Some(key);
         }
     }
-    found.ok_or_else(ApiError::unauthorized)
+    found
 }
 
 pub(crate) fn require(key: &ApiKey, scope: Scope) -> Result<(), ApiError> {

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::fields::Fields;
 use super::{ApiResult, MAX_BODY_BYTES, ok_json, parse_object, read_body, require};
@@ -70,6 +70,36 @@ pub(super) async fn get_partner(app: &App, key: &ApiKey, id: &str) -> ApiResult 
         .await?
         .ok_or_else(|| ApiError::not_found("partner"))?;
     ok_json(StatusCode::OK, &partner_json(app, &p).await?)
+}
+
+/// `GET /v1/partners`: every partner with its parent, sorted by id (the referral tree, flat).
+pub(super) async fn list_partners(app: &App, key: &ApiKey) -> ApiResult {
+    require(key, Scope::LinksRead)?;
+    let partners: Vec<Value> = app
+        .store
+        .list_partners()
+        .await?
+        .iter()
+        .map(|p| json!({"id": p.id, "parent_id": p.parent_id, "name": p.name}))
+        .collect();
+    ok_json(StatusCode::OK, &json!({ "partners": partners }))
+}
+
+/// `GET /v1/campaigns`: every campaign, sorted by id; one known only from its links has no
+/// record (`name` null, the default commission and window).
+pub(super) async fn list_campaigns(app: &App, key: &ApiKey) -> ApiResult {
+    if !key.allows(Scope::LinksRead) {
+        require(key, Scope::StatsRead)?;
+    }
+    let mut list = Vec::new();
+    for id in app.store.list_campaigns().await? {
+        let record = app.store.get_campaign(&id).await?;
+        list.push(match record {
+            Some(c) => c.to_api_json(),
+            None => json!({"id": id, "name": null, "commission_bps": [], "attribution_window": format!("{DEFAULT_WINDOW_SECS}s")}),
+        });
+    }
+    ok_json(StatusCode::OK, &json!({ "campaigns": list }))
 }
 
 /// `POST /v1/campaigns`: creates (201) or updates (200) a campaign's commission and window.

@@ -253,7 +253,7 @@ pub(super) async fn funnel(app: &App, key: &ApiKey, id: &str, query: Option<&str
     let mut taps: Vec<(Option<String>, String, i64)> = Vec::new();
     let mut after = 0;
     loop {
-        let page = app.store.list_leads(&filter, after, 1000).await?;
+        let page = app.store.list_leads(&filter, after, 1000, false).await?;
         for l in page.leads {
             if l.source == LeadSource::Click {
                 taps.push((l.owner_id, l.code, l.created_at));

@@ -65,6 +65,17 @@ fn sweep_analytics(store: Arc<EmbeddedStore>, rules: Arc<Rules>) -> AbortOnDrop 
     }))
 }
 
+/// Console sign-in attempts one address may make in a minute.
+const LOGIN_BURST: f64 = 10.0;
+
+/// A key for one purpose, derived from a secret (HMAC-SHA256 of the purpose).
+fn derive_key(secret: &[u8], purpose: &[u8]) -> [u8; 32] {
+    use hmac::{Hmac, KeyInit, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes keys of any size");
+    mac.update(purpose);
+    mac.finalize().into_bytes().into()
+}
+
 /// Everything a handler needs, built once at start-up.
 pub struct App {
     pub config: Config,
@@ -87,6 +98,11 @@ pub struct App {
     pub(crate) rules: Arc<Rules>,
     /// Salted hashes of the phone numbers SMS receipts carry.
     pub(crate) phones: PhoneHasher,
+    /// The key console session cookies are signed with: derived from the click secret, so every
+    /// replica accepts every replica's cookies and no second secret has to be shared.
+    pub(crate) console_secret: [u8; 32],
+    /// Console sign-in attempts per client address (hashed).
+    pub(crate) logins: RateLimiter,
     /// The embedded store's retention sweep (stopped with the app).
     _sweeper: Option<AbortOnDrop>,
 }
@@ -189,6 +205,12 @@ impl App {
         let app = Self {
             rules,
             phones: PhoneHasher::new(click_secret),
+            console_secret: derive_key(click_secret, b"linkgate console session v1"),
+            logins: RateLimiter::with_burst(
+                LOGIN_BURST,
+                LOGIN_BURST / 60.0,
+                "sign-in attempts a minute from this address",
+            ),
             _sweeper: None,
             resolver: Resolver::new(store.clone(), metrics.cache.clone()),
             store,

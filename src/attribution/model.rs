@@ -20,6 +20,15 @@ pub enum LeadSource {
     Api,
 }
 
+impl LeadSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Click => "click",
+            Self::Api => "api",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Lead {
     pub lead_id: String,

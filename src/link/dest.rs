@@ -86,14 +86,13 @@ fn validate_authority(authority: &str) -> Result<String, String> {
         }
         (h.to_ascii_lowercase(), p)
     };
-    if let Some(p) = port {
-        if p.is_empty()
+    if let Some(p) = port
+        && (p.is_empty()
             || p.len() > 5
             || !p.bytes().all(|b| b.is_ascii_digit())
-            || p.parse::<u32>().unwrap_or(0) > 65535
-        {
-            return Err("has an invalid port".into());
-        }
+            || p.parse::<u32>().unwrap_or(0) > 65535)
+    {
+        return Err("has an invalid port".into());
     }
     Ok(host)
 }

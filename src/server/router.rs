@@ -29,6 +29,11 @@ where
         app.metrics.record(RouteClass::Api, resp.status());
         return resp;
     }
+    if path == "/console" || path.starts_with("/console/") {
+        let resp = Box::pin(crate::console::handle(app, req, peer)).await;
+        app.metrics.record(RouteClass::Console, resp.status());
+        return resp;
+    }
     if !get_like {
         let resp = ApiError::method_not_allowed("GET, HEAD").response();
         app.metrics.record(RouteClass::Redirect, resp.status());

@@ -123,13 +123,24 @@ pub trait AttributionStore: Send + Sync + 'static {
     /// replicas try at once. A claim already held answers the lead that holds it.
     async fn claim_leads(&self, leads: Vec<Lead>) -> Result<Vec<LeadClaim>, StoreError>;
     async fn get_lead(&self, lead_id: &str) -> Result<Option<Lead>, StoreError>;
-    /// Leads created after cursor `after`, oldest first.
-    async fn list_leads(&self, filter: &LinkFilter, after: u64, limit: usize) -> Result<LeadPage, StoreError>;
+    /// Leads created after cursor `after`, oldest first; with `newest_first`, the leads before
+    /// cursor `after` (0: from the newest), newest first.
+    async fn list_leads(
+        &self,
+        filter: &LinkFilter,
+        after: u64,
+        limit: usize,
+        newest_first: bool,
+    ) -> Result<LeadPage, StoreError>;
 
     async fn put_partner(&self, partner: &Partner) -> Result<(), StoreError>;
     async fn get_partner(&self, id: &str) -> Result<Option<Partner>, StoreError>;
     async fn put_campaign(&self, campaign: &Campaign) -> Result<(), StoreError>;
     async fn get_campaign(&self, id: &str) -> Result<Option<Campaign>, StoreError>;
+    /// Every campaign id known, from a record or from a minted link, sorted.
+    async fn list_campaigns(&self) -> Result<Vec<String>, StoreError>;
+    /// Every partner, sorted by id.
+    async fn list_partners(&self) -> Result<Vec<Partner>, StoreError>;
 
     /// Records `conversion` under its `order_id` unless one is recorded already, which is returned.
     async fn claim_conversion(&self, conversion: &Conversion) -> Result<Option<Conversion>, StoreError>;

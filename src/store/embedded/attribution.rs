@@ -58,7 +58,15 @@ impl AttributionStore for EmbeddedStore {
         self.blocking(move |db| get_json(db, LEADS, &id)).await
     }
 
-    async fn list_leads(&self, filter: &LinkFilter, after: u64, limit: usize) -> Result<LeadPage, StoreError> {
+    /// The cursor is the last lead's sequence number: oldest first, the leads after it; newest
+    /// first, the leads before it (0: from the newest).
+    async fn list_leads(
+        &self,
+        filter: &LinkFilter,
+        after: u64,
+        limit: usize,
+        newest_first: bool,
+    ) -> Result<LeadPage, StoreError> {
         let name = index_key(&index_for(filter));
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(err)?;
@@ -66,10 +74,22 @@ impl AttributionStore for EmbeddedStore {
             let table = txn.open_table(LEADS).map_err(err)?;
             let mut leads = Vec::with_capacity(limit.min(1024));
             let mut last = None;
-            for entry in index
-                .range((name.as_str(), after.saturating_add(1))..=(name.as_str(), u64::MAX))
-                .map_err(err)?
-            {
+            let rows = if newest_first {
+                let before = if after == 0 { u64::MAX } else { after - 1 };
+                Box::new(
+                    index
+                        .range((name.as_str(), 0)..=(name.as_str(), before))
+                        .map_err(err)?
+                        .rev(),
+                ) as Box<dyn Iterator<Item = _>>
+            } else {
+                Box::new(
+                    index
+                        .range((name.as_str(), after.saturating_add(1))..=(name.as_str(), u64::MAX))
+                        .map_err(err)?,
+                )
+            };
+            for entry in rows {
                 let (k, id) = entry.map_err(err)?;
                 if let Some(bytes) = table.get(id.value()).map_err(err)? {
                     leads.push(decode(id.value(), bytes.value())?);
@@ -103,6 +123,39 @@ impl AttributionStore for EmbeddedStore {
     async fn get_campaign(&self, id: &str) -> Result<Option<Campaign>, StoreError> {
         let id = id.to_string();
         self.blocking(move |db| get_json(db, CAMPAIGNS, &id)).await
+    }
+
+    async fn list_campaigns(&self) -> Result<Vec<String>, StoreError> {
+        self.blocking(|db| {
+            let txn = db.begin_read().map_err(err)?;
+            let mut ids = std::collections::BTreeSet::new();
+            for row in txn.open_table(CAMPAIGNS).map_err(err)?.iter().map_err(err)? {
+                ids.insert(row.map_err(err)?.0.value().to_string());
+            }
+            // A campaign's counters (`links` first of all) live under the scope `c\x1f<id>`.
+            let stats = txn.open_table(STATS).map_err(err)?;
+            for row in stats.range(("c\x1f", "")..("c\x20", "")).map_err(err)? {
+                let (k, _) = row.map_err(err)?;
+                if let Some(id) = k.value().0.strip_prefix("c\x1f") {
+                    ids.insert(id.to_string());
+                }
+            }
+            Ok(ids.into_iter().collect())
+        })
+        .await
+    }
+
+    async fn list_partners(&self) -> Result<Vec<Partner>, StoreError> {
+        self.blocking(|db| {
+            let txn = db.begin_read().map_err(err)?;
+            let mut partners = Vec::new();
+            for row in txn.open_table(PARTNERS).map_err(err)?.iter().map_err(err)? {
+                let (k, v) = row.map_err(err)?;
+                partners.push(decode(k.value(), v.value())?);
+            }
+            Ok(partners)
+        })
+        .await
     }
 
     async fn claim_conversion(&self, conversion: &Conversion) -> Result<Option<Conversion>, StoreError> {

@@ -81,8 +81,20 @@ impl AttributionStore for RedisStore {
 
     /// A page of a lead list: the cursor is the position in the list to read from (lists only
     /// grow at their end, so a position never moves).
-    async fn list_leads(&self, filter: &LinkFilter, after: u64, limit: usize) -> Result<LeadPage, StoreError> {
-        let ids = self.list_page(&lead_list_key(&index_for(filter)), after, limit).await?;
+    /// The cursor is a position in the lead list: from its start, or (newest first) from its end.
+    async fn list_leads(
+        &self,
+        filter: &LinkFilter,
+        after: u64,
+        limit: usize,
+        newest_first: bool,
+    ) -> Result<LeadPage, StoreError> {
+        let key = lead_list_key(&index_for(filter));
+        let ids = if newest_first {
+            self.list_page_from_end(&key, after, limit).await?
+        } else {
+            self.list_page(&key, after, limit).await?
+        };
         let cmds = ids
             .iter()
             .map(|id| redis::cmd("GET").arg(lead_key(id)).clone())
@@ -98,6 +110,7 @@ impl AttributionStore for RedisStore {
     }
 
     async fn put_partner(&self, partner: &Partner) -> Result<(), StoreError> {
+        let _: () = self.conn().await?.sadd(PARTNER_INDEX, &partner.id).await?;
         self.set_json(record_key("partner", &partner.id), partner).await
     }
 
@@ -106,7 +119,30 @@ impl AttributionStore for RedisStore {
     }
 
     async fn put_campaign(&self, campaign: &Campaign) -> Result<(), StoreError> {
+        let _: () = self.conn().await?.sadd(CAMPAIGN_INDEX, &campaign.id).await?;
         self.set_json(record_key("campaign", &campaign.id), campaign).await
+    }
+
+    async fn list_campaigns(&self) -> Result<Vec<String>, StoreError> {
+        let mut ids: Vec<String> = self.conn().await?.smembers(CAMPAIGN_INDEX).await?;
+        ids.sort();
+        Ok(ids)
+    }
+
+    async fn list_partners(&self) -> Result<Vec<Partner>, StoreError> {
+        let mut ids: Vec<String> = self.conn().await?.smembers(PARTNER_INDEX).await?;
+        ids.sort();
+        let cmds = ids
+            .iter()
+            .map(|id| redis::cmd("GET").arg(record_key("partner", id)).clone())
+            .collect();
+        let mut partners = Vec::with_capacity(ids.len());
+        for (id, v) in ids.iter().zip(self.run_chunked(cmds).await?) {
+            if let Some(b) = bytes_of(v) {
+                partners.push(decode(id, &b)?);
+            }
+        }
+        Ok(partners)
     }
 
     async fn get_campaign(&self, id: &str) -> Result<Option<Campaign>, StoreError> {

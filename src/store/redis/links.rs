@@ -229,11 +229,10 @@ async fn listen(
                 match push.kind {
                     redis::PushKind::SMessage => {
                         heard = tokio::time::Instant::now();
-                        if let Some(Some(code)) = push.data.get(1).cloned().map(bytes_of) {
-                            if !code.is_empty() {
+                        if let Some(Some(code)) = push.data.get(1).cloned().map(bytes_of)
+                            && !code.is_empty() {
                                 handler(Invalidation::Code(String::from_utf8_lossy(&code).into_owned()));
                             }
-                        }
                     }
                     redis::PushKind::SSubscribe => {
                         heard = tokio::time::Instant::now();
@@ -465,6 +464,7 @@ impl RedisStore {
             }
         }
         for (c, n) in per_campaign {
+            cmds.push(redis::cmd("SADD").arg(CAMPAIGN_INDEX).arg(c).clone());
             cmds.push(
                 redis::cmd("HINCRBY")
                     .arg(campaign_stats_key(c))

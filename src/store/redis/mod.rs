@@ -109,6 +109,11 @@ const STORE_RETRIES: u32 = 2;
 const CLUSTER_RETRIES: u32 = 4;
 
 /// `lg:<kind>:{<id>}`: a record keyed by one id.
+/// The set of every campaign id (`SADD` when a campaign is recorded or a link of it minted).
+const CAMPAIGN_INDEX: &str = "lg:index:campaigns";
+/// The set of every partner id.
+const PARTNER_INDEX: &str = "lg:index:partners";
+
 fn record_key(kind: &str, id: &str) -> String {
     format!("lg:{kind}:{{{}}}", esc(id))
 }
@@ -249,6 +254,20 @@ impl RedisStore {
         let start = isize::try_from(after).unwrap_or(isize::MAX);
         let stop = start.saturating_add_unsigned(limit - 1);
         Ok(self.conn().await?.lrange(key, start, stop).await?)
+    }
+
+    /// Entries `after` … `after + limit - 1` counted from the end of the list at `key`, newest
+    /// first. (Entries appended while a client pages move the rest along: a later page may
+    /// repeat a row, never skip one.)
+    async fn list_page_from_end(&self, key: &str, after: u64, limit: usize) -> Result<Vec<String>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let stop = -1 - isize::try_from(after).unwrap_or(isize::MAX - 1);
+        let start = stop.saturating_sub_unsigned(limit - 1);
+        let mut ids: Vec<String> = self.conn().await?.lrange(key, start, stop).await?;
+        ids.reverse();
+        Ok(ids)
     }
 
     /// Runs `cmds` in pipelines of at most [`PIPELINE_CHUNK`] commands (split by slot on a

@@ -1,0 +1,308 @@
+//! The console over real HTTP, without a browser: sign-in, the session cookie's attributes,
+//! the safety headers, forged and cross-site posts, the sign-in rate limit, and that `/v1` never
+//! honours the cookie. (`tests/browser.rs` drives the pages in Chromium.)
+
+mod support;
+
+use http::StatusCode;
+use serde_json::json;
+use support::{ADMIN_KEY, Backend, Env, READ_KEY, Resp, TestServer, send};
+
+/// Signs in with `key` from `host`; the `Cookie` header value of the session.
+async fn sign_in(s: &TestServer, key: &str, host: &str) -> (Resp, String) {
+    let body = format!("key={}", key);
+    let r = send(
+        s.addr,
+        "POST",
+        "/console/login",
+        &[("host", host), ("content-type", "application/x-www-form-urlencoded")],
+        body.into_bytes(),
+    )
+    .await;
+    let cookie = r
+        .header("set-cookie")
+        .map(|c| c.split(';').next().unwrap().to_string())
+        .unwrap_or_default();
+    (r, cookie)
+}
+
+async fn page(s: &TestServer, path: &str, cookie: &str) -> Resp {
+    send(
+        s.addr,
+        "GET",
+        path,
+        &[("host", "127.0.0.1"), ("cookie", cookie)],
+        Vec::new(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn sign_in_gives_a_strict_cookie_honoured_only_under_console() {
+    let env = Env::new(Backend::Embedded);
+    let s = TestServer::start(&env).await;
+
+    // Behind HTTPS (any non-loopback host): `__Host-`, Secure, HttpOnly, SameSite=Strict, path /.
+    let (r, cookie) = sign_in(&s, ADMIN_KEY, "console.brand.test").await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(r.location(), "/console");
+    let set = r.header("set-cookie").unwrap();
+    assert!(set.starts_with("__Host-lg_session="), "{set}");
+    for attr in ["; Path=/;", "; Secure;", "; HttpOnly;", "; SameSite=Strict;"] {
+        assert!(set.contains(attr), "{set} lacks {attr}");
+    }
+    assert!(!set.contains(ADMIN_KEY), "the key is never in the cookie");
+    let home = send(
+        s.addr,
+        "GET",
+        "/console",
+        &[("host", "console.brand.test"), ("cookie", &cookie)],
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(home.status, StatusCode::OK);
+
+    // On loopback over plain HTTP (development): no Secure, so no `__Host-` either.
+    let (r, local) = sign_in(&s, ADMIN_KEY, "127.0.0.1:8080").await;
+    let set = r.header("set-cookie").unwrap();
+    assert!(set.starts_with("lg_session=") && !set.contains("Secure"), "{set}");
+    assert!(set.contains("Path=/console") && set.contains("HttpOnly") && set.contains("SameSite=Strict"));
+
+    // /v1 is bearer-only: the cookie opens nothing there.
+    let api = send(s.addr, "GET", "/v1/links", &[("cookie", &cookie)], Vec::new()).await;
+    assert_eq!(api.status, StatusCode::UNAUTHORIZED);
+    let api = send(s.addr, "GET", "/v1/links", &[("cookie", &local)], Vec::new()).await;
+    assert_eq!(api.status, StatusCode::UNAUTHORIZED);
+
+    // A tampered cookie is no session: back to sign-in.
+    let mut forged = local.clone();
+    forged.pop();
+    forged.push(if local.ends_with('0') { '1' } else { '0' });
+    let r = page(&s, "/console/leads", &forged).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(r.location(), "/console/login?next=%2Fconsole%2Fleads");
+
+    // A wrong key: 401 with the form again, no cookie.
+    let (r, c) = sign_in(&s, "not-a-key-of-this-service", "127.0.0.1").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(c.is_empty());
+    assert!(r.text().contains("That key is not valid."));
+}
+
+#[tokio::test]
+async fn every_console_answer_carries_the_safety_headers() {
+    let env = Env::new(Backend::Embedded);
+    let s = TestServer::start(&env).await;
+    let (_, cookie) = sign_in(&s, ADMIN_KEY, "127.0.0.1").await;
+    let home = page(&s, "/console", &cookie).await;
+    let html = home.text();
+    let script = html
+        .split("<script src=\"")
+        .nth(1)
+        .map(|s| s.split('"').next().unwrap().to_string());
+    let css = html
+        .split("<link rel=\"stylesheet\" href=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut paths = vec![
+        "/console/login".to_string(),
+        "/console".into(),
+        "/console/nowhere".into(),
+        css.clone(),
+    ];
+    paths.extend(script);
+    for path in paths {
+        let r = page(&s, &path, &cookie).await;
+        let csp = r.header("content-security-policy").unwrap_or_default();
+        assert!(
+            csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+            "{path}: {csp}"
+        );
+        assert!(
+            csp.contains("frame-ancestors 'none'") && !csp.contains("unsafe-inline"),
+            "{path}: {csp}"
+        );
+        assert_eq!(r.header("x-content-type-options"), Some("nosniff"), "{path}");
+        assert_eq!(r.header("referrer-policy"), Some("no-referrer"), "{path}");
+    }
+    // No inline script or style in any page: everything the page runs is a file of ours.
+    assert!(!html.contains("<script>") && !html.contains("style=") && !html.contains("<style"));
+    // Assets are fingerprinted and cached for a year; pages are never cached.
+    let asset = page(&s, &css, "").await;
+    assert_eq!(asset.status, StatusCode::OK);
+    assert_eq!(
+        asset.header("cache-control"),
+        Some("public, max-age=31536000, immutable")
+    );
+    assert!(
+        css.starts_with("/console/assets/console.") && css.ends_with(".css"),
+        "{css}"
+    );
+    assert_eq!(home.header("cache-control"), Some("no-store"));
+    assert_eq!(
+        page(&s, "/console/assets/console.css", "").await.status,
+        StatusCode::SEE_OTHER
+    );
+}
+
+#[tokio::test]
+async fn forged_and_cross_site_posts_change_nothing() {
+    let env = Env::new(Backend::Embedded);
+    let s = TestServer::start(&env).await;
+    let link = s
+        .mint(json!({"destination": "https://shop.example/a", "campaign_id": "c"}))
+        .await;
+    let code = link["code"].as_str().unwrap();
+    let (_, cookie) = sign_in(&s, ADMIN_KEY, "127.0.0.1").await;
+    let html = page(&s, &format!("/console/links/{code}"), &cookie).await.text();
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    let post = |headers: Vec<(&'static str, String)>, body: String| {
+        let cookie = cookie.clone();
+        let path = format!("/console/links/{code}");
+        async move {
+            let mut h: Vec<(&str, &str)> = vec![
+                ("host", "127.0.0.1"),
+                ("cookie", cookie.as_str()),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ];
+            h.extend(headers.iter().map(|(k, v)| (*k, v.as_str())));
+            send(s.addr, "POST", &path, &h, body.into_bytes()).await
+        }
+    };
+    let evil = "destination=https%3A%2F%2Fevil.example%2F";
+    // No token, a wrong token, another site's origin, a cross-site fetch: each refused.
+    let refused = [
+        post(vec![], evil.to_string()).await,
+        post(vec![], format!("{evil}&csrf=00000000000000000000000000000000")).await,
+        post(
+            vec![("origin", "https://evil.example".into())],
+            format!("{evil}&csrf={csrf}"),
+        )
+        .await,
+        post(
+            vec![("sec-fetch-site", "cross-site".into())],
+            format!("{evil}&csrf={csrf}"),
+        )
+        .await,
+    ];
+    for r in refused {
+        assert_eq!(r.status, StatusCode::FORBIDDEN);
+    }
+    let now = s.api("GET", &format!("/v1/links/{code}"), None).await.json();
+    assert_eq!(now["destination"], "https://shop.example/a", "nothing changed");
+
+    // The page's own form, same origin, with the token: saved.
+    let ok = post(
+        vec![
+            ("origin", "http://127.0.0.1".into()),
+            ("sec-fetch-site", "same-origin".into()),
+        ],
+        format!("destination=https%3A%2F%2Fshop.example%2Fb&csrf={csrf}"),
+    )
+    .await;
+    assert_eq!(ok.status, StatusCode::SEE_OTHER, "{}", ok.text());
+    let now = s.api("GET", &format!("/v1/links/{code}"), None).await.json();
+    assert_eq!(now["destination"], "https://shop.example/b");
+
+    // A read-only key has no edit form, and its posts are refused by the API's scope.
+    let (_, read) = sign_in(&s, READ_KEY, "127.0.0.1").await;
+    let html = page(&s, &format!("/console/links/{code}"), &read).await.text();
+    assert!(!html.contains("name=\"destination\"") && !html.contains("name=\"do\""));
+    let token = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    let r = send(
+        s.addr,
+        "POST",
+        &format!("/console/links/{code}"),
+        &[
+            ("host", "127.0.0.1"),
+            ("cookie", read.as_str()),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
+        format!("do=disable&csrf={token}").into_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "the page again, with the refusal");
+    assert!(r.text().contains("links:write"), "the refusal names the missing scope");
+    let now = s.api("GET", &format!("/v1/links/{code}"), None).await.json();
+    assert_eq!(now["disabled"], false);
+}
+
+#[tokio::test]
+async fn sign_in_attempts_are_limited_per_address() {
+    let env = Env::new(Backend::Embedded);
+    let s = TestServer::start(&env).await;
+    let mut statuses = Vec::new();
+    for _ in 0..11 {
+        statuses.push(sign_in(&s, "wrong-key-wrong-key-wrong", "127.0.0.1").await.0.status);
+    }
+    assert_eq!(statuses[..10], [StatusCode::UNAUTHORIZED; 10]);
+    assert_eq!(statuses[10], StatusCode::TOO_MANY_REQUESTS);
+    // Even the right key waits its turn: guessing cannot go faster by mixing in a good key.
+    let (r, cookie) = sign_in(&s, ADMIN_KEY, "127.0.0.1").await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.header("retry-after").is_some() && cookie.is_empty());
+}
+
+#[tokio::test]
+async fn ids_with_any_characters_are_addressed_by_their_percent_encoding() {
+    for backend in [Backend::Embedded, Backend::Redis] {
+        let env = Env::new(backend);
+        let s = TestServer::start(&env).await;
+        let campaign = "春季 促销/2026?a=1#x";
+        s.mint(json!({"destination": "https://shop.example/", "campaign_id": campaign, "owner_id": "店 1"}))
+            .await;
+        let enc: String = percent_encode(campaign);
+        for path in ["", "/stats", "/funnel", "/leaderboard"] {
+            let r = s.api("GET", &format!("/v1/campaigns/{enc}{path}"), None).await;
+            let want = if path.is_empty() {
+                StatusCode::NOT_FOUND
+            } else {
+                StatusCode::OK
+            };
+            assert_eq!(r.status, want, "{backend:?} {path}: {}", r.text());
+        }
+        let stats = s.api("GET", &format!("/v1/campaigns/{enc}/stats"), None).await.json();
+        assert_eq!(stats["links"], 1, "{backend:?}");
+        let list = s.api("GET", "/v1/campaigns", None).await.json();
+        assert_eq!(list["campaigns"][0]["id"], campaign, "{backend:?}");
+        // The console's campaign page finds it the same way.
+        let (_, cookie) = sign_in(&s, ADMIN_KEY, "127.0.0.1").await;
+        let html = page(&s, &format!("/console/campaigns/{enc}"), &cookie).await;
+        assert_eq!(html.status, StatusCode::OK);
+        assert!(html.text().contains("店 1"), "{backend:?}");
+        // Bytes that are not UTF-8 name nothing.
+        assert_eq!(
+            s.api("GET", "/v1/campaigns/%FF/stats", None).await.status,
+            StatusCode::NOT_FOUND
+        );
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
