@@ -9,6 +9,7 @@ RUN sh /usr/local/bin/stub-sources.sh && cargo build --release --locked && rm -r
 COPY src ./src
 COPY benches ./benches
 COPY examples ./examples
+COPY askama.toml ./
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked
 
 FROM debian:bookworm-slim

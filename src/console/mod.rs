@@ -120,13 +120,13 @@ fn is_local(headers: &HeaderMap) -> bool {
     name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Whether a state-changing request comes from a page of this origin: `Sec-Fetch-Site`, when the
-/// browser sends it, must be `same-origin`, and `Origin`, when present, must name this host.
+/// Whether a state-changing request comes from a page of this origin. `Sec-Fetch-Site`, which
+/// every current browser sends, must be `same-origin`. Without it, `Origin`, when present, must
+/// name this host. (Pages are served with `Referrer-Policy: no-referrer`, under which a browser
+/// may send `Origin: null` even for its own forms; only `Sec-Fetch-Site` can vouch for those.)
 fn same_origin(headers: &HeaderMap) -> bool {
-    if let Some(site) = headers.get("sec-fetch-site")
-        && site.as_bytes() != b"same-origin"
-    {
-        return false;
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return site.as_bytes() == b"same-origin";
     }
     match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
         None => true,

@@ -624,10 +624,10 @@ pub(crate) async fn try_send(
     let stream = TcpStream::connect(addr).await.ok()?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
     tokio::spawn(conn);
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "go.brand.test");
+    let mut req = Request::builder().method(method).uri(path);
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req = req.header("host", "go.brand.test");
+    }
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
