@@ -388,7 +388,14 @@ async fn anonymous_scans_become_leads_through_the_api() {
             s.api("GET", "/v1/leads/ld_nope", None).await.status,
             StatusCode::NOT_FOUND
         );
-        for bad in ["limit=0", "limit=5000", "cursor=abc", "format=csv", "colour=red"] {
+        for bad in [
+            "limit=0",
+            "limit=5000",
+            "cursor=abc",
+            "format=xml",
+            "order=random",
+            "colour=red",
+        ] {
             let r = s.api("GET", &format!("/v1/leads?{bad}"), None).await;
             assert_eq!(
                 (r.status, r.error_code().as_str()),
