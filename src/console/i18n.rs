@@ -36,15 +36,7 @@ impl Lang {
         if let Some(l) = query_lang.and_then(Self::parse) {
             return l;
         }
-        let cookie = headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|c| c.trim().split_once('='))
-            .find(|(k, _)| *k == LANG_COOKIE)
-            .and_then(|(_, v)| Self::parse(v));
-        if let Some(l) = cookie {
+        if let Some(l) = super::cookie(headers, LANG_COOKIE).and_then(Self::parse) {
             return l;
         }
         let accept = headers

@@ -52,11 +52,9 @@ impl Ctx<'_> {
         self.session.key
     }
 
+    /// A query parameter, unless empty (an empty filter field means no filter).
     pub(crate) fn param(&self, name: &str) -> Option<&str> {
-        self.query
-            .iter()
-            .find(|(k, v)| k == name && !v.is_empty())
-            .map(|(_, v)| v.as_str())
+        pair(&self.query, name).filter(|v| !v.is_empty())
     }
 
     /// Calls the API as the signed-in key and parses its JSON answer.
@@ -95,6 +93,30 @@ impl Ctx<'_> {
     pub(crate) fn can(&self, scope: Scope) -> bool {
         self.session.key.allows(scope)
     }
+}
+
+/// The value of the cookie `name` among a request's `Cookie` headers.
+pub(crate) fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// Appends a `Set-Cookie` of `value` to `resp`.
+fn set_cookie(resp: &mut Response<Body>, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+/// The first value of `name` among decoded query or form pairs.
+pub(crate) fn pair<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
 /// Encodes one path segment or query value (ids may hold any character but controls).
@@ -170,10 +192,7 @@ where
 {
     let path = req.uri().path().to_string();
     if let Some(asset) = assets::find(&path) {
-        let mut r = crate::body::with_type(StatusCode::OK, Body::from_static(asset.bytes), asset.content_type);
-        if *req.method() == Method::HEAD {
-            *r.body_mut() = Body::empty();
-        }
+        let r = crate::body::with_type(StatusCode::OK, Body::from_static(asset.bytes), asset.content_type);
         return harden(r, "public, max-age=31536000, immutable");
     }
     let resp = route(app, req, &path, peer).await;
@@ -187,7 +206,7 @@ where
 {
     let now = crate::time::now_secs();
     let query = crate::api::query_pairs(req.uri().query());
-    let lang_param = query.iter().find(|(k, _)| k == "lang").map(|(_, v)| v.clone());
+    let lang_param = pair(&query, "lang").map(str::to_string);
     let lang = Lang::of(lang_param.as_deref(), req.headers());
     let t = Tr(lang);
     let local = is_local(req.headers());
@@ -197,12 +216,12 @@ where
     };
     let segs: Vec<&str> = segments.iter().map(String::as_str).filter(|s| !s.is_empty()).collect();
     let method = req.method().clone();
-    let session = session::cookie_in(req.headers(), local).and_then(|v| Session::verify(app, v, now));
+    let session = cookie(req.headers(), session::cookie_name(local)).and_then(|v| Session::verify(app, v, now));
 
     // Sign-in and sign-out need no session.
     match (&method, segs.as_slice()) {
         (&Method::GET, ["login"]) => {
-            let next = query.iter().find(|(k, _)| k == "next").map_or("", |(_, v)| v.as_str());
+            let next = pair(&query, "next").unwrap_or("");
             return if session.is_some() {
                 redirect(safe_next(next))
             } else {
@@ -222,9 +241,7 @@ where
                 return pages::forbidden(t);
             }
             let mut r = redirect("/console/login");
-            if let Ok(v) = HeaderValue::from_str(&session::set_cookie("", local)) {
-                r.headers_mut().insert(header::SET_COOKIE, v);
-            }
+            set_cookie(&mut r, &session::cookie_header("", local));
             return r;
         }
         _ => {}
@@ -251,7 +268,7 @@ where
             match read_body(req, MAX_FORM_BYTES).await {
                 Ok(body) => {
                     let form = crate::api::query_pairs(std::str::from_utf8(&body).ok());
-                    let token = form.iter().find(|(k, _)| k == "csrf").map_or("", |(_, v)| v.as_str());
+                    let token = pair(&form, "csrf").unwrap_or("");
                     if ctx.session.csrf_ok(app, token) {
                         pages::post(&ctx, &segs, &form).await
                     } else {
@@ -262,30 +279,19 @@ where
             }
         }
     } else if method == Method::GET || method == Method::HEAD {
-        let head = method == Method::HEAD;
-        let mut r = pages::get(&ctx, &segs).await;
-        if head {
-            *r.body_mut() = Body::empty();
-        }
-        r
+        pages::get(&ctx, &segs).await
     } else {
-        let mut r = pages::error(t, &ApiError::method_not_allowed("GET, HEAD, POST"));
-        *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-        r
+        pages::error(t, &ApiError::method_not_allowed("GET, HEAD, POST"))
     };
-    if let Some(v) = refresh
-        && let Ok(v) = HeaderValue::from_str(&session::set_cookie(&v, local))
-    {
-        resp.headers_mut().append(header::SET_COOKIE, v);
+    if let Some(v) = refresh {
+        set_cookie(&mut resp, &session::cookie_header(&v, local));
     }
     if let Some(l) = lang_param.as_deref().and_then(Lang::parse) {
         let c = format!(
             "{LANG_COOKIE}={}; Path=/console; SameSite=Strict; Max-Age=31536000",
             l.code()
         );
-        if let Ok(v) = HeaderValue::from_str(&c) {
-            resp.headers_mut().append(header::SET_COOKIE, v);
-        }
+        set_cookie(&mut resp, &c);
     }
     resp
 }
@@ -319,16 +325,14 @@ where
         Err(e) => return pages::error(t, &e),
     };
     let form = crate::api::query_pairs(std::str::from_utf8(&body).ok());
-    let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let field = |name: &str| pair(&form, name);
     let Some(key) = field("key").and_then(|k| crate::api::key_for(app, k.trim())) else {
         let next = field("next").unwrap_or("");
         return pages::login(t, next, Some(t.s("bad_key").to_string()), StatusCode::UNAUTHORIZED);
     };
     let session = Session::start(key, now);
     let mut r = redirect(safe_next(field("next").unwrap_or("")));
-    if let Ok(v) = HeaderValue::from_str(&session::set_cookie(&session.cookie_value(app, now), local)) {
-        r.headers_mut().insert(header::SET_COOKIE, v);
-    }
+    set_cookie(&mut r, &session::cookie_header(&session.cookie_value(app, now), local));
     r
 }
 

@@ -52,8 +52,16 @@ fn mac(secret: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
 }
 
 /// Names an API key in a cookie without revealing anything of it.
-fn key_id(app: &App, key: &ApiKey) -> String {
-    hex(&mac(&app.console_secret, &[b"key", &key.hash])[..16])
+fn key_id(secret: &[u8; 32], key: &ApiKey) -> String {
+    hex(&mac(secret, &[b"key", &key.hash])[..16])
+}
+
+/// The signature of a cookie's fields.
+fn signature(secret: &[u8; 32], id: &str, issued: &str, seen: &str, nonce: &str) -> String {
+    hex(&mac(
+        secret,
+        &[id.as_bytes(), issued.as_bytes(), seen.as_bytes(), nonce.as_bytes()],
+    ))
 }
 
 impl<'a> Session<'a> {
@@ -72,14 +80,15 @@ impl<'a> Session<'a> {
     /// The session a cookie value names, if it is signed by us, unexpired at `now`, and its key
     /// still configured.
     pub(crate) fn verify(app: &'a App, value: &str, now: i64) -> Option<Self> {
+        Self::verify_with(&app.console_secret, &app.api_keys, value, now)
+    }
+
+    fn verify_with(secret: &[u8; 32], keys: &'a [ApiKey], value: &str, now: i64) -> Option<Self> {
         let parts: Vec<&str> = value.split('.').collect();
         let [id, issued, seen, nonce, sig] = parts.as_slice() else {
             return None;
         };
-        let expected = hex(&mac(
-            &app.console_secret,
-            &[id.as_bytes(), issued.as_bytes(), seen.as_bytes(), nonce.as_bytes()],
-        ));
+        let expected = signature(secret, id, issued, seen, nonce);
         if !bool::from(expected.as_bytes().ct_eq(sig.as_bytes())) {
             return None;
         }
@@ -88,8 +97,8 @@ impl<'a> Session<'a> {
             return None;
         }
         let mut found = None;
-        for k in &app.api_keys {
-            if bool::from(key_id(app, k).as_bytes().ct_eq(id.as_bytes())) {
+        for k in keys {
+            if bool::from(key_id(secret, k).as_bytes().ct_eq(id.as_bytes())) {
                 found = Some(k);
             }
         }
@@ -103,11 +112,12 @@ impl<'a> Session<'a> {
 
     /// The cookie value of this session as used at `now`.
     pub(crate) fn cookie_value(&self, app: &App, now: i64) -> String {
-        let (id, issued, seen) = (key_id(app, self.key), self.issued.to_string(), now.to_string());
-        let sig = hex(&mac(
-            &app.console_secret,
-            &[id.as_bytes(), issued.as_bytes(), seen.as_bytes(), self.nonce.as_bytes()],
-        ));
+        self.value_with(&app.console_secret, now)
+    }
+
+    fn value_with(&self, secret: &[u8; 32], now: i64) -> String {
+        let (id, issued, seen) = (key_id(secret, self.key), self.issued.to_string(), now.to_string());
+        let sig = signature(secret, &id, &issued, &seen, &self.nonce);
         format!("{id}.{issued}.{seen}.{}.{sig}", self.nonce)
     }
 
@@ -118,7 +128,11 @@ impl<'a> Session<'a> {
 
     /// The token every state-changing form of this session carries.
     pub(crate) fn csrf(&self, app: &App) -> String {
-        hex(&mac(&app.console_secret, &[b"csrf", self.nonce.as_bytes()])[..16])
+        self.csrf_with(&app.console_secret)
+    }
+
+    fn csrf_with(&self, secret: &[u8; 32]) -> String {
+        hex(&mac(secret, &[b"csrf", self.nonce.as_bytes()])[..16])
     }
 
     /// Whether `token` is this session's form token (constant time).
@@ -129,7 +143,7 @@ impl<'a> Session<'a> {
 
 /// The `Set-Cookie` value carrying `value` (empty: clearing it). `local` is plain HTTP on a
 /// loopback address.
-pub(crate) fn set_cookie(value: &str, local: bool) -> String {
+pub(crate) fn cookie_header(value: &str, local: bool) -> String {
     let max_age = if value.is_empty() { 0 } else { ABSOLUTE_SECS };
     if local {
         format!("{LOCAL_COOKIE}={value}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={max_age}")
@@ -138,15 +152,57 @@ pub(crate) fn set_cookie(value: &str, local: bool) -> String {
     }
 }
 
-/// The session cookie's value among a request's `Cookie` headers (the name for its transport).
-pub(crate) fn cookie_in(headers: &http::HeaderMap, local: bool) -> Option<&str> {
-    let name = if local { LOCAL_COOKIE } else { SECURE_COOKIE };
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
+/// The session cookie's name for the request's transport (`local`: plain HTTP on loopback).
+pub(crate) fn cookie_name(local: bool) -> &'static str {
+    if local { LOCAL_COOKIE } else { SECURE_COOKIE }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: [u8; 32] = [7; 32];
+
+    fn keys() -> Vec<ApiKey> {
+        vec![
+            ApiKey::new("first-key-0123456789", vec![]),
+            ApiKey::new("second-key-0123456789", vec![]),
+        ]
+    }
+
+    #[test]
+    fn a_cookie_names_its_key_and_lives_within_the_idle_and_absolute_limits() {
+        let keys = keys();
+        let t0 = 1_800_000_000;
+        let s = Session::start(&keys[1], t0);
+        let value = s.value_with(&SECRET, t0);
+        assert!(!value.contains("second-key"), "the key itself is never in the cookie");
+        let back = Session::verify_with(&SECRET, &keys, &value, t0 + 60).unwrap();
+        assert_eq!(back.key.hash, keys[1].hash);
+        assert_eq!(
+            back.csrf_with(&SECRET),
+            s.csrf_with(&SECRET),
+            "the form token survives a refresh"
+        );
+        // Idle: unused for longer than IDLE_SECS.
+        assert!(Session::verify_with(&SECRET, &keys, &value, t0 + IDLE_SECS).is_some());
+        assert!(Session::verify_with(&SECRET, &keys, &value, t0 + IDLE_SECS + 1).is_none());
+        // Used every hour, it still ends ABSOLUTE_SECS after sign-in.
+        let late = s.value_with(&SECRET, t0 + ABSOLUTE_SECS);
+        assert!(Session::verify_with(&SECRET, &keys, &late, t0 + ABSOLUTE_SECS).is_some());
+        let later = s.value_with(&SECRET, t0 + ABSOLUTE_SECS + 1);
+        assert!(Session::verify_with(&SECRET, &keys, &later, t0 + ABSOLUTE_SECS + 1).is_none());
+        // Another secret, a removed key, a changed field: no session.
+        assert!(Session::verify_with(&[8; 32], &keys, &value, t0).is_none());
+        assert!(Session::verify_with(&SECRET, &keys[..1], &value, t0).is_none());
+        let moved = value.replacen(&format!(".{t0}."), &format!(".{}.", t0 + 1), 1);
+        assert!(Session::verify_with(&SECRET, &keys, &moved, t0 + 1).is_none());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_cookie_value_is_refused_without_panicking(v in "\\PC{0,200}") {
+            proptest::prop_assert!(Session::verify_with(&SECRET, &keys(), &v, 1_800_000_000).is_none());
+        }
+    }
 }

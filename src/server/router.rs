@@ -22,6 +22,7 @@ where
 {
     let path = req.uri().path();
     let get_like = matches!(*req.method(), Method::GET | Method::HEAD);
+    let head = req.method() == Method::HEAD;
     if path == "/v1" || path.starts_with("/v1/") {
         // Boxed: the API's future is several kilobytes, and hyper moves the request's future
         // into place on every request; inline, every redirect would carry (and copy) it.
@@ -32,14 +33,13 @@ where
     if path == "/console" || path.starts_with("/console/") {
         let resp = Box::pin(crate::console::handle(app, req, peer)).await;
         app.metrics.record(RouteClass::Console, resp.status());
-        return resp;
+        return if head { strip_body(resp) } else { resp };
     }
     if !get_like {
         let resp = ApiError::method_not_allowed("GET, HEAD").response();
         app.metrics.record(RouteClass::Redirect, resp.status());
         return resp;
     }
-    let head = req.method() == Method::HEAD;
     let (route, resp) = match path {
         "/healthz" => (RouteClass::Probe, text(StatusCode::OK, "ok\n")),
         "/readyz" => (RouteClass::Probe, Box::pin(readyz(app)).await),
