@@ -131,6 +131,10 @@ async fn every_console_answer_carries_the_safety_headers() {
     }
     // No inline script or style in any page: everything the page runs is a file of ours.
     assert!(!html.contains("<script>") && !html.contains("style=") && !html.contains("<style"));
+    // HEAD: the same status and headers, no body.
+    let head = send(s.addr, "HEAD", "/console/login", &[("host", "127.0.0.1")], Vec::new()).await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert!(head.body.is_empty() && head.header("content-security-policy").is_some());
     // Assets are fingerprinted and cached for a year; pages are never cached.
     let asset = page(&s, &css, "").await;
     assert_eq!(asset.status, StatusCode::OK);
@@ -287,6 +291,15 @@ async fn ids_with_any_characters_are_addressed_by_their_percent_encoding() {
         let html = page(&s, &format!("/console/campaigns/{enc}"), &cookie).await;
         assert_eq!(html.status, StatusCode::OK);
         assert!(html.text().contains("店 1"), "{backend:?}");
+        // A span the page does not offer is the default, never pasted into the API's query.
+        let odd = page(
+            &s,
+            &format!("/console/campaigns/{enc}?range=7d%26group_by%3Dcity"),
+            &cookie,
+        )
+        .await;
+        assert_eq!(odd.status, StatusCode::OK);
+        assert!(odd.text().contains("Taps over time · 30d"), "{backend:?}");
         // Bytes that are not UTF-8 name nothing.
         assert_eq!(
             s.api("GET", "/v1/campaigns/%FF/stats", None).await.status,

@@ -215,7 +215,11 @@ where
         Err(_) => return pages::not_found(t),
     };
     let segs: Vec<&str> = segments.iter().map(String::as_str).filter(|s| !s.is_empty()).collect();
-    let method = req.method().clone();
+    // HEAD is answered as GET (the router drops the body).
+    let method = match req.method() {
+        &Method::HEAD => Method::GET,
+        m => m.clone(),
+    };
     let session = cookie(req.headers(), session::cookie_name(local)).and_then(|v| Session::verify(app, v, now));
 
     // Sign-in and sign-out need no session.
@@ -247,7 +251,7 @@ where
         _ => {}
     }
     let Some(session) = session else {
-        if method == Method::GET || method == Method::HEAD {
+        if method == Method::GET {
             let next = req.uri().path_and_query().map_or("/console", |p| p.as_str());
             return redirect(format!("/console/login?next={}", enc(next)));
         }
@@ -278,7 +282,7 @@ where
                 Err(e) => pages::error(t, &e),
             }
         }
-    } else if method == Method::GET || method == Method::HEAD {
+    } else if method == Method::GET {
         pages::get(&ctx, &segs).await
     } else {
         pages::error(t, &ApiError::method_not_allowed("GET, HEAD, POST"))

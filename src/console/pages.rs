@@ -222,51 +222,15 @@ fn funnel_cards(t: Tr, f: &Value) -> Vec<Card> {
     let rates = f.get("rates").cloned().unwrap_or(Value::Null);
     let of = |r: &str, base: &str| format!("{} {}", pct(&rates[r]), t.s(base));
     vec![
-        Card {
-            label: t.s("links"),
-            value: count(int(f, "links")),
-            sub: String::new(),
-        },
-        Card {
-            label: t.s("sent"),
-            value: count(int(f, "sent")),
-            sub: String::new(),
-        },
-        Card {
-            label: t.s("delivered"),
-            value: count(int(f, "delivered")),
-            sub: of("delivered_per_sent", "of_sent"),
-        },
-        Card {
-            label: t.s("failed"),
-            value: count(int(f, "failed")),
-            sub: String::new(),
-        },
-        Card {
-            label: t.s("pending"),
-            value: count(int(f, "pending")),
-            sub: String::new(),
-        },
-        Card {
-            label: t.s("tapped"),
-            value: count(int(f, "tapped")),
-            sub: of("tapped_per_delivered", "of_delivered"),
-        },
-        Card {
-            label: t.s("leads"),
-            value: count(int(f, "leads")),
-            sub: String::new(),
-        },
-        Card {
-            label: t.s("orders"),
-            value: count(int(f, "conversions")),
-            sub: of("conversions_per_delivered", "of_delivered"),
-        },
-        Card {
-            label: t.s("revenue"),
-            value: money(int(f, "revenue")),
-            sub: String::new(),
-        },
+        Card::new(t.s("links"), count(int(f, "links"))),
+        Card::new(t.s("sent"), count(int(f, "sent"))),
+        Card::new(t.s("delivered"), count(int(f, "delivered"))).under(of("delivered_per_sent", "of_sent")),
+        Card::new(t.s("failed"), count(int(f, "failed"))),
+        Card::new(t.s("pending"), count(int(f, "pending"))),
+        Card::new(t.s("tapped"), count(int(f, "tapped"))).under(of("tapped_per_delivered", "of_delivered")),
+        Card::new(t.s("leads"), count(int(f, "leads"))),
+        Card::new(t.s("orders"), count(int(f, "conversions"))).under(of("conversions_per_delivered", "of_delivered")),
+        Card::new(t.s("revenue"), money(int(f, "revenue"))),
     ]
 }
 
@@ -326,11 +290,15 @@ async fn campaigns(ctx: &Ctx<'_>) -> Response<Body> {
     page.render_with(StatusCode::OK)
 }
 
+/// The spans a campaign page offers.
+const RANGES: [&str; 4] = ["24h", "7d", "30d", "90d"];
+
 /// `/console/campaigns/{id}`: funnel, taps over time, breakdowns, leaderboard, links.
 async fn campaign(ctx: &Ctx<'_>, id: &str) -> Response<Body> {
     let t = ctx.t;
     let cid = enc(id);
-    let range = ctx.param("range").unwrap_or("30d");
+    // Only the spans offered; anything else (it goes into the API's query) is the default.
+    let range = ctx.param("range").filter(|r| RANGES.contains(r)).unwrap_or("30d");
     let cursor = ctx
         .param("cursor")
         .map(|c| format!("&cursor={}", enc(c)))
@@ -369,8 +337,10 @@ async fn campaign(ctx: &Ctx<'_>, id: &str) -> Response<Body> {
     .await;
     // Hourly for a campaign's first days, daily after: a default span whose taps all fall in
     // the last three days is shown again by the hour.
+    let mut shown = range;
     let series = match series {
         Ok(v) if ctx.param("range").is_none() && recent_only(&v) => {
+            shown = "72h";
             let start = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(72);
             let uri = format!(
                 "/v1/analytics?campaign_id={cid}&start={}&group_by=timeseries&granularity=hour",
@@ -404,47 +374,17 @@ async fn campaign(ctx: &Ctx<'_>, id: &str) -> Response<Body> {
         Err(e) => page.sections.push(Section::failed(t.s("funnel"), t, &e)),
     }
 
-    let granularity = |v: &Value| {
-        if text(v, "granularity") == "hour" {
-            t.s("hourly")
-        } else {
-            t.s("daily")
-        }
-    };
-    match series {
+    page.sections.push(match series {
         Ok(v) => {
-            let mut s = Section::new(format!("{} ({})", t.s("taps_over_time"), granularity(&v)));
-            let mut table = Table::new(
-                format!("{} · {range}", t.s("taps_over_time")),
-                &[
-                    (t.s("time"), false),
-                    (t.s("clicks"), true),
-                    (t.s("visitors"), true),
-                    (t.s("leads"), true),
-                ],
-            );
-            table.chart = Some((t.s("chart_label").to_string(), t.s("clicks").to_string()));
-            for r in list(&v, "rows") {
-                let at = r["start"].as_str().and_then(|s| s.parse::<jiff::Timestamp>().ok());
-                table.rows.push(Row {
-                    cells: vec![
-                        Cell::text(when(&r["start"])),
-                        Cell::num(int(r, "clicks")),
-                        Cell::num(int(r, "visitors")),
-                        Cell::num(int(r, "leads")),
-                    ],
-                    point: at.map(|a| (a.as_second(), int(r, "clicks"))),
-                });
-            }
-            s.table = Some(table);
-            s.links = ["24h", "7d", "30d", "90d"]
+            let mut s = series_section(t, &v, shown, &[("visitors", "visitors"), ("leads", "leads")]);
+            s.links = RANGES
                 .iter()
                 .map(|r| (r.to_string(), format!("/console/campaigns/{cid}?range={r}")))
                 .collect();
-            page.sections.push(s);
+            s
         }
-        Err(e) => page.sections.push(Section::failed(t.s("taps_over_time"), t, &e)),
-    }
+        Err(e) => Section::failed(t.s("taps_over_time"), t, &e),
+    });
 
     for ((_, title), b) in dims.iter().zip(breakdowns) {
         match b {
@@ -532,11 +472,46 @@ async fn campaign(ctx: &Ctx<'_>, id: &str) -> Response<Body> {
     page.render_with(StatusCode::OK)
 }
 
+/// A `timeseries` answer of the analytics API as a table of clicks and the `extra` columns
+/// (string key, field) over the span `shown`, drawn as a chart of clicks.
+fn series_section(t: Tr, v: &Value, shown: &str, extra: &[(&str, &str)]) -> Section {
+    let every = if text(v, "granularity") == "hour" {
+        t.s("hourly")
+    } else {
+        t.s("daily")
+    };
+    let mut s = Section::new(format!("{} ({every})", t.s("taps_over_time")));
+    let mut head = vec![(t.s("time"), false), (t.s("clicks"), true)];
+    head.extend(extra.iter().map(|(key, _)| (t.s(key), true)));
+    let mut table = Table::new(format!("{} · {shown}", t.s("taps_over_time")), &head);
+    table.chart = Some((t.s("chart_label").to_string(), t.s("clicks").to_string()));
+    for r in list(v, "rows") {
+        let at = r["start"].as_str().and_then(|s| s.parse::<jiff::Timestamp>().ok());
+        let mut cells = vec![Cell::text(when(&r["start"])), Cell::num(int(r, "clicks"))];
+        cells.extend(extra.iter().map(|(_, field)| Cell::num(int(r, field))));
+        table.rows.push(Row {
+            cells,
+            point: at.map(|a| (a.as_second(), int(r, "clicks"))),
+        });
+    }
+    s.table = Some(table);
+    s
+}
+
 /// Whether a daily series has taps only in its last three buckets.
 fn recent_only(series: &Value) -> bool {
     let rows = list(series, "rows");
     let first = rows.iter().position(|r| int(r, "clicks") > 0);
     first.is_none_or(|i| i + 3 >= rows.len())
+}
+
+/// A link's state as a reader says it.
+fn state(t: Tr, link: &Value) -> &'static str {
+    if link["disabled"].as_bool() == Some(true) {
+        t.s("disabled")
+    } else {
+        t.s("active")
+    }
 }
 
 fn links_table(t: Tr, links: &[Value]) -> Table {
@@ -552,17 +527,12 @@ fn links_table(t: Tr, links: &[Value]) -> Table {
     );
     for l in links {
         let code = text(l, "code");
-        let state = if l["disabled"].as_bool() == Some(true) {
-            t.s("disabled")
-        } else {
-            t.s("active")
-        };
         table.rows.push(Row {
             cells: vec![
                 Cell::link(code, format!("/console/links/{}", enc(code))),
                 Cell::text(text(l, "recipient_id")),
                 Cell::text(text(l, "owner_id")),
-                Cell::text(state),
+                Cell::text(state(t, l)),
                 Cell::wrap(text(l, "destination")),
             ],
             point: None,
@@ -791,36 +761,12 @@ async fn link(ctx: &Ctx<'_>, code: &str, failed: Option<ApiError>) -> Response<B
     let disabled = l["disabled"].as_bool() == Some(true);
     let mut about = Section::new(t.s("link"));
     about.cards = vec![
-        Card {
-            label: t.s("state"),
-            value: (if disabled { t.s("disabled") } else { t.s("active") }).into(),
-            sub: String::new(),
-        },
-        Card {
-            label: t.s("kind"),
-            value: text(&l, "kind").into(),
-            sub: String::new(),
-        },
-        Card {
-            label: t.s("campaign"),
-            value: text(&l, "campaign_id").into(),
-            sub: String::new(),
-        },
-        Card {
-            label: t.s("owner"),
-            value: text(&l, "owner_id").into(),
-            sub: String::new(),
-        },
-        Card {
-            label: t.s("recipient"),
-            value: text(&l, "recipient_id").into(),
-            sub: String::new(),
-        },
-        Card {
-            label: t.s("created"),
-            value: when(&l["created_at"]),
-            sub: String::new(),
-        },
+        Card::new(t.s("state"), state(t, &l)),
+        Card::new(t.s("kind"), text(&l, "kind")),
+        Card::new(t.s("campaign"), text(&l, "campaign_id")),
+        Card::new(t.s("owner"), text(&l, "owner_id")),
+        Card::new(t.s("recipient"), text(&l, "recipient_id")),
+        Card::new(t.s("created"), when(&l["created_at"])),
     ];
     about.note = Some(format!("{}: {}", t.s("destination"), text(&l, "destination")));
     page.sections.push(about);
@@ -847,60 +793,20 @@ async fn link(ctx: &Ctx<'_>, code: &str, failed: Option<ApiError>) -> Response<B
         Ok(v) => {
             let mut s = Section::new(t.s("total"));
             s.cards = vec![
-                Card {
-                    label: t.s("clicks"),
-                    value: count(int(&v, "clicks")),
-                    sub: String::new(),
-                },
-                Card {
-                    label: t.s("human_clicks"),
-                    value: count(int(&v, "human_clicks")),
-                    sub: String::new(),
-                },
-                Card {
-                    label: t.s("leads"),
-                    value: count(int(&v, "leads")),
-                    sub: String::new(),
-                },
-                Card {
-                    label: t.s("orders"),
-                    value: count(int(&v, "conversions")),
-                    sub: String::new(),
-                },
-                Card {
-                    label: t.s("revenue"),
-                    value: money(int(&v, "revenue")),
-                    sub: String::new(),
-                },
+                Card::new(t.s("clicks"), count(int(&v, "clicks"))),
+                Card::new(t.s("human_clicks"), count(int(&v, "human_clicks"))),
+                Card::new(t.s("leads"), count(int(&v, "leads"))),
+                Card::new(t.s("orders"), count(int(&v, "conversions"))),
+                Card::new(t.s("revenue"), money(int(&v, "revenue"))),
             ];
             page.sections.push(s);
         }
         Err(e) => page.sections.push(Section::failed(t.s("total"), t, &e)),
     }
-    match series {
-        Ok(v) => {
-            let mut s = Section::new(format!("{} · {}", t.s("taps_over_time"), t.s("last_30d")));
-            let mut table = Table::new(
-                t.s("taps_over_time"),
-                &[(t.s("time"), false), (t.s("clicks"), true), (t.s("leads"), true)],
-            );
-            table.chart = Some((t.s("chart_label").to_string(), t.s("clicks").to_string()));
-            for r in list(&v, "rows") {
-                let at = r["start"].as_str().and_then(|s| s.parse::<jiff::Timestamp>().ok());
-                table.rows.push(Row {
-                    cells: vec![
-                        Cell::text(when(&r["start"])),
-                        Cell::num(int(r, "clicks")),
-                        Cell::num(int(r, "leads")),
-                    ],
-                    point: at.map(|a| (a.as_second(), int(r, "clicks"))),
-                });
-            }
-            s.table = Some(table);
-            page.sections.push(s);
-        }
-        Err(e) => page.sections.push(Section::failed(t.s("taps_over_time"), t, &e)),
-    }
+    page.sections.push(match series {
+        Ok(v) => series_section(t, &v, "30d", &[("leads", "leads")]),
+        Err(e) => Section::failed(t.s("taps_over_time"), t, &e),
+    });
     page.render_with(StatusCode::OK)
 }
 
@@ -1050,16 +956,8 @@ async fn webhooks(ctx: &Ctx<'_>) -> Response<Body> {
         let mut s = Section::new(text(h, "url"));
         let events: Vec<&str> = list(h, "events").iter().filter_map(Value::as_str).collect();
         s.cards = vec![
-            Card {
-                label: t.s("state"),
-                value: state,
-                sub: String::new(),
-            },
-            Card {
-                label: t.s("events"),
-                value: events.join(", "),
-                sub: String::new(),
-            },
+            Card::new(t.s("state"), state),
+            Card::new(t.s("events"), events.join(", ")),
         ];
         s.note = Some(t.s("retry_help").into());
         match d {

@@ -12,6 +12,22 @@ pub(crate) struct Card {
     pub sub: String,
 }
 
+impl Card {
+    pub(crate) fn new(label: &'static str, value: impl Into<String>) -> Self {
+        Self {
+            label,
+            value: value.into(),
+            sub: String::new(),
+        }
+    }
+
+    /// The line beneath the figure.
+    pub(crate) fn under(mut self, sub: String) -> Self {
+        self.sub = sub;
+        self
+    }
+}
+
 pub(crate) struct Th {
     pub text: String,
     pub num: bool,
