@@ -319,3 +319,50 @@ fn percent_encode(s: &str) -> String {
         })
         .collect()
 }
+
+#[tokio::test]
+async fn a_recipients_link_is_read_in_one_lookup() {
+    for backend in [Backend::Embedded, Backend::Redis] {
+        let env = Env::new(backend);
+        let keys = format!("{ADMIN_KEY},store-a-key-0123456789:links:read+owner:store-a");
+        let s = TestServer::start_with(&env, &[("LINKGATE_API_KEYS", keys.as_str())]).await;
+        let items: Vec<_> = (0..3)
+            .map(|i| json!({"recipient_id": format!("顾客 {i}"), "owner_id": if i == 0 { "store-a" } else { "store-b" }}))
+            .collect();
+        let links = s
+            .mint_bulk(
+                json!({"defaults": {"destination": "https://shop.example/", "campaign_id": "c 1"}, "links": items}),
+            )
+            .await;
+        let q = |r: &str| format!("/v1/links?campaign_id=c%201&recipient_id={}", percent_encode(r));
+        let one = s.api("GET", &q("顾客 2"), None).await.json();
+        assert_eq!(one["links"].as_array().unwrap().len(), 1, "{backend:?}");
+        assert_eq!(one["links"][0]["code"], links[2]["code"]);
+        assert_eq!(one["next_cursor"], serde_json::Value::Null);
+        let none = s.api("GET", &q("nobody"), None).await.json();
+        assert_eq!(none["links"], json!([]), "{backend:?}");
+        let csv = s.api("GET", &format!("{}&format=csv", q("顾客 1")), None).await.text();
+        let code = links[1]["code"].as_str().unwrap();
+        assert_eq!(
+            csv,
+            format!("recipient_id,code,short_url\n顾客 1,{code},https://go.brand.test/{code}\n")
+        );
+        // A store's key finds only its own recipients' links.
+        let own = s
+            .api_as("store-a-key-0123456789", "GET", &q("顾客 0"), None)
+            .await
+            .json();
+        assert_eq!(own["links"].as_array().unwrap().len(), 1);
+        let other = s
+            .api_as("store-a-key-0123456789", "GET", &q("顾客 1"), None)
+            .await
+            .json();
+        assert_eq!(other["links"], json!([]), "{backend:?}");
+        // Without a campaign, or empty: 422 naming recipient_id.
+        for bad in ["/v1/links?recipient_id=x", "/v1/links?campaign_id=c&recipient_id="] {
+            let r = s.api("GET", bad, None).await;
+            assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+            assert_eq!(r.json()["error"]["details"][0]["field"], "recipient_id", "{bad}");
+        }
+    }
+}

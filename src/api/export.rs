@@ -12,7 +12,17 @@ use http::{HeaderValue, Response, header};
 
 use super::ApiResult;
 use crate::body::Chunk;
+use crate::error::FieldError;
 use crate::store::StoreError;
+
+/// A list's `format` parameter: `json` (false) or `csv` (true).
+pub(crate) fn wants_csv(v: &str) -> Result<bool, FieldError> {
+    match v {
+        "json" => Ok(false),
+        "csv" => Ok(true),
+        _ => Err(FieldError::new("format", "must be json or csv")),
+    }
+}
 
 /// One page of CSV rows and the cursor of the next page (`None`: the last).
 pub(crate) type CsvPage = (Bytes, Option<u64>);

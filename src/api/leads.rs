@@ -76,9 +76,10 @@ pub(super) async fn list(app: &App, key: &ApiKey, query: Option<&str>) -> ApiRes
     let (mut csv, mut newest) = (false, false);
     let q = page_query(key, query, |k, v, errors| {
         match (k, v) {
-            ("format", "json") => csv = false,
-            ("format", "csv") => csv = true,
-            ("format", _) => errors.push(FieldError::new("format", "must be json or csv")),
+            ("format", _) => match super::export::wants_csv(v) {
+                Ok(c) => csv = c,
+                Err(e) => errors.push(e),
+            },
             ("order", "oldest") => newest = false,
             ("order", "newest") => newest = true,
             ("order", _) => errors.push(FieldError::new("order", "must be oldest or newest")),

@@ -280,37 +280,79 @@ fn validate_bulk(rules: &Rules, obj: &Map<String, Value>) -> Result<(Vec<Link>, 
     Err(e)
 }
 
+/// `GET /v1/links`: a page of links (oldest first), every one as CSV (`format=csv`), or the
+/// link of one recipient of a campaign (`campaign_id` + `recipient_id`, read from the
+/// recipient's claim in one lookup, not by paging).
 pub(crate) async fn list<B>(app: &App, key: &ApiKey, req: &Request<B>) -> ApiResult {
     require(key, Scope::LinksRead)?;
-    let mut csv = false;
+    let (mut csv, mut recipient) = (false, None);
     let page = page_query(key, req.uri().query(), |k, v, errors| {
-        if k != "format" {
-            return false;
-        }
-        match v {
-            "json" => csv = false,
-            "csv" => csv = true,
-            _ => errors.push(FieldError::new("format", "must be json or csv")),
+        match k {
+            "format" => match super::export::wants_csv(v) {
+                Ok(c) => csv = c,
+                Err(e) => errors.push(e),
+            },
+            "recipient_id" => match crate::link::input::id(&Value::String(v.to_string())) {
+                Ok(r) => recipient = r,
+                Err(m) => errors.push(FieldError::new("recipient_id", m)),
+            },
+            _ => return false,
         }
         true
     })?;
+    if let Some(recipient) = recipient {
+        let Some(campaign) = page.filter.campaign_id.clone() else {
+            return Err(ApiError::field("recipient_id", "needs campaign_id"));
+        };
+        let code = app
+            .store
+            .recipient_codes(&[(campaign, recipient)])
+            .await?
+            .pop()
+            .flatten();
+        let link = match code {
+            Some(code) => app.store.get_link(&code).await?,
+            None => None,
+        };
+        // The owner filter (a store key's own, or asked for) still applies.
+        let links: Vec<Link> = link
+            .filter(|l| page.filter.owner_id.is_none() || l.owner_id == page.filter.owner_id)
+            .into_iter()
+            .collect();
+        return if csv {
+            let rows = csv_rows(&links, &app.config.public_base_url);
+            super::export::csv(CSV_HEADER, "links.csv", move |_| {
+                let rows = rows.clone();
+                async move { Ok((rows, None)) }
+            })
+            .await
+        } else {
+            list_json(app, &links, None)
+        };
+    }
     if csv {
         return csv_export(app, page.filter).await;
     }
     let page = app.store.list_links(&page.filter, page.cursor, page.limit).await?;
+    list_json(app, &page.links, page.next_cursor)
+}
+
+fn list_json(app: &App, links: &[Link], next_cursor: Option<u64>) -> ApiResult {
     let base = &app.config.public_base_url;
-    let links: Vec<Value> = page.links.iter().map(|l| l.to_api_json(base)).collect();
+    let links: Vec<Value> = links.iter().map(|l| l.to_api_json(base)).collect();
     ok_json(
         StatusCode::OK,
-        &json!({"links": links, "next_cursor": page.next_cursor.map(|c| c.to_string())}),
+        &json!({"links": links, "next_cursor": next_cursor.map(|c| c.to_string())}),
     )
 }
+
+const CSV_HEADER: &str = "recipient_id,code,short_url\n";
 
 /// Streams `recipient_id,code,short_url` rows of every link matching `filter`.
 async fn csv_export(app: &App, filter: LinkFilter) -> ApiResult {
     let store = app.store.clone();
     let base = app.config.public_base_url.clone();
-    super::export::csv("recipient_id,code,short_url\n", "links.csv", move |cursor| {
+    super::export::csv(CSV_HEADER, "links.csv", move |cursor| {
         let (store, base, filter) = (store.clone(), base.clone(), filter.clone());
         async move {
             let page = store.list_links(&filter, cursor, MAX_PAGE).await?;

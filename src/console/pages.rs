@@ -693,38 +693,23 @@ async fn search(ctx: &Ctx<'_>) -> Response<Body> {
         help: t.s("search_help"),
     });
     if let Some(campaign) = ctx.param("campaign_id") {
-        let recipient = ctx.param("recipient_id");
-        // A campaign's links are paged oldest first; the recipient is looked for in the pages.
-        let mut found = Vec::new();
-        let mut cursor = String::new();
-        for _ in 0..20 {
-            let uri = format!("/v1/links?campaign_id={}&limit=1000{cursor}", enc(campaign));
-            match ctx.api(Method::GET, uri.clone(), None).await {
-                Ok(v) => {
-                    found.extend(
-                        list(&v, "links")
-                            .iter()
-                            .filter(|l| recipient.is_none_or(|r| text(l, "recipient_id") == r))
-                            .take(100 - found.len().min(100))
-                            .cloned(),
-                    );
-                    match v["next_cursor"].as_str() {
-                        Some(n) if found.len() < 100 => cursor = format!("&cursor={}", enc(n)),
-                        _ => break,
-                    }
+        // With a recipient, the API reads that recipient's link in one lookup.
+        let mut uri = format!("/v1/links?campaign_id={}&limit=100", enc(campaign));
+        if let Some(r) = ctx.param("recipient_id") {
+            uri.push_str(&format!("&recipient_id={}", enc(r)));
+        }
+        match ctx.api(Method::GET, uri, None).await {
+            Ok(v) => {
+                let found = list(&v, "links");
+                if let ([one], Some(_)) = (found, ctx.param("recipient_id")) {
+                    return redirect(format!("/console/links/{}", enc(text(one, "code"))));
                 }
-                Err(e) => {
-                    page.sections.push(Section::failed(t.s("links"), t, &e));
-                    return page.render_with(StatusCode::OK);
-                }
+                let mut s = Section::new(t.s("links"));
+                s.table = Some(links_table(t, found));
+                page.sections.push(s);
             }
+            Err(e) => page.sections.push(Section::failed(t.s("links"), t, &e)),
         }
-        if let ([one], Some(_)) = (found.as_slice(), recipient) {
-            return redirect(format!("/console/links/{}", enc(text(one, "code"))));
-        }
-        let mut s = Section::new(t.s("links"));
-        s.table = Some(links_table(t, &found));
-        page.sections.push(s);
     }
     page.render_with(StatusCode::OK)
 }
