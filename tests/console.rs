@@ -366,3 +366,61 @@ async fn a_recipients_link_is_read_in_one_lookup() {
         }
     }
 }
+
+#[tokio::test]
+async fn leads_filtered_by_day_page_past_the_days_not_asked_for() {
+    let env = Env::new(Backend::Embedded);
+    let s = TestServer::start_with(&env, &[("LINKGATE_TIMEZONE", "Asia/Shanghai")]).await;
+    let items: Vec<_> = (0..120).map(|i| json!({"recipient_id": format!("r{i:03}")})).collect();
+    let links = s
+        .mint_bulk(json!({"defaults": {"destination": "https://shop.example/", "campaign_id": "d", "kind": "sms"}, "links": items}))
+        .await;
+    for l in &links {
+        let r = s
+            .get_ua(&format!("/{}", l["code"].as_str().unwrap()), "Mozilla/5.0 (iPhone)")
+            .await;
+        assert_eq!(r.status, StatusCode::FOUND);
+    }
+    support::eventually(std::time::Duration::from_secs(10), "120 leads", || async {
+        (s.api("GET", "/v1/campaigns/d/stats", None).await.json()["leads"] == 120).then_some(())
+    })
+    .await;
+    let tz = jiff::tz::TimeZone::get("Asia/Shanghai").unwrap();
+    let today = jiff::Timestamp::now().to_zoned(tz).date();
+    let yesterday = today.yesterday().unwrap();
+    let (_, cookie) = sign_in(&s, ADMIN_KEY, "127.0.0.1").await;
+    let rows = |html: &str| html.matches("<td>r").count();
+
+    // Today: a page of 100 (newest first), and a next page holding the other 20.
+    let html = page(
+        &s,
+        &format!("/console/leads?campaign_id=d&from={today}&to={today}"),
+        &cookie,
+    )
+    .await
+    .text();
+    assert_eq!(rows(&html), 100);
+    assert!(html.contains("r119") && !html.contains("r019<"), "newest first");
+    let next = html
+        .split("href=\"/console/leads?")
+        .nth(2)
+        .expect("a next page")
+        .split('"')
+        .next()
+        .unwrap();
+    let next = next.replace("&#38;", "&");
+    let rest = page(&s, &format!("/console/leads?{next}"), &cookie).await.text();
+    assert_eq!(rows(&rest), 20, "{next}");
+    assert!(rest.contains("r000"));
+
+    // Yesterday: every page is read past, none shown, and no next page is offered.
+    let html = page(
+        &s,
+        &format!("/console/leads?campaign_id=d&from={yesterday}&to={yesterday}"),
+        &cookie,
+    )
+    .await
+    .text();
+    assert_eq!(rows(&html), 0);
+    assert!(!html.contains("Next page"));
+}

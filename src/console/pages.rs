@@ -376,7 +376,13 @@ async fn campaign(ctx: &Ctx<'_>, id: &str) -> Response<Body> {
 
     page.sections.push(match series {
         Ok(v) => {
-            let mut s = series_section(t, &v, shown, &[("visitors", "visitors"), ("leads", "leads")]);
+            let mut s = series_section(
+                t,
+                &ctx.app.rules.tz,
+                &v,
+                shown,
+                &[("visitors", "visitors"), ("leads", "leads")],
+            );
             s.links = RANGES
                 .iter()
                 .map(|r| (r.to_string(), format!("/console/campaigns/{cid}?range={r}")))
@@ -474,7 +480,7 @@ async fn campaign(ctx: &Ctx<'_>, id: &str) -> Response<Body> {
 
 /// A `timeseries` answer of the analytics API as a table of clicks and the `extra` columns
 /// (string key, field) over the span `shown`, drawn as a chart of clicks.
-fn series_section(t: Tr, v: &Value, shown: &str, extra: &[(&str, &str)]) -> Section {
+fn series_section(t: Tr, tz: &jiff::tz::TimeZone, v: &Value, shown: &str, extra: &[(&str, &str)]) -> Section {
     let every = if text(v, "granularity") == "hour" {
         t.s("hourly")
     } else {
@@ -487,7 +493,7 @@ fn series_section(t: Tr, v: &Value, shown: &str, extra: &[(&str, &str)]) -> Sect
     table.chart = Some((t.s("chart_label").to_string(), t.s("clicks").to_string()));
     for r in list(v, "rows") {
         let at = r["start"].as_str().and_then(|s| s.parse::<jiff::Timestamp>().ok());
-        let mut cells = vec![Cell::text(when(&r["start"])), Cell::num(int(r, "clicks"))];
+        let mut cells = vec![Cell::text(when(&r["start"], tz)), Cell::num(int(r, "clicks"))];
         cells.extend(extra.iter().map(|(_, field)| Cell::num(int(r, field))));
         table.rows.push(Row {
             cells,
@@ -552,6 +558,11 @@ fn lead_filter(ctx: &Ctx<'_>) -> String {
     q.finish()
 }
 
+/// Leads a page shows (at least; a date filter may add the rest of the last page read).
+const LEADS_SHOWN: usize = 100;
+/// Pages of leads one request reads at most while looking for days asked for (10,000 leads).
+const LEAD_SCAN_PAGES: usize = 100;
+
 /// `/console/leads`: newest first, filtered by campaign, owner and day.
 async fn leads(ctx: &Ctx<'_>) -> Response<Body> {
     let t = ctx.t;
@@ -594,22 +605,36 @@ async fn leads(ctx: &Ctx<'_>) -> Response<Body> {
         submit: t.s("filter"),
         help: "",
     });
-    let uri = format!("/v1/leads?order=newest&limit=100&{filter}{cursor}");
-    let v = match ctx.api(Method::GET, uri.clone(), None).await {
-        Ok(v) => v,
-        Err(e) => {
-            page.sections.push(Section::failed(t.s("leads"), t, &e));
-            return page.render_with(StatusCode::OK);
+    // Newest first, page by page, until a page's worth of leads within `from`..`to` (days of
+    // LINKGATE_TIMEZONE, as shown) is found or the leads are older than `from`.
+    let tz = &ctx.app.rules.tz;
+    let day = |l: &Value| -> String { when(&l["created_at"], tz).chars().take(10).collect() };
+    let mut rows: Vec<Value> = Vec::new();
+    let mut cursor = cursor;
+    let mut next = None;
+    for _ in 0..LEAD_SCAN_PAGES {
+        let uri = format!("/v1/leads?order=newest&limit={LEADS_SHOWN}&{filter}{cursor}");
+        let v = match ctx.api(Method::GET, uri, None).await {
+            Ok(v) => v,
+            Err(e) => {
+                page.sections.push(Section::failed(t.s("leads"), t, &e));
+                return page.render_with(StatusCode::OK);
+            }
+        };
+        let mut past_from = false;
+        for l in list(&v, "leads") {
+            let d = day(l);
+            past_from |= !from.is_empty() && d.as_str() < from;
+            if (from.is_empty() || d.as_str() >= from) && (to.is_empty() || d.as_str() <= to) {
+                rows.push(l.clone());
+            }
         }
-    };
-    // Days compare as text: `created_at` is RFC 3339 in UTC, `from`/`to` are `YYYY-MM-DD`.
-    let rows: Vec<&Value> = list(&v, "leads")
-        .iter()
-        .filter(|l| {
-            let day: String = text(l, "created_at").chars().take(10).collect();
-            (from.is_empty() || day.as_str() >= from) && (to.is_empty() || day.as_str() <= to)
-        })
-        .collect();
+        next = v["next_cursor"].as_str().filter(|_| !past_from).map(str::to_string);
+        match &next {
+            Some(n) if rows.len() < LEADS_SHOWN => cursor = format!("&cursor={}", enc(n)),
+            _ => break,
+        }
+    }
     let converted = futures_util::future::join_all(
         rows.iter()
             .map(|l| ctx.api(Method::GET, format!("/v1/links/{}/stats", enc(text(l, "code"))), None)),
@@ -635,7 +660,7 @@ async fn leads(ctx: &Ctx<'_>) -> Response<Body> {
         };
         table.rows.push(Row {
             cells: vec![
-                Cell::text(when(&l["created_at"])),
+                Cell::text(when(&l["created_at"], &ctx.app.rules.tz)),
                 Cell::text(text(l, "recipient_id")),
                 Cell::link(code, format!("/console/links/{}", enc(code))),
                 Cell::text(text(l, "campaign_id")),
@@ -649,10 +674,15 @@ async fn leads(ctx: &Ctx<'_>) -> Response<Body> {
     s.table = Some(table);
     s.links
         .push((t.s("export_csv").to_string(), format!("/console/leads.csv?{filter}")));
-    if let Some(next) = v["next_cursor"].as_str() {
+    if let Some(next) = next {
         s.links.push((
             t.s("next_page").to_string(),
-            format!("/console/leads?{filter}&from={from}&to={to}&cursor={}", enc(next)),
+            format!(
+                "/console/leads?{filter}&from={}&to={}&cursor={}",
+                enc(from),
+                enc(to),
+                enc(&next)
+            ),
         ));
     }
     page.sections.push(s);
@@ -751,7 +781,7 @@ async fn link(ctx: &Ctx<'_>, code: &str, failed: Option<ApiError>) -> Response<B
         Card::new(t.s("campaign"), text(&l, "campaign_id")),
         Card::new(t.s("owner"), text(&l, "owner_id")),
         Card::new(t.s("recipient"), text(&l, "recipient_id")),
-        Card::new(t.s("created"), when(&l["created_at"])),
+        Card::new(t.s("created"), when(&l["created_at"], &ctx.app.rules.tz)),
     ];
     about.note = Some(format!("{}: {}", t.s("destination"), text(&l, "destination")));
     page.sections.push(about);
@@ -789,7 +819,7 @@ async fn link(ctx: &Ctx<'_>, code: &str, failed: Option<ApiError>) -> Response<B
         Err(e) => page.sections.push(Section::failed(t.s("total"), t, &e)),
     }
     page.sections.push(match series {
-        Ok(v) => series_section(t, &v, "30d", &[("leads", "leads")]),
+        Ok(v) => series_section(t, &ctx.app.rules.tz, &v, "30d", &[("leads", "leads")]),
         Err(e) => Section::failed(t.s("taps_over_time"), t, &e),
     });
     page.render_with(StatusCode::OK)
@@ -979,7 +1009,7 @@ async fn webhooks(ctx: &Ctx<'_>) -> Response<Body> {
                     };
                     table.rows.push(Row {
                         cells: vec![
-                            Cell::text(when(&d["created_at"])),
+                            Cell::text(when(&d["created_at"], &ctx.app.rules.tz)),
                             Cell::text(text(d, "event_type")),
                             Cell::text(status),
                             Cell::num(int(d, "attempts")),

@@ -179,10 +179,12 @@ pub(crate) fn pct(v: &Value) -> String {
         .map_or_else(|| "–".to_string(), |r| format!("{:.1}%", r * 100.0))
 }
 
-/// An RFC 3339 time of the API → `2026-12-07 18:22` (its own offset kept implicit).
-pub(crate) fn when(v: &Value) -> String {
+/// An RFC 3339 time of the API → `2026-12-07 18:22` in `tz` (the service's zone,
+/// `LINKGATE_TIMEZONE`: a store in Shanghai reads its own clock, not UTC).
+pub(crate) fn when(v: &Value, tz: &jiff::tz::TimeZone) -> String {
     v.as_str()
-        .map(|s| s.chars().take(16).map(|c| if c == 'T' { ' ' } else { c }).collect())
+        .and_then(|s| s.parse::<jiff::Timestamp>().ok())
+        .map(|t| t.to_zoned(tz.clone()).strftime("%Y-%m-%d %H:%M").to_string())
         .unwrap_or_default()
 }
 
@@ -217,8 +219,14 @@ mod tests {
         assert_eq!(money(-5), "-0.05");
         assert_eq!(pct(&json!(0.95)), "95.0%");
         assert_eq!(pct(&Value::Null), "–");
-        assert_eq!(when(&json!("2026-12-07T18:22:05+08:00")), "2026-12-07 18:22");
-        assert_eq!(when(&json!("春")), "春");
+        let shanghai = jiff::tz::TimeZone::get("Asia/Shanghai").unwrap();
+        assert_eq!(when(&json!("2026-12-07T18:22:05+08:00"), &shanghai), "2026-12-07 18:22");
+        assert_eq!(when(&json!("2026-12-07T18:22:05Z"), &shanghai), "2026-12-08 02:22");
+        assert_eq!(
+            when(&json!("2026-12-07T18:22:05Z"), &jiff::tz::TimeZone::UTC),
+            "2026-12-07 18:22"
+        );
+        assert_eq!(when(&json!("春"), &shanghai), "");
     }
 
     proptest::proptest! {
