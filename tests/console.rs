@@ -424,3 +424,59 @@ async fn leads_filtered_by_day_page_past_the_days_not_asked_for() {
     assert_eq!(rows(&html), 0);
     assert!(!html.contains("Next page"));
 }
+
+#[tokio::test]
+async fn the_partner_tree_shows_each_partners_own_taps_in_tree_order() {
+    let env = Env::new(Backend::Embedded);
+    let s = TestServer::start(&env).await;
+    // Created out of order: the page walks the tree, not the creation order.
+    for (id, parent) in [
+        ("hq", None),
+        ("b-dealer", Some("hq")),
+        ("a-dealer", Some("hq")),
+        ("a-rep", Some("a-dealer")),
+    ] {
+        let r = s
+            .api("POST", "/v1/partners", Some(json!({"id": id, "parent_id": parent})))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    }
+    let link = s
+        .mint(json!({"destination": "https://shop.example/", "owner_id": "a-rep", "campaign_id": "cards", "recipient_id": "c1"}))
+        .await;
+    let code = link["code"].as_str().unwrap();
+    for _ in 0..2 {
+        assert_eq!(
+            s.get_ua(&format!("/{code}"), "Mozilla/5.0 (iPhone)").await.status,
+            StatusCode::FOUND
+        );
+    }
+    support::analytics_settle_at(&s, "cards", 2).await;
+    let (_, cookie) = sign_in(&s, ADMIN_KEY, "127.0.0.1").await;
+    let html = page(&s, "/console/partners", &cookie).await.text();
+    let body = html.split("<tbody>").nth(1).unwrap().split("</tbody>").next().unwrap();
+    let rows: Vec<Vec<String>> = body
+        .split("<tr>")
+        .skip(1)
+        .map(|r| {
+            r.split("<td")
+                .skip(1)
+                .map(|c| {
+                    let inner = c.split_once('>').unwrap().1;
+                    let text: String = inner
+                        .split('<')
+                        .filter_map(|p| p.split_once('>').map(|(_, t)| t).or(Some(p)))
+                        .collect();
+                    text.trim().to_string()
+                })
+                .collect()
+        })
+        .collect();
+    let names: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(names, ["hq", "· a-dealer", "· · a-rep", "· b-dealer"]);
+    let levels: Vec<&str> = rows.iter().map(|r| r[1].as_str()).collect();
+    assert_eq!(levels, ["1", "2", "3", "2"]);
+    // a-rep's two taps (one lead) are a-rep's; the others own no link.
+    assert_eq!(rows[2][3..5], ["2".to_string(), "1".to_string()]);
+    assert_eq!(rows[0][3..5], ["0".to_string(), "0".to_string()]);
+}

@@ -77,7 +77,7 @@ impl Lang {
 pub(crate) struct Tr(pub Lang);
 
 impl Tr {
-    /// The string `key` in this language (the key itself when missing; a test keeps none missing).
+    /// The string `key` in this language (`?` when missing; a test keeps none missing).
     pub(crate) fn s(&self, key: &str) -> &'static str {
         for (k, en, zh) in STRINGS {
             if *k == key {

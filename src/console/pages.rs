@@ -1,6 +1,8 @@
 //! The console's pages: each reads what it shows through the API ([`Ctx::api`]) and lays it out
 //! as sections ([`views`]).
 
+use std::collections::{HashMap, HashSet};
+
 use askama::Template;
 use http::{Method, Response, StatusCode};
 use serde_json::{Value, json};
@@ -864,32 +866,26 @@ async fn partners(ctx: &Ctx<'_>) -> Response<Body> {
         }
     };
     let numbers = numbers.unwrap_or(Value::Null);
-    let of = |id: &str| {
-        list(&numbers, "rows")
-            .iter()
-            .find(|r| text(r, "key") == id)
-            .cloned()
-            .unwrap_or(Value::Null)
-    };
+    let by_partner: HashMap<&str, &Value> = list(&numbers, "rows").iter().map(|r| (text(r, "key"), r)).collect();
     let all = list(&tree, "partners");
-    // Depth-first from the roots: each row indented by its level.
+    let mut children: HashMap<&str, Vec<&Value>> = HashMap::new();
+    for p in all.iter().rev() {
+        children
+            .entry(p["parent_id"].as_str().unwrap_or(""))
+            .or_default()
+            .push(p);
+    }
+    // Depth-first from the roots (sorted by id, as listed): each row indented by its level.
     let mut rows = Vec::new();
-    let mut stack: Vec<(&Value, usize)> = all
-        .iter()
-        .rev()
-        .filter(|p| p["parent_id"].is_null())
-        .map(|p| (p, 0))
-        .collect();
-    let mut seen = std::collections::HashSet::new();
+    let mut stack: Vec<(&Value, usize)> = children.get("").into_iter().flatten().map(|p| (*p, 0)).collect();
+    let mut seen = HashSet::new();
     while let Some((p, depth)) = stack.pop() {
         let id = text(p, "id");
         if !seen.insert(id) {
             continue;
         }
         rows.push((p, depth));
-        for child in all.iter().rev().filter(|c| c["parent_id"].as_str() == Some(id)) {
-            stack.push((child, depth + 1));
-        }
+        stack.extend(children.get(id).into_iter().flatten().map(|c| (*c, depth + 1)));
     }
     let mut table = Table::new(
         format!("{} · {}", t.s("partners"), t.s("last_30d")),
@@ -905,7 +901,7 @@ async fn partners(ctx: &Ctx<'_>) -> Response<Body> {
     );
     for (p, depth) in rows {
         let id = text(p, "id");
-        let n = of(id);
+        let n = by_partner.get(id).copied().unwrap_or(&Value::Null);
         let name = text(p, "name");
         let label = format!(
             "{}{}",
@@ -921,10 +917,10 @@ async fn partners(ctx: &Ctx<'_>) -> Response<Body> {
                 Cell::link(label, format!("/console/leads?owner_id={}", enc(id))),
                 Cell::num(depth as i64 + 1),
                 Cell::text(text(p, "parent_id")),
-                Cell::num(int(&n, "clicks")),
-                Cell::num(int(&n, "leads")),
-                Cell::num(int(&n, "conversions")),
-                Cell::money(int(&n, "revenue")),
+                Cell::num(int(n, "clicks")),
+                Cell::num(int(n, "leads")),
+                Cell::num(int(n, "conversions")),
+                Cell::money(int(n, "revenue")),
             ],
             point: None,
         });
@@ -1026,7 +1022,7 @@ async fn webhooks(ctx: &Ctx<'_>) -> Response<Body> {
                 }
                 s.table = Some(table);
             }
-            Err(e) => s.error = Section::failed("", t, &e).error,
+            Err(e) => s.error = Some(super::views::why(t, &e)),
         }
         page.sections.push(s);
     }

@@ -137,16 +137,20 @@ impl Section {
 
     /// A section whose data could not be read: says why (a key without the scope, a store error).
     pub(crate) fn failed(title: impl Into<String>, t: Tr, e: &crate::error::ApiError) -> Self {
-        let why = match e.status().as_u16() {
-            403 | 422 => t.s("not_for_key").to_string(),
-            404 => t.s("not_found").to_string(),
-            _ => format!("{}: {}", t.s("error"), e.message),
-        };
         Self {
             title: title.into(),
-            error: Some(why),
+            error: Some(why(t, e)),
             ..Self::default()
         }
+    }
+}
+
+/// Why a part of a page is missing, as a reader is told.
+pub(crate) fn why(t: Tr, e: &crate::error::ApiError) -> String {
+    match e.status().as_u16() {
+        403 | 422 => t.s("not_for_key").to_string(),
+        404 => t.s("not_found").to_string(),
+        _ => format!("{}: {}", t.s("error"), e.message),
     }
 }
 
