@@ -91,14 +91,17 @@ pub(super) async fn list_campaigns(app: &App, key: &ApiKey) -> ApiResult {
     if !key.allows(Scope::LinksRead) {
         require(key, Scope::StatsRead)?;
     }
-    let mut list = Vec::new();
-    for id in app.store.list_campaigns().await? {
-        let record = app.store.get_campaign(&id).await?;
-        list.push(match record {
+    let ids = app.store.list_campaigns().await?;
+    // Read together: on Redis one pipelined round trip instead of one per campaign.
+    let records = futures_util::future::try_join_all(ids.iter().map(|id| app.store.get_campaign(id))).await?;
+    let list: Vec<Value> = ids
+        .iter()
+        .zip(records)
+        .map(|(id, record)| match record {
             Some(c) => c.to_api_json(),
             None => json!({"id": id, "name": null, "commission_bps": [], "attribution_window": format!("{DEFAULT_WINDOW_SECS}s")}),
-        });
-    }
+        })
+        .collect();
     ok_json(StatusCode::OK, &json!({ "campaigns": list }))
 }
 

@@ -8,7 +8,7 @@
 //!   constant time, and refused while unset; answered the way that provider expects.
 //! - `GET /v1/campaigns/{id}/funnel` (`stats:read`), `?by=owner` for one funnel per owner.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -18,13 +18,12 @@ use subtle::ConstantTimeEq;
 
 use super::{ApiResult, MAX_BULK_BODY_BYTES, ok_json, parse_object, query_pairs, read_body, require};
 use crate::app::App;
-use crate::attribution::model::{LeadSource, RankBy};
+use crate::attribution::model::RankBy;
 use crate::body::Body;
 use crate::config::{ApiKey, Scope};
 use crate::error::{ApiError, FieldError};
-use crate::sms::funnel::{FunnelInput, funnel as compute};
+use crate::sms::funnel::{FunnelCounts, NO_OWNER, funnel as compute};
 use crate::sms::{MAX_ID_BYTES, PROVIDERS, Sent, providers};
-use crate::store::LinkFilter;
 
 /// Most sends in one call.
 pub(crate) const MAX_SENDS: usize = 100_000;
@@ -244,62 +243,27 @@ pub(super) async fn funnel(app: &App, key: &ApiKey, id: &str, query: Option<&str
     }
     // A key limited to one owner sees that owner's part of the campaign.
     let only = key.owner.clone();
-    let messages = app.store.campaign_messages(id).await?;
-    let filter = LinkFilter {
-        campaign_id: Some(id.to_string()),
-        owner_id: None,
-    };
-    // First taps of personalised links: the leads their first human taps opened.
-    let mut taps: Vec<(Option<String>, String, i64)> = Vec::new();
-    let mut after = 0;
-    loop {
-        let page = app.store.list_leads(&filter, after, 1000, false).await?;
-        for l in page.leads {
-            if l.source == LeadSource::Click {
-                taps.push((l.owner_id, l.code, l.created_at));
-            }
-        }
-        match page.next_cursor {
-            Some(c) => after = c,
-            None => break,
-        }
-    }
-    let stats = app.store.campaign_stats(id).await?;
     if !by_owner && only.is_none() {
-        let input = FunnelInput {
-            links: stats.links,
-            messages,
-            first_taps: taps.into_iter().map(|(_, c, t)| (c, t)).collect(),
-            leads: stats.leads,
-            conversions: stats.conversions,
-            revenue: stats.revenue,
-        };
-        let mut f = compute(&input);
+        let (mut c, stats) = tokio::try_join!(app.store.campaign_funnel(id), app.store.campaign_stats(id))?;
+        (c.links, c.leads, c.conversions, c.revenue) = (stats.links, stats.leads, stats.conversions, stats.revenue);
+        let mut f = compute(&c);
         f["campaign_id"] = json!(id);
         return ok_json(StatusCode::OK, &f);
     }
-    let mut owners: BTreeMap<String, FunnelInput> = BTreeMap::new();
-    let none = || "none".to_string();
-    for m in messages {
-        let o = m.sent.as_ref().and_then(|s| s.owner_id.clone()).unwrap_or_else(none);
-        owners.entry(o).or_default().messages.push(m);
-    }
-    for (o, code, t) in taps {
-        owners
-            .entry(o.unwrap_or_else(none))
-            .or_default()
-            .first_taps
-            .insert(code, t);
-    }
-    for (o, s) in app.store.leaderboard(id, RankBy::Leads, usize::MAX >> 1).await? {
+    let (funnels, ranked) = tokio::try_join!(
+        app.store.owner_funnels(id, only.as_deref()),
+        app.store.leaderboard(id, RankBy::Leads, usize::MAX >> 1),
+    )?;
+    let mut owners: BTreeMap<String, FunnelCounts> = funnels.into_iter().collect();
+    for (o, s) in ranked {
+        if only.as_ref().is_some_and(|x| *x != o) {
+            continue;
+        }
         let e = owners.entry(o).or_default();
         (e.leads, e.conversions, e.revenue) = (s.leads, s.conversions, s.revenue);
     }
-    for (o, n) in links_per_owner(app, id).await? {
-        owners.entry(o).or_default().links = n;
-    }
     if let Some(o) = &only {
-        let mut f = compute(owners.get(o).unwrap_or(&FunnelInput::default()));
+        let mut f = compute(owners.get(o).unwrap_or(&FunnelCounts::default()));
         f["campaign_id"] = json!(id);
         f["owner_id"] = json!(o);
         if by_owner {
@@ -312,8 +276,9 @@ pub(super) async fn funnel(app: &App, key: &ApiKey, id: &str, query: Option<&str
     }
     let rows: Vec<Value> = owners
         .iter()
-        .map(|(o, input)| {
-            let mut f = compute(input);
+        .filter(|(o, c)| o.as_str() != NO_OWNER || **c != FunnelCounts::default())
+        .map(|(o, c)| {
+            let mut f = compute(c);
             f["owner_id"] = json!(o);
             f
         })
@@ -322,27 +287,6 @@ pub(super) async fn funnel(app: &App, key: &ApiKey, id: &str, query: Option<&str
         StatusCode::OK,
         &json!({"campaign_id": id, "by": "owner", "owners": rows}),
     )
-}
-
-/// How many links each owner has in the campaign (links without an owner under `none`).
-async fn links_per_owner(app: &App, campaign: &str) -> Result<HashMap<String, i64>, ApiError> {
-    let filter = LinkFilter {
-        campaign_id: Some(campaign.to_string()),
-        owner_id: None,
-    };
-    let mut out: HashMap<String, i64> = HashMap::new();
-    let mut after = 0;
-    loop {
-        let page = app.store.list_links(&filter, after, 1000).await?;
-        for l in &page.links {
-            *out.entry(l.owner_id.clone().unwrap_or_else(|| "none".into()))
-                .or_default() += 1;
-        }
-        match page.next_cursor {
-            Some(c) => after = c,
-            None => return Ok(out),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -25,7 +25,8 @@ use crate::analytics::{AKey, Read};
 use crate::attribution::model::{Campaign, Conversion, Lead, LeadClaim, Partner, RankBy, Stats};
 use crate::link::Link;
 use crate::link::input::LinkPatch;
-use crate::sms::{Message, Receipt, Sent};
+use crate::sms::funnel::FunnelCounts;
+use crate::sms::{Receipt, Sent};
 
 /// How long an `Idempotency-Key` answer is kept.
 pub(crate) const IDEMPOTENCY_TTL_SECS: u64 = 24 * 3600;
@@ -185,8 +186,18 @@ pub(crate) trait MessageStore: Send + Sync + 'static {
     /// implied send of a receipt whose `out_id` names a link); a receipt whose message is not
     /// known yet is kept until its send arrives.
     async fn record_receipts(&self, receipts: Vec<(Receipt, Option<Sent>)>) -> Result<(), StoreError>;
-    /// Every message sent for `campaign`.
-    async fn campaign_messages(&self, campaign: &str) -> Result<Vec<Message>, StoreError>;
+    /// The funnel counts of the whole `campaign`: sent, delivered, failed, tapped and the waits
+    /// from delivery to first tap, kept as sends, receipts and first taps land
+    /// ([`crate::sms::funnel`]). `links`, leads, conversions and revenue are left 0: they are the
+    /// counters' ([`CounterStore`]).
+    async fn campaign_funnel(&self, campaign: &str) -> Result<FunnelCounts, StoreError>;
+    /// The funnel counts of each owner in `campaign` (`none`: links, sends and taps without an
+    /// owner, listed when it has any), or of `only` that owner; with each owner's `links`.
+    async fn owner_funnels(
+        &self,
+        campaign: &str,
+        only: Option<&str>,
+    ) -> Result<Vec<(String, FunnelCounts)>, StoreError>;
     /// The links sends and receipts name, in one round trip (`None`: unknown or deleted).
     async fn links_named(&self, codes: &[String]) -> Result<Vec<Option<Link>>, StoreError>;
     /// The code of each `(campaign_id, recipient_id)` pair's link.

@@ -14,6 +14,8 @@ fn claim_leads_in(db: &Database, leads: Vec<Lead>) -> Result<Vec<LeadClaim>, Sto
         let mut table = txn.open_table(LEADS).map_err(err)?;
         let mut index = txn.open_table(LEAD_INDEX).map_err(err)?;
         let mut meta = txn.open_table(META).map_err(err)?;
+        let messages = txn.open_table(MESSAGES).map_err(err)?;
+        let mut funnel = super::funnel::Funnel::open(&txn)?;
         let mut seq = meta.get("leadseq").map_err(err)?.map(|g| g.value()).unwrap_or(0);
         for mut lead in leads {
             let key = lead.claim_key();
@@ -36,6 +38,11 @@ fn claim_leads_in(db: &Database, leads: Vec<Lead>) -> Result<Vec<LeadClaim>, Sto
                     .insert((index_key(&name).as_str(), seq), lead.lead_id.as_str())
                     .map_err(err)?;
             }
+            let message: Option<crate::sms::Message> = match messages.get(lead.code.as_str()).map_err(err)? {
+                Some(v) => Some(decode(&lead.code, v.value())?),
+                None => None,
+            };
+            funnel.lead(&lead, message.as_ref())?;
             out.push(LeadClaim::Won(lead));
         }
         meta.insert("leadseq", seq).map_err(err)?;

@@ -1,10 +1,12 @@
 //! SMS messages in the embedded store: every call is one write transaction, so a send and the
-//! receipts that waited for it land together.
+//! receipts that waited for it land together, with what they add to the funnel ([`super::funnel`]).
 
 use async_trait::async_trait;
 use redb::ReadableTable;
 
+use super::funnel::{Funnel, first_tap};
 use super::*;
+use crate::sms::funnel::FunnelCounts;
 use crate::sms::{Message, Outcome, Receipt, Sent, message_key};
 use crate::store::MessageStore;
 
@@ -14,6 +16,9 @@ struct Tables<'t> {
     ids: redb::Table<'t, &'static str, &'static str>,
     early: redb::Table<'t, &'static str, &'static [u8]>,
     index: redb::Table<'t, (&'static str, &'static str), u8>,
+    claims: redb::Table<'t, &'static str, &'static str>,
+    leads: redb::Table<'t, &'static str, &'static [u8]>,
+    funnel: Funnel<'t>,
 }
 
 impl<'t> Tables<'t> {
@@ -23,6 +28,9 @@ impl<'t> Tables<'t> {
             ids: txn.open_table(MESSAGE_IDS).map_err(err)?,
             early: txn.open_table(EARLY_RECEIPTS).map_err(err)?,
             index: txn.open_table(CAMPAIGN_MESSAGES).map_err(err)?,
+            claims: txn.open_table(LEAD_CLAIMS).map_err(err)?,
+            leads: txn.open_table(LEADS).map_err(err)?,
+            funnel: Funnel::open(txn)?,
         })
     }
 
@@ -46,6 +54,7 @@ impl<'t> Tables<'t> {
         }
         self.ids.insert(key.as_str(), s.code.as_str()).map_err(err)?;
         let mut m = self.message(&s.code)?;
+        let (was_sent, was_decided) = (m.sent.is_some(), m.outcome.is_some());
         if m.sent.is_none() {
             m.sent = Some(s.clone());
             if let Some(c) = &s.campaign_id {
@@ -64,6 +73,13 @@ impl<'t> Tables<'t> {
             }
         }
         self.put(&s.code, &m)?;
+        let (claims, leads, code) = (&self.claims, &self.leads, s.code.as_str());
+        let tap = || first_tap(claims, leads, code);
+        if !was_sent {
+            self.funnel.sent(&m, tap)?;
+        } else if !was_decided && m.outcome.is_some() {
+            self.funnel.decided(&m, tap)?;
+        }
         Ok(true)
     }
 }
@@ -102,6 +118,8 @@ impl MessageStore for EmbeddedStore {
                             let mut m = t.message(&code)?;
                             if m.apply(r) {
                                 t.put(&code, &m)?;
+                                let tap = || first_tap(&t.claims, &t.leads, &code);
+                                t.funnel.decided(&m, tap)?;
                             }
                         }
                         None => {
@@ -127,26 +145,20 @@ impl MessageStore for EmbeddedStore {
         .await
     }
 
-    async fn campaign_messages(&self, campaign: &str) -> Result<Vec<Message>, StoreError> {
+    async fn campaign_funnel(&self, campaign: &str) -> Result<FunnelCounts, StoreError> {
         let campaign = campaign.to_string();
-        self.blocking(move |db| {
-            let txn = db.begin_read().map_err(err)?;
-            let index = txn.open_table(CAMPAIGN_MESSAGES).map_err(err)?;
-            let messages = txn.open_table(MESSAGES).map_err(err)?;
-            let mut out = Vec::new();
-            for row in index.range((campaign.as_str(), "")..).map_err(err)? {
-                let (k, _) = row.map_err(err)?;
-                let (c, code) = k.value();
-                if c != campaign {
-                    break;
-                }
-                if let Some(v) = messages.get(code).map_err(err)? {
-                    out.push(decode(code, v.value())?);
-                }
-            }
-            Ok(out)
-        })
-        .await
+        self.blocking(move |db| super::funnel::campaign_funnel(db, &campaign))
+            .await
+    }
+
+    async fn owner_funnels(
+        &self,
+        campaign: &str,
+        only: Option<&str>,
+    ) -> Result<Vec<(String, FunnelCounts)>, StoreError> {
+        let (campaign, only) = (campaign.to_string(), only.map(str::to_string));
+        self.blocking(move |db| super::funnel::owner_funnels(db, &campaign, only.as_deref()))
+            .await
     }
 
     async fn links_named(&self, codes: &[String]) -> Result<Vec<Option<Link>>, StoreError> {

@@ -12,6 +12,8 @@
 //! - `partners`, `campaigns`, `orders` (order id → first conversion answer): JSON records
 //! - `webhooks`, `wh_deliveries`, `wh_due`, `wh_due_of`, `wh_recent`: webhooks and their
 //!   delivery queues ([`webhooks`])
+//! - `messages`, `message_ids`, `early_receipts`, `campaign_messages`: SMS messages ([`messages`])
+//! - `funnel`, `funnel_waits`: the funnel's counts ([`funnel`])
 //! - `stats`: (scope, field) → counter, scope `l\x1f<code>`, `c\x1f<campaign>`, `o\x1f<campaign>\x1f<owner>`
 //!
 //! Every mint is one write transaction, so a bulk call is all or nothing; commits are durable
@@ -20,6 +22,7 @@
 mod analytics;
 mod attribution;
 mod counters;
+mod funnel;
 mod links;
 mod messages;
 mod webhooks;

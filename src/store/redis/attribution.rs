@@ -63,7 +63,7 @@ impl AttributionStore for RedisStore {
                 existing[i] = Some(decode(&leads[i].lead_id, &b)?);
             }
         }
-        Ok(leads
+        let claims: Vec<LeadClaim> = leads
             .into_iter()
             .zip(holders)
             .zip(existing)
@@ -72,16 +72,24 @@ impl AttributionStore for RedisStore {
                 // A holder whose record is gone (deleted meanwhile) still holds the claim.
                 Some(_) => LeadClaim::Existing(found.unwrap_or(l)),
             })
-            .collect())
+            .collect();
+        // The holders' taps, won now or before (a replay completes a count a failure cut short).
+        let held: Vec<&Lead> = claims
+            .iter()
+            .map(|c| match c {
+                LeadClaim::Won(l) | LeadClaim::Existing(l) => l,
+            })
+            .collect();
+        self.count_taps(&held).await?;
+        Ok(claims)
     }
 
     async fn get_lead(&self, lead_id: &str) -> Result<Option<Lead>, StoreError> {
         self.get_json(lead_key(lead_id), lead_id).await
     }
 
-    /// A page of a lead list: the cursor is the position in the list to read from (lists only
-    /// grow at their end, so a position never moves).
-    /// The cursor is a position in the lead list: from its start, or (newest first) from its end.
+    /// A page of a lead list. The cursor is a position in the list, from its start or (newest
+    /// first) from its end: lists only grow at their end, so a position never moves.
     async fn list_leads(
         &self,
         filter: &LinkFilter,

@@ -463,6 +463,12 @@ impl RedisStore {
                 *per_campaign.entry(c).or_default() += 1;
             }
         }
+        cmds.extend(Self::owner_adds(
+            written
+                .iter()
+                .filter(|i| !lost.contains(i))
+                .filter_map(|&i| Some((links[i].campaign_id.as_deref()?, links[i].owner_id.as_deref()))),
+        ));
         for (c, n) in per_campaign {
             cmds.push(redis::cmd("SADD").arg(CAMPAIGN_INDEX).arg(c).clone());
             cmds.push(

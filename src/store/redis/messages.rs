@@ -8,6 +8,8 @@
 //! | `lg:early:{<provider>:<message_id>}` | hash | `outcome` of a receipt that came before its send, `EX` 7 days |
 //! | `lg:msgs:{<campaign>}` | set | the codes of the campaign's messages |
 //!
+//! Each call then counts what it changed in the campaign's funnel ([`super::funnel`]).
+//!
 //! A receipt before its send: the receipt parks its outcome, then looks for the send again; the
 //! send claims its id, then picks up parked outcomes. Whichever runs second sees the other's
 //! write, so a receipt is never left parked for a message that is known.
@@ -15,13 +17,14 @@
 use async_trait::async_trait;
 
 use super::*;
-use crate::sms::{Message, Outcome, Receipt, Sent, message_key};
+use crate::sms::funnel::FunnelCounts;
+use crate::sms::{Outcome, Receipt, Sent, message_key};
 use crate::store::MessageStore;
 
 /// How long a receipt waits for its send.
 const EARLY_TTL_SECS: u64 = 7 * 86_400;
 
-fn message_hash(code: &str) -> String {
+pub(super) fn message_hash(code: &str) -> String {
     format!("lg:msg:{{{code}}}")
 }
 fn id_key(key: &str) -> String {
@@ -30,7 +33,7 @@ fn id_key(key: &str) -> String {
 fn early_key(key: &str) -> String {
     format!("lg:early:{{{key}}}")
 }
-fn campaign_messages_key(campaign: &str) -> String {
+pub(super) fn campaign_messages_key(campaign: &str) -> String {
     format!("lg:msgs:{{{}}}", esc(campaign))
 }
 
@@ -107,6 +110,8 @@ impl MessageStore for RedisStore {
         }
         self.settle(parked).await?;
         self.run_chunked(done).await?;
+        let codes = new.iter().map(|(_, s)| s.code.clone()).collect();
+        self.count_messages(codes, &Default::default()).await?;
         Ok(new.len())
     }
 
@@ -149,9 +154,10 @@ impl MessageStore for RedisStore {
                 }
             }
         }
+        let mut settled: Vec<String> = known.iter().map(|(c, _)| c.clone()).collect();
         self.settle(known).await?;
         if parked_keys.is_empty() {
-            return Ok(());
+            return self.count_messages(settled, &Default::default()).await;
         }
         self.run_chunked(park).await?;
         // A send may have claimed its id meanwhile, before it could see the parked outcome.
@@ -163,33 +169,21 @@ impl MessageStore for RedisStore {
             .zip(parked_keys)
             .filter_map(|(code, (_, o))| code.map(|c| (c, o)))
             .collect();
-        self.settle(late).await
+        settled.extend(late.iter().map(|(c, _)| c.clone()));
+        self.settle(late).await?;
+        self.count_messages(settled, &Default::default()).await
     }
 
-    async fn campaign_messages(&self, campaign: &str) -> Result<Vec<Message>, StoreError> {
-        let codes: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(campaign_messages_key(campaign))
-            .query_async(&mut self.conn().await?)
-            .await?;
-        let cmds = codes
-            .iter()
-            .map(|c| {
-                redis::cmd("HMGET")
-                    .arg(message_hash(c))
-                    .arg("sent")
-                    .arg("outcome")
-                    .clone()
-            })
-            .collect();
-        let mut out = Vec::with_capacity(codes.len());
-        for (code, v) in codes.iter().zip(self.run_chunked(cmds).await?) {
-            let (sent, outcome): (Option<Vec<u8>>, Option<Vec<u8>>) = parse(v)?;
-            out.push(Message {
-                sent: sent.map(|b| decode(code, &b)).transpose()?,
-                outcome: outcome.map(|b| decode(code, &b)).transpose()?,
-            });
-        }
-        Ok(out)
+    async fn campaign_funnel(&self, campaign: &str) -> Result<FunnelCounts, StoreError> {
+        self.read_campaign_funnel(campaign).await
+    }
+
+    async fn owner_funnels(
+        &self,
+        campaign: &str,
+        only: Option<&str>,
+    ) -> Result<Vec<(String, FunnelCounts)>, StoreError> {
+        self.read_owner_funnels(campaign, only).await
     }
 
     async fn links_named(&self, codes: &[String]) -> Result<Vec<Option<Link>>, StoreError> {

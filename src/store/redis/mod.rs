@@ -21,6 +21,8 @@
 //! | `lg:a:{<campaign>}:<name>`, `lg:a:{*}:<name>` | hash, HyperLogLog | analytics buckets ([`crate::analytics`]): hours by UTC day, breakdowns by local day, visitors by hour and day; `EXPIREAT` the bucket's end plus its retention |
 //! | `lg:applied:{<replica>}` | string | the highest batch number of that batcher applied (`APPLY_ONCE`), `EX` 7 days |
 //! | `lg:applied:{<tag>}:<replica>` | string | on a Redis Cluster, the same per counter hash tag (a counter array's `n`, a campaign, a code): each tag's counters of a batch apply once, in its slot ([`crate::stream::cluster`]) |
+//! | `lg:msg:{<code>}`, `lg:msgid:{…}`, `lg:early:{…}`, `lg:msgs:{<campaign>}` | hash, strings, set | SMS messages ([`messages`]) |
+//! | `lg:fun:{<campaign>}:…` | sets, sorted sets | the funnel's counts ([`funnel`]) |
 //! | `lg:webhooks`, `lg:wh:{<webhook>}:…` | hash, zset, strings, list | webhooks and their delivery queues ([`webhooks`]) |
 //! | `LINKGATE_STREAM` (default `linkgate:events`), or `<stream>:{0}` … with `LINKGATE_STREAM_SHARDS` | stream | events, fields `type` and `json`, `MAXLEN ~` capped per key; a code's events on one shard ([`crate::stream_shard`]) |
 //!
@@ -39,6 +41,7 @@ mod attribution;
 mod conn;
 mod counters;
 pub(crate) mod feed;
+mod funnel;
 mod links;
 mod messages;
 mod templates;
