@@ -359,6 +359,88 @@ async fn redis_out_of_memory_holds_the_events_and_they_land_once_when_it_has_roo
     analytics_settle_at(&s, "oom", 6).await;
 }
 
+/// The funnel of campaign `id`, once the API answers (it may be reconnecting after an outage).
+async fn funnel_of(s: &TestServer, id: &str) -> Option<serde_json::Value> {
+    let r = s.api("GET", &format!("/v1/campaigns/{id}/funnel"), None).await;
+    (r.status == StatusCode::OK).then(|| r.json())
+}
+
+/// First taps of sent and delivered personalised links while Redis is down are answered, spooled,
+/// replayed, and each counted once in the funnel (as tapped, and by its wait after delivery);
+/// repeated taps and the replay add nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_taps_during_a_redis_outage_count_once_in_the_funnel() {
+    const TOKEN: &str = "receipt-token-0123456789";
+    let redis_dir = TempDir::new();
+    let port = free_port();
+    let mut env = Env::with_redis(RedisGuard::start_persistent(port, &redis_dir.0));
+    let s = TestServer::start_with(&env, &[("LINKGATE_RECEIPT_TOKEN", TOKEN)]).await;
+    let items: Vec<serde_json::Value> = (0..12).map(|i| json!({"recipient_id": format!("r{i}")})).collect();
+    let links = s
+        .mint_bulk(json!({"defaults": {"destination": "https://shop.example/", "campaign_id": "down", "kind": "sms"}, "links": items}))
+        .await;
+    let codes: Vec<String> = links.iter().map(|l| l["code"].as_str().unwrap().to_string()).collect();
+    let sends: Vec<serde_json::Value> = codes
+        .iter()
+        .map(|c| json!({"code": c, "provider": "generic", "message_id": format!("m-{c}")}))
+        .collect();
+    assert_eq!(
+        s.api("POST", "/v1/sends", Some(json!({"sends": sends}))).await.status,
+        StatusCode::CREATED
+    );
+    let receipts: Vec<serde_json::Value> = codes
+        .iter()
+        .map(|c| json!({"message_id": format!("m-{c}"), "status": "delivered"}))
+        .collect();
+    let body = json!({"receipts": receipts}).to_string().into_bytes();
+    let path = format!("/v1/receipts/generic?token={TOKEN}");
+    let r = support::send(s.addr, "POST", &path, &[("content-type", "application/json")], body).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let f = funnel_of(&s, "down").await.unwrap();
+    assert_eq!(
+        (&f["sent"], &f["delivered"], &f["tapped"]),
+        (&json!(12), &json!(12), &json!(0))
+    );
+
+    env.redis.as_mut().unwrap().kill();
+    // Eight first taps, four of them tapped twice.
+    for c in codes[..8].iter().chain(&codes[..4]) {
+        tap_n(&s, &format!("/{c}"), 1).await;
+    }
+    eventually(Duration::from_secs(10), "the outage was spooled", || async {
+        (metric(&s.app, "linkgate_spooled_batches_total") > 0.0).then_some(())
+    })
+    .await;
+    env.redis = Some(RedisGuard::start_persistent(port, &redis_dir.0));
+    let f = eventually(
+        Duration::from_secs(30),
+        "the spooled first taps in the funnel",
+        || async { funnel_of(&s, "down").await.filter(|f| f["tapped"] == 8) },
+    )
+    .await;
+    let hours: i64 = f["taps_by_hour_since_delivery"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_i64().unwrap())
+        .sum();
+    assert_eq!(
+        (&f["sent"], &f["delivered"], &f["leads"], hours),
+        (&json!(12), &json!(12), &json!(8), 8),
+        "each first tap once: {f}"
+    );
+    // Two more after it, and the eight again: ten.
+    for c in &codes[..10] {
+        tap_n(&s, &format!("/{c}"), 1).await;
+    }
+    let f = eventually(Duration::from_secs(20), "ten tapped", || async {
+        funnel_of(&s, "down").await.filter(|f| f["tapped"] == 10)
+    })
+    .await;
+    assert_eq!(f["taps_by_hour_since_delivery"][0], 10, "{f}");
+    assert_eq!(f["leads"], 10);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_lost_after_redis_applied_the_batch_is_not_applied_twice() {
     let env = Env::with_redis(RedisGuard::start());

@@ -63,24 +63,29 @@ impl AttributionStore for RedisStore {
                 existing[i] = Some(decode(&leads[i].lead_id, &b)?);
             }
         }
+        let mut opened = Vec::new();
         let claims: Vec<LeadClaim> = leads
             .into_iter()
             .zip(holders)
             .zip(existing)
             .map(|((l, holder), found)| match holder {
-                None => LeadClaim::Won(l),
+                None => {
+                    opened.push(l.clone());
+                    LeadClaim::Won(l)
+                }
                 // A holder whose record is gone (deleted meanwhile) still holds the claim.
-                Some(_) => LeadClaim::Existing(found.unwrap_or(l)),
+                Some(_) => {
+                    let held = found.unwrap_or(l.clone());
+                    // This very tap opened it before a failure: count it again, completing a
+                    // count the failure may have cut short (counting adds nothing twice).
+                    if held.click_id == l.click_id {
+                        opened.push(held.clone());
+                    }
+                    LeadClaim::Existing(held)
+                }
             })
             .collect();
-        // The holders' taps, won now or before (a replay completes a count a failure cut short).
-        let held: Vec<&Lead> = claims
-            .iter()
-            .map(|c| match c {
-                LeadClaim::Won(l) | LeadClaim::Existing(l) => l,
-            })
-            .collect();
-        self.count_taps(&held).await?;
+        self.count_taps(&opened.iter().collect::<Vec<_>>()).await?;
         Ok(claims)
     }
 
