@@ -348,7 +348,7 @@ const fn var(name: &'static str, default: Option<&'static str>, help: &'static s
 }
 
 /// Every setting `Config` reads: the one table clap's flags and environment lookups, the
-/// defaults, and the README's configuration table come from.
+/// defaults, and the configuration table of docs/OPERATIONS.md come from.
 pub const VARS: &[Var] = &[
     var("LINKGATE_LISTEN", Some("0.0.0.0:8080"), "public edge and API"),
     var("LINKGATE_ADMIN_LISTEN", Some("127.0.0.1:9090"), "/metrics"),

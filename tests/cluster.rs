@@ -65,7 +65,7 @@ async fn a_master_killed_under_load_loses_no_tap_and_counts_stay_exact() {
     }
     let victim = env.cluster.as_ref().unwrap().master_of("lg:counts:{0}");
     // The links are on the replicas before the load starts: a mint is not a batch, and no `WAIT`
-    // covers it (README, "Durability").
+    // covers it (docs/GUARANTEES.md).
     env.cluster.as_ref().unwrap().wait_replicated(Duration::from_secs(10));
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -118,7 +118,7 @@ impl Resolver {
     }
 
     /// For a link with `max_clicks`: whether its clicks are spent; if not and `count` is set, counts
-    /// this tap. `max_clicks` is enforced per replica (see the README).
+    /// this tap. `max_clicks` is enforced per replica (docs/DESIGN.md).
     pub fn clicks_spent(&self, link: &CachedLink, count: bool) -> bool {
         let entry = self.human_clicks.entry(code_hash(link.code())).or_default();
         if entry.load(Ordering::Relaxed) >= link.max_clicks() {

@@ -1,5 +1,5 @@
 //! A webhook receiver for tests: a real hyper server on a loopback port that verifies each POST's
-//! signature the way the README tells integrators to (HMAC-SHA256 of `<t>.<body>` with the
+//! signature the way docs/API.md tells integrators to (HMAC-SHA256 of `<t>.<body>` with the
 //! webhook's secret), records every event it accepts, and can be told to answer an error, to
 //! answer slowly, or to go away and come back on the same port.
 
