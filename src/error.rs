@@ -193,6 +193,12 @@ pub(crate) enum EdgeError {
 }
 
 const NOT_FOUND_PAGE: &[u8] = b"<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><title>Link not found</title></head><body><h1>Link not found</h1><p>This link does not exist. Check that it was copied completely.</p></body></html>\n";
+/// A link that could not be read (its store, or on a Redis Cluster its slot's master, did not
+/// answer): a page that asks the phone to try again in 2 s, by itself, which a failover outlasts.
+/// The failed tap is not counted (its link was not known); the retry is.
+const RETRY_PAGE: &[u8] = b"<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><meta http-equiv=\"refresh\" content=\"2\"><title>One moment</title></head><body><h1>One moment</h1><p>This link is briefly unavailable. The page tries again by itself.</p></body></html>\n";
+/// Seconds of `Retry-After` (and of the page's refresh) on [`EdgeError::Unavailable`].
+const RETRY_SECS: &str = "2";
 const GONE_PAGE: &[u8] = b"<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><title>Link expired</title></head><body><h1>This link has expired</h1><p>The offer behind it is no longer available.</p></body></html>\n";
 
 /// Every answer of the edge carries it, so each tap reaches the server.
@@ -203,7 +209,12 @@ impl EdgeError {
         let mut r = match self {
             Self::NotFound => html(StatusCode::NOT_FOUND, NOT_FOUND_PAGE),
             Self::Gone => html(StatusCode::GONE, GONE_PAGE),
-            Self::Unavailable => crate::body::text(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable\n"),
+            Self::Unavailable => {
+                let mut r = html(StatusCode::SERVICE_UNAVAILABLE, RETRY_PAGE);
+                r.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from_static(RETRY_SECS));
+                r
+            }
             Self::BadQuery => crate::body::text(StatusCode::BAD_REQUEST, "bad query string\n"),
             Self::Draining => crate::body::text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
             Self::StoreUnreachable => crate::body::text(StatusCode::SERVICE_UNAVAILABLE, "store unreachable\n"),

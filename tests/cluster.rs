@@ -496,3 +496,105 @@ async fn a_cluster_over_tls_serves_mints_taps_and_changes() {
     })
     .await;
 }
+
+/// Failover soak: the master holding a campaign's counters fails over and back, three times,
+/// under taps, mints and API reads. A killed master stays down until its replica has taken over
+/// and reads answer again; then it comes back as a replica and takes its slots back with a manual
+/// `CLUSTER FAILOVER`. After each change of master, once the cluster reports `ok`, every API read
+/// answers within 5 s; at the end every tap is counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_over_and_back_under_load_keeps_reads_answering_and_counts_exact() {
+    let mut env = Env::new(Backend::Cluster);
+    let s = TestServer::start_with(&env, &[("LINKGATE_REDIS_WAIT_REPLICAS", "1")]).await;
+    let codes: Vec<String> = (0..4).map(|i| format!("soak{i}")).collect();
+    for code in &codes {
+        s.mint(json!({"destination": "https://a.example/", "code": code, "campaign_id": "soak"}))
+            .await;
+    }
+    env.cluster.as_ref().unwrap().wait_replicated(Duration::from_secs(10));
+    let stop = Arc::new(AtomicBool::new(false));
+    let taps = Arc::new(AtomicUsize::new(0));
+    let tapper = tokio::spawn({
+        let (stop, taps, addr, codes) = (stop.clone(), taps.clone(), s.addr, codes.clone());
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let path = format!("/{}", codes[i % codes.len()]);
+                let r = try_send(addr, "GET", &path, &[("user-agent", UA)], vec![])
+                    .await
+                    .unwrap();
+                assert_eq!(r.status, StatusCode::FOUND, "every tap of a cached link redirected");
+                taps.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+            }
+        }
+    });
+    // Every read answers, and a mint lands, within 5 s of the cluster reporting ok.
+    let reads_answer = |round: String| {
+        let s = &s;
+        async move {
+            let started = Instant::now();
+            eventually(
+                Duration::from_secs(5),
+                &format!("reads answer after {round}"),
+                || async {
+                    let stats = s.api("GET", "/v1/campaigns/soak/stats", None).await.status;
+                    let link = s.api("GET", "/v1/links/soak0", None).await.status;
+                    let leads = s.api("GET", "/v1/leads?campaign_id=soak", None).await.status;
+                    (stats == StatusCode::OK && link == StatusCode::OK && leads == StatusCode::OK).then_some(())
+                },
+            )
+            .await;
+            let minted = s
+                .api(
+                    "POST",
+                    "/v1/links",
+                    Some(json!({"destination": "https://b.example/", "campaign_id": "soak-mints"})),
+                )
+                .await;
+            assert_eq!(
+                minted.status,
+                StatusCode::CREATED,
+                "a mint after {round}: {}",
+                minted.text()
+            );
+            started.elapsed()
+        }
+    };
+    let mut waits = Vec::new();
+    for round in 0..3 {
+        let cluster = env.cluster.as_mut().unwrap();
+        let victim = cluster.master_of("lg:stats:camp:{soak}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cluster.nodes[victim].kill();
+        cluster.wait_failover(victim, Duration::from_secs(30));
+        waits.push(reads_answer(format!("failover {round}")).await);
+        // Back: the old master returns as a replica, then takes its slots back.
+        let cluster = env.cluster.as_mut().unwrap();
+        cluster.restart(victim);
+        cluster.wait_healthy(Duration::from_secs(30));
+        // Asked again until it is master: it may still be learning it is a replica.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !cluster.nodes[victim].info("replication").contains("role:master") {
+            assert!(Instant::now() < deadline, "node {victim} took its slots back");
+            cluster.nodes[victim].cmd(&["CLUSTER", "FAILOVER"]);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        cluster.wait_healthy(Duration::from_secs(30));
+        waits.push(reads_answer(format!("failback {round}")).await);
+    }
+    stop.store(true, Ordering::Relaxed);
+    tapper.await.unwrap();
+    let total = taps.load(Ordering::Relaxed) as i64;
+    let clicks = eventually(Duration::from_secs(30), "every tap counted", || async {
+        let r = s.api("GET", "/v1/campaigns/soak/stats", None).await;
+        (r.status == StatusCode::OK)
+            .then(|| r.json()["human_clicks"].as_i64().unwrap())
+            .filter(|&c| c >= total)
+    })
+    .await;
+    assert_eq!(clicks, total, "every tap counted once");
+    println!("reads answered {waits:?} after each change of master; {total} taps");
+}

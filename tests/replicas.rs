@@ -105,6 +105,17 @@ async fn a_replica_that_loses_redis_resubscribes_and_drops_its_cache() {
         "a cached link redirects without Redis"
     );
     assert_eq!(b.get("/readyz").await.status, StatusCode::SERVICE_UNAVAILABLE);
+    // A code B has not cached cannot be read: the visitor gets a page that retries by itself.
+    let r = b.get("/notcached1").await;
+    assert_eq!(
+        (r.status, r.header("retry-after"), r.header("content-type")),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("2"),
+            Some("text/html; charset=utf-8")
+        )
+    );
+    assert!(r.text().contains(r#"http-equiv="refresh" content="2""#), "{}", r.text());
     env.redis = Some(support::RedisGuard::start_on(port));
 
     // The restarted Redis is empty: once B has re-subscribed it must stop serving its stale copy.
