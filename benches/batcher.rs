@@ -27,7 +27,7 @@ use linkgate::Metrics;
 use linkgate::Resolver;
 use linkgate::Spool;
 use linkgate::{Agent, Queued};
-use linkgate::{Batch, BatcherParts, ClusterStreamSink, Delivery, EventSink, RedisStreamSink, SinkError};
+use linkgate::{Batch, BatcherParts, ClusterStreamSink, Delivery, EventSink, HoldLimit, RedisStreamSink, SinkError};
 use linkgate::{RedisStore, Store};
 use redis_server::RedisServer;
 
@@ -156,6 +156,7 @@ fn main() {
                 spool: Spool::open(&dir).unwrap(),
                 ip_secret: b"bench".to_vec(),
                 metrics: events,
+                hold: HoldLimit::default(),
             },
         )
         .unwrap();

@@ -114,6 +114,10 @@ pub struct Config {
     pub stream_shards: u32,
     /// Approximate cap of each Redis Stream key, in entries.
     pub stream_maxlen: u64,
+    /// Most events, and bytes of them, held in memory while they can be neither delivered nor
+    /// spooled (the disk full); past either, events are dropped and counted.
+    pub hold_events: u64,
+    pub hold_bytes: u64,
     /// API requests per second per key (`None`: unlimited).
     pub api_rate_limit: Option<u32>,
     pub log_format: LogFormat,
@@ -479,6 +483,16 @@ pub const VARS: &[Var] = &[
         Some("1000000"),
         "approximate cap of the Redis Stream, in entries",
     ),
+    var(
+        "LINKGATE_HOLD_EVENTS",
+        Some("500000"),
+        "events held in memory while nothing can be written (the disk full); more are dropped and counted",
+    ),
+    var(
+        "LINKGATE_HOLD_MB",
+        Some("256"),
+        "MiB of events held in memory while nothing can be written; more are dropped and counted",
+    ),
 ];
 
 /// The `linkgate serve` arguments: one flag per [`VARS`] entry, each also read from its
@@ -625,6 +639,13 @@ impl Config {
             1000..=u64::MAX,
             "a number of entries of at least 1000",
         )?;
+        let hold_events = number_in(
+            &get,
+            "LINKGATE_HOLD_EVENTS",
+            0..=100_000_000,
+            "a number of events up to 100000000",
+        )?;
+        let hold_mb = number_in(&get, "LINKGATE_HOLD_MB", 0..=65_536, "a number of MiB up to 65536")?;
         let api_rate_limit = match get("LINKGATE_API_RATE_LIMIT") {
             None => None,
             Some(v) => match v.trim().parse::<u32>() {
@@ -664,6 +685,8 @@ impl Config {
             redis_wait_replicas,
             redis_wait_timeout,
             stream_maxlen,
+            hold_events,
+            hold_bytes: hold_mb << 20,
             log_format,
             webhooks: webhook_settings(&get)?,
             analytics: analytics_settings(&get)?,
@@ -795,6 +818,8 @@ mod tests {
             ("LINKGATE_API_RATE_LIMIT", "lots"),
             ("LINKGATE_STREAM_MAXLEN", "10"),
             ("LINKGATE_STREAM_MAXLEN", "many"),
+            ("LINKGATE_HOLD_EVENTS", "-1"),
+            ("LINKGATE_HOLD_MB", "lots"),
         ] {
             let map = HashMap::from([(var, value)]);
             let err = Config::from_map(&map).unwrap_err();

@@ -13,7 +13,7 @@ use crate::body::Body;
 pub(crate) use crate::field::FieldError;
 use crate::store::StoreError;
 
-/// The error codes of SPEC "Errors", each with its status.
+/// The API's error codes (docs/API.md), each with its status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
     InvalidJson,
@@ -26,6 +26,8 @@ pub enum ErrorCode {
     ValidationFailed,
     RateLimited,
     Unavailable,
+    /// The embedded store's disk is full: nothing of the call was written.
+    InsufficientStorage,
     /// A bug: a handler panicked. Counted, logged, and never detailed to the client.
     Internal,
 }
@@ -43,6 +45,7 @@ impl ErrorCode {
             Self::ValidationFailed => "validation_failed",
             Self::RateLimited => "rate_limited",
             Self::Unavailable => "unavailable",
+            Self::InsufficientStorage => "insufficient_storage",
             Self::Internal => "internal",
         }
     }
@@ -59,6 +62,7 @@ impl ErrorCode {
             Self::ValidationFailed => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -188,6 +192,8 @@ pub(crate) enum EdgeError {
     Draining,
     /// `/readyz` while the store does not answer (503).
     StoreUnreachable,
+    /// Readiness: accepted events are not being written (held in memory, or refused).
+    EventsUnwritten,
     /// A path the admin listener does not serve (404).
     NoRoute,
 }
@@ -218,6 +224,7 @@ impl EdgeError {
             Self::BadQuery => crate::body::text(StatusCode::BAD_REQUEST, "bad query string\n"),
             Self::Draining => crate::body::text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
             Self::StoreUnreachable => crate::body::text(StatusCode::SERVICE_UNAVAILABLE, "store unreachable\n"),
+            Self::EventsUnwritten => crate::body::text(StatusCode::SERVICE_UNAVAILABLE, "events not being written\n"),
             Self::NoRoute => crate::body::text(StatusCode::NOT_FOUND, "not found\n"),
         };
         r.headers_mut().insert(CACHE_CONTROL, NO_STORE);
@@ -246,6 +253,10 @@ impl From<StoreError> for ApiError {
                     ..Self::validation(errors)
                 }
             }
+            StoreError::Unwritable { disk_full: true } => Self::new(
+                ErrorCode::InsufficientStorage,
+                "the disk of linkgate's data directory is full: nothing was written; retry once it has room",
+            ),
             // Counted by the API's dispatcher (`linkgate_store_errors_total`).
             other => {
                 tracing::error!(error = %other, "store error");

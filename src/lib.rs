@@ -94,7 +94,7 @@ pub use crate::server::{http1_builder, run as serve};
 pub use crate::shutdown::signal;
 pub use crate::store::{EmbeddedStore, Invalidation, LinkStore, RedisStore, Store};
 pub use crate::stream::batch::Batch;
-pub use crate::stream::batcher::{BatcherParts, Delivery};
+pub use crate::stream::batcher::{BatcherParts, Delivery, HoldLimit};
 pub use crate::stream::cluster::ClusterStreamSink;
 pub use crate::stream::log::Spool;
 pub use crate::stream::{Delivered, EventSink, RedisStreamSink, Refused, STREAM_MAXLEN, SinkError, stream_keys};

@@ -84,6 +84,11 @@ pub struct EventMetrics {
     pub unreplicated: Counter,
     pub dead_letters: Counter,
     pub revenue: Counter,
+    /// Events held in memory: neither delivered nor spooled (the disk full).
+    pub held_events: Gauge,
+    /// Events dropped past the hold's bound (`reason="disk_full"`) or held at exit
+    /// (`reason="shutdown"`).
+    pub dropped: [Counter; 2],
 }
 
 /// Webhook delivery metrics.
@@ -227,6 +232,17 @@ impl Metrics {
                 &[],
             ),
             spool_bytes: r.gauge("linkgate_spool_bytes", "Bytes in the spool waiting for replay."),
+            held_events: r.gauge(
+                "linkgate_events_held",
+                "Events held in memory because they could be neither delivered nor spooled (the disk full).",
+            ),
+            dropped: ["disk_full", "shutdown"].map(|reason| {
+                r.counter(
+                    "linkgate_events_dropped_total",
+                    "Events lost: past the in-memory hold's bound while nothing could be written, or still held at exit.",
+                    &[("reason", reason)],
+                )
+            }),
             replayed: r.counter(
                 "linkgate_spool_replayed_events_total",
                 "Events delivered from the spool.",

@@ -567,6 +567,7 @@ async fn failing_over_and_back_under_load_keeps_reads_answering_and_counts_exact
     for round in 0..3 {
         let cluster = env.cluster.as_mut().unwrap();
         let victim = cluster.master_of("lg:stats:camp:{soak}");
+        let heir = cluster.replica_of(victim);
         tokio::time::sleep(Duration::from_millis(300)).await;
         cluster.nodes[victim].kill();
         cluster.wait_failover(victim, Duration::from_secs(30));
@@ -581,6 +582,18 @@ async fn failing_over_and_back_under_load_keeps_reads_answering_and_counts_exact
             assert!(Instant::now() < deadline, "node {victim} took its slots back");
             cluster.nodes[victim].cmd(&["CLUSTER", "FAILOVER"]);
             tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        // The heir steps down to replica (told to, when fast failovers left it an empty master),
+        // so the next kill has a replica to promote.
+        let id = cluster.nodes[victim].cmd_text(&["CLUSTER", "MYID"]);
+        let follows = format!("master_port:{}\r", cluster.nodes[victim].port);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !cluster.nodes[heir].info("replication").contains(&follows) {
+            assert!(Instant::now() < deadline, "node {heir} follows node {victim} again");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if !cluster.nodes[heir].info("replication").contains(&follows) {
+                cluster.nodes[heir].cmd(&["CLUSTER", "REPLICATE", id.trim()]);
+            }
         }
         cluster.wait_healthy(Duration::from_secs(30));
         waits.push(reads_answer(format!("failback {round}")).await);

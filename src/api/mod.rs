@@ -55,8 +55,14 @@ where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<crate::body::BoxError>,
 {
-    dispatch(app, req).await.unwrap_or_else(|e| {
-        if e.code == ErrorCode::Unavailable {
+    let reads = matches!(*req.method(), Method::GET | Method::HEAD);
+    dispatch(app, req).await.unwrap_or_else(|mut e| {
+        // A read of a store that cannot write (reopening after a full disk) is unavailable for a
+        // moment; only a write is refused for want of space.
+        if e.code == ErrorCode::InsufficientStorage && reads {
+            e = ApiError::unavailable();
+        }
+        if matches!(e.code, ErrorCode::Unavailable | ErrorCode::InsufficientStorage) {
             app.metrics.store_errors.increment(1);
         }
         e.response()

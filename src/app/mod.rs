@@ -21,6 +21,7 @@ use crate::shutdown::Readiness;
 use crate::sms::PhoneHasher;
 use crate::store::redis::feed::RedisFeed;
 use crate::store::{EmbeddedStore, RedisStore, Store};
+use crate::stream::batcher::HoldLimit;
 use crate::stream::cluster::ClusterStreamSink;
 use crate::stream::log::{EventLog, LOG_ROTATE_BYTES, LogTail, Spool};
 use crate::stream::{BatcherParts, Delivery, EventSink, LogSink, RedisStreamSink};
@@ -145,10 +146,7 @@ impl App {
             None => {
                 let embedded = Arc::new(EmbeddedStore::open(&config.data_dir)?);
                 let log = EventLog::open(&config.data_dir, LOG_ROTATE_BYTES)?;
-                let sink = LogSink {
-                    log: Arc::new(std::sync::Mutex::new(log)),
-                    store: embedded.clone(),
-                };
+                let sink = LogSink::new(log, embedded.clone());
                 let feed = Feed::Log(LogTail::open(&config.data_dir)?);
                 sweeper = Some(sweep_analytics(embedded.clone(), rules.clone()));
                 (embedded, Arc::new(sink), feed)
@@ -192,6 +190,10 @@ impl App {
             spool,
             ip_secret,
             metrics,
+            hold: HoldLimit {
+                events: self.config.hold_events as usize,
+                bytes: self.config.hold_bytes as usize,
+            },
         };
         self.delivery = Some(Delivery::start_with(queue.clone(), parts, self.rules.clone())?);
         self.events = Some(queue);

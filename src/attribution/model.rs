@@ -275,7 +275,7 @@ impl RankBy {
 /// that fails holds up the ones behind it in the spool), so the store applies a batch only when
 /// its number is above the replica's highest applied one: a batch re-sent after a lost reply, or
 /// replayed from the spool after a restart, takes effect once.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct BatchId {
     pub replica: String,
     pub seq: u64,

@@ -26,6 +26,10 @@ pub struct EventQueue {
     closing: AtomicBool,
     wake: Notify,
     metrics: EventMetrics,
+    /// Events the batcher holds in memory, neither delivered nor spooled.
+    held: AtomicU64,
+    /// The batcher's last delivery failed (the sink refused or could not be reached).
+    failing: AtomicBool,
 }
 
 impl EventQueue {
@@ -38,7 +42,29 @@ impl EventQueue {
             closing: AtomicBool::new(false),
             wake: Notify::new(),
             metrics,
+            held: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
         }
+    }
+
+    /// Whether accepted events are being written: nothing held in memory, and the last delivery
+    /// landed (readiness).
+    pub fn writing(&self) -> bool {
+        self.held.load(Ordering::Relaxed) == 0 && !self.failing.load(Ordering::Relaxed)
+    }
+
+    /// Events held in memory.
+    pub(crate) fn held(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_held(&self, events: u64) {
+        self.held.store(events, Ordering::Relaxed);
+        self.metrics.held_events.set(events as f64);
+    }
+
+    pub(crate) fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, Ordering::Relaxed);
     }
 
     /// Queues an event without waiting.

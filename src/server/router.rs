@@ -59,6 +59,11 @@ async fn readyz(app: &App) -> Response<Body> {
     if !app.readiness.get() {
         return EdgeError::Draining.response();
     }
+    // Events accepted but not written (held in memory, or the last delivery refused): not ready,
+    // so a load balancer sends taps elsewhere until they are.
+    if app.events.as_ref().is_some_and(|q| !q.writing()) {
+        return EdgeError::EventsUnwritten.response();
+    }
     match tokio::time::timeout(READY_TIMEOUT, app.store.ping()).await {
         Ok(Ok(())) => text(StatusCode::OK, "ready\n"),
         _ => EdgeError::StoreUnreachable.response(),

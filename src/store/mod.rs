@@ -46,6 +46,10 @@ pub enum StoreError {
     Task(String),
     #[error("LINKGATE_REDIS_URL {0}")]
     Config(String),
+    /// The embedded store cannot write (an I/O error, the disk full when `disk_full`): it is
+    /// being reopened, and refuses calls until a probe write succeeds.
+    #[error("the embedded store cannot write{}; reopening", if *disk_full { " (disk full)" } else { "" })]
+    Unwritable { disk_full: bool },
 }
 
 /// The outcome of minting one link.

@@ -49,6 +49,42 @@ pub struct BatcherParts {
     pub spool: Spool,
     pub ip_secret: Vec<u8>,
     pub metrics: EventMetrics,
+    /// How much may wait in memory when events can be neither delivered nor spooled.
+    pub hold: HoldLimit,
+}
+
+/// The bound of the events held in memory while the disk takes no writes (neither the sink nor
+/// the spool): past it, events are dropped, counted and logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldLimit {
+    pub events: usize,
+    pub bytes: usize,
+}
+
+impl Default for HoldLimit {
+    /// 500,000 events or 256 MiB of their spool lines, whichever comes first.
+    fn default() -> Self {
+        Self {
+            events: 500_000,
+            bytes: 256 << 20,
+        }
+    }
+}
+
+/// How often held events are offered to the spool again.
+const HOLD_RETRY: Duration = Duration::from_millis(250);
+/// Drops past the hold's bound are logged at most this often.
+const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Batches held in memory, in order, with their totals.
+#[derive(Default)]
+struct Held {
+    batches: std::collections::VecDeque<(Vec<u8>, usize)>,
+    events: usize,
+    bytes: usize,
+    /// Drops not yet logged, and when they were last logged.
+    unlogged: u64,
+    logged_at: Option<std::time::Instant>,
 }
 
 /// The running batcher, for shutdown.
@@ -95,6 +131,8 @@ impl Delivery {
             rules,
             queued: Vec::with_capacity(BATCH_MAX),
             memo: BatchMemo::default(),
+            hold: parts.hold,
+            held: Held::default(),
         };
         let runtime = RuntimeThread::start("linkgate-events").map_err(std::io::Error::other)?;
         runtime.handle.spawn(async move {
@@ -146,11 +184,16 @@ struct Batcher {
     /// changes).
     memo: BatchMemo,
     rules: Arc<crate::analytics::Rules>,
+    hold: HoldLimit,
+    /// Batches that could be neither delivered nor spooled, oldest first: spooled before anything
+    /// newer once the disk takes writes.
+    held: Held,
 }
 
 impl Batcher {
     async fn run(mut self) {
         let mut last_replay = tokio::time::Instant::now();
+        let mut last_hold_retry = tokio::time::Instant::now();
         loop {
             let stopping = self.queue.is_closing();
             let mut queued = std::mem::take(&mut self.queued);
@@ -169,15 +212,27 @@ impl Batcher {
                 self.queued = queued;
                 self.handle(batch).await;
             }
-            if self.spool_pending() && last_replay.elapsed() >= self.replay_wait {
+            if !self.held.batches.is_empty() && last_hold_retry.elapsed() >= HOLD_RETRY {
+                self.spool_held().await;
+                last_hold_retry = tokio::time::Instant::now();
+            }
+            if self.held.batches.is_empty() && self.spool_pending() && last_replay.elapsed() >= self.replay_wait {
                 self.replay().await;
                 last_replay = tokio::time::Instant::now();
             }
         }
         // Shutdown: the server has stopped answering, so nothing new arrives; whatever the sink
-        // did not take is in the spool. One last replay attempt empties it if the sink is back.
-        if self.spool_pending() {
+        // did not take is in the spool (or held). One last attempt at each.
+        self.spool_held().await;
+        if self.held.batches.is_empty() && self.spool_pending() {
             self.replay().await;
+        }
+        if self.held.events > 0 {
+            tracing::error!(
+                events = self.held.events,
+                "exiting with events that could be neither delivered nor spooled: they are lost"
+            );
+            self.metrics.dropped[1].increment(self.held.events as u64);
         }
     }
 
@@ -213,8 +268,10 @@ impl Batcher {
     /// Delivers `batch`, or spools it when the sink fails or the spool is already behind.
     async fn handle(&mut self, mut batch: Batch) {
         if !batch.is_empty() {
-            let delivered = !self.spool_pending() && {
-                match self.process(&mut batch).await {
+            let delivered = self.held.batches.is_empty() && !self.spool_pending() && {
+                let result = self.process(&mut batch).await;
+                self.queue.set_failing(result.is_err());
+                match result {
                     Ok(()) => true,
                     Err(e) if e.is_transient() => {
                         if e.is_unreplicated() {
@@ -230,25 +287,87 @@ impl Batcher {
                 }
             };
             if !delivered {
-                self.to_spool(batch.spool_lines(), batch.len()).await;
+                self.spool_or_hold(batch.spool_lines(), batch.len()).await;
             }
         }
         self.spare = batch;
     }
 
-    async fn to_spool(&self, lines: Vec<u8>, n: usize) {
+    /// Spools a batch, behind any held ones; one the spool cannot take is held in memory.
+    async fn spool_or_hold(&mut self, lines: Vec<u8>, n: usize) {
+        if self.held.batches.is_empty() {
+            match self.append_spool(lines).await {
+                Ok(()) => {}
+                Err((lines, e)) => {
+                    tracing::error!(error = %e, events = n, "could not write the spool; holding the events in memory");
+                    self.hold(lines, n);
+                }
+            }
+        } else {
+            self.hold(lines, n);
+        }
+    }
+
+    /// Appends to the spool, or gives the lines back with the error.
+    async fn append_spool(&self, lines: Vec<u8>) -> Result<(), (Vec<u8>, String)> {
         let spool = self.spool.clone();
-        let r =
-            tokio::task::spawn_blocking(move || spool.lock().unwrap_or_else(|e| e.into_inner()).append(&lines)).await;
+        let r = tokio::task::spawn_blocking(move || {
+            let r = spool.lock().unwrap_or_else(|e| e.into_inner()).append(&lines);
+            r.map_err(|e| (lines, e.to_string()))
+        })
+        .await;
         match r {
             Ok(Ok(())) => {
                 self.metrics.spooled_batches.increment(1);
+                Ok(())
             }
-            // The disk is gone too: nothing left to do but say so loudly.
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, events = n, "could not write the spool; events lost")
+            Ok(Err(failed)) => Err(failed),
+            Err(e) => Err((Vec::new(), format!("spool task failed: {e}"))),
+        }
+    }
+
+    /// Holds a batch in memory, or drops it past the bound (counted, and logged at most every
+    /// [`DROP_LOG_EVERY`]).
+    fn hold(&mut self, lines: Vec<u8>, n: usize) {
+        let h = &mut self.held;
+        if lines.is_empty() || h.events + n > self.hold.events || h.bytes + lines.len() > self.hold.bytes {
+            self.metrics.dropped[0].increment(n as u64);
+            h.unlogged += n as u64;
+            if h.logged_at.is_none_or(|t| t.elapsed() >= DROP_LOG_EVERY) {
+                tracing::error!(
+                    events = h.unlogged,
+                    held = h.events,
+                    "nothing can be written and the in-memory hold is full: events dropped"
+                );
+                (h.unlogged, h.logged_at) = (0, Some(std::time::Instant::now()));
             }
-            Err(e) => tracing::error!(error = %e, events = n, "spool task failed; events lost"),
+            return;
+        }
+        h.events += n;
+        h.bytes += lines.len();
+        h.batches.push_back((lines, n));
+        self.queue.set_held(h.events as u64);
+    }
+
+    /// Spools held batches in order, until one fails.
+    async fn spool_held(&mut self) {
+        while let Some((lines, n)) = self.held.batches.pop_front() {
+            let len = lines.len();
+            match self.append_spool(lines).await {
+                Ok(()) => {
+                    self.held.events -= n;
+                    self.held.bytes -= len;
+                }
+                Err((lines, _)) => {
+                    self.held.batches.push_front((lines, n));
+                    break;
+                }
+            }
+        }
+        let was = self.queue.held();
+        self.queue.set_held(self.held.events as u64);
+        if was > 0 && self.held.events == 0 {
+            tracing::warn!(events = was, "the events held in memory are in the spool");
         }
     }
 
@@ -288,6 +407,7 @@ impl Batcher {
                 batch.restore_seqs(&seqs);
                 let result = self.process(&mut batch).await;
                 self.spare = batch;
+                self.queue.set_failing(result.is_err());
                 if let Err(e) = result {
                     self.replay_wait = (self.replay_wait * 2).min(REPLAY_MAX_INTERVAL);
                     tracing::debug!(error = %e, wait = ?self.replay_wait, "spool replay deferred");
@@ -450,6 +570,7 @@ mod tests {
                 spool: Spool::open(&dir).unwrap(),
                 ip_secret: b"test".to_vec(),
                 metrics: events,
+                hold: HoldLimit::default(),
             };
             let delivery = Delivery::start(queue.clone(), parts).unwrap();
             (queue, delivery)

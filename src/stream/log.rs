@@ -67,11 +67,21 @@ impl EventLog {
             self.file = OpenOptions::new().create(true).append(true).open(path)?;
             self.size = 0;
         }
-        self.file.write_all(buf)?;
-        self.file.sync_data()?;
+        append_whole(&mut self.file, self.size, buf)?;
         self.size += buf.len() as u64;
         Ok(())
     }
+}
+
+/// Appends `buf` to `file` (now `size` bytes long) and syncs it, or leaves the file as it was: a
+/// write cut short (a full disk) is truncated away, so no torn line is ever left for a reader.
+fn append_whole(file: &mut File, size: u64, buf: &[u8]) -> std::io::Result<()> {
+    let written = file.write_all(buf).and_then(|()| file.sync_data());
+    if written.is_err() {
+        // Shrinking takes no space; a file that cannot even be shrunk reports the first error.
+        let _ = file.set_len(size).and_then(|()| file.sync_data());
+    }
+    written
 }
 
 /// A position in the event log: a file's number and a byte offset in it.
@@ -314,8 +324,7 @@ impl Spool {
 
     /// Appends JSON lines (see [`super::Batch::lines`]).
     pub fn append(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        self.file.write_all(buf)?;
-        self.file.sync_data()?;
+        append_whole(&mut self.file, self.size, buf)?;
         self.size += buf.len() as u64;
         Ok(())
     }

@@ -401,23 +401,48 @@ impl EventSink for RedisStreamSink {
 }
 
 /// Embedded sink: the event log in the data directory, counters in the embedded store (applied
-/// once by batch number; the log may hold a batch's lines twice when its counters failed and it
-/// was sent again: same event ids).
+/// once by batch number). A batch whose lines reached the log but whose counters failed (the
+/// store unwritable) is remembered, so its retry does not log it again; only a process that
+/// stops between the two can leave a batch's lines twice in the log (same event ids).
 pub(crate) struct LogSink {
     pub log: Arc<Mutex<log::EventLog>>,
     pub store: Arc<EmbeddedStore>,
+    /// Batches logged whose counters have not applied yet.
+    pub logged: Mutex<std::collections::HashSet<crate::attribution::model::BatchId>>,
+}
+
+impl LogSink {
+    pub(crate) fn new(log: log::EventLog, store: Arc<EmbeddedStore>) -> Self {
+        Self {
+            log: Arc::new(Mutex::new(log)),
+            store,
+            logged: Mutex::default(),
+        }
+    }
 }
 
 #[async_trait]
 impl EventSink for LogSink {
     async fn deliver(&self, batch: &Batch) -> Result<Delivered, SinkError> {
-        let log = self.log.clone();
-        let lines = batch.lines();
-        tokio::task::spawn_blocking(move || log.lock().unwrap_or_else(|e| e.into_inner()).append(&lines))
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))??;
+        let logged = self
+            .logged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&batch.id);
+        if !logged {
+            let log = self.log.clone();
+            let lines = batch.lines();
+            tokio::task::spawn_blocking(move || log.lock().unwrap_or_else(|e| e.into_inner()).append(&lines))
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))??;
+            self.logged
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(batch.id.clone());
+        }
         let cells = batch.analytics.cells(&batch.rules());
         let landed = self.store.apply_batch(&batch.counters, cells, &batch.id).await?;
+        self.logged.lock().unwrap_or_else(|e| e.into_inner()).remove(&batch.id);
         Ok(Delivered {
             already: !landed,
             ..Delivered::default()

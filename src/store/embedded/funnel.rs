@@ -460,7 +460,7 @@ mod tests {
     }
 
     fn check(store: &EmbeddedStore, rt: &tokio::runtime::Runtime) -> Result<(), TestCaseError> {
-        let want = scanned(&store.db);
+        let want = scanned(&store.db());
         let owners: BTreeMap<String, FunnelCounts> = rt
             .block_on(store.owner_funnels("c", None))
             .unwrap()
@@ -504,7 +504,7 @@ mod tests {
                 rt.block_on(apply(&store, op, n));
             }
             check(&store, &rt)?;
-            let txn = store.db.begin_write().unwrap();
+            let txn = store.db().begin_write().unwrap();
             txn.delete_table(FUNNEL).unwrap();
             txn.delete_table(FUNNEL_WAITS).unwrap();
             txn.commit().unwrap();

@@ -25,7 +25,10 @@ mod counters;
 mod funnel;
 mod links;
 mod messages;
+mod slot;
 mod webhooks;
+
+use self::slot::Slot;
 
 use self::counters::add_counters;
 
@@ -75,7 +78,7 @@ const CAMPAIGN_MESSAGES: TableDefinition<(&str, &str), u8> = TableDefinition::ne
 const VISITORS: TableDefinition<(&str, &[u8]), u8> = TableDefinition::new("visitors");
 
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    slot: Arc<Slot>,
     /// Answers stored under an `Idempotency-Key`, counted to pace [`purge_expired`].
     idempotency_puts: Arc<AtomicU64>,
 }
@@ -114,49 +117,69 @@ fn err(e: impl Into<redb::Error>) -> StoreError {
     StoreError::Embedded(e.into())
 }
 
+/// Opens (or creates) the database at `path`, creates its tables and purges expired idempotency
+/// answers: one write transaction, which also proves the disk takes writes.
+fn open_db(path: &Path) -> Result<Database, StoreError> {
+    let db = Database::create(path).map_err(err)?;
+    let txn = db.begin_write().map_err(err)?;
+    {
+        txn.open_table(CODES).map_err(err)?;
+        txn.open_table(LINKS).map_err(err)?;
+        txn.open_table(RECIPIENTS).map_err(err)?;
+        txn.open_table(LINK_INDEX).map_err(err)?;
+        txn.open_table(META).map_err(err)?;
+        txn.open_table(LEADS).map_err(err)?;
+        txn.open_table(LEAD_CLAIMS).map_err(err)?;
+        txn.open_table(LEAD_INDEX).map_err(err)?;
+        txn.open_table(PARTNERS).map_err(err)?;
+        txn.open_table(CAMPAIGNS).map_err(err)?;
+        txn.open_table(ORDERS).map_err(err)?;
+        txn.open_table(STATS).map_err(err)?;
+        txn.open_table(ANALYTICS).map_err(err)?;
+        txn.open_table(VISITORS).map_err(err)?;
+        txn.open_table(MESSAGES).map_err(err)?;
+        txn.open_table(MESSAGE_IDS).map_err(err)?;
+        txn.open_table(EARLY_RECEIPTS).map_err(err)?;
+        txn.open_table(CAMPAIGN_MESSAGES).map_err(err)?;
+        webhooks::create_tables(&txn)?;
+    }
+    purge_expired(&txn)?;
+    txn.commit().map_err(err)?;
+    Ok(db)
+}
+
 impl EmbeddedStore {
-    /// Opens (or creates) `linkgate.redb` in `data_dir`.
+    /// Opens (or creates) `linkgate.redb` in `data_dir`. A disk too full to write at start is not
+    /// fatal: the store starts unwritable and heals once it has room ([`slot`]).
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|e| err(redb::StorageError::from(e)))?;
-        let db = Database::create(data_dir.join("linkgate.redb")).map_err(err)?;
-        let txn = db.begin_write().map_err(err)?;
-        {
-            txn.open_table(CODES).map_err(err)?;
-            txn.open_table(LINKS).map_err(err)?;
-            txn.open_table(RECIPIENTS).map_err(err)?;
-            txn.open_table(LINK_INDEX).map_err(err)?;
-            txn.open_table(META).map_err(err)?;
-            txn.open_table(LEADS).map_err(err)?;
-            txn.open_table(LEAD_CLAIMS).map_err(err)?;
-            txn.open_table(LEAD_INDEX).map_err(err)?;
-            txn.open_table(PARTNERS).map_err(err)?;
-            txn.open_table(CAMPAIGNS).map_err(err)?;
-            txn.open_table(ORDERS).map_err(err)?;
-            txn.open_table(STATS).map_err(err)?;
-            txn.open_table(ANALYTICS).map_err(err)?;
-            txn.open_table(VISITORS).map_err(err)?;
-            txn.open_table(MESSAGES).map_err(err)?;
-            txn.open_table(MESSAGE_IDS).map_err(err)?;
-            txn.open_table(EARLY_RECEIPTS).map_err(err)?;
-            txn.open_table(CAMPAIGN_MESSAGES).map_err(err)?;
-            webhooks::create_tables(&txn)?;
-        }
-        purge_expired(&txn)?;
-        txn.commit().map_err(err)?;
         Ok(Self {
-            db: Arc::new(db),
+            slot: Slot::open(data_dir.join("linkgate.redb"), open_db)?,
             idempotency_puts: Arc::default(),
         })
     }
 
+    /// Runs `f` on the blocking pool with the database; an I/O failure starts a reopen and
+    /// answers [`StoreError::Unwritable`].
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || f(&db))
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))?
+        let db = self.slot.get()?;
+        let slot = self.slot.clone();
+        tokio::task::spawn_blocking(move || {
+            let r = f(&db);
+            drop(db);
+            r.map_err(|e| slot.failed(e))
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// The database (tests reach into its tables).
+    #[cfg(test)]
+    fn db(&self) -> Arc<Database> {
+        self.slot.get().expect("the store is open")
     }
 }
 
@@ -202,6 +225,7 @@ fn put_json<T: serde::Serialize>(
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn ping(&self) -> Result<(), StoreError> {
+        self.slot.check_writable()?;
         self.blocking(|db| {
             let txn = db.begin_read().map_err(err)?;
             txn.open_table(META).map_err(err)?;
@@ -216,14 +240,14 @@ mod tests {
     use super::*;
 
     fn count(store: &EmbeddedStore) -> usize {
-        let txn = store.db.begin_read().unwrap();
+        let txn = store.db().begin_read().unwrap();
         txn.open_table(IDEMPOTENCY).unwrap().iter().unwrap().count()
     }
 
     /// Stores an answer whose TTL ran out a second ago.
     fn insert_expired(store: &EmbeddedStore, key: &str) {
         let expired_at = (now_secs() as u64 - 1).to_be_bytes();
-        let txn = store.db.begin_write().unwrap();
+        let txn = store.db().begin_write().unwrap();
         txn.open_table(IDEMPOTENCY)
             .unwrap()
             .insert(key, expired_at.as_slice())
