@@ -348,9 +348,15 @@ async fn redis_out_of_memory_holds_the_events_and_they_land_once_when_it_has_roo
     })
     .await;
     assert_eq!(distinct_clicks(&url), (0, 0), "nothing half applied");
+    // Redis answers PING but refuses writes: not ready, so a load balancer can steer taps away.
+    assert_eq!(s.get("/readyz").await.status, StatusCode::SERVICE_UNAVAILABLE);
     redis.cmd(&["CONFIG", "SET", "maxmemory", "0"]);
     eventually(Duration::from_secs(20), "the spool replayed", || async {
         (distinct_clicks(&url).1 >= 6).then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(10), "ready again once writes land", || async {
+        (s.get("/readyz").await.status == StatusCode::OK).then_some(())
     })
     .await;
     assert_eq!(distinct_clicks(&url), (6, 6));
