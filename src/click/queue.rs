@@ -28,7 +28,8 @@ pub struct EventQueue {
     metrics: EventMetrics,
     /// Events the batcher holds in memory, neither delivered nor spooled.
     held: AtomicU64,
-    /// The batcher's last delivery failed (the sink refused or could not be reached).
+    /// The batcher's last delivery was refused by a store that is up but takes no writes
+    /// ([`crate::stream::SinkError::refuses_writes`]).
     failing: AtomicBool,
 }
 
@@ -48,7 +49,7 @@ impl EventQueue {
     }
 
     /// Whether accepted events are being written: nothing held in memory, and the last delivery
-    /// landed (readiness).
+    /// was not refused for want of room (readiness).
     pub fn writing(&self) -> bool {
         self.held.load(Ordering::Relaxed) == 0 && !self.failing.load(Ordering::Relaxed)
     }

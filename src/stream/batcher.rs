@@ -270,7 +270,8 @@ impl Batcher {
         if !batch.is_empty() {
             let delivered = self.held.batches.is_empty() && !self.spool_pending() && {
                 let result = self.process(&mut batch).await;
-                self.queue.set_failing(result.is_err());
+                self.queue
+                    .set_failing(result.as_ref().is_err_and(SinkError::refuses_writes));
                 match result {
                     Ok(()) => true,
                     Err(e) if e.is_transient() => {
@@ -407,7 +408,8 @@ impl Batcher {
                 batch.restore_seqs(&seqs);
                 let result = self.process(&mut batch).await;
                 self.spare = batch;
-                self.queue.set_failing(result.is_err());
+                self.queue
+                    .set_failing(result.as_ref().is_err_and(SinkError::refuses_writes));
                 if let Err(e) = result {
                     self.replay_wait = (self.replay_wait * 2).min(REPLAY_MAX_INTERVAL);
                     tracing::debug!(error = %e, wait = ?self.replay_wait, "spool replay deferred");

@@ -62,6 +62,22 @@ impl SinkError {
         }
     }
 
+    /// Whether the store is up but refuses writes (Redis out of memory or unable to persist,
+    /// `MISCONF`; the embedded store or the event log on a full or failing disk): readiness fails
+    /// until a batch lands. A lost connection or a failover is not such a refusal: a cluster
+    /// master failing over must not make every replica unready while cached links still redirect
+    /// and the batches wait in the spool.
+    pub(crate) fn refuses_writes(&self) -> bool {
+        let refused = |e: &str| e.starts_with("OOM") || e.starts_with("MISCONF");
+        match self {
+            Self::Redis(resp::RespError::Reply(e)) => refused(e),
+            Self::Redis(_) => false,
+            Self::Cluster(e) | Self::Store(StoreError::Redis(e)) => e.code().is_some_and(refused),
+            Self::Store(StoreError::Unwritable { .. } | StoreError::Embedded(_)) | Self::Io(_) => true,
+            Self::Store(_) => false,
+        }
+    }
+
     /// Whether the batch landed but too few replicas confirmed it in time (`WAIT`).
     pub(crate) fn is_unreplicated(&self) -> bool {
         matches!(self, Self::Redis(resp::RespError::NotReplicated { .. }))
