@@ -168,15 +168,35 @@ impl Feed {
     }
 }
 
+/// Rounds (a read, its first attempts and their records) in flight at once. A round waits for its
+/// slowest first attempt (at most a second); while it does, the next reads go on, so
+/// a healthy receiver's events are not held behind another receiver's slow answer. Reads are
+/// acknowledged in the order they were made, each once its round has stored what it must.
+const ROUNDS_IN_FLIGHT: usize = 32;
+
+type Round = std::pin::Pin<Box<dyn std::future::Future<Output = Option<Read>> + Send>>;
+
 /// The intake loop: runs until the webhooks handle is dropped.
 pub(crate) async fn run(hooks: std::sync::Weak<Webhooks>, signals: std::sync::Arc<super::Signals>, mut feed: Feed) {
+    use futures_util::{FutureExt, StreamExt};
     let mut last_reclaim = Instant::now();
     let never = std::future::pending::<()>;
     let mut last_skip: Option<Instant> = None;
+    let mut rounds: futures_util::stream::FuturesOrdered<Round> = futures_util::stream::FuturesOrdered::new();
     while !signals.stopping() {
+        // Acknowledge the rounds that are done, in order; wait for the oldest when all are busy.
+        while let Some(Some(done)) = rounds.next().now_or_never() {
+            ack(&mut feed, done).await;
+        }
+        if rounds.len() >= ROUNDS_IN_FLIGHT {
+            if let Some(done) = rounds.next().await {
+                ack(&mut feed, done).await;
+            }
+            continue;
+        }
         let Some(h) = hooks.upgrade() else { return };
         let enabled = h.enabled();
-        if enabled.is_empty() {
+        if enabled.is_empty() && rounds.is_empty() {
             if last_skip.is_none_or(|t| t.elapsed() >= IDLE_SKIP_EVERY) {
                 feed.skip_if_unwanted(&h).await;
                 last_skip = Some(Instant::now());
@@ -203,61 +223,90 @@ pub(crate) async fn run(hooks: std::sync::Weak<Webhooks>, signals: std::sync::Ar
         };
         if read.is_empty() {
             drop(h);
-            signals.pause(IDLE_PAUSE, never()).await;
+            // Nothing new: wait a moment, or for a round to finish.
+            if rounds.is_empty() {
+                signals.pause(IDLE_PAUSE, never()).await;
+            } else {
+                tokio::select! {
+                    done = rounds.next() => {
+                        if let Some(done) = done {
+                            ack(&mut feed, done).await;
+                        }
+                    }
+                    () = tokio::time::sleep(IDLE_PAUSE) => {}
+                }
+            }
             continue;
         }
         h.metrics.events_read.increment(read.len() as u64);
-        let hooks = enabled;
-        let deliveries = deliveries_for(&hooks, read.events().into_iter(), now_millis());
-        // Let the redirects queued meanwhile go first.
-        tokio::task::yield_now().await;
-        // First attempts, by this replica, now; the read is acknowledged only once each attempt
-        // is recorded (delivered) or stored for a retry: a read is never dropped.
-        let attempts = h.first_attempts(&hooks, deliveries).await;
-        let (retry, done): (Vec<Attempted>, Vec<Attempted>) =
-            attempts.into_iter().partition(|a| a.retry_at_ms.is_some());
-        let retry: Vec<WebhookDelivery> = retry.into_iter().map(|a| a.delivery).collect();
-        let done: Vec<WebhookDelivery> = done.into_iter().map(|a| a.delivery).collect();
-        let mut pause = Duration::from_millis(100);
-        loop {
-            if signals.stopping() {
-                // Not acknowledged: read again after a restart (or by another replica).
-                return;
-            }
-            let stored = async {
-                let queued = h.store.enqueue_deliveries(&retry).await?;
-                h.store.record_deliveries(&done).await?;
-                Ok::<_, crate::store::StoreError>(queued)
-            };
-            match stored.await {
-                Ok(queued) => {
-                    h.metrics.enqueued.increment(queued as u64);
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "webhook deliveries could not be recorded; trying again");
-                    signals.pause(pause, never()).await;
-                    pause = (pause * 2).min(Duration::from_secs(5));
-                }
-            }
+        rounds.push_back(Box::pin(round(h, enabled, read, signals.clone())));
+    }
+}
+
+/// Acknowledges a round's read (`None`: the round stopped before storing, so it is read again).
+async fn ack(feed: &mut Feed, done: Option<Read>) {
+    let Some(read) = done else { return };
+    if let Err(e) = feed.ack(&read).await {
+        // Read again later (by this replica's next read of pending entries, or another's):
+        // the deliveries have the same ids, so a queued one is not queued twice (a delivered
+        // one is posted again: at least once).
+        tracing::warn!(error = %e, "webhook delivery could not acknowledge events");
+    }
+}
+
+/// One round: the first attempts of what `read` holds for `hooks`, then the record of each
+/// (delivered, or queued for a retry). Gives the read back to be acknowledged, or `None` when
+/// stopping first.
+async fn round(
+    h: std::sync::Arc<Webhooks>,
+    hooks: Vec<Webhook>,
+    read: Read,
+    signals: std::sync::Arc<super::Signals>,
+) -> Option<Read> {
+    let never = std::future::pending::<()>;
+    let deliveries = deliveries_for(&hooks, read.events().into_iter(), now_millis());
+    // Let the redirects queued meanwhile go first.
+    tokio::task::yield_now().await;
+    // First attempts, by this replica, now; the read is acknowledged only once each attempt
+    // is recorded (delivered) or stored for a retry: a read is never dropped.
+    let attempts = h.first_attempts(&hooks, deliveries).await;
+    let (retry, done): (Vec<Attempted>, Vec<Attempted>) = attempts.into_iter().partition(|a| a.retry_at_ms.is_some());
+    let retry: Vec<WebhookDelivery> = retry.into_iter().map(|a| a.delivery).collect();
+    let done: Vec<WebhookDelivery> = done.into_iter().map(|a| a.delivery).collect();
+    let mut pause = Duration::from_millis(100);
+    loop {
+        if signals.stopping() {
+            // Not acknowledged: read again after a restart (or by another replica).
+            return None;
         }
-        if !retry.is_empty() {
-            h.signals.queued.notify_waiters();
-        }
-        for failed in done.iter().filter(|d| d.status == DeliveryStatus::Failed) {
-            if let Some(hook) = hooks.iter().find(|w| w.id == failed.webhook_id)
-                && let Err(e) = h.disable(hook, failed).await
-            {
-                tracing::warn!(error = %e, "a webhook could not be disabled");
+        let stored = async {
+            let queued = h.store.enqueue_deliveries(&retry).await?;
+            h.store.record_deliveries(&done).await?;
+            Ok::<_, crate::store::StoreError>(queued)
+        };
+        match stored.await {
+            Ok(queued) => {
+                h.metrics.enqueued.increment(queued as u64);
+                break;
             }
-        }
-        if let Err(e) = feed.ack(&read).await {
-            // Read again later (by this replica's next read of pending entries, or another's):
-            // the deliveries have the same ids, so a queued one is not queued twice (a delivered
-            // one is posted again: at least once).
-            tracing::warn!(error = %e, "webhook delivery could not acknowledge events");
+            Err(e) => {
+                tracing::warn!(error = %e, "webhook deliveries could not be recorded; trying again");
+                signals.pause(pause, never()).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
         }
     }
+    if !retry.is_empty() {
+        h.signals.queued.notify_waiters();
+    }
+    for failed in done.iter().filter(|d| d.status == DeliveryStatus::Failed) {
+        if let Some(hook) = hooks.iter().find(|w| w.id == failed.webhook_id)
+            && let Err(e) = h.disable(hook, failed).await
+        {
+            tracing::warn!(error = %e, "a webhook could not be disabled");
+        }
+    }
+    Some(read)
 }
 
 /// An event a webhook wants: its id, type, JSON and time written (Unix ms).

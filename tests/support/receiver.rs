@@ -29,6 +29,8 @@ pub(crate) enum Mode {
     Slow(Duration),
     /// 200 with a body of this many bytes.
     Large(usize),
+    /// This status after this pause.
+    SlowStatus(Duration, u16),
 }
 
 /// One POST as it arrived.
@@ -263,6 +265,10 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Resp
         Mode::Slow(pause) => {
             tokio::time::sleep(pause).await;
             200
+        }
+        Mode::SlowStatus(pause, s) => {
+            tokio::time::sleep(pause).await;
+            s
         }
     };
     state.lock().unwrap().posts.push(Post {
