@@ -142,6 +142,8 @@ fn open_db(path: &Path) -> Result<Database, StoreError> {
         txn.open_table(EARLY_RECEIPTS).map_err(err)?;
         txn.open_table(CAMPAIGN_MESSAGES).map_err(err)?;
         webhooks::create_tables(&txn)?;
+        txn.open_table(funnel::FUNNEL).map_err(err)?;
+        txn.open_table(funnel::FUNNEL_WAITS).map_err(err)?;
     }
     purge_expired(&txn)?;
     txn.commit().map_err(err)?;

@@ -218,6 +218,25 @@ impl RedisStore {
             campaign_id: Some(campaign.to_string()),
             owner_id: None,
         };
+        // A campaign with nothing yet is left unmarked: reading any id writes nothing (counting
+        // it later adds what is there by then, idempotently).
+        let name = IndexName::Campaign(campaign.to_string());
+        let sizes = self
+            .run_chunked(vec![
+                redis::cmd("LLEN").arg(link_list_key(&name)).clone(),
+                redis::cmd("SCARD")
+                    .arg(super::messages::campaign_messages_key(campaign))
+                    .clone(),
+                redis::cmd("LLEN").arg(lead_list_key(&name)).clone(),
+            ])
+            .await?;
+        let mut any = false;
+        for v in sizes {
+            any |= parse::<i64>(v)? > 0;
+        }
+        if !any {
+            return Ok(());
+        }
         let mut after = 0;
         loop {
             let page = self.list_links(&filter, after, 1000).await?;
