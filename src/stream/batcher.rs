@@ -359,6 +359,13 @@ impl Batcher {
                     self.held.events -= n;
                     self.held.bytes -= len;
                 }
+                // The spool task itself failed and took the lines with it: lost, and counted.
+                Err((lines, e)) if lines.is_empty() => {
+                    tracing::error!(error = %e, events = n, "held events lost");
+                    self.metrics.dropped[0].increment(n as u64);
+                    self.held.events -= n;
+                    self.held.bytes -= len;
+                }
                 Err((lines, _)) => {
                     self.held.batches.push_front((lines, n));
                     break;
