@@ -1,6 +1,6 @@
 //! The one place where errors become HTTP answers.
 //!
-//! Every error leaves the server as `{"error": {"code", "message", "details"}}` with the status SPEC
+//! Every error leaves the server as `{"error": {"code", "message", "details"}}` with the status docs/API.md
 //! assigns to its code. Internal errors (store failures) are logged here and answered as `unavailable`
 //! with a generic message: internal text never reaches a client.
 

@@ -14,7 +14,7 @@ use http::StatusCode;
 use serde_json::{Value, json};
 use support::{Backend, ClusterGuard, Env, TempDir, TestServer, eventually, metric, send, try_send};
 
-/// How soon every replica serves a change (SPEC).
+/// How soon every replica serves a change (docs/GUARANTEES.md).
 const COHERENCE: Duration = Duration::from_secs(1);
 const UA: &str = "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 Chrome/120.0 Mobile Safari/537.36";
 

@@ -98,7 +98,7 @@ pub struct Campaign {
     pub attribution_window: u64,
 }
 
-/// Thirty days, SPEC's default attribution window.
+/// Thirty days, the default attribution window (docs/API.md).
 pub(crate) const DEFAULT_WINDOW_SECS: u64 = 30 * 86_400;
 
 impl Campaign {

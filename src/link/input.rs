@@ -177,7 +177,7 @@ pub(crate) fn parse_new(obj: &Map<String, Value>, rules: &Rules, errs: &mut Erro
     (errs.list.len() == before).then_some(link)
 }
 
-/// A change to a link: only the fields SPEC lets `PATCH` touch. `Some(None)` clears a field.
+/// A change to a link: only the fields `PATCH` may touch (docs/API.md). `Some(None)` clears a field.
 #[derive(Debug, Default, Clone)]
 pub struct LinkPatch {
     pub destination: Option<String>,

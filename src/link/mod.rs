@@ -183,7 +183,7 @@ fn yes() -> bool {
 }
 
 impl Link {
-    /// A link with SPEC's defaults (kind `web`, 302, conversions tracked) and nothing else set.
+    /// A link with the API's defaults (kind `web`, 302, conversions tracked) and nothing else set.
     pub fn new(code: String, destination: String, now: i64) -> Self {
         Self {
             code,

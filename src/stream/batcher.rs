@@ -31,7 +31,7 @@ use crate::store::AttributionStore;
 /// Most events delivered in one batch.
 pub(crate) const BATCH_MAX: usize = 4096;
 /// How long an idle batcher sleeps before looking at the queue again: the most a quiet event
-/// waits. Stats may lag by up to a second (SPEC), so 10 ms is far inside the contract; why 10
+/// waits. Stats may lag by up to a second (docs/GUARANTEES.md), so 10 ms is far inside the contract; why 10
 /// and not 2 is measured in `loadtest/optimisations.md`.
 pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_millis(10);
 /// How often a non-empty spool is retried.
