@@ -7,7 +7,7 @@ mod support;
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -21,6 +21,9 @@ const UA: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWe
 struct Tmpfs {
     dir: TempDir,
 }
+
+/// The file [`Tmpfs::fill`] writes.
+const FILLER: &str = "filler";
 
 impl Tmpfs {
     /// `None` (and a message) where mounting is not allowed.
@@ -39,7 +42,9 @@ impl Tmpfs {
         Some(Self { dir })
     }
 
-    fn resize(&self, mib: u32) {
+    /// Removes the filler and grows the filesystem to `mib`, while linkgate runs.
+    fn make_room(&self, mib: u32) {
+        std::fs::remove_file(self.dir.0.join(FILLER)).unwrap();
         let ok = Command::new("mount")
             .args(["-o", &format!("remount,size={mib}m")])
             .arg(&self.dir.0)
@@ -53,14 +58,12 @@ impl Tmpfs {
     }
 
     /// Fills what space is left with a file, to the last byte.
-    fn fill(&self) -> PathBuf {
-        let path = self.dir.0.join("filler");
-        let mut f = std::fs::File::create(&path).unwrap();
+    fn fill(&self) {
+        let mut f = std::fs::File::create(self.dir.0.join(FILLER)).unwrap();
         let chunk = vec![0u8; 4096];
         while f.write_all(&chunk).is_ok() {}
         while f.write_all(&[0]).is_ok() {}
         let _ = f.sync_all();
-        path
     }
 }
 
@@ -207,6 +210,25 @@ async fn listed(lg: &Linkgate) -> std::collections::HashSet<String> {
     }
 }
 
+/// Gives the full disk room again and waits for linkgate to be ready and mint, without a restart.
+async fn heal(fs: &Tmpfs, lg: &Linkgate) {
+    fs.make_room(64);
+    eventually(Duration::from_secs(20), "ready once the disk has room", || async {
+        (lg.ready().await == StatusCode::OK).then_some(())
+    })
+    .await;
+    assert_eq!(mint_one(lg).await, StatusCode::CREATED, "minting resumes");
+}
+
+/// Every link acknowledged before is still listed.
+async fn all_listed(lg: &Linkgate, acknowledged: &[String]) {
+    let listed = listed(lg).await;
+    assert!(
+        acknowledged.iter().all(|c| listed.contains(c)),
+        "every acknowledged link is there"
+    );
+}
+
 async fn mint_one(lg: &Linkgate) -> StatusCode {
     lg.api(
         "POST",
@@ -269,7 +291,7 @@ async fn a_full_disk_holds_answered_taps_and_heals_without_a_restart() {
     )
     .await;
     assert_eq!(mint_one(&lg).await, StatusCode::INSUFFICIENT_STORAGE);
-    let filler = fs.fill();
+    fs.fill();
 
     // Under the hold's bound: every tap held in memory, none dropped.
     tap(&lg, "tapme", 100).await;
@@ -293,13 +315,7 @@ async fn a_full_disk_holds_answered_taps_and_heals_without_a_restart() {
     assert_eq!(lg.ready().await, StatusCode::SERVICE_UNAVAILABLE);
 
     // Room again, without a restart.
-    std::fs::remove_file(filler).unwrap();
-    fs.resize(64);
-    eventually(Duration::from_secs(20), "ready once the disk has room", || async {
-        (lg.ready().await == StatusCode::OK).then_some(())
-    })
-    .await;
-    assert_eq!(mint_one(&lg).await, StatusCode::CREATED, "minting resumes");
+    heal(&fs, &lg).await;
     let kept = (200.0 - dropped) as i64;
     let clicks = eventually(Duration::from_secs(20), "the held taps counted", || async {
         let r = lg.api("GET", "/v1/links/tapme/stats", None).await;
@@ -315,11 +331,7 @@ async fn a_full_disk_holds_answered_taps_and_heals_without_a_restart() {
         (kept as usize, kept as usize),
         "streamed once each"
     );
-    let listed = listed(&lg).await;
-    assert!(
-        acknowledged.iter().all(|c| listed.contains(c)),
-        "every acknowledged link is there"
-    );
+    all_listed(&lg, &acknowledged).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -327,7 +339,7 @@ async fn killed_or_restarted_while_the_disk_is_full_it_comes_back_and_heals() {
     let Some(fs) = Tmpfs::mount(8) else { return };
     let mut lg = Linkgate::start(fs.path(), &[]).await;
     let mut acknowledged = fill_by_minting(&lg).await;
-    let filler = fs.fill();
+    fs.fill();
     lg.signal("KILL");
     drop(lg);
 
@@ -341,16 +353,6 @@ async fn killed_or_restarted_while_the_disk_is_full_it_comes_back_and_heals() {
 
     let lg = Linkgate::start(fs.path(), &[]).await;
     assert_eq!(lg.ready().await, StatusCode::SERVICE_UNAVAILABLE);
-    std::fs::remove_file(filler).unwrap();
-    fs.resize(64);
-    eventually(Duration::from_secs(20), "ready once the disk has room", || async {
-        (lg.ready().await == StatusCode::OK).then_some(())
-    })
-    .await;
-    assert_eq!(mint_one(&lg).await, StatusCode::CREATED);
-    let listed = listed(&lg).await;
-    assert!(
-        acknowledged.iter().all(|c| listed.contains(c)),
-        "every acknowledged link survived the kill and the restarts"
-    );
+    heal(&fs, &lg).await;
+    all_listed(&lg, &acknowledged).await;
 }

@@ -41,6 +41,14 @@ async fn subscribe(s: &TestServer, receiver: &Receiver, body: Value) -> Value {
     hook
 }
 
+/// Subscribes `url`, where no receiver answers as one should, to clicks.
+async fn subscribe_url(s: &TestServer, url: &str) {
+    let r = s
+        .api("POST", "/v1/webhooks", Some(json!({"url": url, "events": ["click"]})))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+}
+
 /// Mints `n` personalised links in campaign `campaign` and taps each `taps` times as a phone.
 async fn tap_links(s: &TestServer, campaign: &str, n: usize, taps: usize) -> Vec<String> {
     let links: Vec<Value> = (0..n)
@@ -655,11 +663,7 @@ async fn many_hanging_and_refusing_receivers_do_not_hold_up_a_healthy_one() {
         hanging.push(r);
     }
     for _ in 0..20 {
-        let url = format!("http://127.0.0.1:{}/refused", support::free_port());
-        let r = s
-            .api("POST", "/v1/webhooks", Some(json!({"url": url, "events": ["click"]})))
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+        subscribe_url(&s, &format!("http://127.0.0.1:{}/refused", support::free_port())).await;
     }
     let healthy = Receiver::start().await;
     subscribe(&s, &healthy, json!({"events": ["click"]})).await;
@@ -701,10 +705,7 @@ async fn ninety_nine_bad_endpoints_do_not_delay_a_healthy_one_on_any_store() {
             } else {
                 format!("http://hook-{i}.nowhere.invalid/hooks")
             };
-            let r = s
-                .api("POST", "/v1/webhooks", Some(json!({"url": url, "events": ["click"]})))
-                .await;
-            assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+            subscribe_url(&s, &url).await;
         }
         let healthy = Receiver::start().await;
         subscribe(&s, &healthy, json!({"events": ["click"]})).await;

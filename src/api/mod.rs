@@ -55,13 +55,7 @@ where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<crate::body::BoxError>,
 {
-    let reads = matches!(*req.method(), Method::GET | Method::HEAD);
-    dispatch(app, req).await.unwrap_or_else(|mut e| {
-        // A read of a store that cannot write (reopening after a full disk) is unavailable for a
-        // moment; only a write is refused for want of space.
-        if e.code == ErrorCode::InsufficientStorage && reads {
-            e = ApiError::unavailable();
-        }
+    dispatch(app, req).await.unwrap_or_else(|e| {
         if matches!(e.code, ErrorCode::Unavailable | ErrorCode::InsufficientStorage) {
             app.metrics.store_errors.increment(1);
         }
@@ -101,6 +95,23 @@ where
 /// console, which renders its pages from the same handlers (and so the same scopes, owner
 /// limits and validation) instead of a second copy of them.
 pub(crate) async fn dispatch_as<B>(app: &App, key: &ApiKey, req: Request<B>) -> ApiResult
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<crate::body::BoxError>,
+{
+    let reads = matches!(*req.method(), Method::GET | Method::HEAD);
+    route(app, key, req).await.map_err(|e| {
+        // A read of a store that cannot write (reopening after a full disk) is unavailable for a
+        // moment; only a write is refused for want of space.
+        if e.code == ErrorCode::InsufficientStorage && reads {
+            ApiError::unavailable()
+        } else {
+            e
+        }
+    })
+}
+
+async fn route<B>(app: &App, key: &ApiKey, req: Request<B>) -> ApiResult
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<crate::body::BoxError>,

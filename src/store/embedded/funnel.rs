@@ -35,6 +35,14 @@ fn owner_prefix(campaign: &str) -> String {
     format!("o\x1f{campaign}\x1f")
 }
 
+/// The campaign's scope and its owner's (`none` for links without one): each count moves in both.
+fn scopes(campaign: &str, owner: Option<&str>) -> [String; 2] {
+    [
+        campaign_scope(campaign),
+        format!("{}{}", owner_prefix(campaign), owner.unwrap_or(NO_OWNER)),
+    ]
+}
+
 /// The time of `code`'s first human tap: when the lead holding its claim was opened.
 pub(super) fn first_tap(
     claims: &impl ReadableTable<&'static str, &'static str>,
@@ -75,8 +83,7 @@ impl<'t> Funnel<'t> {
 
     /// Adds 1 to `field` of the campaign and of its owner.
     fn bump(&mut self, campaign: &str, owner: Option<&str>, field: &str) -> Result<(), StoreError> {
-        let owner = format!("{}{}", owner_prefix(campaign), owner.unwrap_or(NO_OWNER));
-        for scope in [campaign_scope(campaign), owner] {
+        for scope in scopes(campaign, owner) {
             let n = self
                 .counts
                 .get((scope.as_str(), field))
@@ -89,8 +96,7 @@ impl<'t> Funnel<'t> {
 
     /// Records a wait of the campaign and of its owner.
     fn wait(&mut self, campaign: &str, owner: Option<&str>, code: &str, secs: i64) -> Result<(), StoreError> {
-        let owner = format!("{}{}", owner_prefix(campaign), owner.unwrap_or(NO_OWNER));
-        for scope in [campaign_scope(campaign), owner] {
+        for scope in scopes(campaign, owner) {
             self.waits.insert((scope.as_str(), secs as u64, code), 1).map_err(err)?;
         }
         Ok(())
@@ -124,31 +130,17 @@ impl<'t> Funnel<'t> {
         }
     }
 
-    /// A message was just sent (its outcome may have waited for it): counts it.
-    pub(super) fn sent(
+    /// A message was just sent (`newly_sent`; its outcome may have waited for it) or just got its
+    /// outcome: counts what that adds, in a campaign that is counted (one that is not is counted
+    /// whole at its first read).
+    pub(super) fn changed(
         &mut self,
         m: &Message,
+        newly_sent: bool,
         tap: impl FnOnce() -> Result<Option<i64>, StoreError>,
-    ) -> Result<(), StoreError> {
-        self.when_counted(m, |f| f.message(m, tap()?, true))
-    }
-
-    /// A sent message just got its outcome: counts it.
-    pub(super) fn decided(
-        &mut self,
-        m: &Message,
-        tap: impl FnOnce() -> Result<Option<i64>, StoreError>,
-    ) -> Result<(), StoreError> {
-        self.when_counted(m, |f| f.message(m, tap()?, false))
-    }
-
-    fn when_counted(
-        &mut self,
-        m: &Message,
-        then: impl FnOnce(&mut Self) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         match m.sent.as_ref().and_then(|s| s.campaign_id.as_deref()) {
-            Some(c) if self.counted(c)? => then(self),
+            Some(c) if self.counted(c)? => self.message(m, tap()?, newly_sent),
             _ => Ok(()),
         }
     }

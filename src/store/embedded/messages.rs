@@ -75,10 +75,8 @@ impl<'t> Tables<'t> {
         self.put(&s.code, &m)?;
         let (claims, leads, code) = (&self.claims, &self.leads, s.code.as_str());
         let tap = || first_tap(claims, leads, code);
-        if !was_sent {
-            self.funnel.sent(&m, tap)?;
-        } else if !was_decided && m.outcome.is_some() {
-            self.funnel.decided(&m, tap)?;
+        if !was_sent || (!was_decided && m.outcome.is_some()) {
+            self.funnel.changed(&m, !was_sent, tap)?;
         }
         Ok(true)
     }
@@ -119,7 +117,7 @@ impl MessageStore for EmbeddedStore {
                             if m.apply(r) {
                                 t.put(&code, &m)?;
                                 let tap = || first_tap(&t.claims, &t.leads, &code);
-                                t.funnel.decided(&m, tap)?;
+                                t.funnel.changed(&m, false, tap)?;
                             }
                         }
                         None => {
