@@ -31,9 +31,9 @@
 //!    miss reads the [`store`] once (concurrent misses coalesce), unknown codes are remembered
 //!    briefly, and Redis pub/sub keeps replicas coherent.
 //! 10. **Store** — [`store`]: narrow traits (links, attribution records, counters, webhooks,
-//!    analytics buckets, SMS messages and the funnel's counts) and two backends, Redis
-//!    (production, shared by replicas; one server or a Redis Cluster) and an embedded redb file
-//!    (the default; it reopens itself after an I/O error such as a full disk).
+//!     analytics buckets, SMS messages and the funnel's counts) and two backends, Redis
+//!     (production, shared by replicas; one server or a Redis Cluster) and an embedded redb file
+//!     (the default; it reopens itself after an I/O error such as a full disk).
 //! 11. **SMS** — [`sms`]: sends, delivery receipts in each provider's own format (the first
 //!     terminal receipt decides a message), and the campaign funnel: plain functions.
 //! 12. **Analytics** — [`analytics`]: what a tap says (device, OS, browser, in-app app, referer,
