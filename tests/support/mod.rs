@@ -54,6 +54,10 @@ pub(crate) struct RedisGuard {
     /// The TLS port it also listens on, and the directory of its test CA and certificate.
     tls: Option<(u16, TempDir)>,
     killed: bool,
+    /// Its working directory (a `--dir` among the extra arguments wins): never the repository
+    /// root, where a `dump.rdb` written at shutdown would be loaded by every later Redis started
+    /// there, and committed by accident once.
+    _dir: TempDir,
 }
 
 impl RedisGuard {
@@ -166,8 +170,11 @@ impl RedisGuard {
     }
 
     fn spawn(port: u16, extra: &[&str]) -> Self {
+        let dir = TempDir::new();
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(&dir.0)
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -182,6 +189,7 @@ impl RedisGuard {
             socket: None,
             tls: None,
             killed: false,
+            _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
