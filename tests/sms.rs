@@ -203,7 +203,7 @@ async fn sends_receipts_and_taps_make_an_exact_funnel_on_every_store() {
             "four taps and an order in the funnel",
             || async {
                 let f = funnel(&s, "").await;
-                (f["tapped"] == 4 && f["conversions"] == 1).then_some(f)
+                (f["tapped"] == 4 && f["leads"] == 4 && f["conversions"] == 1).then_some(f)
             },
         )
         .await;
