@@ -22,6 +22,9 @@ pub enum ErrorCode {
     NotFound,
     MethodNotAllowed,
     CodeTaken,
+    /// The request conflicts with what is recorded (a commission not in the state asked, a
+    /// refund past the order, an id used before for something else): nothing changed.
+    Conflict,
     PayloadTooLarge,
     ValidationFailed,
     RateLimited,
@@ -41,6 +44,7 @@ impl ErrorCode {
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::CodeTaken => "code_taken",
+            Self::Conflict => "conflict",
             Self::PayloadTooLarge => "payload_too_large",
             Self::ValidationFailed => "validation_failed",
             Self::RateLimited => "rate_limited",
@@ -58,6 +62,7 @@ impl ErrorCode {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::CodeTaken => StatusCode::CONFLICT,
+            Self::Conflict => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::ValidationFailed => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -116,6 +121,9 @@ impl ApiError {
                 format!("method not allowed on this path (allowed: {allow})"),
             )
         }
+    }
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Conflict, message)
     }
     pub fn code_taken(code: &str) -> Self {
         Self::new(ErrorCode::CodeTaken, format!("the code `{code}` is already taken"))

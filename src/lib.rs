@@ -56,6 +56,7 @@ mod app;
 mod attribution;
 mod body;
 mod click;
+mod commission;
 mod config;
 mod console;
 mod error;

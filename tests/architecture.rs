@@ -21,6 +21,8 @@ const LAYERS: &[&[&str]] = &[
     &["config"],
     // Who becomes a lead, how a conversion is attributed: plain records and functions.
     &["attribution"],
+    // Commission as a ledger: records, entries, and the decisions over a book.
+    &["commission"],
     // Analytics: what a tap says (device, app, province), buckets over time, the query's rules.
     &["analytics"],
     // SMS sends, delivery receipts in each provider's format, the funnel.

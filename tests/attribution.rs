@@ -244,14 +244,30 @@ async fn referral_conversion_pays_three_levels_once() {
             ),
             (l["code"].as_str(), Some("kitchen"), Some("grandkid"))
         );
+        let paid: Vec<Value> = conv["chain"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| json!({"partner_id": l["partner_id"], "level": l["level"], "commission": l["commission"]}))
+            .collect();
         assert_eq!(
-            conv["chain"],
-            json!([
-                {"partner_id": "grandkid", "level": 1, "commission": 99_995},
-                {"partner_id": "kid", "level": 2, "commission": 39_998},
-                {"partner_id": "agent", "level": 3, "commission": 19_999},
-            ])
+            paid,
+            [
+                json!({"partner_id": "grandkid", "level": 1, "commission": 99_995}),
+                json!({"partner_id": "kid", "level": 2, "commission": 39_998}),
+                json!({"partner_id": "agent", "level": 3, "commission": 19_999}),
+            ]
         );
+        // Each level is a commission record of its own, payable at once (no hold on this campaign).
+        for l in conv["chain"].as_array().unwrap() {
+            let id = l["commission_id"].as_str().unwrap();
+            let c = s.api("GET", &format!("/v1/commissions/{id}"), None).await.json();
+            assert_eq!(
+                (c["state"].as_str(), &c["amount"]),
+                (Some("payable"), &l["commission"]),
+                "{b:?}"
+            );
+        }
         let again = s.api("POST", "/v1/conversions", Some(order.clone())).await;
         assert_eq!(again.status, StatusCode::OK);
         assert_eq!(again.json()["conversion_id"], conv["conversion_id"]);

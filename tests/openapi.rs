@@ -88,6 +88,7 @@ fn every_operation_names_its_scope_and_its_error_answers() {
         "links:write",
         "links:read",
         "conversions:write",
+        "commissions:write",
         "stats:read",
         "webhooks:write",
     ];

@@ -37,7 +37,16 @@ where
     let obj = parse_object(&read_body(req, MAX_BODY_BYTES).await?)?;
     let mut f = Fields::new(
         &obj,
-        &["order_id", "click_id", "lead_id", "code", "type", "amount", "currency"],
+        &[
+            "order_id",
+            "click_id",
+            "lead_id",
+            "code",
+            "type",
+            "amount",
+            "currency",
+            "customer_id",
+        ],
     );
     let order_id = f.id("order_id", true);
     let click_id = f.string("click_id", 256, false);
@@ -46,6 +55,7 @@ where
     let kind = f.string("type", 32, false).unwrap_or_else(|| "order".to_string());
     let amount = f.int("amount", 0, MAX_AMOUNT).unwrap_or(0);
     let currency = f.string("currency", 3, false);
+    let customer_id = f.id("customer_id", false);
     if let Some(c) = &currency
         && (c.len() != 3 || !c.bytes().all(|b| b.is_ascii_uppercase()))
     {
@@ -73,6 +83,8 @@ where
     };
 
     let now = now_secs();
+    // A code alone names no tap: the conversion is "at" now, and no time since a tap is known.
+    let tapped = !matches!(source, Source::Code(_));
     let (code, clicked_at, click_id, lead_id) = match source {
         Source::Click(id) => match app.signer.verify(&id) {
             Some(c) => (Some(c.code), Some(c.clicked_at), Some(id), None),
@@ -106,7 +118,24 @@ where
         }
         _ => Vec::new(),
     };
-    let conversion = Conversion {
+    let held = campaign.as_ref().and_then(|c| {
+        let self_purchase = c.self_purchase
+            && customer_id
+                .as_deref()
+                .is_some_and(|who| levels.iter().any(|l| l.partner_id == who));
+        let too_fast = c.min_seconds_after_tap > 0
+            && tapped
+            && clicked_at
+                .is_some_and(|t| now.saturating_sub(t) < i64::try_from(c.min_seconds_after_tap).unwrap_or(i64::MAX));
+        if self_purchase {
+            Some("self_purchase")
+        } else if too_fast {
+            Some("too_fast")
+        } else {
+            None
+        }
+    });
+    let mut conversion = Conversion {
         conversion_id: format!("cv_{}", generate_codes(2).concat()),
         order_id,
         conversion_type: kind,
@@ -121,13 +150,20 @@ where
         lead_id,
         chain: levels,
         created_at: now,
+        customer_id,
     };
+    super::commissions::assign(&mut conversion, campaign.as_ref().map_or(0, |c| c.hold_secs), held);
     if let Some(first) = app.store.claim_conversion(&conversion).await? {
+        // A repeat: complete what a first call cut short (accruing adds nothing twice).
+        super::commissions::settle(app, &first).await?;
         return ok_json(StatusCode::OK, &first.to_api_json());
     }
     if let Some(events) = &app.events {
         let kind = link.map(|l| l.kind);
         events.try_send(Queued::Event(Box::new(Event::conversion(&conversion, kind))));
     }
+    // After the event: a call that fails here is retried by the client, which finds the order
+    // recorded and settles it then, and the event goes out once.
+    super::commissions::settle(app, &conversion).await?;
     ok_json(StatusCode::CREATED, &conversion.to_api_json())
 }

@@ -5,6 +5,7 @@
 //! comparison leaks neither which key nor how much of it matched. Keys are never logged.
 
 mod analytics;
+mod commissions;
 mod conversions;
 mod export;
 mod fields;
@@ -147,6 +148,15 @@ where
         (&Method::GET, ["leads"]) => leads::list(app, key, req.uri().query()).await,
         (&Method::GET, ["leads", id]) => leads::get(app, key, id).await,
         (&Method::POST, ["conversions"]) => conversions::create(app, key, req).await,
+        (&Method::POST, ["conversions", id, "refunds"]) => commissions::refund(app, key, id, req).await,
+        (&Method::GET, ["commissions"]) => commissions::list(app, key, req.uri().query()).await,
+        (&Method::GET, ["commissions", id]) => commissions::get(app, key, id).await,
+        (&Method::POST, ["commissions", id, "release"]) => commissions::release(app, key, id).await,
+        (&Method::POST, ["commissions", id, "reject"]) => commissions::reject(app, key, id, req).await,
+        (&Method::POST, ["payouts"]) => commissions::payout(app, key, req).await,
+        (&Method::GET, ["partners", id, "statement"]) => {
+            commissions::statement_of(app, key, id, req.uri().query()).await
+        }
         (&Method::GET, ["analytics"]) => analytics::get(app, key, req.uri().query()).await,
         (&Method::POST, ["sends"]) => sms::sends(app, key, req).await,
         (&Method::GET, ["campaigns", id, "funnel"]) => sms::funnel(app, key, id, req.uri().query()).await,
@@ -161,12 +171,20 @@ where
         (_, ["webhooks", _, "deliveries"]) => Err(ApiError::method_not_allowed("GET")),
         (_, ["webhooks", _, "deliveries", _, "retry"]) => Err(ApiError::method_not_allowed("POST")),
         (_, ["partners" | "campaigns"]) => Err(ApiError::method_not_allowed("GET, POST")),
-        (_, ["conversions" | "sends"] | ["links", "bulk"]) => Err(ApiError::method_not_allowed("POST")),
+        (
+            _,
+            ["conversions" | "sends" | "payouts"]
+            | ["links", "bulk"]
+            | ["conversions", _, "refunds"]
+            | ["commissions", _, "release" | "reject"],
+        ) => Err(ApiError::method_not_allowed("POST")),
         (_, ["links", _]) => Err(ApiError::method_not_allowed("GET, PATCH, DELETE")),
         (
             _,
             ["analytics"]
-            | ["partners" | "campaigns" | "leads", _]
+            | ["partners" | "campaigns" | "leads" | "commissions", _]
+            | ["commissions"]
+            | ["partners", _, "statement"]
             | ["links", _, "qr" | "stats"]
             | ["campaigns", _, "stats" | "leaderboard" | "funnel"],
         ) => Err(ApiError::method_not_allowed("GET")),

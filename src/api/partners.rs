@@ -15,6 +15,8 @@ use crate::error::ApiError;
 
 /// Longest partner or campaign name, in bytes.
 pub(super) const MAX_NAME_LEN: usize = 256;
+/// Longest commission hold, in days.
+const MAX_HOLD_DAYS: i64 = 366;
 /// Longest attribution window: one year.
 pub(super) const MAX_WINDOW_SECS: u64 = 366 * 86_400;
 
@@ -99,13 +101,19 @@ pub(super) async fn list_campaigns(app: &App, key: &ApiKey) -> ApiResult {
         .zip(records)
         .map(|(id, record)| match record {
             Some(c) => c.to_api_json(),
-            None => json!({"id": id, "name": null, "commission_bps": [], "attribution_window": format!("{DEFAULT_WINDOW_SECS}s")}),
+            None => json!({
+                "id": id, "name": null, "commission_bps": [], "attribution_window": format!("{DEFAULT_WINDOW_SECS}s"),
+                "hold": "0s", "self_purchase": true, "min_seconds_after_tap": 0,
+            }),
         })
         .collect();
     ok_json(StatusCode::OK, &json!({ "campaigns": list }))
 }
 
-/// `POST /v1/campaigns`: creates (201) or updates (200) a campaign's commission and window.
+/// `POST /v1/campaigns`: creates (201) or updates (200) a campaign's commission, attribution
+/// window, commission hold (`hold` as a duration, or `hold_days`) and fraud rules
+/// (`self_purchase`, on by default; `min_seconds_after_tap`, off by default). A campaign is
+/// replaced whole: a field left out takes its default.
 pub(super) async fn put_campaign<B>(app: &App, key: &ApiKey, req: Request<B>) -> ApiResult
 where
     B: http_body::Body<Data = Bytes>,
@@ -113,7 +121,19 @@ where
 {
     require(key, Scope::LinksWrite)?;
     let obj = parse_object(&read_body(req, MAX_BODY_BYTES).await?)?;
-    let mut f = Fields::new(&obj, &["id", "name", "commission_bps", "attribution_window"]);
+    let mut f = Fields::new(
+        &obj,
+        &[
+            "id",
+            "name",
+            "commission_bps",
+            "attribution_window",
+            "hold",
+            "hold_days",
+            "self_purchase",
+            "min_seconds_after_tap",
+        ],
+    );
     let id = f.id("id", true);
     let name = f.string("name", MAX_NAME_LEN, false);
     let bps = match f.raw("commission_bps") {
@@ -146,12 +166,37 @@ where
             }
         },
     };
+    let hold_days = f.int("hold_days", 0, MAX_HOLD_DAYS).map(|d| d as u64 * 86_400);
+    let hold = match f.raw("hold") {
+        None => None,
+        Some(v) => match v.as_str().and_then(crate::time::parse_duration_secs) {
+            Some(h) if h <= MAX_HOLD_DAYS as u64 * 86_400 => Some(h),
+            _ => {
+                f.error("hold", "must be a duration such as \"15d\" or \"12h\", at most 366d");
+                None
+            }
+        },
+    };
+    if hold.is_some() && hold_days.is_some() {
+        f.error("hold", "give hold or hold_days, not both");
+    }
+    let self_purchase = match f.raw("self_purchase") {
+        None => true,
+        Some(v) => v.as_bool().unwrap_or_else(|| {
+            f.error("self_purchase", "must be true or false");
+            true
+        }),
+    };
+    let min_tap = f.int("min_seconds_after_tap", 0, 86_400).unwrap_or(0);
     f.finish()?;
     let campaign = Campaign {
         id: id.unwrap_or_default(),
         name,
         commission_bps: bps,
         attribution_window: window,
+        hold_secs: hold.or(hold_days).unwrap_or(0),
+        self_purchase,
+        min_seconds_after_tap: min_tap as u64,
     };
     let existed = app.store.get_campaign(&campaign.id).await?.is_some();
     app.store.put_campaign(&campaign).await?;

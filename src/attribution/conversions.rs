@@ -83,6 +83,9 @@ pub(crate) fn commissions(chain: &[String], amount: i64, bps: &[u32]) -> Vec<Cha
             partner_id: id.clone(),
             level: i as u8 + 1,
             commission: commission(amount, bps.get(i).copied().unwrap_or(0)),
+            commission_id: None,
+            held: None,
+            payable_at: None,
         })
         .collect()
 }

@@ -96,6 +96,19 @@ pub struct Campaign {
     pub commission_bps: Vec<u32>,
     /// Seconds after a click within which a conversion is attributed.
     pub attribution_window: u64,
+    /// Seconds a commission stays pending before it is payable (the return window).
+    #[serde(default)]
+    pub hold_secs: u64,
+    /// Hold the commission of a conversion whose customer is a partner of its chain.
+    #[serde(default = "yes")]
+    pub self_purchase: bool,
+    /// Hold the commission of a conversion reported sooner than this after its tap (0: off).
+    #[serde(default)]
+    pub min_seconds_after_tap: u64,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Thirty days, the default attribution window (docs/API.md).
@@ -108,6 +121,9 @@ impl Campaign {
             "name": self.name,
             "commission_bps": self.commission_bps,
             "attribution_window": format!("{}s", self.attribution_window),
+            "hold": format!("{}s", self.hold_secs),
+            "self_purchase": self.self_purchase,
+            "min_seconds_after_tap": self.min_seconds_after_tap,
         })
     }
 }
@@ -123,6 +139,37 @@ pub struct ChainLevel {
     pub partner_id: String,
     pub level: u8,
     pub commission: i64,
+    /// The commission record of this level (`None`: it earns nothing, or a conversion recorded
+    /// before commission records were kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commission_id: Option<String>,
+    /// The fraud rule that held it at accrual (`self_purchase`, `too_fast`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
+    /// When its hold ends (RFC 3339 in answers, events and the stored record).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "rfc3339_opt")]
+    pub payable_at: Option<i64>,
+}
+
+/// An optional time as an RFC 3339 string.
+mod rfc3339_opt {
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::time::{format_rfc3339, parse_rfc3339};
+
+    pub(super) fn serialize<S: Serializer>(v: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(t) => s.serialize_str(&format_rfc3339(*t)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| parse_rfc3339(&s).ok_or_else(|| D::Error::custom("not an RFC 3339 time")))
+            .transpose()
+    }
 }
 
 /// The stored answer of `POST /v1/conversions`, replayed for a repeated `order_id`.
@@ -143,6 +190,9 @@ pub struct Conversion {
     pub lead_id: Option<String>,
     pub chain: Vec<ChainLevel>,
     pub created_at: i64,
+    /// Who bought, as the brand knows them (for the self-purchase rule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<String>,
 }
 
 impl Conversion {
@@ -157,6 +207,7 @@ impl Conversion {
             "code": self.code,
             "campaign_id": self.campaign_id,
             "owner_id": self.owner_id,
+            "customer_id": self.customer_id,
             "chain": self.chain,
             "created_at": format_rfc3339(self.created_at),
         })

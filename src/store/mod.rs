@@ -10,6 +10,7 @@
 //! the whole call before anything is written, and a `(campaign_id, recipient_id)` pair that already
 //! has a link gets that link back instead of a second one.
 
+pub(crate) mod books;
 mod embedded;
 pub(crate) mod redis;
 pub(crate) mod webhooks;
@@ -23,6 +24,7 @@ pub use self::redis::RedisStore;
 pub(crate) use self::webhooks::{Attempted, DeliveryStatus, Webhook, WebhookDelivery, WebhookStore};
 use crate::analytics::{AKey, Read};
 use crate::attribution::model::{Campaign, Conversion, Lead, LeadClaim, Partner, RankBy, Stats};
+use crate::commission::{BookKey, BookView, Change, Entry};
 use crate::link::Link;
 use crate::link::input::LinkPatch;
 use crate::sms::funnel::FunnelCounts;
@@ -40,6 +42,9 @@ pub enum StoreError {
     Redis(#[from] ::redis::RedisError),
     #[error("embedded store: {0}")]
     Embedded(#[from] redb::Error),
+    /// A compare-and-set kept losing to other writers (a commission book under heavy contention).
+    #[error("{0}")]
+    Contended(String),
     #[error("corrupt record for `{0}`: {1}")]
     Corrupt(String, serde_json::Error),
     #[error("store task failed: {0}")]
@@ -208,10 +213,63 @@ pub(crate) trait MessageStore: Send + Sync + 'static {
     async fn recipient_codes(&self, pairs: &[(String, String)]) -> Result<Vec<Option<String>>, StoreError>;
 }
 
+/// Which records a book read returns.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum BookRead<'a> {
+    /// These, those that exist.
+    Ids(&'a [String]),
+    /// Every open one (pending or held).
+    Open,
+}
+
+/// What recording a refund found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RefundOutcome {
+    /// Recorded; the order's refunds now total `total`.
+    Added { total: i64 },
+    /// This refund id was recorded before, for `amount`.
+    Repeat { amount: i64, total: i64 },
+    /// It would take the refunds past the order's amount: nothing recorded.
+    Exceeds { total: i64 },
+}
+
+/// Commission books ([`crate::commission`]): each book is changed only at the version it was
+/// read at, so the decisions made over a read apply whole or not at all.
+#[async_trait]
+pub(crate) trait CommissionStore: Send + Sync + 'static {
+    /// The book's version, last entry, clawbacks due and `markers` asked for, with its records as
+    /// `read` asks.
+    async fn read_book(&self, book: &BookKey, read: BookRead<'_>, markers: &[String]) -> Result<BookView, StoreError>;
+    /// Applies `change` if the book is still at `version` (`false`: it moved on; nothing written).
+    async fn write_book(&self, book: &BookKey, version: u64, change: &Change) -> Result<bool, StoreError>;
+    /// How many entries the book has.
+    async fn ledger_len(&self, book: &BookKey) -> Result<u64, StoreError>;
+    /// Entries `start..end` by position (0 = the first).
+    async fn ledger_range(&self, book: &BookKey, start: u64, end: u64) -> Result<Vec<Entry>, StoreError>;
+    /// The currencies `partner` has a book in, sorted.
+    async fn partner_currencies(&self, partner: &str) -> Result<Vec<String>, StoreError>;
+    /// Sets `name` to `value` unless it is set; returns the value it had (`None`: set now).
+    async fn claim_name(&self, name: &str, value: &str) -> Result<Option<String>, StoreError>;
+    async fn get_name(&self, name: &str) -> Result<Option<String>, StoreError>;
+    /// Records refund `refund_id` of `amount` on a conversion unless the refunds would exceed
+    /// `limit` (the order's amount); atomic, so racing refunds cannot together exceed it.
+    async fn add_refund(
+        &self,
+        conversion_id: &str,
+        refund_id: &str,
+        amount: i64,
+        limit: i64,
+    ) -> Result<RefundOutcome, StoreError>;
+    /// The conversion recorded under `order_id`.
+    async fn get_order(&self, order_id: &str) -> Result<Option<Conversion>, StoreError>;
+}
+
 /// A whole backend, as the application holds it; callers that need one part take that trait.
 #[async_trait]
 #[allow(private_bounds)]
-pub trait Store: LinkStore + AttributionStore + CounterStore + WebhookStore + AnalyticsStore + MessageStore {
+pub trait Store:
+    LinkStore + AttributionStore + CounterStore + WebhookStore + AnalyticsStore + MessageStore + CommissionStore
+{
     /// Whether the store answers (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
 }

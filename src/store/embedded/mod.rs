@@ -14,6 +14,8 @@
 //!   delivery queues ([`webhooks`])
 //! - `messages`, `message_ids`, `early_receipts`, `campaign_messages`: SMS messages ([`messages`])
 //! - `funnel`, `funnel_waits`: the funnel's counts ([`funnel`])
+//! - `cm_versions`, `cm_records`, `cm_open`, `cm_ledger`, `cm_meta`, `cm_currencies`: commission
+//!   books; `names` (ids set once) and `refunds` ([`commission`])
 //! - `stats`: (scope, field) → counter, scope `l\x1f<code>`, `c\x1f<campaign>`, `o\x1f<campaign>\x1f<owner>`
 //!
 //! Every mint is one write transaction, so a bulk call is all or nothing; commits are durable
@@ -21,6 +23,7 @@
 
 mod analytics;
 mod attribution;
+mod commission;
 mod counters;
 mod funnel;
 mod links;
@@ -144,6 +147,7 @@ fn open_db(path: &Path) -> Result<Database, StoreError> {
         webhooks::create_tables(&txn)?;
         txn.open_table(funnel::FUNNEL).map_err(err)?;
         txn.open_table(funnel::FUNNEL_WAITS).map_err(err)?;
+        commission::create_tables(&txn)?;
     }
     purge_expired(&txn)?;
     txn.commit().map_err(err)?;

@@ -24,6 +24,7 @@
 //! | `lg:msg:{<code>}`, `lg:msgid:{…}`, `lg:early:{…}`, `lg:msgs:{<campaign>}` | hash, strings, set | SMS messages ([`messages`]) |
 //! | `lg:fun:{<campaign>}:…` | sets, sorted sets | the funnel's counts ([`funnel`]) |
 //! | `lg:webhooks`, `lg:wh:{<webhook>}:…` | hash, zset, strings, list | webhooks and their delivery queues ([`webhooks`]) |
+//! | `lg:cm:{<partner>}:…`, `lg:name:{<name>}`, `lg:refunds:{<conversion>}` | strings, hashes, sets, lists | commission books, names set once, refunds ([`commission`]) |
 //! | `LINKGATE_STREAM` (default `linkgate:events`), or `<stream>:{0}` … with `LINKGATE_STREAM_SHARDS` | stream | events, fields `type` and `json`, `MAXLEN ~` capped per key; a code's events on one shard ([`crate::stream_shard`]) |
 //!
 //! Ids inside keys are escaped ([`esc`]: `%`, `{`, `}`, `:` as `%25`, `%7B`, `%7D`, `%3A`), so
@@ -38,6 +39,7 @@
 //! ([`conn`]).
 
 mod attribution;
+mod commission;
 mod conn;
 mod counters;
 pub(crate) mod feed;

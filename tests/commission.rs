@@ -1,0 +1,553 @@
+//! Commission as a ledger, end to end over HTTP on every store (embedded, one Redis, a cluster):
+//! holds, refunds partial and whole at each state, clawbacks netted from the next payout,
+//! idempotent retries, racing payouts and refunds, fraud holds, statements in JSON and CSV.
+
+mod support;
+
+use std::time::Duration;
+
+use http::StatusCode;
+use serde_json::{Value, json};
+use support::{BACKENDS, Env, READ_KEY, TestServer, eventually};
+
+const IPHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1";
+
+/// The referral tree mgr ← agent ← kid, and campaign `id` paying 5% / 2% / 1% after `hold`.
+async fn setup(s: &TestServer, campaign: Value) {
+    for (id, parent) in [("mgr", None), ("agent", Some("mgr")), ("kid", Some("agent"))] {
+        let r = s
+            .api("POST", "/v1/partners", Some(json!({"id": id, "parent_id": parent})))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    }
+    let r = s.api("POST", "/v1/campaigns", Some(campaign)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+}
+
+/// A tap on a new link of `campaign` owned by `owner`: its click id.
+async fn tap(s: &TestServer, campaign: &str, owner: &str) -> String {
+    let l = s
+        .mint(json!({"destination": "https://shop.example/", "kind": "qr_lead", "campaign_id": campaign, "owner_id": owner}))
+        .await;
+    let r = s.get_ua(&format!("/{}", l["code"].as_str().unwrap()), IPHONE).await;
+    r.location().split("lg_click=").nth(1).unwrap().to_string()
+}
+
+async fn order(s: &TestServer, click_id: &str, order_id: &str, amount: i64) -> Value {
+    let r = s
+        .api(
+            "POST",
+            "/v1/conversions",
+            Some(json!({"order_id": order_id, "click_id": click_id, "amount": amount, "currency": "CNY"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    r.json()
+}
+
+fn level(conv: &Value, level: u64) -> Value {
+    conv["chain"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["level"] == level)
+        .unwrap()
+        .clone()
+}
+
+async fn commission(s: &TestServer, id: &str) -> Value {
+    let r = s.api("GET", &format!("/v1/commissions/{id}"), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    r.json()
+}
+
+async fn statement(s: &TestServer, partner: &str, query: &str) -> Value {
+    let r = s
+        .api("GET", &format!("/v1/partners/{partner}/statement{query}"), None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    r.json()
+}
+
+fn entries(st: &Value) -> Vec<(String, i64, Option<String>)> {
+    st["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_string(),
+                e["amount"].as_i64().unwrap(),
+                e["note"].as_str().map(str::to_string),
+            )
+        })
+        .collect()
+}
+
+/// Closing = opening + the entries, and each entry's balance runs.
+fn assert_balances(st: &Value) {
+    let mut balance = st["opening_balance"].as_i64().unwrap();
+    for e in st["entries"].as_array().unwrap() {
+        balance += e["amount"].as_i64().unwrap();
+        assert_eq!(e["balance"].as_i64().unwrap(), balance, "{st}");
+    }
+    assert_eq!(st["closing_balance"].as_i64().unwrap(), balance, "{st}");
+}
+
+async fn wait_payable(s: &TestServer, id: &str) {
+    eventually(Duration::from_secs(10), "the hold to end", || async {
+        (commission(s, id).await["state"] == "payable").then_some(())
+    })
+    .await;
+}
+
+async fn refund(s: &TestServer, conversion: &str, refund_id: &str, amount: i64) -> support::Resp {
+    s.api(
+        "POST",
+        &format!("/v1/conversions/{conversion}/refunds"),
+        Some(json!({"refund_id": refund_id, "amount": amount})),
+    )
+    .await
+}
+
+async fn payout(s: &TestServer, payout_id: &str, partner: &str) -> support::Resp {
+    s.api(
+        "POST",
+        "/v1/payouts",
+        Some(json!({"payout_id": payout_id, "partner_id": partner})),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_month_of_a_partner_from_orders_through_a_return_to_a_clawback() {
+    for b in BACKENDS {
+        let env = Env::new(b);
+        let s = TestServer::start(&env).await;
+        setup(
+            &s,
+            json!({"id": "kitchen", "commission_bps": [500, 200, 100], "hold": "2s"}),
+        )
+        .await;
+        let click = tap(&s, "kitchen", "kid").await;
+
+        // An order: three levels accrue, pending while the return window runs.
+        let conv = order(&s, &click, "ORD-1", 100_000).await;
+        let cv = conv["conversion_id"].as_str().unwrap().to_string();
+        let (kid, agent) = (level(&conv, 1), level(&conv, 2));
+        let kid_id = kid["commission_id"].as_str().unwrap().to_string();
+        let agent_id = agent["commission_id"].as_str().unwrap().to_string();
+        assert_eq!(kid["commission"], 5_000, "{b:?}");
+        let c = commission(&s, &kid_id).await;
+        assert_eq!(
+            (c["state"].as_str(), c["amount"].as_i64()),
+            (Some("pending"), Some(5_000))
+        );
+        // A retried order accrues nothing twice.
+        let again = s
+            .api(
+                "POST",
+                "/v1/conversions",
+                Some(json!({"order_id": "ORD-1", "click_id": click, "amount": 100_000, "currency": "CNY"})),
+            )
+            .await;
+        assert_eq!(again.status, StatusCode::OK);
+        assert_eq!(statement(&s, "kid", "").await["entries"].as_array().unwrap().len(), 1);
+
+        // Nothing is payable inside the hold.
+        let early = payout(&s, "po-early", "kid").await;
+        assert_eq!(
+            (early.status, early.error_code().as_str()),
+            (StatusCode::CONFLICT, "conflict"),
+            "{b:?}"
+        );
+
+        // A partial return: every unpaid level keeps floor(earned × 60%).
+        let r1 = refund(&s, &cv, "rf-1", 40_000).await;
+        assert_eq!(r1.status, StatusCode::CREATED, "{b:?}: {}", r1.text());
+        assert_eq!(
+            (r1.json()["refunded"].as_i64(), r1.json()["remaining"].as_i64()),
+            (Some(40_000), Some(60_000))
+        );
+        assert_eq!(commission(&s, &kid_id).await["amount"], 3_000);
+        assert_eq!(commission(&s, &agent_id).await["amount"], 1_200);
+        // The same refund again changes nothing; the same id for another amount, or a refund
+        // past the order, is refused and changes nothing.
+        assert_eq!(refund(&s, &cv, "rf-1", 40_000).await.status, StatusCode::OK);
+        assert_eq!(refund(&s, &cv, "rf-1", 10_000).await.status, StatusCode::CONFLICT);
+        assert_eq!(refund(&s, &cv, "rf-x", 60_001).await.status, StatusCode::CONFLICT);
+        assert_eq!(commission(&s, &kid_id).await["amount"], 3_000);
+
+        // The hold ends; the payout takes the record; a retry answers the same payout.
+        wait_payable(&s, &kid_id).await;
+        let p1 = payout(&s, "po-1", "kid").await;
+        assert_eq!(p1.status, StatusCode::CREATED, "{b:?}: {}", p1.text());
+        assert_eq!(p1.json()["amount"], 3_000);
+        assert_eq!(p1.json()["commission_ids"], json!([kid_id]));
+        let p1_again = payout(&s, "po-1", "kid").await;
+        assert_eq!((p1_again.status, p1_again.json()), (StatusCode::OK, p1.json()));
+        assert_eq!(
+            payout(&s, "po-1", "agent").await.status,
+            StatusCode::CONFLICT,
+            "one payout id, one partner"
+        );
+        assert_eq!(commission(&s, &kid_id).await["state"], "paid");
+        assert_eq!(
+            payout(&s, "po-1b", "kid").await.status,
+            StatusCode::CONFLICT,
+            "nothing left"
+        );
+
+        // The rest is returned after the payout: the paid commission is clawed back.
+        let r2 = refund(&s, &cv, "rf-2", 60_000).await;
+        assert_eq!(r2.status, StatusCode::CREATED, "{}", r2.text());
+        let k = commission(&s, &kid_id).await;
+        assert_eq!((k["state"].as_str(), k["amount"].as_i64()), (Some("reversed"), Some(0)));
+        assert_eq!(commission(&s, &agent_id).await["state"], "reversed");
+        let st = statement(&s, "kid", "").await;
+        assert_eq!(st["closing_balance"], -3_000, "owed back: {st}");
+
+        // The next order's payout nets the clawback.
+        let click2 = tap(&s, "kitchen", "kid").await;
+        let conv2 = order(&s, &click2, "ORD-2", 200_000).await;
+        let kid2 = level(&conv2, 1)["commission_id"].as_str().unwrap().to_string();
+        wait_payable(&s, &kid2).await;
+        let p2 = payout(&s, "po-2", "kid").await;
+        assert_eq!(p2.status, StatusCode::CREATED, "{}", p2.text());
+        assert_eq!(
+            (p2.json()["amount"].as_i64(), p2.json()["clawbacks"].as_i64()),
+            (Some(7_000), Some(3_000))
+        );
+
+        // The month as a statement: every entry, balances running, closing = opening + entries.
+        let st = statement(&s, "kid", "").await;
+        assert_eq!(
+            entries(&st),
+            [
+                ("accrual".to_string(), 5_000, None),
+                ("reversal".into(), -2_000, Some("refund".into())),
+                ("payout".into(), -3_000, None),
+                ("reversal".into(), -3_000, Some("clawback".into())),
+                ("accrual".into(), 10_000, None),
+                ("payout".into(), -7_000, Some("nets 3000 of clawbacks".into())),
+            ],
+            "{b:?}"
+        );
+        assert_balances(&st);
+        assert_eq!(
+            (st["opening_balance"].as_i64(), st["closing_balance"].as_i64()),
+            (Some(0), Some(0))
+        );
+        // From the first payout on: the opening balance is what stood before it.
+        let at = st["entries"][2]["at"].as_str().unwrap().to_string();
+        let later = statement(&s, "kid", &format!("?from={at}")).await;
+        assert_balances(&later);
+        assert_eq!(later["opening_balance"], 3_000);
+        assert_eq!(later["entries"].as_array().unwrap().len(), 4);
+        // An empty window: opening = closing.
+        let none = statement(&s, "kid", "?from=2000-01-01T00:00:00Z&to=2000-01-02T00:00:00Z").await;
+        assert_eq!(
+            (none["opening_balance"].as_i64(), none["closing_balance"].as_i64()),
+            (Some(0), Some(0))
+        );
+
+        // CSV: the same entries, amounts as plain numbers (negative ones too).
+        let csv = s.api("GET", "/v1/partners/kid/statement?format=csv", None).await;
+        assert_eq!(csv.status, StatusCode::OK);
+        assert_eq!(csv.headers["content-type"], "text/csv; charset=utf-8");
+        let text = csv.text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1 + 1 + 6 + 1, "{text}");
+        assert!(lines[1].starts_with(",opening_balance,,0,"), "{text}");
+        assert!(lines[3].contains(",reversal,-2000,3000,"), "{text}");
+        assert!(lines[8].starts_with(",closing_balance,,0,"), "{text}");
+
+        // The agent's level was never paid: its reversals are refunds, and it ends at 0.
+        let st = statement(&s, "agent", "").await;
+        assert_balances(&st);
+        assert_eq!(st["entries"][0]["amount"], 2_000);
+        assert_eq!(st["entries"][1]["amount"], -800);
+        assert_eq!(st["entries"][2]["amount"], -1_200);
+        let open = s
+            .api("GET", "/v1/commissions?partner_id=agent&state=payable", None)
+            .await
+            .json();
+        let orders: Vec<&str> = open["commissions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["order_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(orders, ["ORD-2"], "the returned order's level is reversed, not payable");
+        // A refund of the whole order again is refused: it is all refunded.
+        assert_eq!(refund(&s, &cv, "rf-3", 1).await.status, StatusCode::CONFLICT);
+    }
+}
+
+#[tokio::test]
+async fn racing_payouts_pay_each_record_once_and_racing_refunds_never_exceed_the_order() {
+    for b in BACKENDS {
+        let env = Env::new(b);
+        let s = TestServer::start(&env).await;
+        setup(&s, json!({"id": "race", "commission_bps": [1000]})).await;
+        let mut expected = 0;
+        for i in 0..12 {
+            let click = tap(&s, "race", "kid").await;
+            let amount = 10_000 + i * 137;
+            order(&s, &click, &format!("R-{i}"), amount).await;
+            expected += amount / 10;
+        }
+        // Eight payouts race for the same partner: each record is paid by exactly one.
+        let racers = (0..8).map(|i| {
+            let s = &s;
+            async move { payout(s, &format!("race-{i}"), "kid").await }
+        });
+        let results = futures_util::future::join_all(racers).await;
+        let mut paid = Vec::new();
+        let mut total = 0;
+        for r in &results {
+            match r.status {
+                StatusCode::CREATED => {
+                    total += r.json()["amount"].as_i64().unwrap();
+                    paid.extend(
+                        r.json()["commission_ids"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|v| v.as_str().unwrap().to_string()),
+                    );
+                }
+                StatusCode::CONFLICT => {}
+                other => panic!("{b:?}: {other}: {}", r.text()),
+            }
+        }
+        let mut unique = paid.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!((unique.len(), paid.len()), (12, 12), "{b:?}: every record paid once");
+        assert_eq!(total, expected);
+        let st = statement(&s, "kid", "").await;
+        assert_balances(&st);
+        assert_eq!(st["closing_balance"], 0);
+
+        // Refunds race on one order: those that fit are taken, the rest refused, never more.
+        let click = tap(&s, "race", "agent").await;
+        let conv = order(&s, &click, "R-refunds", 10_000).await;
+        let cv = conv["conversion_id"].as_str().unwrap().to_string();
+        let racers = (0..10).map(|i| {
+            let (s, cv) = (&s, cv.clone());
+            async move { refund(s, &cv, &format!("rr-{i}"), 3_000).await.status }
+        });
+        let statuses = futures_util::future::join_all(racers).await;
+        let taken = statuses.iter().filter(|s| **s == StatusCode::CREATED).count();
+        assert_eq!(taken, 3, "{b:?}: {statuses:?}");
+        assert!(
+            statuses
+                .iter()
+                .all(|s| *s == StatusCode::CREATED || *s == StatusCode::CONFLICT)
+        );
+        let id = level(&conv, 1)["commission_id"].as_str().unwrap().to_string();
+        // 9,000 of 10,000 refunded: the level keeps floor(1,000 × 10%).
+        assert_eq!(commission(&s, &id).await["amount"], 100, "{b:?}");
+        let st = statement(&s, "agent", "").await;
+        assert_balances(&st);
+        assert_eq!(st["closing_balance"], 100);
+    }
+}
+
+#[tokio::test]
+async fn fraud_rules_hold_commission_until_a_hand_releases_or_rejects_it() {
+    for b in BACKENDS {
+        let env = Env::new(b);
+        let s = TestServer::start(&env).await;
+        setup(
+            &s,
+            json!({"id": "fraud", "commission_bps": [500, 200], "min_seconds_after_tap": 3600}),
+        )
+        .await;
+        // Ordered a second after the tap: faster than a plausible purchase.
+        let click = tap(&s, "fraud", "kid").await;
+        let conv = order(&s, &click, "F-1", 10_000).await;
+        let kid = level(&conv, 1);
+        assert_eq!(kid["held"], "too_fast", "{b:?}: {conv}");
+        let id = kid["commission_id"].as_str().unwrap().to_string();
+        let c = commission(&s, &id).await;
+        assert_eq!(
+            (c["state"].as_str(), c["reason"].as_str()),
+            (Some("held"), Some("too_fast"))
+        );
+        let held = s
+            .api("GET", "/v1/commissions?partner_id=kid&state=held", None)
+            .await
+            .json();
+        assert_eq!(held["commissions"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            payout(&s, "f-po", "kid").await.status,
+            StatusCode::CONFLICT,
+            "held is not payable"
+        );
+        // Released by hand: payable (no hold on this campaign) and paid.
+        let r = s.api("POST", &format!("/v1/commissions/{id}/release"), None).await;
+        assert_eq!(
+            (r.status, r.json()["state"].as_str()),
+            (StatusCode::OK, Some("payable")),
+            "{}",
+            r.text()
+        );
+        assert_eq!(
+            s.api("POST", &format!("/v1/commissions/{id}/release"), None)
+                .await
+                .status,
+            StatusCode::CONFLICT,
+            "only a held record is released"
+        );
+        assert_eq!(payout(&s, "f-po", "kid").await.json()["amount"], 500);
+        // The agent's level, held too, is rejected: reversed whole, with the reason.
+        let agent = level(&conv, 2)["commission_id"].as_str().unwrap().to_string();
+        let r = s
+            .api(
+                "POST",
+                &format!("/v1/commissions/{agent}/reject"),
+                Some(json!({"reason": "staff order"})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert_eq!(
+            (r.json()["state"].as_str(), r.json()["amount"].as_i64()),
+            (Some("reversed"), Some(0))
+        );
+        assert_eq!(r.json()["reason"], "staff order");
+        let st = statement(&s, "agent", "").await;
+        assert_eq!(
+            entries(&st),
+            [
+                ("accrual".to_string(), 200, None),
+                ("reversal".into(), -200, Some("rejected".into()))
+            ]
+        );
+        // A paid record is not rejected (a refund of its order takes it back).
+        assert_eq!(
+            s.api("POST", &format!("/v1/commissions/{id}/reject"), None)
+                .await
+                .status,
+            StatusCode::CONFLICT
+        );
+
+        // Self-purchase: the customer is a partner of the chain. A code-sourced conversion has no
+        // tap time, so the speed rule does not apply to it.
+        let l = s
+            .mint(json!({"destination": "https://shop.example/", "kind": "qr_lead", "campaign_id": "fraud", "owner_id": "kid"}))
+            .await;
+        let own = s
+            .api(
+                "POST",
+                "/v1/conversions",
+                Some(json!({"order_id": "F-2", "code": l["code"], "amount": 10_000, "currency": "CNY", "customer_id": "agent"})),
+            )
+            .await
+            .json();
+        assert_eq!(level(&own, 1)["held"], "self_purchase", "{own}");
+        let other = s
+            .api(
+                "POST",
+                "/v1/conversions",
+                Some(json!({"order_id": "F-3", "code": l["code"], "amount": 10_000, "currency": "CNY", "customer_id": "someone"})),
+            )
+            .await
+            .json();
+        assert_eq!(level(&other, 1).get("held"), None, "{other}");
+    }
+}
+
+#[tokio::test]
+async fn bad_commission_calls_get_clear_errors_and_change_nothing() {
+    let env = Env::new(support::Backend::Embedded);
+    let s = TestServer::start(&env).await;
+    setup(&s, json!({"id": "bad", "commission_bps": [500]})).await;
+    let click = tap(&s, "bad", "kid").await;
+    let conv = order(&s, &click, "B-1", 10_000).await;
+    let cv = conv["conversion_id"].as_str().unwrap().to_string();
+    for (body, field) in [
+        (json!({"amount": 10}), "refund_id"),
+        (json!({"refund_id": "r", "amount": 0}), "amount"),
+        (json!({"refund_id": "r", "amount": -5}), "amount"),
+        (json!({"refund_id": "r", "amount": "10"}), "amount"),
+        (json!({"refund_id": "r"}), "amount"),
+        (json!({"refund_id": "r", "amount": 10_001}), "amount"),
+        (json!({"refund_id": "r", "amount": 10, "extra": 1}), "extra"),
+        (json!({"refund_id": "r\u{0}", "amount": 10}), "refund_id"),
+    ] {
+        let r = s
+            .api("POST", &format!("/v1/conversions/{cv}/refunds"), Some(body.clone()))
+            .await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {}", r.text());
+        assert_eq!(r.json()["error"]["details"][0]["field"], field, "{body}");
+    }
+    assert_eq!(refund(&s, "cv_nope", "r", 1).await.status, StatusCode::NOT_FOUND);
+    for (body, field) in [
+        (json!({"partner_id": "kid"}), "payout_id"),
+        (json!({"payout_id": "p"}), "partner_id"),
+        (
+            json!({"payout_id": "p", "partner_id": "kid", "until": "tomorrow"}),
+            "until",
+        ),
+        (json!({"payout_id": "p", "partner_id": "kid", "amount": 5}), "amount"),
+    ] {
+        let r = s.api("POST", "/v1/payouts", Some(body.clone())).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {}", r.text());
+        assert_eq!(r.json()["error"]["details"][0]["field"], field, "{body}");
+    }
+    assert_eq!(payout(&s, "p", "nobody").await.status, StatusCode::NOT_FOUND);
+    for q in ["?from=yesterday", "?format=xml", "?what=1"] {
+        let r = s.api("GET", &format!("/v1/partners/kid/statement{q}"), None).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{q}");
+    }
+    assert_eq!(
+        s.api("GET", "/v1/commissions/cm_nope_1", None).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        s.api("POST", "/v1/commissions/cm_nope_1/release", None).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        s.api("GET", "/v1/commissions", None).await.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let id = level(&conv, 1)["commission_id"].as_str().unwrap().to_string();
+    let r = s
+        .api(
+            "POST",
+            &format!("/v1/commissions/{id}/reject"),
+            Some(json!({"reason": 5})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    // A read-only key reads commission and cannot move it.
+    assert_eq!(
+        s.api_as(READ_KEY, "GET", &format!("/v1/commissions/{id}"), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    for (m, p) in [
+        ("POST", format!("/v1/commissions/{id}/reject")),
+        ("POST", "/v1/payouts".to_string()),
+    ] {
+        assert_eq!(
+            s.api_as(READ_KEY, m, &p, Some(json!({}))).await.status,
+            StatusCode::FORBIDDEN
+        );
+    }
+    assert_eq!(
+        s.api("DELETE", "/v1/payouts", None).await.status,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    // Nothing above changed the record or the book.
+    let c = commission(&s, &id).await;
+    assert_eq!(
+        (c["state"].as_str(), c["amount"].as_i64()),
+        (Some("payable"), Some(500))
+    );
+    assert_eq!(statement(&s, "kid", "").await["entries"].as_array().unwrap().len(), 1);
+}
