@@ -31,7 +31,7 @@
 //!    miss reads the [`store`] once (concurrent misses coalesce), unknown codes are remembered
 //!    briefly, and Redis pub/sub keeps replicas coherent.
 //! 10. **Store** — [`store`]: narrow traits (links, attribution records, counters, webhooks,
-//!     analytics buckets, SMS messages and the funnel's counts) and two backends, Redis
+//!     analytics buckets, SMS messages and the funnel's counts, commission books) and two backends, Redis
 //!     (production, shared by replicas; one server or a Redis Cluster) and an embedded redb file
 //!     (the default; it reopens itself after an I/O error such as a full disk).
 //! 11. **SMS** — [`sms`]: sends, delivery receipts in each provider's own format (the first
@@ -40,11 +40,14 @@
 //!     province and city from an ip2region database), the buckets a batch adds to (by hour and by
 //!     day, per campaign, owner and kind), and the rules of `GET /v1/analytics`: plain functions,
 //!     applied by the batcher with the counters.
-//! 13. **Attribute** — [`attribution`]: plain records and functions: who becomes a lead, whether a
+//! 13. **Commission** — [`commission`]: each level's commission as records and ledger entries in
+//!     its partner's book; holds, refunds, clawbacks and payouts as plain decisions over a book,
+//!     which the store applies at the version it read.
+//! 14. **Attribute** — [`attribution`]: plain records and functions: who becomes a lead, whether a
 //!     conversion is attributed, the partner chain and its commission.
-//! 14. **Model** — [`config`] reads and validates every setting before a port is bound; [`link`]
+//! 15. **Model** — [`config`] reads and validates every setting before a port is bound; [`link`]
 //!     holds the Link and its rules (codes, destinations, click ids, API input).
-//! 15. **Foundations** — [`time`], [`hash`], [`body`] (the response body), [`resp`] (the RESP
+//! 16. **Foundations** — [`time`], [`hash`], [`body`] (the response body), [`resp`] (the RESP
 //!     wire), [`tls`] (where Redis is: one server or a cluster's seeds, and what `rediss://`
 //!     trusts), [`field`] (one bad field), [`shutdown`] (signals, readiness), [`metrics`] (every
 //!     metric, declared once), [`runtime`] (a Tokio runtime on a thread of its own, for the

@@ -492,13 +492,17 @@ async fn bad_commission_calls_get_clear_errors_and_change_nothing() {
             "until",
         ),
         (json!({"payout_id": "p", "partner_id": "kid", "amount": 5}), "amount"),
+        (
+            json!({"payout_id": "p", "partner_id": "kid", "currency": "cny"}),
+            "currency",
+        ),
     ] {
         let r = s.api("POST", "/v1/payouts", Some(body.clone())).await;
         assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {}", r.text());
         assert_eq!(r.json()["error"]["details"][0]["field"], field, "{body}");
     }
     assert_eq!(payout(&s, "p", "nobody").await.status, StatusCode::NOT_FOUND);
-    for q in ["?from=yesterday", "?format=xml", "?what=1"] {
+    for q in ["?from=yesterday", "?format=xml", "?what=1", "?currency=C%00Y"] {
         let r = s.api("GET", &format!("/v1/partners/kid/statement{q}"), None).await;
         assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{q}");
     }

@@ -128,6 +128,15 @@ async fn find(app: &App, id: &str) -> Result<(BookKey, Record), ApiError> {
     Ok((book, r))
 }
 
+/// A currency as conversions take it: an ISO 4217 code (three capital letters).
+fn is_currency(c: &str) -> bool {
+    c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase())
+}
+
+fn currency_error() -> FieldError {
+    FieldError::new("currency", "must be an ISO 4217 code such as CNY or USD")
+}
+
 fn refused(r: Refusal) -> ApiError {
     match r {
         Refusal::Unreadable => ApiError::internal(),
@@ -159,7 +168,8 @@ pub(super) async fn list(app: &App, key: &ApiKey, query: Option<&str>) -> ApiRes
         match k.as_str() {
             "partner_id" => partner = Some(v),
             "conversion_id" => conversion = Some(v),
-            "currency" => currency = Some(v),
+            "currency" if is_currency(&v) => currency = Some(v),
+            "currency" => errors.push(currency_error()),
             "state" if matches!(v.as_str(), "pending" | "payable" | "held") => state = Some(v),
             "state" => errors.push(FieldError::new("state", "must be pending, payable or held")),
             other => errors.push(FieldError::new(other, "unknown parameter")),
@@ -389,6 +399,10 @@ where
         }
     });
     let currency = f.string("currency", 3, false);
+    if currency.as_deref().is_some_and(|c| !is_currency(c)) {
+        let e = currency_error();
+        f.error(&e.field, e.message);
+    }
     f.finish()?;
     let (Some(payout_id), Some(partner)) = (payout_id, partner) else {
         unreachable!("checked by finish")
@@ -433,7 +447,8 @@ pub(super) async fn statement_of(app: &App, key: &ApiKey, partner: &str, query: 
                     "must be an RFC 3339 time such as 2026-12-01T00:00:00Z",
                 )),
             },
-            "currency" => currency = Some(v),
+            "currency" if is_currency(&v) => currency = Some(v),
+            "currency" => errors.push(currency_error()),
             "format" => match super::export::wants_csv(&v) {
                 Ok(c) => csv = c,
                 Err(e) => errors.push(e),
