@@ -232,12 +232,17 @@ impl RedisGuard {
 
     /// Runs one command on the server (fault tests set keys and settings with it).
     pub(crate) fn cmd(&self, args: &[&str]) -> redis::Value {
-        let mut conn = redis::Client::open(self.url()).unwrap().get_connection().unwrap();
+        self.try_cmd(args).unwrap()
+    }
+
+    /// [`RedisGuard::cmd`], answering the server's error instead of panicking on it.
+    pub(crate) fn try_cmd(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
+        let mut conn = redis::Client::open(self.url())?.get_connection()?;
         let mut c = redis::cmd(args[0]);
         for a in &args[1..] {
             c.arg(*a);
         }
-        c.query(&mut conn).unwrap()
+        c.query(&mut conn)
     }
 
     /// `INFO <section>` as text.
