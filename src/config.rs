@@ -81,6 +81,13 @@ impl ApiKey {
         }
     }
 
+    /// The key's id in the audit log: `key_` and the first 12 hex digits of its SHA-256 (what
+    /// `sha256sum` prints for the secret), never the key itself.
+    pub fn id(&self) -> String {
+        let hex: String = self.hash[..6].iter().map(|b| format!("{b:02x}")).collect();
+        format!("key_{hex}")
+    }
+
     pub fn allows(&self, scope: Scope) -> bool {
         self.scopes.iter().any(|s| *s == scope || *s == Scope::Admin)
     }

@@ -113,6 +113,8 @@ pub struct Metrics {
     pub cache_links: Gauge,
     pub store_errors: Counter,
     pub panics: Counter,
+    /// Audit entries that could not be written after the change they record.
+    pub audit_failures: Counter,
 }
 
 /// Registers handles and help texts on one recorder.
@@ -196,6 +198,11 @@ impl Metrics {
             cache,
             cache_links: r.gauge("linkgate_cache_links", "Links held in the cache."),
             store_errors: r.counter("linkgate_store_errors_total", "Store operations that failed.", &[]),
+            audit_failures: r.counter(
+                "linkgate_audit_failures_total",
+                "Changes made by hand whose audit entry could not be written (each logged whole).",
+                &[],
+            ),
             panics: r.counter(
                 "linkgate_handler_panics_total",
                 "Requests whose handler panicked (answered 500).",

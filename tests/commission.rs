@@ -290,13 +290,29 @@ async fn racing_payouts_pay_each_record_once_and_racing_refunds_never_exceed_the
         let env = Env::new(b);
         let s = TestServer::start(&env).await;
         setup(&s, json!({"id": "race", "commission_bps": [1000]})).await;
-        let mut expected = 0;
-        for i in 0..12 {
-            let click = tap(&s, "race", "kid").await;
-            let amount = 10_000 + i * 137;
-            order(&s, &click, &format!("R-{i}"), amount).await;
-            expected += amount / 10;
-        }
+        // Conversions for one partner land at once (on its book and its two ancestors'): each
+        // accrues once, none waits on another (`order` asserts 201).
+        let clicks = futures_util::future::join_all((0..12).map(|_| tap(&s, "race", "kid"))).await;
+        let orders = clicks.iter().enumerate().map(|(i, click)| {
+            let s = &s;
+            async move { order(s, click, &format!("R-{i}"), 10_000 + i as i64 * 137).await }
+        });
+        futures_util::future::join_all(orders).await;
+        let expected: i64 = (0..12).map(|i| (10_000 + i * 137) / 10).sum();
+        let st = statement(&s, "kid", "").await;
+        assert_balances(&st);
+        let seqs: Vec<u64> = st["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            seqs,
+            (1..=12).collect::<Vec<u64>>(),
+            "{b:?}: one accrual each, numbered in order"
+        );
+        assert_eq!(st["closing_balance"], expected);
         // Eight payouts race for the same partner: each record is paid by exactly one.
         let racers = (0..8).map(|i| {
             let s = &s;
@@ -554,4 +570,258 @@ async fn bad_commission_calls_get_clear_errors_and_change_nothing() {
         (Some("payable"), Some(500))
     );
     assert_eq!(statement(&s, "kid", "").await["entries"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn every_change_by_hand_is_audited_with_its_key_before_and_after() {
+    for b in BACKENDS {
+        let env = Env::new(b);
+        let s = TestServer::start(&env).await;
+        setup(
+            &s,
+            json!({"id": "audited", "commission_bps": [500], "min_seconds_after_tap": 3600}),
+        )
+        .await;
+        // The same campaign posted again changes nothing and is not audited; a new rule is.
+        let same = json!({"id": "audited", "commission_bps": [500], "min_seconds_after_tap": 3600});
+        assert_eq!(s.api("POST", "/v1/campaigns", Some(same)).await.status, StatusCode::OK);
+        let changed = json!({"id": "audited", "commission_bps": [600], "min_seconds_after_tap": 3600});
+        assert_eq!(
+            s.api("POST", "/v1/campaigns", Some(changed)).await.status,
+            StatusCode::OK
+        );
+        let click = tap(&s, "audited", "kid").await;
+        let conv = order(&s, &click, "AU-1", 10_000).await;
+        let id = level(&conv, 1)["commission_id"].as_str().unwrap().to_string();
+        assert_eq!(
+            s.api("POST", &format!("/v1/commissions/{id}/release"), None)
+                .await
+                .status,
+            StatusCode::OK
+        );
+        assert_eq!(payout(&s, "au-po", "kid").await.status, StatusCode::CREATED);
+        assert_eq!(
+            payout(&s, "au-po", "kid").await.status,
+            StatusCode::OK,
+            "a repeat is not a change"
+        );
+
+        let log = s.api("GET", "/v1/audit", None).await;
+        assert_eq!(log.status, StatusCode::OK, "{}", log.text());
+        let entries = log.json()["entries"].as_array().unwrap().clone();
+        let actions: Vec<&str> = entries.iter().map(|e| e["action"].as_str().unwrap()).collect();
+        assert_eq!(
+            actions,
+            ["campaign.set", "campaign.set", "commission.release", "payout.create"],
+            "{b:?}"
+        );
+        let seqs: Vec<u64> = entries.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, [1, 2, 3, 4]);
+        assert_eq!(entries[0]["before"], Value::Null, "created");
+        assert_eq!(entries[1]["before"]["commission_bps"], json!([500]));
+        assert_eq!(entries[1]["after"]["commission_bps"], json!([600]));
+        assert_eq!(
+            (
+                entries[2]["before"]["state"].as_str(),
+                entries[2]["after"]["state"].as_str()
+            ),
+            (Some("held"), Some("payable"))
+        );
+        assert_eq!(entries[3]["target"], "au-po");
+        // Who: the key's id (the start of its SHA-256), never the key.
+        let key_id = entries[0]["key_id"].as_str().unwrap();
+        assert!(
+            key_id.len() == 16 && key_id.starts_with("key_") && key_id[4..].bytes().all(|c| c.is_ascii_hexdigit()),
+            "{key_id}"
+        );
+        assert!(!log.text().contains(support::ADMIN_KEY));
+        // Paged by cursor; only an admin key reads it.
+        let page = s.api("GET", "/v1/audit?limit=3", None).await.json();
+        assert_eq!(page["entries"].as_array().unwrap().len(), 3);
+        let cursor = page["next_cursor"].as_str().unwrap().to_string();
+        let rest = s
+            .api("GET", &format!("/v1/audit?limit=3&cursor={cursor}"), None)
+            .await
+            .json();
+        assert_eq!(rest["entries"][0]["action"], "payout.create");
+        assert_eq!(rest["next_cursor"], Value::Null);
+        assert_eq!(
+            s.api_as(READ_KEY, "GET", "/v1/audit", None).await.status,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            s.api("GET", "/v1/audit?cursor=x", None).await.status,
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+    }
+}
+
+/// A conversion of `customer` through a tap of `owner`'s code in `campaign`.
+async fn bought(s: &TestServer, campaign: &str, owner: &str, customer: &str, order_id: &str) -> Value {
+    let click = tap(s, campaign, owner).await;
+    let r = s
+        .api(
+            "POST",
+            "/v1/conversions",
+            Some(json!({"order_id": order_id, "click_id": click, "amount": 10_000, "currency": "CNY", "customer_id": customer})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    r.json()
+}
+
+async fn bound_to(s: &TestServer, customer: &str) -> Value {
+    let r = s.api("GET", &format!("/v1/customers/{customer}/binding"), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    r.json()
+}
+
+/// An order reported with only the customer's id.
+async fn by_customer(s: &TestServer, customer: &str, order_id: &str) -> Value {
+    let r = s
+        .api(
+            "POST",
+            "/v1/conversions",
+            Some(json!({"order_id": order_id, "customer_id": customer, "amount": 10_000, "currency": "CNY"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    r.json()
+}
+
+#[tokio::test]
+async fn customers_stay_with_the_owner_their_campaign_binds_them_to() {
+    for b in BACKENDS {
+        let env = Env::new(b);
+        let s = TestServer::start(&env).await;
+        for (id, binding) in [
+            ("ft", json!({"binding": "first_touch"})),
+            ("lt", json!({})),
+            ("pr", json!({"binding": "protected", "binding_window": "2s"})),
+        ] {
+            let mut c = json!({"id": id, "commission_bps": [1000]});
+            c.as_object_mut().unwrap().extend(binding.as_object().unwrap().clone());
+            assert_eq!(
+                s.api("POST", "/v1/campaigns", Some(c)).await.status,
+                StatusCode::CREATED
+            );
+        }
+        // Amy's code first, then Bob's, under each policy.
+        for (campaign, customer) in [("ft", "c-ft"), ("lt", "c-lt"), ("pr", "c-pr")] {
+            bought(&s, campaign, "amy", customer, &format!("{customer}-1")).await;
+            bought(&s, campaign, "bob", customer, &format!("{customer}-2")).await;
+        }
+        assert_eq!(
+            bound_to(&s, "c-ft").await["owner_id"],
+            "amy",
+            "{b:?}: first touch keeps amy"
+        );
+        assert_eq!(
+            bound_to(&s, "c-lt").await["owner_id"],
+            "bob",
+            "{b:?}: last touch moves to bob"
+        );
+        let pr = bound_to(&s, "c-pr").await;
+        assert_eq!(pr["owner_id"], "amy", "{b:?}: protected keeps amy inside its window");
+        assert!(pr["protected_until"].is_string(), "{pr}");
+        assert_eq!(pr["source"], "conversion");
+
+        // An order with only the customer's id goes to the bound owner, at the binding's campaign.
+        let o = by_customer(&s, "c-ft", "c-ft-3").await;
+        assert_eq!(
+            (
+                o["attributed"].as_bool(),
+                o["owner_id"].as_str(),
+                o["campaign_id"].as_str()
+            ),
+            (Some(true), Some("amy"), Some("ft"))
+        );
+        assert_eq!(o["chain"][0]["commission"], 1_000);
+        let o = by_customer(&s, "c-lt", "c-lt-3").await;
+        assert_eq!(o["owner_id"], "bob");
+        // Nobody bound: not attributed, nobody paid.
+        let o = by_customer(&s, "stranger", "x-1").await;
+        assert_eq!(
+            (o["attributed"].as_bool(), o["chain"].as_array().map(Vec::len)),
+            (Some(false), Some(0))
+        );
+        assert_eq!(
+            s.api("GET", "/v1/customers/stranger/binding", None).await.status,
+            StatusCode::NOT_FOUND
+        );
+
+        // Once the protection ends, Bob's code takes the customer (and protects them in turn).
+        let mut n = 0;
+        let moved = eventually(Duration::from_secs(10), "the protection to end", || {
+            n += 1;
+            let order = format!("c-pr-late-{n}");
+            let s = &s;
+            async move {
+                bought(s, "pr", "bob", "c-pr", &order).await;
+                let now = bound_to(s, "c-pr").await;
+                (now["owner_id"] == "bob").then_some(now)
+            }
+        })
+        .await;
+        assert!(
+            moved["since"].as_str().unwrap() >= pr["protected_until"].as_str().unwrap(),
+            "{moved} after {pr}"
+        );
+
+        // A scan tied to a customer through the leads API binds as well.
+        let click = tap(&s, "lt", "amy").await;
+        let lead = s
+            .api(
+                "POST",
+                "/v1/leads",
+                Some(json!({"click_id": click, "customer_id": "c-lead"})),
+            )
+            .await;
+        assert_eq!(lead.status, StatusCode::CREATED, "{}", lead.text());
+        let bl = bound_to(&s, "c-lead").await;
+        assert_eq!(
+            (bl["owner_id"].as_str(), bl["source"].as_str()),
+            (Some("amy"), Some("lead"))
+        );
+
+        // By hand: whatever the policy, and audited with before and after.
+        let r = s
+            .api(
+                "POST",
+                "/v1/customers/c-ft/binding",
+                Some(json!({"owner_id": "bob", "campaign_id": "ft"})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert_eq!(
+            (r.json()["owner_id"].as_str(), r.json()["source"].as_str()),
+            (Some("bob"), Some("manual"))
+        );
+        assert_eq!(by_customer(&s, "c-ft", "c-ft-4").await["owner_id"], "bob");
+        let log = s.api("GET", "/v1/audit", None).await.json();
+        let set = log["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["action"] == "binding.set")
+            .unwrap()
+            .clone();
+        assert_eq!(
+            (set["before"]["owner_id"].as_str(), set["after"]["owner_id"].as_str()),
+            (Some("amy"), Some("bob"))
+        );
+        for bad in [
+            json!({}),
+            json!({"owner_id": "bob", "code": "nope0000"}),
+            json!({"owner_id": 5}),
+        ] {
+            let r = s.api("POST", "/v1/customers/c-ft/binding", Some(bad.clone())).await;
+            assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+        }
+        assert_eq!(bound_to(&s, "c-ft").await["owner_id"], "bob", "nothing changed");
+        let bad = s
+            .api("POST", "/v1/campaigns", Some(json!({"id": "x", "binding": "sticky"})))
+            .await;
+        assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+    }
 }

@@ -91,6 +91,7 @@ fn every_operation_names_its_scope_and_its_error_answers() {
         "commissions:write",
         "stats:read",
         "webhooks:write",
+        "admin",
     ];
     for (path, ops) in doc["paths"].as_object().unwrap() {
         for (method, op) in ops.as_object().unwrap() {

@@ -10,6 +10,7 @@ use http::{Request, StatusCode};
 use super::fields::Fields;
 use super::{ApiResult, MAX_BODY_BYTES, ok_json, parse_object, read_body, require};
 use crate::app::App;
+use crate::attribution::binding::Binding;
 use crate::attribution::conversions::is_attributed;
 use crate::attribution::model::{Conversion, DEFAULT_WINDOW_SECS};
 use crate::attribution::{chain, commissions};
@@ -26,6 +27,8 @@ enum Source {
     Click(String),
     Lead(String),
     Code(String),
+    /// Only a `customer_id`: the customer's bound owner ([`crate::attribution::binding`]).
+    Customer(String),
 }
 
 pub(super) async fn create<B>(app: &App, key: &ApiKey, req: Request<B>) -> ApiResult
@@ -68,10 +71,13 @@ where
         (Some(c), None, None) => Some(Source::Click(c)),
         (None, Some(l), None) => Some(Source::Lead(l)),
         (None, None, Some(c)) => Some(Source::Code(c)),
-        (None, None, None) => {
-            f.error("click_id", "one of click_id, lead_id or code is required");
-            None
-        }
+        (None, None, None) => match &customer_id {
+            Some(c) => Some(Source::Customer(c.clone())),
+            None => {
+                f.error("click_id", "one of click_id, lead_id, code or customer_id is required");
+                None
+            }
+        },
         _ => {
             f.error("click_id", "give only one of click_id, lead_id or code");
             None
@@ -83,8 +89,12 @@ where
     };
 
     let now = now_secs();
-    // A code alone names no tap: the conversion is "at" now, and no time since a tap is known.
-    let tapped = !matches!(source, Source::Code(_));
+    // A code or a binding alone names no tap: no time since a tap is known.
+    let tapped = matches!(source, Source::Click(_) | Source::Lead(_));
+    let bound = match &source {
+        Source::Customer(c) => app.store.get_binding(c).await?,
+        _ => None,
+    };
     let (code, clicked_at, click_id, lead_id) = match source {
         Source::Click(id) => match app.signer.verify(&id) {
             Some(c) => (Some(c.code), Some(c.clicked_at), Some(id), None),
@@ -98,18 +108,31 @@ where
             None => (None, None, None, Some(id)),
         },
         Source::Code(c) => (Some(c), Some(now), None, None),
+        Source::Customer(_) => (bound.as_ref().and_then(|b| b.code.clone()), None, None, None),
     };
     let link = match code.as_deref().filter(|c| is_code_shaped(c)) {
         Some(c) => app.store.get_link(c).await?,
         None => None,
     };
-    let campaign = match link.as_ref().and_then(|l| l.campaign_id.as_deref()) {
+    // A bound customer's order belongs to the binding's owner and campaign (a binding set by
+    // hand may name an owner other than its code's).
+    let campaign_id = match &bound {
+        Some(b) => b.campaign_id.clone(),
+        None => link.as_ref().and_then(|l| l.campaign_id.clone()),
+    };
+    let campaign = match campaign_id.as_deref() {
         Some(id) => app.store.get_campaign(id).await?,
         None => None,
     };
     let window = campaign.as_ref().map_or(DEFAULT_WINDOW_SECS, |c| c.attribution_window);
-    let attributed = is_attributed(link.is_some(), clicked_at, now, window);
-    let owner = link.as_ref().and_then(|l| l.owner_id.clone());
+    let attributed = match &bound {
+        Some(_) => true,
+        None => is_attributed(link.is_some(), clicked_at, now, window),
+    };
+    let owner = match &bound {
+        Some(b) => Some(b.owner_id.clone()),
+        None => link.as_ref().and_then(|l| l.owner_id.clone()),
+    };
     let levels = match (&owner, attributed) {
         (Some(o), true) => {
             let store = app.store.as_ref();
@@ -143,7 +166,7 @@ where
         currency,
         attributed,
         code: link.as_ref().map(|l| l.code.clone()).or(code),
-        campaign_id: link.as_ref().and_then(|l| l.campaign_id.clone()),
+        campaign_id,
         owner_id: owner,
         recipient_id: link.as_ref().and_then(|l| l.recipient_id.clone()),
         click_id,
@@ -153,6 +176,22 @@ where
         customer_id,
     };
     super::commissions::assign(&mut conversion, campaign.as_ref().map_or(0, |c| c.hold_secs), held);
+    // The customer bought through this owner's code: bound to them as the campaign's policy says.
+    if bound.is_none()
+        && attributed
+        && let (Some(customer), Some(owner)) = (&conversion.customer_id, &conversion.owner_id)
+    {
+        let b = Binding {
+            customer_id: customer.clone(),
+            owner_id: owner.clone(),
+            campaign_id: conversion.campaign_id.clone(),
+            code: conversion.code.clone(),
+            since: now,
+            protected_until: None,
+            source: "conversion".to_string(),
+        };
+        super::commissions::bind(app, b, campaign.as_ref()).await?;
+    }
     if let Some(first) = app.store.claim_conversion(&conversion).await? {
         // A repeat: complete what a first call cut short (accruing adds nothing twice).
         super::commissions::settle(app, &first).await?;

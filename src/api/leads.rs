@@ -9,6 +9,7 @@ use super::MAX_PAGE;
 use super::fields::Fields;
 use super::{ApiResult, MAX_BODY_BYTES, ok_json, page_query, parse_object, read_body, require};
 use crate::app::App;
+use crate::attribution::binding::Binding;
 use crate::attribution::leads::lead_for_scan;
 use crate::attribution::model::{Lead, LeadClaim};
 use crate::body::BoxError;
@@ -43,6 +44,23 @@ where
         .get_link(&claims.code)
         .await?
         .ok_or_else(|| ApiError::field("click_id", "the link of this click no longer exists"))?;
+    // The scan is tied to a customer: bound to the code's owner as its campaign's policy says.
+    if let (Some(customer), Some(owner)) = (&customer_id, &link.owner_id) {
+        let campaign = match link.campaign_id.as_deref() {
+            Some(id) => app.store.get_campaign(id).await?,
+            None => None,
+        };
+        let b = Binding {
+            customer_id: customer.clone(),
+            owner_id: owner.clone(),
+            campaign_id: link.campaign_id.clone(),
+            code: Some(link.code.clone()),
+            since: now_secs(),
+            protected_until: None,
+            source: "lead".to_string(),
+        };
+        super::commissions::bind(app, b, campaign.as_ref()).await?;
+    }
     let lead = lead_for_scan(&link, click_id, customer_id, attributes, now_secs());
     match app.store.claim_leads(vec![lead]).await?.pop() {
         Some(LeadClaim::Won(lead)) => {

@@ -154,6 +154,9 @@ where
         (&Method::POST, ["commissions", id, "release"]) => commissions::release(app, key, id).await,
         (&Method::POST, ["commissions", id, "reject"]) => commissions::reject(app, key, id, req).await,
         (&Method::POST, ["payouts"]) => commissions::payout(app, key, req).await,
+        (&Method::GET, ["audit"]) => commissions::audit_log(app, key, req.uri().query()).await,
+        (&Method::GET, ["customers", id, "binding"]) => commissions::get_binding(app, key, id).await,
+        (&Method::POST, ["customers", id, "binding"]) => commissions::set_binding(app, key, id, req).await,
         (&Method::GET, ["partners", id, "statement"]) => {
             commissions::statement_of(app, key, id, req.uri().query()).await
         }
@@ -168,6 +171,7 @@ where
         (&Method::POST, ["webhooks", id, "deliveries", did, "retry"]) => webhooks::retry(app, key, id, did).await,
         (_, ["links" | "leads" | "webhooks"]) => Err(ApiError::method_not_allowed("GET, POST")),
         (_, ["webhooks", _]) => Err(ApiError::method_not_allowed("GET, DELETE")),
+        (_, ["customers", _, "binding"]) => Err(ApiError::method_not_allowed("GET, POST")),
         (_, ["webhooks", _, "deliveries"]) => Err(ApiError::method_not_allowed("GET")),
         (_, ["webhooks", _, "deliveries", _, "retry"]) => Err(ApiError::method_not_allowed("POST")),
         (_, ["partners" | "campaigns"]) => Err(ApiError::method_not_allowed("GET, POST")),
@@ -183,7 +187,7 @@ where
             _,
             ["analytics"]
             | ["partners" | "campaigns" | "leads" | "commissions", _]
-            | ["commissions"]
+            | ["commissions" | "audit"]
             | ["partners", _, "statement"]
             | ["links", _, "qr" | "stats"]
             | ["campaigns", _, "stats" | "leaderboard" | "funnel"],

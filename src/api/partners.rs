@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use super::fields::Fields;
 use super::{ApiResult, MAX_BODY_BYTES, ok_json, parse_object, read_body, require};
 use crate::app::App;
+use crate::attribution::binding::BindingPolicy;
 use crate::attribution::model::{Campaign, DEFAULT_WINDOW_SECS, Partner};
 use crate::attribution::{MAX_LEVELS, TreeError, chain, check_parent};
 use crate::body::BoxError;
@@ -15,6 +16,8 @@ use crate::error::ApiError;
 
 /// Longest partner or campaign name, in bytes.
 pub(super) const MAX_NAME_LEN: usize = 256;
+/// Longest protection of a customer binding, in days (ten years).
+const MAX_BINDING_DAYS: i64 = 3660;
 /// Longest commission hold, in days.
 const MAX_HOLD_DAYS: i64 = 366;
 /// Longest attribution window: one year.
@@ -104,6 +107,7 @@ pub(super) async fn list_campaigns(app: &App, key: &ApiKey) -> ApiResult {
             None => json!({
                 "id": id, "name": null, "commission_bps": [], "attribution_window": format!("{DEFAULT_WINDOW_SECS}s"),
                 "hold": "0s", "self_purchase": true, "min_seconds_after_tap": 0,
+                "binding": "last_touch", "binding_window": "2592000s",
             }),
         })
         .collect();
@@ -132,6 +136,9 @@ where
             "hold_days",
             "self_purchase",
             "min_seconds_after_tap",
+            "binding",
+            "binding_days",
+            "binding_window",
         ],
     );
     let id = f.id("id", true);
@@ -188,6 +195,27 @@ where
         }),
     };
     let min_tap = f.int("min_seconds_after_tap", 0, 86_400).unwrap_or(0);
+    let binding = match f.raw("binding") {
+        None => BindingPolicy::default(),
+        Some(v) => v.as_str().and_then(BindingPolicy::parse).unwrap_or_else(|| {
+            f.error("binding", "must be first_touch, last_touch or protected");
+            BindingPolicy::default()
+        }),
+    };
+    let binding_days = f.int("binding_days", 1, MAX_BINDING_DAYS).map(|d| d as u64 * 86_400);
+    let binding_window = match f.raw("binding_window") {
+        None => None,
+        Some(v) => match v.as_str().and_then(crate::time::parse_duration_secs) {
+            Some(w) if (1..=MAX_BINDING_DAYS as u64 * 86_400).contains(&w) => Some(w),
+            _ => {
+                f.error("binding_window", "must be a duration such as \"30d\", at most 3660d");
+                None
+            }
+        },
+    };
+    if binding_days.is_some() && binding_window.is_some() {
+        f.error("binding_window", "give binding_window or binding_days, not both");
+    }
     f.finish()?;
     let campaign = Campaign {
         id: id.unwrap_or_default(),
@@ -197,11 +225,23 @@ where
         hold_secs: hold.or(hold_days).unwrap_or(0),
         self_purchase,
         min_seconds_after_tap: min_tap as u64,
+        binding,
+        binding_secs: binding_window.or(binding_days).unwrap_or(30 * 86_400),
     };
-    let existed = app.store.get_campaign(&campaign.id).await?.is_some();
+    let before = app.store.get_campaign(&campaign.id).await?;
     app.store.put_campaign(&campaign).await?;
-    let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
-    ok_json(status, &campaign.to_api_json())
+    let status = if before.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    // The commission rules decide what partners are paid: every change is audited.
+    let after = campaign.to_api_json();
+    if before.as_ref() != Some(&campaign) {
+        let before = before.map(|c| c.to_api_json());
+        super::commissions::audit(app, key, "campaign.set", &campaign.id, before, Some(after.clone())).await;
+    }
+    ok_json(status, &after)
 }
 
 pub(super) async fn get_campaign(app: &App, key: &ApiKey, id: &str) -> ApiResult {

@@ -9,6 +9,7 @@
 //! The functions that walk the partner tree take the lookup as an argument, so the API hands them
 //! the store and the tests a map.
 
+pub(crate) mod binding;
 pub(crate) mod conversions;
 pub(crate) mod leads;
 pub(crate) mod model;

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+use super::binding::BindingPolicy;
 use crate::hash::Xxh3State;
 use crate::link::code::InlineCode;
 use crate::time::format_rfc3339;
@@ -105,6 +106,16 @@ pub struct Campaign {
     /// Hold the commission of a conversion reported sooner than this after its tap (0: off).
     #[serde(default)]
     pub min_seconds_after_tap: u64,
+    /// How customers are bound to owners.
+    #[serde(default)]
+    pub binding: BindingPolicy,
+    /// How long a `protected` binding holds.
+    #[serde(default = "thirty_days")]
+    pub binding_secs: u64,
+}
+
+fn thirty_days() -> u64 {
+    30 * 86_400
 }
 
 fn yes() -> bool {
@@ -124,6 +135,8 @@ impl Campaign {
             "hold": format!("{}s", self.hold_secs),
             "self_purchase": self.self_purchase,
             "min_seconds_after_tap": self.min_seconds_after_tap,
+            "binding": self.binding.as_str(),
+            "binding_window": format!("{}s", self.binding_secs),
         })
     }
 }

@@ -129,6 +129,17 @@ pub(crate) enum EntryKind {
     Payout,
 }
 
+impl EntryKind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Accrual => "accrual",
+            Self::Reversal => "reversal",
+            Self::Adjustment => "adjustment",
+            Self::Payout => "payout",
+        }
+    }
+}
+
 /// One line of a book. `balance` is the book's balance after it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Entry {
@@ -173,21 +184,16 @@ impl Entry {
         }
     }
 
-    pub(crate) fn to_api_json(&self) -> Value {
-        json!({
-            "seq": self.seq,
-            "at": format_rfc3339(self.at),
-            "kind": self.kind,
-            "amount": self.amount,
-            "balance": self.balance,
-            "commission_id": self.commission_id,
-            "conversion_id": self.conversion_id,
-            "order_id": self.order_id,
-            "level": self.level,
-            "refund_id": self.refund_id,
-            "payout_id": self.payout_id,
-            "note": self.note,
-        })
+    /// The entry as a store appends it, without its place (`seq`, `at`, `balance`), which the
+    /// store sets as it appends: `{"kind": …}`.
+    pub(crate) fn unplaced_json(&self) -> String {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            for k in ["seq", "at", "balance"] {
+                o.remove(k);
+            }
+        }
+        v.to_string()
     }
 }
 
@@ -218,10 +224,9 @@ impl BookKey {
 /// What a decision reads of a book, all at one `version`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct BookView {
-    /// Changes applied to the book so far (0: a new book).
+    /// Decisions applied to the book so far (0: none; accruals do not count, see
+    /// `CommissionStore::accrue`).
     pub version: u64,
-    /// The book's last entry.
-    pub last: Option<Entry>,
     /// Reversals of commission already paid, not yet netted by a payout.
     pub clawback_due: i64,
     /// The records asked for that exist (by id), or the open ones.
@@ -233,14 +238,21 @@ pub(crate) struct BookView {
 /// What one decision changes in a book, applied whole or not at all.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Change {
+    /// When it was decided: its entries are placed at this time or after the book's last.
+    pub now: i64,
     /// Records written (new or changed), whole.
     pub records: Vec<Record>,
+    /// Entries to append; the store places them ([`ledger::place`]).
     pub entries: Vec<Entry>,
     pub clawback_due: Option<i64>,
     pub markers: Vec<(String, String)>,
 }
 
 impl Change {
+    pub(crate) fn at(now: i64) -> Self {
+        Self { now, ..Self::default() }
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.records.is_empty() && self.entries.is_empty() && self.clawback_due.is_none() && self.markers.is_empty()
     }
@@ -271,6 +283,38 @@ impl Payout {
             "commission_ids": self.commission_ids,
             "until": format_rfc3339(self.until),
             "created_at": format_rfc3339(self.created_at),
+        })
+    }
+}
+
+/// One change made by hand (a release, a rejection, a payout, a binding or campaign rule change),
+/// with who made it and what it was before and after.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct AuditEntry {
+    /// Its place in the log, from 1 (set by the store).
+    #[serde(default, skip_serializing)]
+    pub seq: u64,
+    pub at: i64,
+    /// The API key's id ([`crate::config::ApiKey::id`]).
+    pub key_id: String,
+    /// `commission.release`, `commission.reject`, `payout.create`, `binding.set`, `campaign.set`.
+    pub action: String,
+    /// The id of what changed.
+    pub target: String,
+    pub before: Option<Value>,
+    pub after: Option<Value>,
+}
+
+impl AuditEntry {
+    pub(crate) fn to_api_json(&self) -> Value {
+        json!({
+            "seq": self.seq,
+            "at": format_rfc3339(self.at),
+            "key_id": self.key_id,
+            "action": self.action,
+            "target": self.target,
+            "before": self.before,
+            "after": self.after,
         })
     }
 }

@@ -23,8 +23,9 @@ pub use self::embedded::EmbeddedStore;
 pub use self::redis::RedisStore;
 pub(crate) use self::webhooks::{Attempted, DeliveryStatus, Webhook, WebhookDelivery, WebhookStore};
 use crate::analytics::{AKey, Read};
+use crate::attribution::binding::Binding;
 use crate::attribution::model::{Campaign, Conversion, Lead, LeadClaim, Partner, RankBy, Stats};
-use crate::commission::{BookKey, BookView, Change, Entry};
+use crate::commission::{AuditEntry, BookKey, BookView, Change, Entry, Record};
 use crate::link::Link;
 use crate::link::input::LinkPatch;
 use crate::sms::funnel::FunnelCounts;
@@ -240,8 +241,20 @@ pub(crate) trait CommissionStore: Send + Sync + 'static {
     /// The book's version, last entry, clawbacks due and `markers` asked for, with its records as
     /// `read` asks.
     async fn read_book(&self, book: &BookKey, read: BookRead<'_>, markers: &[String]) -> Result<BookView, StoreError>;
-    /// Applies `change` if the book is still at `version` (`false`: it moved on; nothing written).
+    /// Applies `change` if the book is still at `version` (`false`: it moved on; nothing written),
+    /// placing its entries at the end of the book ([`crate::commission::ledger::place`]).
     async fn write_book(&self, book: &BookKey, version: u64, change: &Change) -> Result<bool, StoreError>;
+    /// Appends each record its book does not have yet (one it has is left as it is: a retried
+    /// conversion), with its accrual entry placed at `now` or after the book's last; and sets each
+    /// of `names` not set yet. One round trip on Redis. Accruals take no version: they conflict
+    /// with no decision (a decision only rewrites records it read, and entries are placed as they
+    /// land), so a partner receiving many conversions at once is never a point of contention.
+    async fn accrue(
+        &self,
+        accruals: &[(BookKey, Record)],
+        names: &[(String, String)],
+        now: i64,
+    ) -> Result<(), StoreError>;
     /// How many entries the book has.
     async fn ledger_len(&self, book: &BookKey) -> Result<u64, StoreError>;
     /// Entries `start..end` by position (0 = the first).
@@ -262,13 +275,34 @@ pub(crate) trait CommissionStore: Send + Sync + 'static {
     ) -> Result<RefundOutcome, StoreError>;
     /// The conversion recorded under `order_id`.
     async fn get_order(&self, order_id: &str) -> Result<Option<Conversion>, StoreError>;
+    async fn get_binding(&self, customer: &str) -> Result<Option<Binding>, StoreError>;
+    /// Stores `new` as the customer's binding if it is still `expected` (`None`: none yet);
+    /// `false` when it changed meanwhile (nothing written).
+    async fn swap_binding(&self, customer: &str, expected: Option<&Binding>, new: &Binding)
+    -> Result<bool, StoreError>;
+}
+
+/// The audit log of changes made by hand: append-only, read oldest first by position.
+#[async_trait]
+pub(crate) trait AuditStore: Send + Sync + 'static {
+    /// Appends `entry`; returns its position (from 1).
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<u64, StoreError>;
+    /// The entries after position `after` (0: from the first), at most `limit`.
+    async fn list_audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
 }
 
 /// A whole backend, as the application holds it; callers that need one part take that trait.
 #[async_trait]
 #[allow(private_bounds)]
 pub trait Store:
-    LinkStore + AttributionStore + CounterStore + WebhookStore + AnalyticsStore + MessageStore + CommissionStore
+    LinkStore
+    + AttributionStore
+    + CounterStore
+    + WebhookStore
+    + AnalyticsStore
+    + MessageStore
+    + CommissionStore
+    + AuditStore
 {
     /// Whether the store answers (readiness).
     async fn ping(&self) -> Result<(), StoreError>;

@@ -6,8 +6,9 @@ use async_trait::async_trait;
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 
 use super::*;
-use crate::commission::{BookKey, BookView, Change, Entry};
-use crate::store::{BookRead, CommissionStore, RefundOutcome};
+use crate::attribution::binding::Binding;
+use crate::commission::{AuditEntry, BookKey, BookView, Change, Entry, Record};
+use crate::store::{AuditStore, BookRead, CommissionStore, RefundOutcome};
 
 /// Book name → changes applied.
 const VERSIONS: TableDefinition<&str, u64> = TableDefinition::new("cm_versions");
@@ -25,6 +26,10 @@ const CURRENCIES: TableDefinition<(&str, &str), ()> = TableDefinition::new("cm_c
 const NAMES: TableDefinition<&str, &str> = TableDefinition::new("names");
 /// (conversion id, refund id) → amount.
 const REFUNDS: TableDefinition<(&str, &str), i64> = TableDefinition::new("refunds");
+/// Customer id → binding.
+const BINDINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("bindings");
+/// Position → audit entry.
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 
 pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(VERSIONS).map_err(err)?;
@@ -35,6 +40,8 @@ pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(CURRENCIES).map_err(err)?;
     txn.open_table(NAMES).map_err(err)?;
     txn.open_table(REFUNDS).map_err(err)?;
+    txn.open_table(AUDIT).map_err(err)?;
+    txn.open_table(BINDINGS).map_err(err)?;
     Ok(())
 }
 
@@ -51,13 +58,8 @@ fn read_book_in(
     let txn = db.begin_read().map_err(err)?;
     let versions = txn.open_table(VERSIONS).map_err(err)?;
     let records = txn.open_table(RECORDS).map_err(err)?;
-    let ledger = txn.open_table(LEDGER).map_err(err)?;
     let meta = txn.open_table(BOOK_META).map_err(err)?;
     let version = versions.get(name).map_err(err)?.map_or(0, |g| g.value());
-    let last = match ledger.range((name, 0)..=(name, u64::MAX)).map_err(err)?.next_back() {
-        Some(row) => Some(decode::<Entry>(name, row.map_err(err)?.1.value())?),
-        None => None,
-    };
     let meta_of = |key: &str| -> Result<Option<Vec<u8>>, StoreError> {
         Ok(meta.get((name, key)).map_err(err)?.map(|g| g.value().to_vec()))
     };
@@ -67,7 +69,6 @@ fn read_book_in(
     };
     let mut view = BookView {
         version,
-        last,
         clawback_due,
         ..BookView::default()
     };
@@ -100,6 +101,66 @@ fn read_book_in(
     Ok(view)
 }
 
+/// Appends `entries` to the book `name`, placed after its last entry.
+fn append_entries(txn: &WriteTransaction, name: &str, now: i64, mut entries: Vec<Entry>) -> Result<(), StoreError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut ledger = txn.open_table(LEDGER).map_err(err)?;
+    let last = match ledger.range((name, 0)..=(name, u64::MAX)).map_err(err)?.next_back() {
+        Some(row) => {
+            let e: Entry = decode(name, row.map_err(err)?.1.value())?;
+            Some((e.seq, e.at, e.balance))
+        }
+        None => None,
+    };
+    crate::commission::ledger::place(last, now, &mut entries);
+    for e in &entries {
+        ledger.insert((name, e.seq), encode(e).as_slice()).map_err(err)?;
+    }
+    Ok(())
+}
+
+fn accrue_in(
+    db: &Database,
+    accruals: &[(BookKey, Record)],
+    names: &[(String, String)],
+    now: i64,
+) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(err)?;
+    {
+        let mut t = txn.open_table(NAMES).map_err(err)?;
+        for (k, v) in names {
+            if t.get(k.as_str()).map_err(err)?.is_none() {
+                t.insert(k.as_str(), v.as_str()).map_err(err)?;
+            }
+        }
+    }
+    for (book, r) in accruals {
+        let name = book.name();
+        let name = name.as_str();
+        let key = (name, r.commission_id.as_str());
+        {
+            let mut records = txn.open_table(RECORDS).map_err(err)?;
+            if records.get(key).map_err(err)?.is_some() {
+                continue;
+            }
+            records.insert(key, encode(r).as_slice()).map_err(err)?;
+        }
+        if r.is_open() {
+            txn.open_table(OPEN).map_err(err)?.insert(key, ()).map_err(err)?;
+        }
+        let entry = Entry::about(crate::commission::EntryKind::Accrual, r.earned, r);
+        append_entries(&txn, name, now, vec![entry])?;
+        txn.open_table(CURRENCIES)
+            .map_err(err)?
+            .insert((book.partner.as_str(), book.currency.as_str()), ())
+            .map_err(err)?;
+    }
+    txn.commit().map_err(err)?;
+    Ok(())
+}
+
 fn write_book_in(db: &Database, book: &BookKey, version: u64, change: &Change) -> Result<bool, StoreError> {
     let name = book.name();
     let name = name.as_str();
@@ -122,10 +183,7 @@ fn write_book_in(db: &Database, book: &BookKey, version: u64, change: &Change) -
                 open.remove(key).map_err(err)?;
             }
         }
-        let mut ledger = txn.open_table(LEDGER).map_err(err)?;
-        for e in &change.entries {
-            ledger.insert((name, e.seq), encode(e).as_slice()).map_err(err)?;
-        }
+        append_entries(&txn, name, change.now, change.entries.clone())?;
         let mut meta = txn.open_table(BOOK_META).map_err(err)?;
         if let Some(d) = change.clawback_due {
             meta.insert((name, CLAWBACK_DUE), encode(&d).as_slice()).map_err(err)?;
@@ -158,6 +216,16 @@ impl CommissionStore for EmbeddedStore {
         let (book, change) = (book.clone(), change.clone());
         self.blocking(move |db| write_book_in(db, &book, version, &change))
             .await
+    }
+
+    async fn accrue(
+        &self,
+        accruals: &[(BookKey, Record)],
+        names: &[(String, String)],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let (accruals, names) = (accruals.to_vec(), names.to_vec());
+        self.blocking(move |db| accrue_in(db, &accruals, &names, now)).await
     }
 
     async fn ledger_len(&self, book: &BookKey) -> Result<u64, StoreError> {
@@ -288,5 +356,71 @@ impl CommissionStore for EmbeddedStore {
     async fn get_order(&self, order_id: &str) -> Result<Option<Conversion>, StoreError> {
         let order_id = order_id.to_string();
         self.blocking(move |db| get_json(db, ORDERS, &order_id)).await
+    }
+
+    async fn get_binding(&self, customer: &str) -> Result<Option<Binding>, StoreError> {
+        let customer = customer.to_string();
+        self.blocking(move |db| get_json(db, BINDINGS, &customer)).await
+    }
+
+    async fn swap_binding(
+        &self,
+        customer: &str,
+        expected: Option<&Binding>,
+        new: &Binding,
+    ) -> Result<bool, StoreError> {
+        let (customer, expected, new) = (customer.to_string(), expected.cloned(), new.clone());
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut t = txn.open_table(BINDINGS).map_err(err)?;
+                let current: Option<Binding> = match t.get(customer.as_str()).map_err(err)? {
+                    Some(b) => Some(decode(&customer, b.value())?),
+                    None => None,
+                };
+                if current != expected {
+                    return Ok(false);
+                }
+                t.insert(customer.as_str(), encode(&new).as_slice()).map_err(err)?;
+            }
+            txn.commit().map_err(err)?;
+            Ok(true)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl AuditStore for EmbeddedStore {
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<u64, StoreError> {
+        let entry = entry.clone();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            let seq = {
+                let mut t = txn.open_table(AUDIT).map_err(err)?;
+                let last = t.last().map_err(err)?.map_or(0, |(k, _)| k.value());
+                t.insert(last + 1, encode(&entry).as_slice()).map_err(err)?;
+                last + 1
+            };
+            txn.commit().map_err(err)?;
+            Ok(seq)
+        })
+        .await
+    }
+
+    async fn list_audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(err)?;
+            let t = txn.open_table(AUDIT).map_err(err)?;
+            let mut out = Vec::new();
+            for row in t.range(after + 1..).map_err(err)?.take(limit) {
+                let (k, v) = row.map_err(err)?;
+                let mut e: AuditEntry = decode("audit", v.value())?;
+                e.seq = k.value();
+                out.push(e);
+            }
+            Ok(out)
+        })
+        .await
     }
 }

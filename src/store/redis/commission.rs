@@ -12,13 +12,16 @@
 //! | `lg:cm:{<partner>}:cur` | set | the currencies the partner has a book in |
 //! | `lg:name:{<name>}` | string | a name set once (`SET NX`): commission id → book, payout id → book, conversion id → order |
 //! | `lg:refunds:{<conversion>}` | hash | refund id → amount ([`ADD_REFUND`]) |
+//! | `lg:bind:{<customer>}` | string | the customer's binding ([`SWAP_BINDING`]) |
+//! | `lg:audit` | list | the audit log, oldest first (an entry's position is its `seq`) |
 
 use async_trait::async_trait;
 use redis::Value;
 
 use super::*;
-use crate::commission::{BookKey, BookView, Change, Entry, Record};
-use crate::store::{BookRead, CommissionStore, RefundOutcome};
+use crate::attribution::binding::Binding;
+use crate::commission::{AuditEntry, BookKey, BookView, Change, Entry, Record};
+use crate::store::{AuditStore, BookRead, CommissionStore, RefundOutcome};
 
 fn partner_tag(partner: &str) -> String {
     format!("lg:cm:{{{}}}", esc(partner))
@@ -28,13 +31,30 @@ fn book_key(book: &BookKey, what: &str) -> String {
     format!("{}:{}:{what}", partner_tag(&book.partner), book.currency)
 }
 
+/// Appends entries to a book, each placed after the last: `seq` is the list's next position,
+/// `at` the later of now and the book's last time, `balance` the running total kept in the meta
+/// hash (`HINCRBY`: exact 64-bit arithmetic in Redis; Lua formats it with `%d`, exact up to 2^53
+/// minor units). An entry arrives as its JSON without those three fields, and its amount.
+const PLACE: &str = r#"
+local function place(ledger, meta, now, entries)
+  if #entries == 0 then return end
+  local at = math.max(tonumber(now), tonumber(redis.call('HGET', meta, 'last_at') or '0'))
+  for i = 1, #entries, 2 do
+    local balance = redis.call('HINCRBY', meta, 'balance', entries[i + 1])
+    local seq = redis.call('LLEN', ledger) + 1
+    redis.call('RPUSH', ledger, string.format('{"seq":%d,"at":%d,"balance":%d,', seq, at, balance) .. string.sub(entries[i], 2))
+  end
+  redis.call('HSET', meta, 'last_at', string.format('%d', at))
+end
+"#;
+
 /// Applies a change if the book is at the version expected. A change whose reply was lost and
 /// that the client sends again finds its own token as the last change and answers 1 again,
 /// without applying anything twice.
 ///
 /// KEYS: version, records, open, ledger, meta, currencies. ARGV: version expected, token,
-/// currency, then counted groups: records (id, JSON, open 1/0), entries (JSON), the clawbacks due
-/// (`-` to leave), markers (key, value).
+/// currency, now, then counted groups: records (id, JSON, open 1/0), entries (unplaced JSON,
+/// amount), the clawbacks due (`-` to leave), markers (key, value).
 const WRITE_BOOK: &str = r"
 if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then
   if redis.call('HGET', KEYS[5], 'last') == ARGV[2] then return 1 end
@@ -43,7 +63,7 @@ end
 redis.call('INCR', KEYS[1])
 redis.call('HSET', KEYS[5], 'last', ARGV[2])
 redis.call('SADD', KEYS[6], ARGV[3])
-local i = 4
+local i = 5
 local n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
   redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
@@ -51,12 +71,33 @@ for _ = 1, n do
   i = i + 3
 end
 n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do redis.call('RPUSH', KEYS[4], ARGV[i]); i = i + 1 end
+local entries = {}
+for _ = 1, n do
+  entries[#entries + 1] = ARGV[i]; entries[#entries + 1] = ARGV[i + 1]; i = i + 2
+end
+place(KEYS[4], KEYS[5], ARGV[4], entries)
 if ARGV[i] ~= '-' then redis.call('HSET', KEYS[5], 'clawback_due', ARGV[i]) end
 i = i + 1
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do redis.call('HSET', KEYS[5], ARGV[i], ARGV[i + 1]); i = i + 2 end
 return 1";
+
+/// Accrues records new to a book (`HSETNX`: a record the book has is left as it is), each with its
+/// accrual entry. KEYS: records, open, ledger, meta, currencies. ARGV: now, currency, then per
+/// record: id, JSON, open 1/0, entry (unplaced JSON), amount.
+const ACCRUE: &str = r"
+local entries = {}
+for i = 3, #ARGV, 5 do
+  if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
+    if ARGV[i + 2] == '1' then redis.call('SADD', KEYS[2], ARGV[i]) end
+    entries[#entries + 1] = ARGV[i + 3]; entries[#entries + 1] = ARGV[i + 4]
+  end
+end
+if #entries > 0 then
+  place(KEYS[3], KEYS[4], ARGV[1], entries)
+  redis.call('SADD', KEYS[5], ARGV[2])
+end
+return #entries / 2";
 
 /// Records a refund unless it would take the order's refunds past its amount. Amounts stay far
 /// below 2^53 (an order is at most 10^15 minor units), so Lua's numbers hold them exactly.
@@ -70,6 +111,17 @@ if had then return {1, tonumber(had), total} end
 if total + tonumber(ARGV[2]) > tonumber(ARGV[3]) then return {2, 0, total} end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return {0, 0, total + tonumber(ARGV[2])}";
+
+/// Sets a binding if the key still holds what was read (`''` for nothing). KEYS: the binding.
+/// ARGV: what was read, the new binding.
+const SWAP_BINDING: &str = r"
+if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1";
+
+fn binding_key(customer: &str) -> String {
+    format!("lg:bind:{{{}}}", esc(customer))
+}
 
 fn eval(script: &str, keys: &[String]) -> redis::Cmd {
     let mut c = redis::cmd("EVAL");
@@ -110,20 +162,13 @@ impl CommissionStore for RedisStore {
         for k in markers {
             m.arg(k);
         }
-        let mut cmds = vec![
-            redis::cmd("GET").arg(book_key(book, "v")).clone(),
-            redis::cmd("LINDEX").arg(book_key(book, "l")).arg(-1).clone(),
-            m,
-        ];
+        let mut cmds = vec![redis::cmd("GET").arg(book_key(book, "v")).clone(), m];
         if matches!(read, BookRead::Open) {
             cmds.push(redis::cmd("SMEMBERS").arg(book_key(book, "o")).clone());
         }
         let mut replies = self.run_chunked(cmds).await?.into_iter();
         let mut next = || replies.next().unwrap_or(Value::Nil);
         let version: Option<u64> = parse(next())?;
-        let last = bytes_of(next())
-            .map(|b| decode::<Entry>(&book.partner, &b))
-            .transpose()?;
         let mut marks: Vec<Option<String>> = parse(next())?;
         let open: Vec<String> = match read {
             BookRead::Open => parse(next())?,
@@ -137,7 +182,6 @@ impl CommissionStore for RedisStore {
         };
         let mut view = BookView {
             version: version.unwrap_or(0),
-            last,
             clawback_due,
             ..BookView::default()
         };
@@ -162,8 +206,8 @@ impl CommissionStore for RedisStore {
             .chain(std::iter::once(format!("{}:cur", partner_tag(&book.partner))))
             .collect::<Vec<_>>();
         let token = crate::link::code::generate_codes(2).concat();
-        let mut cmd = eval(WRITE_BOOK, &keys);
-        cmd.arg(version).arg(&token).arg(&book.currency);
+        let mut cmd = eval(&format!("{PLACE}{WRITE_BOOK}"), &keys);
+        cmd.arg(version).arg(&token).arg(&book.currency).arg(change.now);
         cmd.arg(change.records.len());
         for r in &change.records {
             cmd.arg(&r.commission_id)
@@ -172,7 +216,7 @@ impl CommissionStore for RedisStore {
         }
         cmd.arg(change.entries.len());
         for e in &change.entries {
-            cmd.arg(encode(e));
+            cmd.arg(e.unplaced_json()).arg(e.amount);
         }
         match change.clawback_due {
             Some(d) => cmd.arg(d),
@@ -184,6 +228,46 @@ impl CommissionStore for RedisStore {
         }
         let applied: i64 = cmd.query_async(&mut self.conn().await?).await?;
         Ok(applied == 1)
+    }
+
+    async fn accrue(
+        &self,
+        accruals: &[(BookKey, Record)],
+        names: &[(String, String)],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut cmds: Vec<redis::Cmd> = names
+            .iter()
+            .map(|(k, v)| redis::cmd("SET").arg(name_key(k)).arg(v).arg("NX").clone())
+            .collect();
+        let mut books: Vec<(&BookKey, Vec<&Record>)> = Vec::new();
+        for (book, r) in accruals {
+            match books.iter_mut().find(|(b, _)| *b == book) {
+                Some((_, rs)) => rs.push(r),
+                None => books.push((book, vec![r])),
+            }
+        }
+        let script = format!("{PLACE}{ACCRUE}");
+        for (book, records) in books {
+            let keys = ["r", "o", "l", "m"]
+                .iter()
+                .map(|w| book_key(book, w))
+                .chain(std::iter::once(format!("{}:cur", partner_tag(&book.partner))))
+                .collect::<Vec<_>>();
+            let mut cmd = eval(&script, &keys);
+            cmd.arg(now).arg(&book.currency);
+            for r in records {
+                let e = Entry::about(crate::commission::EntryKind::Accrual, r.earned, r);
+                cmd.arg(&r.commission_id)
+                    .arg(encode(r))
+                    .arg(if r.is_open() { "1" } else { "0" })
+                    .arg(e.unplaced_json())
+                    .arg(e.amount);
+            }
+            cmds.push(cmd);
+        }
+        self.run_chunked(cmds).await?;
+        Ok(())
     }
 
     async fn ledger_len(&self, book: &BookKey) -> Result<u64, StoreError> {
@@ -258,5 +342,60 @@ impl CommissionStore for RedisStore {
 
     async fn get_order(&self, order_id: &str) -> Result<Option<Conversion>, StoreError> {
         self.get_json(record_key("order", order_id), order_id).await
+    }
+
+    async fn get_binding(&self, customer: &str) -> Result<Option<Binding>, StoreError> {
+        self.get_json(binding_key(customer), customer).await
+    }
+
+    /// Compares the stored bytes with `expected` encoded again: both are this build's encoding
+    /// of the same record, so they are equal exactly when the binding is unchanged.
+    async fn swap_binding(
+        &self,
+        customer: &str,
+        expected: Option<&Binding>,
+        new: &Binding,
+    ) -> Result<bool, StoreError> {
+        let was = expected.map(encode).unwrap_or_default();
+        let set: i64 = eval(SWAP_BINDING, &[binding_key(customer)])
+            .arg(was)
+            .arg(encode(new))
+            .query_async(&mut self.conn().await?)
+            .await?;
+        Ok(set == 1)
+    }
+}
+
+const AUDIT_KEY: &str = "lg:audit";
+
+#[async_trait]
+impl AuditStore for RedisStore {
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<u64, StoreError> {
+        // `RPUSH` answers the list's length: the entry's position.
+        Ok(redis::cmd("RPUSH")
+            .arg(AUDIT_KEY)
+            .arg(encode(entry))
+            .query_async(&mut self.conn().await?)
+            .await?)
+    }
+
+    async fn list_audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<Vec<u8>> = redis::cmd("LRANGE")
+            .arg(AUDIT_KEY)
+            .arg(after)
+            .arg(after + limit as u64 - 1)
+            .query_async(&mut self.conn().await?)
+            .await?;
+        rows.iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let mut e: AuditEntry = decode("audit", b)?;
+                e.seq = after + i as u64 + 1;
+                Ok(e)
+            })
+            .collect()
     }
 }
