@@ -34,7 +34,7 @@ impl RouteClass {
 
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Event types as labels, in the order of `click::EventType::ALL`.
-const EVENT_TYPES: [&str; 3] = ["click", "lead", "conversion"];
+const EVENT_TYPES: [&str; 5] = ["click", "lead", "conversion", "commission", "refund"];
 
 /// Upper bounds of the redirect latency buckets, in seconds: 5 µs to 100 ms.
 pub(crate) const REDIRECT_BUCKETS: [f64; 12] = [
@@ -72,7 +72,7 @@ pub struct EventMetrics {
     pub queue_capacity: Gauge,
     pub overflow: Counter,
     /// Events delivered, by type, in `EventType::ALL` order.
-    pub written: [Counter; 3],
+    pub written: [Counter; 5],
     pub batch_events: Histogram,
     pub spooled_batches: Counter,
     pub spool_bytes: Gauge,

@@ -281,6 +281,64 @@ async fn a_month_of_a_partner_from_orders_through_a_return_to_a_clawback() {
         assert_eq!(orders, ["ORD-2"], "the returned order's level is reversed, not payable");
         // A refund of the whole order again is refused: it is all refunded.
         assert_eq!(refund(&s, &cv, "rf-3", 1).await.status, StatusCode::CONFLICT);
+
+        // The stats follow the refunds: ORD-1 (100,000) refunded whole is no conversion and no
+        // revenue any more; ORD-2 (200,000) stands.
+        let stats = eventually(Duration::from_secs(10), "the stats to follow the refunds", || async {
+            let st = s.api("GET", "/v1/campaigns/kitchen/stats", None).await.json();
+            (st["revenue"] == 200_000).then_some(st)
+        })
+        .await;
+        assert_eq!(stats["conversions"], 1, "{b:?}: {stats}");
+        let board = s
+            .api("GET", "/v1/campaigns/kitchen/leaderboard?by=revenue", None)
+            .await
+            .json();
+        assert_eq!(board["owners"][0]["revenue"], 200_000, "{board}");
+
+        // Every change went downstream once as a `commission` event (repeats emitted nothing).
+        let changes = eventually(Duration::from_secs(10), "the commission events", || async {
+            let mine: Vec<(String, i64, String)> = env
+                .events()
+                .iter()
+                .filter(|e| e["type"] == "commission" && e["partner_id"] == "kid")
+                .map(|e| {
+                    (
+                        e["change"].as_str().unwrap().to_string(),
+                        e["amount"].as_i64().unwrap(),
+                        e["id"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect();
+            (mine.len() >= 6).then_some(mine)
+        })
+        .await;
+        let mut got: Vec<(String, i64)> = changes.iter().map(|(c, a, _)| (c.clone(), *a)).collect();
+        got.sort();
+        let mut want = vec![
+            ("created".to_string(), 5_000),
+            ("reversed".into(), 2_000),
+            ("paid".into(), 3_000),
+            ("reversed".into(), 3_000),
+            ("created".into(), 10_000),
+            ("paid".into(), 10_000),
+        ];
+        want.sort();
+        assert_eq!(got, want, "{b:?}: {changes:?}");
+        let ids: std::collections::HashSet<&str> = changes.iter().map(|(_, _, id)| id.as_str()).collect();
+        assert_eq!(ids.len(), 6, "each change has an id of its own");
+        assert!(ids.contains(format!("{kid_id}.refund.rf-1").as_str()), "{ids:?}");
+        let refunds: Vec<(i64, i64)> = env
+            .events()
+            .iter()
+            .filter(|e| e["type"] == "refund")
+            .map(|e| (e["amount"].as_i64().unwrap(), e["remaining"].as_i64().unwrap()))
+            .collect();
+        assert_eq!(
+            refunds,
+            [(40_000, 60_000), (60_000, 0)],
+            "{b:?}: one event per refund recorded"
+        );
     }
 }
 

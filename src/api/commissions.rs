@@ -19,8 +19,9 @@ use crate::app::App;
 use crate::attribution::binding::{Binding, BindingPolicy, takes_over};
 use crate::attribution::model::{Campaign, Conversion};
 use crate::body::{Body, BoxError, csv_cell};
+use crate::click::{Event, Queued};
 use crate::commission::ledger::{self, Refusal};
-use crate::commission::{AuditEntry, BookKey, Payout, Record, State, commission_id};
+use crate::commission::{AuditEntry, BookKey, Payout, Record, State, commission_id, conversion_of};
 use crate::config::{ApiKey, Scope};
 use crate::error::{ApiError, FieldError};
 use crate::store::books::{apply, statement};
@@ -29,10 +30,6 @@ use crate::time::{format_rfc3339, now_secs, parse_rfc3339};
 
 fn conversion_name(id: &str) -> String {
     format!("conversion:{id}")
-}
-
-fn commission_name(id: &str) -> String {
-    format!("commission:{id}")
 }
 
 fn payout_name(id: &str) -> String {
@@ -93,29 +90,58 @@ pub(super) fn assign(c: &mut Conversion, hold_secs: u64, held: Option<&str>) {
     }
 }
 
-/// Records what the conversion earns in each partner's book, and indexes the conversion (for
-/// refunds) and each record (by id): one store call, idempotent (a retried or repeated conversion
-/// accrues nothing twice).
+/// Records what the conversion earns in each partner's book (one store call), and indexes the
+/// conversion by id for refunds; idempotent (a retried or repeated conversion accrues nothing
+/// twice).
 pub(super) async fn settle(app: &App, c: &Conversion) -> Result<(), ApiError> {
+    let store = app.store.as_ref();
+    // Refunds find the conversion by its id.
+    let index = async {
+        if c.amount > 0 {
+            store
+                .claim_name(&conversion_name(&c.conversion_id), &c.order_id)
+                .await?;
+        }
+        Ok::<_, StoreError>(())
+    };
     let accruals = records_of(c);
-    let mut names: Vec<(String, String)> = accruals
-        .iter()
-        .map(|(book, r)| (commission_name(&r.commission_id), book.name()))
-        .collect();
-    if c.amount > 0 {
-        names.push((conversion_name(&c.conversion_id), c.order_id.clone()));
-    }
-    if !names.is_empty() {
-        app.store.accrue(&accruals, &names, now_secs()).await?;
+    let now = now_secs();
+    let accrue = async {
+        if accruals.is_empty() {
+            return Ok(Vec::new());
+        }
+        store.accrue(&accruals, now).await
+    };
+    let (indexed, new) = tokio::join!(index, accrue);
+    indexed?;
+    let new = new?;
+    for (_, r) in accruals.iter().filter(|(_, r)| new.contains(&r.commission_id)) {
+        let change = if r.state == State::Held { "held" } else { "created" };
+        emit(app, Event::commission(r, change, change, r.earned, now));
     }
     Ok(())
+}
+
+/// Hands a commission event to the batcher (the stream, the event log, webhooks).
+fn emit(app: &App, e: Event) {
+    if let Some(events) = &app.events {
+        events.try_send(Queued::Event(Box::new(e)));
+    }
 }
 
 /// The book and record of a commission id.
 async fn find(app: &App, id: &str) -> Result<(BookKey, Record), ApiError> {
     let missing = || ApiError::not_found("commission");
-    let name = app.store.get_name(&commission_name(id)).await?.ok_or_else(missing)?;
-    let book = BookKey::from_name(&name).ok_or_else(missing)?;
+    let (conversion, _) = conversion_of(id).ok_or_else(missing)?;
+    let c = match find_conversion(app, &conversion).await {
+        Ok(c) => c,
+        Err(e) if e.code == crate::error::ErrorCode::NotFound => return Err(missing()),
+        Err(e) => return Err(e),
+    };
+    let (book, _) = records_of(&c)
+        .into_iter()
+        .find(|(_, r)| r.commission_id == id)
+        .ok_or_else(missing)?;
     let ids = [id.to_string()];
     let view = app.store.read_book(&book, BookRead::Ids(&ids), &[]).await?;
     let r = view.records.into_iter().next().ok_or_else(missing)?;
@@ -521,17 +547,31 @@ where
         }
     };
     let now = now_secs();
+    if status == StatusCode::CREATED {
+        // Before the books: the refund is recorded, so its revenue leaves the stats whatever
+        // happens next (a retry finds it recorded and emits nothing again).
+        emit(app, Event::refund(&c, &refund_id, amount, c.amount - refunded, now));
+    }
     let store = app.store.as_ref();
     let refunds = records_of(&c).into_iter().map(|(book, r)| {
         let refund_id = refund_id.clone();
         async move {
             let ids = [r.commission_id.clone()];
-            apply(store, &book, BookRead::Ids(&ids), &[], |v| {
-                Ok((ledger::refund(v, &ids, refunded, &refund_id, now), ()))
+            let reversed = apply(store, &book, BookRead::Ids(&ids), &[], |v| {
+                let change = ledger::refund(v, &ids, refunded, &refund_id, now);
+                let by: i64 = change.entries.iter().map(|e| -e.amount).sum();
+                Ok((change, by))
             })
             .await?
             .map_err(refused)?;
             let view = store.read_book(&book, BookRead::Ids(&ids), &[]).await?;
+            if reversed > 0
+                && let Some(after) = view.records.first()
+            {
+                let mut e = Event::commission(after, "reversed", &format!("refund.{refund_id}"), reversed, now);
+                e.refund_id = Some(refund_id.clone());
+                emit(app, e);
+            }
             Ok::<_, ApiError>(view.records)
         }
     });
@@ -598,12 +638,18 @@ where
     let outcome = apply(app.store.as_ref(), &book, BookRead::Open, &markers, |v| {
         if let Some(done) = v.markers.get(&marker) {
             let p: Payout = serde_json::from_str(done).map_err(|_| Refusal::Unreadable)?;
-            return Ok((Default::default(), (StatusCode::OK, p)));
+            return Ok((Default::default(), (StatusCode::OK, p, Vec::new())));
         }
-        ledger::payout(v, &book, &payout_id, until, now).map(|(c, p)| (c, (StatusCode::CREATED, p)))
+        ledger::payout(v, &book, &payout_id, until, now).map(|(c, p)| {
+            let paid = c.records.clone();
+            (c, (StatusCode::CREATED, p, paid))
+        })
     })
     .await?;
-    let (status, p) = outcome.map_err(refused)?;
+    let (status, p, paid) = outcome.map_err(refused)?;
+    for r in &paid {
+        emit(app, Event::commission(r, "paid", "paid", r.amount, now));
+    }
     if status == StatusCode::CREATED {
         audit(app, key, "payout.create", &p.payout_id, None, Some(p.to_api_json())).await;
     }

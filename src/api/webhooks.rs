@@ -1,4 +1,4 @@
-//! `/v1/webhooks`: subscriptions to click, lead and conversion events, their deliveries, and a
+//! `/v1/webhooks`: subscriptions to click, lead, conversion, commission and refund events, their deliveries, and a
 //! retry by hand. Every call needs the `webhooks:write` scope (a webhook's URL and its
 //! deliveries say where a brand's data goes). The signing secret is answered once, on creation.
 
@@ -22,7 +22,7 @@ const MAX_BATCH: i64 = 1000;
 /// Deliveries listed: default and maximum.
 const DEFAULT_DELIVERIES: usize = 50;
 const MAX_DELIVERIES: usize = 100;
-const EVENT_NAMES: [&str; 3] = ["click", "lead", "conversion"];
+const EVENT_NAMES: [&str; 5] = ["click", "lead", "conversion", "commission", "refund"];
 
 fn engine(app: &App) -> Result<&Webhooks, ApiError> {
     app.webhooks.as_deref().ok_or_else(ApiError::unavailable)
@@ -84,7 +84,7 @@ fn events_field(f: &mut Fields<'_>) -> Option<Vec<String>> {
         _ => {
             f.error(
                 "events",
-                "must be a non-empty array of distinct event names: click, lead, conversion",
+                "must be a non-empty array of distinct event names: click, lead, conversion, commission, refund",
             );
             None
         }

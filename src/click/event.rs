@@ -13,6 +13,7 @@ use siphasher::sip128::{Hasher128, SipHasher13};
 
 use super::Agent;
 use crate::attribution::model::{ChainLevel, Conversion, Lead, LeadSource};
+use crate::commission::Record;
 use crate::link::click_id::RawClickId;
 use crate::link::code::InlineCode;
 use crate::link::{LinkKind, LinkState};
@@ -66,11 +67,22 @@ pub enum EventType {
     Click,
     Lead,
     Conversion,
+    /// A change of a commission record ([`crate::commission`]).
+    Commission,
+    /// Part or all of an order refunded: its revenue (and, refunded whole, the conversion) leaves
+    /// the stats and analytics.
+    Refund,
 }
 
 impl EventType {
     /// Every type, in [`EventType::index`] order: per-type arrays are built and read through it.
-    pub const ALL: [EventType; 3] = [Self::Click, Self::Lead, Self::Conversion];
+    pub const ALL: [EventType; 5] = [
+        Self::Click,
+        Self::Lead,
+        Self::Conversion,
+        Self::Commission,
+        Self::Refund,
+    ];
 
     /// The type's position in [`EventType::ALL`]: for per-type arrays.
     pub fn index(self) -> usize {
@@ -78,6 +90,8 @@ impl EventType {
             Self::Click => 0,
             Self::Lead => 1,
             Self::Conversion => 2,
+            Self::Commission => 3,
+            Self::Refund => 4,
         }
     }
 
@@ -86,6 +100,8 @@ impl EventType {
             Self::Click => "click",
             Self::Lead => "lead",
             Self::Conversion => "conversion",
+            Self::Commission => "commission",
+            Self::Refund => "refund",
         }
     }
 }
@@ -144,6 +160,24 @@ pub struct Event {
     pub attributed: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chain: Option<Vec<ChainLevel>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commission_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partner_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<u8>,
+    /// What happened to the commission: `created`, `held`, `released`, `reversed`, `paid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refund_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payout_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What is left of the order after a refund (0: refunded whole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining: Option<i64>,
 }
 
 impl Event {
@@ -186,6 +220,45 @@ impl Event {
         e
     }
 
+    /// A `commission` event: `change` happened to record `r` at `at`, moving `amount` (what it
+    /// earned, was reversed by, or was paid). Its id is the record's with what happened
+    /// (`<commission_id>.<what>`), so a consumer dedupes replays and keeps every change.
+    pub(crate) fn commission(r: &Record, change: &str, what: &str, amount: i64, at: i64) -> Self {
+        let mut e = Self::new(format!("{}.{what}", r.commission_id), EventType::Commission, at);
+        e.code = r.code.clone();
+        e.campaign_id = r.campaign_id.clone();
+        e.commission_id = Some(r.commission_id.clone());
+        e.partner_id = Some(r.partner_id.clone());
+        e.level = Some(r.level);
+        e.change = Some(change.to_string());
+        e.amount = Some(amount);
+        e.currency = Some(r.currency.clone());
+        e.conversion_id = Some(r.conversion_id.clone());
+        e.order_id = Some(r.order_id.clone());
+        e.payout_id = r.payout_id.clone();
+        e.reason = r.reason.clone();
+        e
+    }
+
+    /// A `refund` event: `amount` of conversion `c` refunded by `refund_id` at `at`, `remaining` of
+    /// it left. Its id is the conversion's and the refund's.
+    pub(crate) fn refund(c: &Conversion, refund_id: &str, amount: i64, remaining: i64, at: i64) -> Self {
+        let mut e = Self::new(format!("{}.refund.{refund_id}", c.conversion_id), EventType::Refund, at);
+        e.code = c.code.clone();
+        e.campaign_id = c.campaign_id.clone();
+        e.owner_id = c.owner_id.clone();
+        e.recipient_id = c.recipient_id.clone();
+        e.conversion_id = Some(c.conversion_id.clone());
+        e.order_id = Some(c.order_id.clone());
+        e.refund_id = Some(refund_id.to_string());
+        e.amount = Some(amount);
+        e.currency = c.currency.clone();
+        e.attributed = Some(c.attributed);
+        e.chain = Some(c.chain.clone());
+        e.remaining = Some(remaining);
+        e
+    }
+
     /// Like [`Event::new`], with the timestamp already formatted.
     pub fn at(id: String, event_type: EventType, ts: String) -> Self {
         Self {
@@ -216,6 +289,14 @@ impl Event {
             currency: None,
             attributed: None,
             chain: None,
+            commission_id: None,
+            partner_id: None,
+            level: None,
+            change: None,
+            refund_id: None,
+            payout_id: None,
+            reason: None,
+            remaining: None,
         }
     }
 }

@@ -120,6 +120,13 @@ pub(crate) fn commission_id(conversion_id: &str, level: u8) -> String {
     format!("cm_{base}_{level}")
 }
 
+/// The conversion and level a commission id names (`None`: not one).
+pub(crate) fn conversion_of(commission_id: &str) -> Option<(String, u8)> {
+    let (base, level) = commission_id.strip_prefix("cm_")?.rsplit_once('_')?;
+    let level: u8 = level.parse().ok()?;
+    (!base.is_empty() && (1..=3).contains(&level)).then(|| (format!("cv_{base}"), level))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum EntryKind {
@@ -209,15 +216,6 @@ impl BookKey {
     /// three letters, so the first `:` splits them whatever the id holds).
     pub(crate) fn name(&self) -> String {
         format!("{}:{}", self.currency, self.partner)
-    }
-
-    /// The key a [`BookKey::name`] names (`None`: not one).
-    pub(crate) fn from_name(name: &str) -> Option<Self> {
-        let (currency, partner) = name.split_once(':')?;
-        (currency.len() == 3 && !partner.is_empty()).then(|| Self {
-            partner: partner.to_string(),
-            currency: currency.to_string(),
-        })
     }
 }
 

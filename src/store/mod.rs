@@ -245,16 +245,12 @@ pub(crate) trait CommissionStore: Send + Sync + 'static {
     /// placing its entries at the end of the book ([`crate::commission::ledger::place`]).
     async fn write_book(&self, book: &BookKey, version: u64, change: &Change) -> Result<bool, StoreError>;
     /// Appends each record its book does not have yet (one it has is left as it is: a retried
-    /// conversion), with its accrual entry placed at `now` or after the book's last; and sets each
-    /// of `names` not set yet. One round trip on Redis. Accruals take no version: they conflict
-    /// with no decision (a decision only rewrites records it read, and entries are placed as they
-    /// land), so a partner receiving many conversions at once is never a point of contention.
-    async fn accrue(
-        &self,
-        accruals: &[(BookKey, Record)],
-        names: &[(String, String)],
-        now: i64,
-    ) -> Result<(), StoreError>;
+    /// conversion), with its accrual entry placed at `now` or after the book's last; returns the
+    /// ids of the records appended now. One script call on one Redis (one per partner on a
+    /// cluster). Accruals take no version: they conflict with no decision (a decision only
+    /// rewrites records it read, and entries are placed as they land), so a partner receiving
+    /// many conversions at once is never a point of contention.
+    async fn accrue(&self, accruals: &[(BookKey, Record)], now: i64) -> Result<Vec<String>, StoreError>;
     /// How many entries the book has.
     async fn ledger_len(&self, book: &BookKey) -> Result<u64, StoreError>;
     /// Entries `start..end` by position (0 = the first).

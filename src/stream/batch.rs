@@ -160,8 +160,8 @@ impl Batch {
     }
 
     /// Events per type: click, lead, conversion.
-    pub fn counts(&self) -> [u64; 3] {
-        let mut c = [0; 3];
+    pub fn counts(&self) -> [u64; EventType::ALL.len()] {
+        let mut c = [0; EventType::ALL.len()];
         for (t, _, _) in &self.entries {
             c[t.index()] += 1;
         }
@@ -246,7 +246,28 @@ impl Batch {
                 };
                 self.counters.add(code, campaign, owner, s);
             }
-            EventType::Conversion => {}
+            EventType::Refund if e.attributed == Some(true) => {
+                // Revenue leaves the stats at the refund's time (the order's buckets are not
+                // rewritten); an order refunded whole is no longer a conversion.
+                let amount = e.amount.unwrap_or(0);
+                let whole = e.remaining == Some(0);
+                let n = Counts {
+                    conversions: -i64::from(whole),
+                    revenue: -amount,
+                    ..Counts::default()
+                };
+                self.analytics.add(&place, None, code, n);
+                for level in e.chain.iter().flatten() {
+                    self.analytics.add_partner(&place, &level.partner_id, n);
+                }
+                let s = Stats {
+                    conversions: -i64::from(whole),
+                    revenue: -amount,
+                    ..Stats::default()
+                };
+                self.counters.add(code, campaign, owner, s);
+            }
+            EventType::Conversion | EventType::Commission | EventType::Refund => {}
         }
     }
 

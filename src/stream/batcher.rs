@@ -515,7 +515,7 @@ impl Batcher {
         }
         let m = &self.metrics;
         m.batch_events.record(batch.len() as f64);
-        let [_, leads, conversions] = batch.counts();
+        let [_, leads, conversions, _, _] = batch.counts();
         for (written, n) in m.written.iter().zip(batch.counts()) {
             written.increment(n);
         }

@@ -134,7 +134,7 @@ pub struct RedisStreamSink {
     wait: (u32, std::time::Duration),
     /// Per stream shard, `XADD <key> * type <type> json` encoded once per event type
     /// ([`EventType::index`]).
-    xadd: Vec<[resp::Prefix; 3]>,
+    xadd: Vec<[resp::Prefix; EventType::ALL.len()]>,
     /// The stream keys, one per shard ([`stream_keys`]).
     streams: Vec<String>,
     /// `MAXLEN ~` in decimal.

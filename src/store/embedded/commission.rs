@@ -121,21 +121,9 @@ fn append_entries(txn: &WriteTransaction, name: &str, now: i64, mut entries: Vec
     Ok(())
 }
 
-fn accrue_in(
-    db: &Database,
-    accruals: &[(BookKey, Record)],
-    names: &[(String, String)],
-    now: i64,
-) -> Result<(), StoreError> {
+fn accrue_in(db: &Database, accruals: &[(BookKey, Record)], now: i64) -> Result<Vec<String>, StoreError> {
+    let mut new = Vec::new();
     let txn = db.begin_write().map_err(err)?;
-    {
-        let mut t = txn.open_table(NAMES).map_err(err)?;
-        for (k, v) in names {
-            if t.get(k.as_str()).map_err(err)?.is_none() {
-                t.insert(k.as_str(), v.as_str()).map_err(err)?;
-            }
-        }
-    }
     for (book, r) in accruals {
         let name = book.name();
         let name = name.as_str();
@@ -152,13 +140,14 @@ fn accrue_in(
         }
         let entry = Entry::about(crate::commission::EntryKind::Accrual, r.earned, r);
         append_entries(&txn, name, now, vec![entry])?;
+        new.push(r.commission_id.clone());
         txn.open_table(CURRENCIES)
             .map_err(err)?
             .insert((book.partner.as_str(), book.currency.as_str()), ())
             .map_err(err)?;
     }
     txn.commit().map_err(err)?;
-    Ok(())
+    Ok(new)
 }
 
 fn write_book_in(db: &Database, book: &BookKey, version: u64, change: &Change) -> Result<bool, StoreError> {
@@ -218,14 +207,9 @@ impl CommissionStore for EmbeddedStore {
             .await
     }
 
-    async fn accrue(
-        &self,
-        accruals: &[(BookKey, Record)],
-        names: &[(String, String)],
-        now: i64,
-    ) -> Result<(), StoreError> {
-        let (accruals, names) = (accruals.to_vec(), names.to_vec());
-        self.blocking(move |db| accrue_in(db, &accruals, &names, now)).await
+    async fn accrue(&self, accruals: &[(BookKey, Record)], now: i64) -> Result<Vec<String>, StoreError> {
+        let accruals = accruals.to_vec();
+        self.blocking(move |db| accrue_in(db, &accruals, now)).await
     }
 
     async fn ledger_len(&self, book: &BookKey) -> Result<u64, StoreError> {

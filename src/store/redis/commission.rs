@@ -10,7 +10,7 @@
 //! | `lg:cm:{<partner>}:<CUR>:l` | list | the entries, oldest first (entry `seq` n at index n − 1) |
 //! | `lg:cm:{<partner>}:<CUR>:m` | hash | `clawback_due`, `last` (the token of the last change), `payout:<id>` answers |
 //! | `lg:cm:{<partner>}:cur` | set | the currencies the partner has a book in |
-//! | `lg:name:{<name>}` | string | a name set once (`SET NX`): commission id → book, payout id → book, conversion id → order |
+//! | `lg:name:{<name>}` | string | a name set once (`SET NX`): payout id → book, conversion id → order |
 //! | `lg:refunds:{<conversion>}` | hash | refund id → amount ([`ADD_REFUND`]) |
 //! | `lg:bind:{<customer>}` | string | the customer's binding ([`SWAP_BINDING`]) |
 //! | `lg:audit` | list | the audit log, oldest first (an entry's position is its `seq`) |
@@ -82,22 +82,91 @@ n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do redis.call('HSET', KEYS[5], ARGV[i], ARGV[i + 1]); i = i + 2 end
 return 1";
 
-/// Accrues records new to a book (`HSETNX`: a record the book has is left as it is), each with its
-/// accrual entry. KEYS: records, open, ledger, meta, currencies. ARGV: now, currency, then per
-/// record: id, JSON, open 1/0, entry (unplaced JSON), amount.
+/// Accrues records new to their books (`HSETNX`: a record a book has is left as it is), each with
+/// its accrual entry; replies the ids appended. Books come five keys each (records, open, ledger,
+/// meta, currencies): all of a conversion's books in one call on one server, one book per call on
+/// a cluster. ARGV: now, then per book: currency, record count, and per record: id, JSON, open 1/0,
+/// entry (unplaced JSON), amount.
 const ACCRUE: &str = r"
-local entries = {}
-for i = 3, #ARGV, 5 do
-  if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
-    if ARGV[i + 2] == '1' then redis.call('SADD', KEYS[2], ARGV[i]) end
-    entries[#entries + 1] = ARGV[i + 3]; entries[#entries + 1] = ARGV[i + 4]
+local new = {}
+local a = 2
+for b = 0, #KEYS / 5 - 1 do
+  local k = b * 5
+  local currency, n = ARGV[a], tonumber(ARGV[a + 1])
+  a = a + 2
+  local entries = {}
+  for _ = 1, n do
+    if redis.call('HSETNX', KEYS[k + 1], ARGV[a], ARGV[a + 1]) == 1 then
+      if ARGV[a + 2] == '1' then redis.call('SADD', KEYS[k + 2], ARGV[a]) end
+      entries[#entries + 1] = ARGV[a + 3]; entries[#entries + 1] = ARGV[a + 4]
+      new[#new + 1] = ARGV[a]
+    end
+    a = a + 5
+  end
+  if #entries > 0 then
+    place(KEYS[k + 3], KEYS[k + 4], ARGV[1], entries)
+    redis.call('SADD', KEYS[k + 5], currency)
   end
 end
-if #entries > 0 then
-  place(KEYS[3], KEYS[4], ARGV[1], entries)
-  redis.call('SADD', KEYS[5], ARGV[2])
-end
-return #entries / 2";
+return new";
+
+/// A script sent by its SHA-1 (`EVALSHA`), and whole (`EVAL`, which also caches it on that node)
+/// only when the node does not know it yet: sending and hashing a 2 KB body with every call cost
+/// Redis more than the script's own work.
+struct Cached {
+    body: String,
+    sha: String,
+}
+
+impl Cached {
+    fn new(body: String) -> Self {
+        let sha = redis::Script::new(&body).get_hash().to_string();
+        Self { body, sha }
+    }
+
+    fn cmd(&self, by_sha: bool, keys: &[String]) -> redis::Cmd {
+        let mut c = redis::cmd(if by_sha { "EVALSHA" } else { "EVAL" });
+        c.arg(if by_sha { &self.sha } else { &self.body }).arg(keys.len());
+        for k in keys {
+            c.arg(k);
+        }
+        c
+    }
+}
+
+static ACCRUE_SCRIPT: std::sync::LazyLock<Cached> =
+    std::sync::LazyLock::new(|| Cached::new(format!("{PLACE}{ACCRUE}")));
+static WRITE_BOOK_SCRIPT: std::sync::LazyLock<Cached> =
+    std::sync::LazyLock::new(|| Cached::new(format!("{PLACE}{WRITE_BOOK}")));
+
+impl RedisStore {
+    /// Runs `script` on `keys` with the arguments `args` adds.
+    async fn run_script<T: redis::FromRedisValue>(
+        &self,
+        script: &Cached,
+        keys: &[String],
+        args: impl Fn(&mut redis::Cmd),
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn().await?;
+        let mut cmd = script.cmd(true, keys);
+        args(&mut cmd);
+        match cmd.query_async(&mut conn).await {
+            Err(e) if e.code() == Some("NOSCRIPT") => {
+                let mut cmd = script.cmd(false, keys);
+                args(&mut cmd);
+                Ok(cmd.query_async(&mut conn).await?)
+            }
+            r => Ok(r?),
+        }
+    }
+}
+
+fn book_keys(book: &BookKey) -> impl Iterator<Item = String> + '_ {
+    ["r", "o", "l", "m"]
+        .into_iter()
+        .map(move |w| book_key(book, w))
+        .chain(std::iter::once(format!("{}:cur", partner_tag(&book.partner))))
+}
 
 /// Records a refund unless it would take the order's refunds past its amount. Amounts stay far
 /// below 2^53 (an order is at most 10^15 minor units), so Lua's numbers hold them exactly.
@@ -200,46 +269,38 @@ impl CommissionStore for RedisStore {
     }
 
     async fn write_book(&self, book: &BookKey, version: u64, change: &Change) -> Result<bool, StoreError> {
-        let keys = ["v", "r", "o", "l", "m"]
-            .iter()
-            .map(|w| book_key(book, w))
+        let keys = std::iter::once(book_key(book, "v"))
+            .chain(["r", "o", "l", "m"].into_iter().map(|w| book_key(book, w)))
             .chain(std::iter::once(format!("{}:cur", partner_tag(&book.partner))))
             .collect::<Vec<_>>();
         let token = crate::link::code::generate_codes(2).concat();
-        let mut cmd = eval(&format!("{PLACE}{WRITE_BOOK}"), &keys);
-        cmd.arg(version).arg(&token).arg(&book.currency).arg(change.now);
-        cmd.arg(change.records.len());
-        for r in &change.records {
-            cmd.arg(&r.commission_id)
-                .arg(encode(r))
-                .arg(if r.is_open() { "1" } else { "0" });
-        }
-        cmd.arg(change.entries.len());
-        for e in &change.entries {
-            cmd.arg(e.unplaced_json()).arg(e.amount);
-        }
-        match change.clawback_due {
-            Some(d) => cmd.arg(d),
-            None => cmd.arg("-"),
-        };
-        cmd.arg(change.markers.len());
-        for (k, v) in &change.markers {
-            cmd.arg(k).arg(v);
-        }
-        let applied: i64 = cmd.query_async(&mut self.conn().await?).await?;
+        let applied: i64 = self
+            .run_script(&WRITE_BOOK_SCRIPT, &keys, |cmd| {
+                cmd.arg(version).arg(&token).arg(&book.currency).arg(change.now);
+                cmd.arg(change.records.len());
+                for r in &change.records {
+                    cmd.arg(&r.commission_id)
+                        .arg(encode(r))
+                        .arg(if r.is_open() { "1" } else { "0" });
+                }
+                cmd.arg(change.entries.len());
+                for e in &change.entries {
+                    cmd.arg(e.unplaced_json()).arg(e.amount);
+                }
+                match change.clawback_due {
+                    Some(d) => cmd.arg(d),
+                    None => cmd.arg("-"),
+                };
+                cmd.arg(change.markers.len());
+                for (k, v) in &change.markers {
+                    cmd.arg(k).arg(v);
+                }
+            })
+            .await?;
         Ok(applied == 1)
     }
 
-    async fn accrue(
-        &self,
-        accruals: &[(BookKey, Record)],
-        names: &[(String, String)],
-        now: i64,
-    ) -> Result<(), StoreError> {
-        let mut cmds: Vec<redis::Cmd> = names
-            .iter()
-            .map(|(k, v)| redis::cmd("SET").arg(name_key(k)).arg(v).arg("NX").clone())
-            .collect();
+    async fn accrue(&self, accruals: &[(BookKey, Record)], now: i64) -> Result<Vec<String>, StoreError> {
         let mut books: Vec<(&BookKey, Vec<&Record>)> = Vec::new();
         for (book, r) in accruals {
             match books.iter_mut().find(|(b, _)| *b == book) {
@@ -247,27 +308,38 @@ impl CommissionStore for RedisStore {
                 None => books.push((book, vec![r])),
             }
         }
-        let script = format!("{PLACE}{ACCRUE}");
-        for (book, records) in books {
-            let keys = ["r", "o", "l", "m"]
-                .iter()
-                .map(|w| book_key(book, w))
-                .chain(std::iter::once(format!("{}:cur", partner_tag(&book.partner))))
-                .collect::<Vec<_>>();
-            let mut cmd = eval(&script, &keys);
-            cmd.arg(now).arg(&book.currency);
-            for r in records {
-                let e = Entry::about(crate::commission::EntryKind::Accrual, r.earned, r);
-                cmd.arg(&r.commission_id)
-                    .arg(encode(r))
-                    .arg(if r.is_open() { "1" } else { "0" })
-                    .arg(e.unplaced_json())
-                    .arg(e.amount);
+        // One call for every book on one server; on a cluster each partner's keys are in a slot
+        // of their own, so one call per book, all at once.
+        let calls: Vec<Vec<(&BookKey, Vec<&Record>)>> = if self.is_cluster() {
+            books.into_iter().map(|b| vec![b]).collect()
+        } else {
+            vec![books]
+        };
+        let runs = calls.iter().map(|books| {
+            let keys: Vec<String> = books.iter().flat_map(|(b, _)| book_keys(b)).collect();
+            async move {
+                self.run_script::<Vec<String>>(&ACCRUE_SCRIPT, &keys, |cmd| {
+                    cmd.arg(now);
+                    for (book, records) in books {
+                        cmd.arg(&book.currency).arg(records.len());
+                        for r in records {
+                            let e = Entry::about(crate::commission::EntryKind::Accrual, r.earned, r);
+                            cmd.arg(&r.commission_id)
+                                .arg(encode(*r))
+                                .arg(if r.is_open() { "1" } else { "0" })
+                                .arg(e.unplaced_json())
+                                .arg(e.amount);
+                        }
+                    }
+                })
+                .await
             }
-            cmds.push(cmd);
-        }
-        self.run_chunked(cmds).await?;
-        Ok(())
+        });
+        Ok(futures_util::future::try_join_all(runs)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect())
     }
 
     async fn ledger_len(&self, book: &BookKey) -> Result<u64, StoreError> {

@@ -275,6 +275,11 @@ impl RedisStore {
         Ok(ids)
     }
 
+    /// Whether the store is a Redis Cluster (a script's keys must then share a slot).
+    fn is_cluster(&self) -> bool {
+        matches!(self.backend, Backend::Cluster { .. })
+    }
+
     /// Runs `cmds` in pipelines of at most [`PIPELINE_CHUNK`] commands (split by slot on a
     /// cluster), returning every reply in order.
     async fn run_chunked(&self, cmds: Vec<redis::Cmd>) -> Result<Vec<Value>, StoreError> {

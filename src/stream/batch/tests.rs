@@ -102,7 +102,7 @@ fn taps_count_and_open_one_candidate_per_personalised_link() {
         batch.push_click(&t, &mut memo, &interner, &mut ip);
     }
     assert_eq!(batch.len(), 5);
-    assert_eq!(batch.counts(), [5, 0, 0]);
+    assert_eq!(batch.counts(), [5, 0, 0, 0, 0]);
     let links = &batch.counters;
     let p1 = links.link("persona1").unwrap().stats;
     assert_eq!((p1.human_clicks, p1.clicks), (2, 2));
@@ -193,7 +193,7 @@ fn truncate_drops_the_added_leads_only() {
     let before = batch.lines();
     let lead = batch.candidates[0].lead.clone();
     batch.push_lead(&lead, Some(LinkKind::Sms));
-    assert_eq!(batch.counts(), [1, 1, 0]);
+    assert_eq!(batch.counts(), [1, 1, 0, 0, 0]);
     batch.truncate(1);
     assert_eq!(batch.len(), 1);
     assert_eq!(batch.lines(), before);
