@@ -94,27 +94,14 @@ pub(super) fn assign(c: &mut Conversion, hold_secs: u64, held: Option<&str>) {
 /// conversion by id for refunds; idempotent (a retried or repeated conversion accrues nothing
 /// twice).
 pub(super) async fn settle(app: &App, c: &Conversion) -> Result<(), ApiError> {
-    let store = app.store.as_ref();
-    // Refunds find the conversion by its id.
-    let index = async {
-        if c.amount > 0 {
-            store
-                .claim_name(&conversion_name(&c.conversion_id), &c.order_id)
-                .await?;
-        }
-        Ok::<_, StoreError>(())
-    };
     let accruals = records_of(c);
+    // Refunds find the conversion by its id.
+    let index = (c.amount > 0).then(|| (conversion_name(&c.conversion_id), c.order_id.clone()));
+    if accruals.is_empty() && index.is_none() {
+        return Ok(());
+    }
     let now = now_secs();
-    let accrue = async {
-        if accruals.is_empty() {
-            return Ok(Vec::new());
-        }
-        store.accrue(&accruals, now).await
-    };
-    let (indexed, new) = tokio::join!(index, accrue);
-    indexed?;
-    let new = new?;
+    let new = app.store.accrue(&accruals, index, now).await?;
     for (_, r) in accruals.iter().filter(|(_, r)| new.contains(&r.commission_id)) {
         let change = if r.state == State::Held { "held" } else { "created" };
         emit(app, Event::commission(r, change, change, r.earned, now));

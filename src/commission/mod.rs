@@ -150,6 +150,8 @@ impl EntryKind {
 /// One line of a book. `balance` is the book's balance after it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Entry {
+    /// Its position in the book, from 1 (Redis keeps it as the list position, not in the JSON).
+    #[serde(default)]
     pub seq: u64,
     pub at: i64,
     pub kind: EntryKind,
@@ -194,13 +196,37 @@ impl Entry {
     /// The entry as a store appends it, without its place (`seq`, `at`, `balance`), which the
     /// store sets as it appends: `{"kind": …}`.
     pub(crate) fn unplaced_json(&self) -> String {
-        let mut v = serde_json::to_value(self).unwrap_or_default();
-        if let Some(o) = v.as_object_mut() {
-            for k in ["seq", "at", "balance"] {
-                o.remove(k);
-            }
+        #[derive(Serialize)]
+        struct Unplaced<'a> {
+            kind: EntryKind,
+            amount: i64,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            commission_id: &'a Option<String>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            conversion_id: &'a Option<String>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            order_id: &'a Option<String>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            level: Option<u8>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            refund_id: &'a Option<String>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            payout_id: &'a Option<String>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            note: &'a Option<String>,
         }
-        v.to_string()
+        serde_json::to_string(&Unplaced {
+            kind: self.kind,
+            amount: self.amount,
+            commission_id: &self.commission_id,
+            conversion_id: &self.conversion_id,
+            order_id: &self.order_id,
+            level: self.level,
+            refund_id: &self.refund_id,
+            payout_id: &self.payout_id,
+            note: &self.note,
+        })
+        .unwrap_or_default()
     }
 }
 

@@ -250,7 +250,13 @@ pub(crate) trait CommissionStore: Send + Sync + 'static {
     /// cluster). Accruals take no version: they conflict with no decision (a decision only
     /// rewrites records it read, and entries are placed as they land), so a partner receiving
     /// many conversions at once is never a point of contention.
-    async fn accrue(&self, accruals: &[(BookKey, Record)], now: i64) -> Result<Vec<String>, StoreError>;
+    /// With them, sets the name `index` (e.g. the conversion's id → its order) unless it is set.
+    async fn accrue(
+        &self,
+        accruals: &[(BookKey, Record)],
+        index: Option<(String, String)>,
+        now: i64,
+    ) -> Result<Vec<String>, StoreError>;
     /// How many entries the book has.
     async fn ledger_len(&self, book: &BookKey) -> Result<u64, StoreError>;
     /// Entries `start..end` by position (0 = the first).

@@ -121,9 +121,20 @@ fn append_entries(txn: &WriteTransaction, name: &str, now: i64, mut entries: Vec
     Ok(())
 }
 
-fn accrue_in(db: &Database, accruals: &[(BookKey, Record)], now: i64) -> Result<Vec<String>, StoreError> {
+fn accrue_in(
+    db: &Database,
+    accruals: &[(BookKey, Record)],
+    index: Option<(String, String)>,
+    now: i64,
+) -> Result<Vec<String>, StoreError> {
     let mut new = Vec::new();
     let txn = db.begin_write().map_err(err)?;
+    if let Some((k, v)) = index {
+        let mut t = txn.open_table(NAMES).map_err(err)?;
+        if t.get(k.as_str()).map_err(err)?.is_none() {
+            t.insert(k.as_str(), v.as_str()).map_err(err)?;
+        }
+    }
     for (book, r) in accruals {
         let name = book.name();
         let name = name.as_str();
@@ -207,9 +218,14 @@ impl CommissionStore for EmbeddedStore {
             .await
     }
 
-    async fn accrue(&self, accruals: &[(BookKey, Record)], now: i64) -> Result<Vec<String>, StoreError> {
+    async fn accrue(
+        &self,
+        accruals: &[(BookKey, Record)],
+        index: Option<(String, String)>,
+        now: i64,
+    ) -> Result<Vec<String>, StoreError> {
         let accruals = accruals.to_vec();
-        self.blocking(move |db| accrue_in(db, &accruals, now)).await
+        self.blocking(move |db| accrue_in(db, &accruals, index, now)).await
     }
 
     async fn ledger_len(&self, book: &BookKey) -> Result<u64, StoreError> {

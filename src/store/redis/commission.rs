@@ -31,18 +31,18 @@ fn book_key(book: &BookKey, what: &str) -> String {
     format!("{}:{}:{what}", partner_tag(&book.partner), book.currency)
 }
 
-/// Appends entries to a book, each placed after the last: `seq` is the list's next position,
-/// `at` the later of now and the book's last time, `balance` the running total kept in the meta
-/// hash (`HINCRBY`: exact 64-bit arithmetic in Redis; Lua formats it with `%d`, exact up to 2^53
-/// minor units). An entry arrives as its JSON without those three fields, and its amount.
+/// Appends entries to a book, each placed after the last: `at` the later of now and the book's
+/// last time, `balance` the running total kept in the meta hash (`HINCRBY`: exact 64-bit
+/// arithmetic in Redis; Lua formats it with `%d`, exact up to 2^53 minor units); its `seq` is its
+/// list position, set as it is read. An entry arrives as its JSON without those fields, and its
+/// amount.
 const PLACE: &str = r#"
 local function place(ledger, meta, now, entries)
   if #entries == 0 then return end
   local at = math.max(tonumber(now), tonumber(redis.call('HGET', meta, 'last_at') or '0'))
   for i = 1, #entries, 2 do
     local balance = redis.call('HINCRBY', meta, 'balance', entries[i + 1])
-    local seq = redis.call('LLEN', ledger) + 1
-    redis.call('RPUSH', ledger, string.format('{"seq":%d,"at":%d,"balance":%d,', seq, at, balance) .. string.sub(entries[i], 2))
+    redis.call('RPUSH', ledger, string.format('{"at":%d,"balance":%d,', at, balance) .. string.sub(entries[i], 2))
   end
   redis.call('HSET', meta, 'last_at', string.format('%d', at))
 end
@@ -85,12 +85,14 @@ return 1";
 /// Accrues records new to their books (`HSETNX`: a record a book has is left as it is), each with
 /// its accrual entry; replies the ids appended. Books come five keys each (records, open, ledger,
 /// meta, currencies): all of a conversion's books in one call on one server, one book per call on
-/// a cluster. ARGV: now, then per book: currency, record count, and per record: id, JSON, open 1/0,
-/// entry (unplaced JSON), amount.
+/// a cluster. ARGV: now, a name's value (`''`: none; else the last key is the name, set `NX`),
+/// then per book: currency, record count, and per record: id, JSON, open 1/0, entry (unplaced
+/// JSON), amount.
 const ACCRUE: &str = r"
 local new = {}
-local a = 2
-for b = 0, #KEYS / 5 - 1 do
+if ARGV[2] ~= '' then redis.call('SET', KEYS[#KEYS], ARGV[2], 'NX') end
+local a = 3
+for b = 0, math.floor(#KEYS / 5) - 1 do
   local k = b * 5
   local currency, n = ARGV[a], tonumber(ARGV[a + 1])
   a = a + 2
@@ -300,7 +302,12 @@ impl CommissionStore for RedisStore {
         Ok(applied == 1)
     }
 
-    async fn accrue(&self, accruals: &[(BookKey, Record)], now: i64) -> Result<Vec<String>, StoreError> {
+    async fn accrue(
+        &self,
+        accruals: &[(BookKey, Record)],
+        index: Option<(String, String)>,
+        now: i64,
+    ) -> Result<Vec<String>, StoreError> {
         let mut books: Vec<(&BookKey, Vec<&Record>)> = Vec::new();
         for (book, r) in accruals {
             match books.iter_mut().find(|(b, _)| *b == book) {
@@ -308,38 +315,53 @@ impl CommissionStore for RedisStore {
                 None => books.push((book, vec![r])),
             }
         }
-        // One call for every book on one server; on a cluster each partner's keys are in a slot
-        // of their own, so one call per book, all at once.
-        let calls: Vec<Vec<(&BookKey, Vec<&Record>)>> = if self.is_cluster() {
-            books.into_iter().map(|b| vec![b]).collect()
+        // One call for every book and the name on one server; on a cluster each partner's keys
+        // are in a slot of their own, so one call per book and one for the name, all at once.
+        let (calls, name, apart) = if self.is_cluster() {
+            let calls: Vec<Vec<(&BookKey, Vec<&Record>)>> = books.into_iter().map(|b| vec![b]).collect();
+            (calls, None, index)
         } else {
-            vec![books]
+            (vec![books], index, None)
         };
-        let runs = calls.iter().map(|books| {
-            let keys: Vec<String> = books.iter().flat_map(|(b, _)| book_keys(b)).collect();
-            async move {
-                self.run_script::<Vec<String>>(&ACCRUE_SCRIPT, &keys, |cmd| {
-                    cmd.arg(now);
-                    for (book, records) in books {
-                        cmd.arg(&book.currency).arg(records.len());
-                        for r in records {
-                            let e = Entry::about(crate::commission::EntryKind::Accrual, r.earned, r);
-                            cmd.arg(&r.commission_id)
-                                .arg(encode(*r))
-                                .arg(if r.is_open() { "1" } else { "0" })
-                                .arg(e.unplaced_json())
-                                .arg(e.amount);
-                        }
-                    }
-                })
-                .await
+        let apart = async {
+            if let Some((k, v)) = &apart {
+                self.claim_name(k, v).await?;
             }
-        });
-        Ok(futures_util::future::try_join_all(runs)
-            .await?
-            .into_iter()
-            .flatten()
-            .collect())
+            Ok::<_, StoreError>(())
+        };
+        let runs = calls
+            .iter()
+            .filter(|books| !books.is_empty() || name.is_some())
+            .map(|books| {
+                let mut keys: Vec<String> = books.iter().flat_map(|(b, _)| book_keys(b)).collect();
+                let value = match &name {
+                    Some((k, v)) => {
+                        keys.push(name_key(k));
+                        v.as_str()
+                    }
+                    None => "",
+                };
+                async move {
+                    self.run_script::<Vec<String>>(&ACCRUE_SCRIPT, &keys, |cmd| {
+                        cmd.arg(now).arg(value);
+                        for (book, records) in books {
+                            cmd.arg(&book.currency).arg(records.len());
+                            for r in records {
+                                let e = Entry::about(crate::commission::EntryKind::Accrual, r.earned, r);
+                                cmd.arg(&r.commission_id)
+                                    .arg(encode(*r))
+                                    .arg(if r.is_open() { "1" } else { "0" })
+                                    .arg(e.unplaced_json())
+                                    .arg(e.amount);
+                            }
+                        }
+                    })
+                    .await
+                }
+            });
+        let (runs, apart) = tokio::join!(futures_util::future::try_join_all(runs), apart);
+        apart?;
+        Ok(runs?.into_iter().flatten().collect())
     }
 
     async fn ledger_len(&self, book: &BookKey) -> Result<u64, StoreError> {
@@ -359,7 +381,14 @@ impl CommissionStore for RedisStore {
             .arg(end - 1)
             .query_async(&mut self.conn().await?)
             .await?;
-        rows.iter().map(|b| decode(&book.partner, b)).collect()
+        rows.iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let mut e: Entry = decode(&book.partner, b)?;
+                e.seq = start + i as u64 + 1;
+                Ok(e)
+            })
+            .collect()
     }
 
     async fn partner_currencies(&self, partner: &str) -> Result<Vec<String>, StoreError> {
