@@ -426,6 +426,31 @@ async fn racing_payouts_pay_each_record_once_and_racing_refunds_never_exceed_the
         let st = statement(&s, "agent", "").await;
         assert_balances(&st);
         assert_eq!(st["closing_balance"], 100);
+
+        // A whole refund races a payout of the same record: whichever lands first, the record
+        // ends reversed and the book balances (paid first: the 1,000 are owed back).
+        let click = tap(&s, "race", "solo").await;
+        let conv = order(&s, &click, "R-race", 10_000).await;
+        let cv = conv["conversion_id"].as_str().unwrap().to_string();
+        let id = level(&conv, 1)["commission_id"].as_str().unwrap().to_string();
+        let (r, p) = tokio::join!(refund(&s, &cv, "rr-race", 10_000), payout(&s, "solo-po", "solo"));
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+        let c = commission(&s, &id).await;
+        assert_eq!(
+            (c["state"].as_str(), c["amount"].as_i64()),
+            (Some("reversed"), Some(0)),
+            "{b:?}"
+        );
+        let st = statement(&s, "solo", "").await;
+        assert_balances(&st);
+        match p.status {
+            StatusCode::CREATED => {
+                assert_eq!(p.json()["amount"], 1_000);
+                assert_eq!(st["closing_balance"], -1_000, "{b:?}: paid, then clawed back: {st}");
+            }
+            StatusCode::CONFLICT => assert_eq!(st["closing_balance"], 0, "{b:?}: refunded first: {st}"),
+            other => panic!("{b:?}: {other}: {}", p.text()),
+        }
     }
 }
 
@@ -530,6 +555,32 @@ async fn fraud_rules_hold_commission_until_a_hand_releases_or_rejects_it() {
             .await
             .json();
         assert_eq!(level(&other, 1).get("held"), None, "{other}");
+
+        // One click id converting more often than the campaign allows: the extra orders are held;
+        // an order reported again is not counted again.
+        let c = json!({"id": "per-click", "commission_bps": [500], "max_conversions_per_click": 2});
+        assert_eq!(
+            s.api("POST", "/v1/campaigns", Some(c)).await.status,
+            StatusCode::CREATED
+        );
+        let click = tap(&s, "per-click", "kid").await;
+        let mut held = Vec::new();
+        for order_id in ["PC-1", "PC-2", "PC-1", "PC-3"] {
+            let r = s
+                .api(
+                    "POST",
+                    "/v1/conversions",
+                    Some(json!({"order_id": order_id, "click_id": click, "amount": 10_000, "currency": "CNY"})),
+                )
+                .await
+                .json();
+            held.push(level(&r, 1).get("held").cloned().unwrap_or(Value::Null));
+        }
+        assert_eq!(
+            held,
+            [Value::Null, Value::Null, Value::Null, json!("repeat_click")],
+            "{b:?}"
+        );
     }
 }
 

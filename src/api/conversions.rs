@@ -141,6 +141,14 @@ where
         }
         _ => Vec::new(),
     };
+    // Orders through one click id, counted once each (a repeated order id adds nothing).
+    let repeat_click = match (&campaign, &click_id) {
+        (Some(c), Some(click)) if c.max_conversions_per_click > 0 && attributed => {
+            let n = app.store.add_member(&format!("click:{click}"), &order_id).await?;
+            n > u64::from(c.max_conversions_per_click)
+        }
+        _ => false,
+    };
     let held = campaign.as_ref().and_then(|c| {
         let self_purchase = c.self_purchase
             && customer_id
@@ -154,6 +162,8 @@ where
             Some("self_purchase")
         } else if too_fast {
             Some("too_fast")
+        } else if repeat_click {
+            Some("repeat_click")
         } else {
             None
         }

@@ -106,7 +106,7 @@ pub(super) async fn list_campaigns(app: &App, key: &ApiKey) -> ApiResult {
             Some(c) => c.to_api_json(),
             None => json!({
                 "id": id, "name": null, "commission_bps": [], "attribution_window": format!("{DEFAULT_WINDOW_SECS}s"),
-                "hold": "0s", "self_purchase": true, "min_seconds_after_tap": 0,
+                "hold": "0s", "self_purchase": true, "min_seconds_after_tap": 0, "max_conversions_per_click": 0,
                 "binding": "last_touch", "binding_window": "2592000s",
             }),
         })
@@ -136,6 +136,7 @@ where
             "hold_days",
             "self_purchase",
             "min_seconds_after_tap",
+            "max_conversions_per_click",
             "binding",
             "binding_days",
             "binding_window",
@@ -195,6 +196,7 @@ where
         }),
     };
     let min_tap = f.int("min_seconds_after_tap", 0, 86_400).unwrap_or(0);
+    let per_click = f.int("max_conversions_per_click", 0, 1_000_000).unwrap_or(0);
     let binding = match f.raw("binding") {
         None => BindingPolicy::default(),
         Some(v) => v.as_str().and_then(BindingPolicy::parse).unwrap_or_else(|| {
@@ -225,6 +227,7 @@ where
         hold_secs: hold.or(hold_days).unwrap_or(0),
         self_purchase,
         min_seconds_after_tap: min_tap as u64,
+        max_conversions_per_click: per_click as u32,
         binding,
         binding_secs: binding_window.or(binding_days).unwrap_or(30 * 86_400),
     };

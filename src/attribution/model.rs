@@ -106,6 +106,10 @@ pub struct Campaign {
     /// Hold the commission of a conversion reported sooner than this after its tap (0: off).
     #[serde(default)]
     pub min_seconds_after_tap: u64,
+    /// Hold the commission of a conversion whose click id already converted this many times
+    /// (0: off).
+    #[serde(default)]
+    pub max_conversions_per_click: u32,
     /// How customers are bound to owners.
     #[serde(default)]
     pub binding: BindingPolicy,
@@ -135,6 +139,7 @@ impl Campaign {
             "hold": format!("{}s", self.hold_secs),
             "self_purchase": self.self_purchase,
             "min_seconds_after_tap": self.min_seconds_after_tap,
+            "max_conversions_per_click": self.max_conversions_per_click,
             "binding": self.binding.as_str(),
             "binding_window": format!("{}s", self.binding_secs),
         })

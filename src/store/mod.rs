@@ -277,6 +277,9 @@ pub(crate) trait CommissionStore: Send + Sync + 'static {
     ) -> Result<RefundOutcome, StoreError>;
     /// The conversion recorded under `order_id`.
     async fn get_order(&self, order_id: &str) -> Result<Option<Conversion>, StoreError>;
+    /// Adds `member` to the set `set` (a member already there changes nothing); returns how many
+    /// members the set has now.
+    async fn add_member(&self, set: &str, member: &str) -> Result<u64, StoreError>;
     async fn get_binding(&self, customer: &str) -> Result<Option<Binding>, StoreError>;
     /// Stores `new` as the customer's binding if it is still `expected` (`None`: none yet);
     /// `false` when it changed meanwhile (nothing written).

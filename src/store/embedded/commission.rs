@@ -26,6 +26,8 @@ const CURRENCIES: TableDefinition<(&str, &str), ()> = TableDefinition::new("cm_c
 const NAMES: TableDefinition<&str, &str> = TableDefinition::new("names");
 /// (conversion id, refund id) → amount.
 const REFUNDS: TableDefinition<(&str, &str), i64> = TableDefinition::new("refunds");
+/// (set, member): small sets (the orders of a click id).
+const MEMBERS: TableDefinition<(&str, &str), ()> = TableDefinition::new("members");
 /// Customer id → binding.
 const BINDINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("bindings");
 /// Position → audit entry.
@@ -42,6 +44,7 @@ pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(REFUNDS).map_err(err)?;
     txn.open_table(AUDIT).map_err(err)?;
     txn.open_table(BINDINGS).map_err(err)?;
+    txn.open_table(MEMBERS).map_err(err)?;
     Ok(())
 }
 
@@ -356,6 +359,28 @@ impl CommissionStore for EmbeddedStore {
     async fn get_order(&self, order_id: &str) -> Result<Option<Conversion>, StoreError> {
         let order_id = order_id.to_string();
         self.blocking(move |db| get_json(db, ORDERS, &order_id)).await
+    }
+
+    async fn add_member(&self, set: &str, member: &str) -> Result<u64, StoreError> {
+        let (set, member) = (set.to_string(), member.to_string());
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            let n = {
+                let mut t = txn.open_table(MEMBERS).map_err(err)?;
+                t.insert((set.as_str(), member.as_str()), ()).map_err(err)?;
+                let mut n = 0u64;
+                for row in t.range((set.as_str(), "")..).map_err(err)? {
+                    if row.map_err(err)?.0.value().0 != set {
+                        break;
+                    }
+                    n += 1;
+                }
+                n
+            };
+            txn.commit().map_err(err)?;
+            Ok(n)
+        })
+        .await
     }
 
     async fn get_binding(&self, customer: &str) -> Result<Option<Binding>, StoreError> {

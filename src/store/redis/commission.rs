@@ -12,6 +12,7 @@
 //! | `lg:cm:{<partner>}:cur` | set | the currencies the partner has a book in |
 //! | `lg:name:{<name>}` | string | a name set once (`SET NX`): payout id → book, conversion id → order |
 //! | `lg:refunds:{<conversion>}` | hash | refund id → amount ([`ADD_REFUND`]) |
+//! | `lg:set:{click:<click_id>}` | set | the orders converted through a click id (`max_conversions_per_click`) |
 //! | `lg:bind:{<customer>}` | string | the customer's binding ([`SWAP_BINDING`]) |
 //! | `lg:audit` | list | the audit log, oldest first (an entry's position is its `seq`) |
 
@@ -443,6 +444,16 @@ impl CommissionStore for RedisStore {
 
     async fn get_order(&self, order_id: &str) -> Result<Option<Conversion>, StoreError> {
         self.get_json(record_key("order", order_id), order_id).await
+    }
+
+    async fn add_member(&self, set: &str, member: &str) -> Result<u64, StoreError> {
+        let key = format!("lg:set:{{{}}}", esc(set));
+        let cmds = vec![
+            redis::cmd("SADD").arg(&key).arg(member).clone(),
+            redis::cmd("SCARD").arg(&key).clone(),
+        ];
+        let replies = self.run_chunked(cmds).await?;
+        parse(replies.into_iter().nth(1).unwrap_or(Value::Nil))
     }
 
     async fn get_binding(&self, customer: &str) -> Result<Option<Binding>, StoreError> {
