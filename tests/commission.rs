@@ -524,6 +524,20 @@ async fn fraud_rules_hold_commission_until_a_hand_releases_or_rejects_it() {
                 ("reversal".into(), -200, Some("rejected".into()))
             ]
         );
+        // Both hands' decisions went downstream.
+        let hand = eventually(Duration::from_secs(10), "the released and reversed events", || async {
+            let changes: Vec<(String, i64)> = env
+                .events()
+                .iter()
+                .filter(|e| e["type"] == "commission" && e["order_id"] == "F-1")
+                .map(|e| (e["id"].as_str().unwrap().to_string(), e["amount"].as_i64().unwrap()))
+                .collect();
+            (changes.len() >= 5).then_some(changes)
+        })
+        .await;
+        assert!(hand.contains(&(format!("{id}.released"), 500)), "{b:?}: {hand:?}");
+        assert!(hand.contains(&(format!("{agent}.rejected"), 200)), "{b:?}: {hand:?}");
+        assert!(hand.contains(&(format!("{id}.held"), 500)), "{b:?}: {hand:?}");
         // A paid record is not rejected (a refund of its order takes it back).
         assert_eq!(
             s.api("POST", &format!("/v1/commissions/{id}/reject"), None)

@@ -424,26 +424,7 @@ async fn find_conversion(app: &App, id: &str) -> Result<Conversion, ApiError> {
 /// ends).
 pub(super) async fn release(app: &App, key: &ApiKey, id: &str) -> ApiResult {
     require(key, Scope::CommissionsWrite)?;
-    let (book, before) = find(app, id).await?;
-    let ids = [id.to_string()];
-    let now = now_secs();
-    apply(app.store.as_ref(), &book, BookRead::Ids(&ids), &[], |v| {
-        ledger::release(v, id, now).map(|c| (c, ()))
-    })
-    .await?
-    .map_err(refused)?;
-    let (_, r) = find(app, id).await?;
-    let after = r.to_api_json(now);
-    audit(
-        app,
-        key,
-        "commission.release",
-        id,
-        Some(before.to_api_json(now)),
-        Some(after.clone()),
-    )
-    .await;
-    ok_json(StatusCode::OK, &after)
+    by_hand(app, key, id, "commission.release", |v, now| ledger::release(v, id, now)).await
 }
 
 /// `POST /v1/commissions/{id}/reject` (`{"reason": …}`, optional): a pending, payable or held
@@ -464,26 +445,38 @@ where
         f.finish()?;
         reason
     };
+    let reason = reason.unwrap_or_else(|| "rejected".to_string());
+    by_hand(app, key, id, "commission.reject", |v, now| {
+        ledger::reject(v, id, &reason, now)
+    })
+    .await
+}
+
+/// A decision by hand on one record: applied to its book, sent downstream as a `commission` event
+/// (`released`, or `reversed` by the amount it had), audited with the record before and after.
+async fn by_hand(
+    app: &App,
+    key: &ApiKey,
+    id: &str,
+    action: &str,
+    decide: impl Fn(&crate::commission::BookView, i64) -> Result<crate::commission::Change, Refusal>,
+) -> ApiResult {
     let (book, before) = find(app, id).await?;
     let ids = [id.to_string()];
     let now = now_secs();
-    let reason = reason.unwrap_or_else(|| "rejected".to_string());
     apply(app.store.as_ref(), &book, BookRead::Ids(&ids), &[], |v| {
-        ledger::reject(v, id, &reason, now).map(|c| (c, ()))
+        decide(v, now).map(|c| (c, ()))
     })
     .await?
     .map_err(refused)?;
     let (_, r) = find(app, id).await?;
+    let event = match r.state {
+        State::Reversed => Event::commission(&r, "reversed", "rejected", before.amount, now),
+        _ => Event::commission(&r, "released", "released", r.amount, now),
+    };
+    emit(app, event);
     let after = r.to_api_json(now);
-    audit(
-        app,
-        key,
-        "commission.reject",
-        id,
-        Some(before.to_api_json(now)),
-        Some(after.clone()),
-    )
-    .await;
+    audit(app, key, action, id, Some(before.to_api_json(now)), Some(after.clone())).await;
     ok_json(StatusCode::OK, &after)
 }
 
