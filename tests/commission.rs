@@ -948,3 +948,73 @@ async fn customers_stay_with_the_owner_their_campaign_binds_them_to() {
         assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
     }
 }
+
+#[tokio::test]
+async fn adjustments_by_hand_are_carried_to_the_next_payout() {
+    for b in BACKENDS {
+        let env = Env::new(b);
+        let s = TestServer::start(&env).await;
+        setup(&s, json!({"id": "adj", "commission_bps": [500]})).await;
+        let adjust = |body: Value| {
+            let s = &s;
+            async move { s.api("POST", "/v1/partners/kid/adjustments", Some(body)).await }
+        };
+        // A partner without a book needs the currency named.
+        assert_eq!(
+            adjust(json!({"adjustment_id": "a1", "amount": 500})).await.status,
+            StatusCode::NOT_FOUND
+        );
+        let a1 = json!({"adjustment_id": "a1", "amount": 500, "currency": "CNY", "note": "event bonus"});
+        let r = adjust(a1.clone()).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{b:?}: {}", r.text());
+        assert_eq!(adjust(a1).await.status, StatusCode::OK, "a repeat changes nothing");
+        let other = json!({"adjustment_id": "a1", "amount": 501, "currency": "CNY"});
+        assert_eq!(adjust(other).await.status, StatusCode::CONFLICT);
+        for bad in [
+            json!({"adjustment_id": "a2", "amount": 0, "currency": "CNY"}),
+            json!({"adjustment_id": "a2", "amount": "5", "currency": "CNY"}),
+        ] {
+            assert_eq!(
+                adjust(bad.clone()).await.status,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{bad}"
+            );
+        }
+        // Paid with no commission record at all.
+        let p = payout(&s, "adj-po-1", "kid").await;
+        assert_eq!(
+            (p.status, p.json()["amount"].as_i64()),
+            (StatusCode::CREATED, Some(500)),
+            "{b:?}: {}",
+            p.text()
+        );
+        // A deduction nets against the next commission.
+        let r = adjust(json!({"adjustment_id": "a2", "amount": -200, "note": "uniform"})).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+        let click = tap(&s, "adj", "kid").await;
+        order(&s, &click, "ADJ-1", 10_000).await;
+        let p = payout(&s, "adj-po-2", "kid").await;
+        assert_eq!(p.json()["amount"], 300, "{b:?}: {}", p.text());
+        let st = statement(&s, "kid", "").await;
+        assert_balances(&st);
+        assert_eq!(
+            entries(&st),
+            [
+                ("adjustment".to_string(), 500, Some("event bonus".to_string())),
+                ("payout".into(), -500, Some("includes 500 of adjustments".into())),
+                ("adjustment".into(), -200, Some("uniform".into())),
+                ("accrual".into(), 500, None),
+                ("payout".into(), -300, Some("nets 200 of clawbacks".into())),
+            ],
+            "{b:?}"
+        );
+        let log = s.api("GET", "/v1/audit", None).await.json();
+        let n = log["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == "adjustment.create")
+            .count();
+        assert_eq!(n, 2, "{b:?}");
+    }
+}

@@ -636,6 +636,79 @@ where
     ok_json(status, &p.to_api_json())
 }
 
+/// `POST /v1/partners/{id}/adjustments`: `adjustment_id`, `amount` (minor units, not 0: positive
+/// is owed to the partner, negative owed back), `currency` (when the partner has several books,
+/// or none yet), `note`. Entered in the book and carried to the next payout; idempotent by
+/// `adjustment_id`; audited.
+pub(super) async fn adjustment<B>(app: &App, key: &ApiKey, partner: &str, req: Request<B>) -> ApiResult
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    require(key, Scope::CommissionsWrite)?;
+    let obj = parse_object(&read_body(req, MAX_BODY_BYTES).await?)?;
+    let mut f = Fields::new(&obj, &["adjustment_id", "amount", "currency", "note"]);
+    let adjustment_id = f.id("adjustment_id", true);
+    let max = super::conversions::MAX_AMOUNT;
+    let amount = f.int("amount", -max, max);
+    if amount == Some(0) {
+        f.error("amount", "must not be 0");
+    }
+    if amount.is_none() && f.raw("amount").is_none() {
+        f.error("amount", "is required");
+    }
+    let currency = f.string("currency", 3, false);
+    if currency.as_deref().is_some_and(|c| !is_currency(c)) {
+        let e = currency_error();
+        f.error(&e.field, e.message);
+    }
+    let note = f.string("note", 256, false);
+    f.finish()?;
+    let (Some(adjustment_id), Some(amount)) = (adjustment_id, amount) else {
+        unreachable!("checked by finish")
+    };
+    let book = one_book(app, partner, currency).await?;
+    let marker = ledger::adjustment_marker(&adjustment_id);
+    let markers = [marker.clone()];
+    let now = now_secs();
+    let outcome = apply(app.store.as_ref(), &book, BookRead::Ids(&[]), &markers, |v| {
+        Ok(match v.markers.get(&marker) {
+            Some(had) if had.parse::<i64>().ok() == Some(amount) => (Default::default(), StatusCode::OK),
+            Some(_) => (Default::default(), StatusCode::CONFLICT),
+            None => (
+                ledger::adjust(v, &adjustment_id, amount, note.as_deref(), now),
+                StatusCode::CREATED,
+            ),
+        })
+    })
+    .await?
+    .map_err(refused)?;
+    if outcome == StatusCode::CONFLICT {
+        return Err(ApiError::conflict(
+            "adjustment_id was recorded for another amount: nothing changed",
+        ));
+    }
+    let answer = json!({
+        "adjustment_id": adjustment_id,
+        "partner_id": book.partner,
+        "currency": book.currency,
+        "amount": amount,
+        "note": note,
+    });
+    if outcome == StatusCode::CREATED {
+        audit(
+            app,
+            key,
+            "adjustment.create",
+            &adjustment_id,
+            None,
+            Some(answer.clone()),
+        )
+        .await;
+    }
+    ok_json(outcome, &answer)
+}
+
 /// `GET /v1/partners/{id}/statement?from&to&currency&format=json|csv`: the opening balance, every
 /// entry with `from <= at < to`, the closing balance (closing = opening + the entries).
 pub(super) async fn statement_of(app: &App, key: &ApiKey, partner: &str, query: Option<&str>) -> ApiResult {

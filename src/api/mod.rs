@@ -157,6 +157,7 @@ where
         (&Method::GET, ["audit"]) => commissions::audit_log(app, key, req.uri().query()).await,
         (&Method::GET, ["customers", id, "binding"]) => commissions::get_binding(app, key, id).await,
         (&Method::POST, ["customers", id, "binding"]) => commissions::set_binding(app, key, id, req).await,
+        (&Method::POST, ["partners", id, "adjustments"]) => commissions::adjustment(app, key, id, req).await,
         (&Method::GET, ["partners", id, "statement"]) => {
             commissions::statement_of(app, key, id, req.uri().query()).await
         }
@@ -180,6 +181,7 @@ where
             ["conversions" | "sends" | "payouts"]
             | ["links", "bulk"]
             | ["conversions", _, "refunds"]
+            | ["partners", _, "adjustments"]
             | ["commissions", _, "release" | "reject"],
         ) => Err(ApiError::method_not_allowed("POST")),
         (_, ["links", _]) => Err(ApiError::method_not_allowed("GET, PATCH, DELETE")),

@@ -158,13 +158,15 @@ pub(crate) fn payout(
         .collect();
     due.sort_by(|a, b| (a.payable_at, &a.commission_id).cmp(&(b.payable_at, &b.commission_id)));
     let payable = due.iter().fold(0i64, |s, r| s.saturating_add(r.amount));
+    // What is carried over: clawbacks owed back (positive) or adjustments owed to the partner
+    // (negative), netted here.
     let clawbacks = view.clawback_due;
-    if due.is_empty() && clawbacks == 0 {
-        return Err(Refusal::NothingPayable);
-    }
     let amount = payable.saturating_sub(clawbacks);
-    if amount < 0 || due.is_empty() {
+    if amount < 0 {
         return Err(Refusal::ClawbacksExceed { payable, clawbacks });
+    }
+    if due.is_empty() && amount == 0 {
+        return Err(Refusal::NothingPayable);
     }
     let p = Payout {
         payout_id: payout_id.to_string(),
@@ -199,6 +201,8 @@ pub(crate) fn payout(
     };
     if clawbacks > 0 {
         e.note = Some(format!("nets {clawbacks} of clawbacks"));
+    } else if clawbacks < 0 {
+        e.note = Some(format!("includes {} of adjustments", -clawbacks));
     }
     change.entries.push(e);
     change.clawback_due = Some(0);
@@ -206,6 +210,36 @@ pub(crate) fn payout(
         .markers
         .push((payout_marker(payout_id), serde_json::to_string(&p).unwrap_or_default()));
     Ok((change, p))
+}
+
+/// An adjustment by hand: `amount` (positive: owed to the partner; negative: owed back) entered
+/// in the book and carried to the next payout with the clawbacks.
+pub(crate) fn adjust(view: &BookView, adjustment_id: &str, amount: i64, note: Option<&str>, now: i64) -> Change {
+    let mut change = Change::at(now);
+    change.entries.push(Entry {
+        seq: 0,
+        at: 0,
+        kind: EntryKind::Adjustment,
+        amount,
+        balance: 0,
+        commission_id: None,
+        conversion_id: None,
+        order_id: None,
+        level: None,
+        refund_id: None,
+        payout_id: None,
+        note: note.map(str::to_string),
+    });
+    change.clawback_due = Some(view.clawback_due.saturating_sub(amount));
+    change
+        .markers
+        .push((adjustment_marker(adjustment_id), amount.to_string()));
+    change
+}
+
+/// The marker under which an adjustment's amount is kept in its book (its idempotency).
+pub(crate) fn adjustment_marker(adjustment_id: &str) -> String {
+    format!("adjustment:{adjustment_id}")
 }
 
 /// The marker under which a payout's answer is kept in its book.
@@ -396,6 +430,7 @@ mod tests {
         Payout {
             until: i64,
         },
+        Adjust(i64),
         Tick(i64),
     }
 
@@ -407,6 +442,7 @@ mod tests {
             1 => (0usize..20).prop_map(|of| Op::Release { of }),
             1 => (0usize..20).prop_map(|of| Op::Reject { of }),
             2 => (0i64..100).prop_map(|until| Op::Payout { until }),
+            1 => (-5_000i64..5_000).prop_map(Op::Adjust),
             2 => (1i64..30).prop_map(Op::Tick),
         ]
     }
@@ -423,6 +459,7 @@ mod tests {
             let mut orders: Vec<(String, i64, i64)> = Vec::new(); // (commission id, order, refunded)
             let mut paid_ids: Vec<String> = Vec::new();
             let mut paid_total = 0i64;
+            let mut adjusted = 0i64;
             for (n, op) in ops.into_iter().enumerate() {
                 match op {
                     Op::Convert { order, bps, hold, held } => {
@@ -472,6 +509,10 @@ mod tests {
                             m.apply(c);
                         }
                     }
+                    Op::Adjust(a) => {
+                        m.apply(adjust(&m.view_of(&[]), &format!("a{n}"), a, None, now));
+                        adjusted += a;
+                    }
                     Op::Tick(d) => now += d,
                 }
                 let sum: i64 = m.entries.iter().map(|e| e.amount).sum();
@@ -484,7 +525,7 @@ mod tests {
                 // What was paid is what the paid records are worth now (net of their refunds)
                 // plus what is owed back: never more than was earned net of refunds.
                 let paid_records: i64 = m.records.values().filter(|r| r.payout_id.is_some()).map(|r| r.amount).sum();
-                prop_assert_eq!(paid_total, paid_records + m.clawback_due);
+                prop_assert_eq!(paid_total, paid_records + m.clawback_due + adjusted);
                 for r in m.records.values() {
                     prop_assert!(r.amount >= 0 && r.amount <= r.earned);
                     prop_assert!(r.amount <= kept(r.earned, r.order_amount, r.refunded));
