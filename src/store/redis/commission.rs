@@ -33,19 +33,23 @@ fn book_key(book: &BookKey, what: &str) -> String {
 }
 
 /// Appends entries to a book, each placed after the last: `at` the later of now and the book's
-/// last time, `balance` the running total kept in the meta hash (`HINCRBY`: exact 64-bit
-/// arithmetic in Redis; Lua formats it with `%d`, exact up to 2^53 minor units); its `seq` is its
-/// list position, set as it is read. An entry arrives as its JSON without those fields, and its
-/// amount.
+/// last time, `balance` the running total; both kept in the meta hash, read and written once per
+/// call. Lua's numbers are exact up to 2^53 minor units (about 9·10^13 in major units), far above
+/// any book; `%d` writes them whole. An entry's `seq` is its list position, set as it is read.
+/// An entry arrives as its JSON without those fields, and its amount. Answers whether the book
+/// had no balance yet (a new book).
 const PLACE: &str = r#"
 local function place(ledger, meta, now, entries)
-  if #entries == 0 then return end
-  local at = math.max(tonumber(now), tonumber(redis.call('HGET', meta, 'last_at') or '0'))
+  if #entries == 0 then return false end
+  local m = redis.call('HMGET', meta, 'last_at', 'balance')
+  local at = math.max(tonumber(now), tonumber(m[1] or '0'))
+  local balance = tonumber(m[2] or '0')
   for i = 1, #entries, 2 do
-    local balance = redis.call('HINCRBY', meta, 'balance', entries[i + 1])
+    balance = balance + tonumber(entries[i + 1])
     redis.call('RPUSH', ledger, string.format('{"at":%d,"balance":%d,', at, balance) .. string.sub(entries[i], 2))
   end
-  redis.call('HSET', meta, 'last_at', string.format('%d', at))
+  redis.call('HSET', meta, 'last_at', string.format('%d', at), 'balance', string.format('%d', balance))
+  return not m[2]
 end
 "#;
 
@@ -106,8 +110,7 @@ for b = 0, math.floor(#KEYS / 5) - 1 do
     end
     a = a + 5
   end
-  if #entries > 0 then
-    place(KEYS[k + 3], KEYS[k + 4], ARGV[1], entries)
+  if place(KEYS[k + 3], KEYS[k + 4], ARGV[1], entries) then
     redis.call('SADD', KEYS[k + 5], currency)
   end
 end
