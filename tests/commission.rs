@@ -1018,3 +1018,69 @@ async fn adjustments_by_hand_are_carried_to_the_next_payout() {
         assert_eq!(n, 2, "{b:?}");
     }
 }
+
+#[tokio::test]
+async fn a_partner_key_reads_its_own_commission_and_no_one_elses() {
+    const KID_KEY: &str = "kid-partner-key-0123456789";
+    for b in [support::Backend::Embedded, support::Backend::Redis] {
+        let env = Env::new(b);
+        let keys = format!("{},{KID_KEY}:stats:read+owner:kid", support::ADMIN_KEY);
+        let s = TestServer::start_with(&env, &[("LINKGATE_API_KEYS", keys.as_str())]).await;
+        setup(&s, json!({"id": "own", "commission_bps": [500, 200]})).await;
+        let click = tap(&s, "own", "kid").await;
+        let conv = order(&s, &click, "OWN-1", 10_000).await;
+        let (mine, theirs) = (
+            level(&conv, 1)["commission_id"].as_str().unwrap().to_string(),
+            level(&conv, 2)["commission_id"].as_str().unwrap().to_string(),
+        );
+        let get = |path: String| {
+            let s = &s;
+            async move { s.api_as(KID_KEY, "GET", &path, None).await }
+        };
+        let st = get("/v1/partners/kid/statement".into()).await;
+        assert_eq!(
+            (st.status, st.json()["closing_balance"].as_i64()),
+            (StatusCode::OK, Some(500)),
+            "{b:?}"
+        );
+        assert_eq!(
+            get("/v1/partners/agent/statement".into()).await.status,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(get(format!("/v1/commissions/{mine}")).await.status, StatusCode::OK);
+        assert_eq!(
+            get(format!("/v1/commissions/{theirs}")).await.status,
+            StatusCode::NOT_FOUND
+        );
+        let list = get("/v1/commissions?partner_id=kid".into()).await;
+        assert_eq!(list.json()["commissions"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            get("/v1/commissions?partner_id=agent".into()).await.status,
+            StatusCode::FORBIDDEN
+        );
+        // The conversion's records: only its own level.
+        let cv = conv["conversion_id"].as_str().unwrap();
+        let by_conv = get(format!("/v1/commissions?conversion_id={cv}")).await.json();
+        let ids: Vec<&str> = by_conv["commissions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["commission_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, [mine.as_str()], "{b:?}");
+        // Nothing else: no payouts, no audit.
+        assert_eq!(
+            s.api_as(KID_KEY, "GET", "/v1/audit", None).await.status,
+            StatusCode::FORBIDDEN
+        );
+        let p = s
+            .api_as(
+                KID_KEY,
+                "POST",
+                "/v1/payouts",
+                Some(json!({"payout_id": "x", "partner_id": "kid"})),
+            )
+            .await;
+        assert_eq!(p.status, StatusCode::FORBIDDEN);
+    }
+}

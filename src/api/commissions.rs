@@ -322,6 +322,10 @@ fn refused(r: Refusal) -> ApiError {
 pub(super) async fn get(app: &App, key: &ApiKey, id: &str) -> ApiResult {
     require(key, Scope::StatsRead)?;
     let (_, r) = find(app, id).await?;
+    // A key limited to one owner reads that partner's records only (another's: not found).
+    if !super::owns(key, Some(&r.partner_id)) {
+        return Err(ApiError::not_found("commission"));
+    }
     ok_json(StatusCode::OK, &r.to_api_json(now_secs()))
 }
 
@@ -345,6 +349,14 @@ pub(super) async fn list(app: &App, key: &ApiKey, query: Option<&str>) -> ApiRes
     if partner.is_some() == conversion.is_some() {
         errors.push(FieldError::new("partner_id", "give one of partner_id or conversion_id"));
     }
+    if let (Some(o), Some(p)) = (&key.owner, &partner)
+        && o != p
+    {
+        return Err(ApiError::new(
+            crate::error::ErrorCode::Forbidden,
+            "this API key reads only its own owner's commission",
+        ));
+    }
     if !errors.is_empty() {
         return Err(ApiError::validation(errors));
     }
@@ -367,6 +379,7 @@ pub(super) async fn list(app: &App, key: &ApiKey, query: Option<&str>) -> ApiRes
     }
     let list: Vec<Value> = records
         .iter()
+        .filter(|r| super::owns(key, Some(&r.partner_id)))
         .filter(|r| state.as_deref().is_none_or(|s| r.api_state(now) == s))
         .map(|r| r.to_api_json(now))
         .collect();
@@ -713,6 +726,10 @@ where
 /// entry with `from <= at < to`, the closing balance (closing = opening + the entries).
 pub(super) async fn statement_of(app: &App, key: &ApiKey, partner: &str, query: Option<&str>) -> ApiResult {
     require(key, Scope::StatsRead)?;
+    // A partner's own key (`owner:<id>`) reads its own statement.
+    if !super::owns(key, Some(partner)) {
+        return Err(ApiError::not_found("commission of this partner"));
+    }
     let (mut from, mut to, mut currency, mut csv) = (None, None, None, false);
     let mut errors = Vec::new();
     for (k, v) in query_pairs(query) {

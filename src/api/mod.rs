@@ -213,6 +213,9 @@ fn owner_route(method: &Method, segments: &[&str]) -> bool {
                 | ["analytics"]
                 | ["campaigns"]
                 | ["campaigns", _, "funnel"]
+                | ["commissions"]
+                | ["commissions", _]
+                | ["partners", _, "statement"]
         )
 }
 

@@ -185,20 +185,8 @@ pub(crate) fn payout(
         next.payout_id = Some(payout_id.to_string());
         change.records.push(next);
     }
-    let mut e = Entry {
-        seq: 0,
-        at: 0,
-        kind: EntryKind::Payout,
-        amount: -amount,
-        balance: 0,
-        commission_id: None,
-        conversion_id: None,
-        order_id: None,
-        level: None,
-        refund_id: None,
-        payout_id: Some(payout_id.to_string()),
-        note: None,
-    };
+    let mut e = Entry::of(EntryKind::Payout, -amount);
+    e.payout_id = Some(payout_id.to_string());
     if clawbacks > 0 {
         e.note = Some(format!("nets {clawbacks} of clawbacks"));
     } else if clawbacks < 0 {
@@ -216,20 +204,9 @@ pub(crate) fn payout(
 /// in the book and carried to the next payout with the clawbacks.
 pub(crate) fn adjust(view: &BookView, adjustment_id: &str, amount: i64, note: Option<&str>, now: i64) -> Change {
     let mut change = Change::at(now);
-    change.entries.push(Entry {
-        seq: 0,
-        at: 0,
-        kind: EntryKind::Adjustment,
-        amount,
-        balance: 0,
-        commission_id: None,
-        conversion_id: None,
-        order_id: None,
-        level: None,
-        refund_id: None,
-        payout_id: None,
-        note: note.map(str::to_string),
-    });
+    let mut e = Entry::of(EntryKind::Adjustment, amount);
+    e.note = note.map(str::to_string);
+    change.entries.push(e);
     change.clawback_due = Some(view.clawback_due.saturating_sub(amount));
     change
         .markers

@@ -178,15 +178,26 @@ impl Entry {
     /// An entry of `kind` and `amount` about `r`; its place in the book is set when appended.
     pub(crate) fn about(kind: EntryKind, amount: i64, r: &Record) -> Self {
         Self {
+            commission_id: Some(r.commission_id.clone()),
+            conversion_id: Some(r.conversion_id.clone()),
+            order_id: Some(r.order_id.clone()),
+            level: Some(r.level),
+            ..Self::of(kind, amount)
+        }
+    }
+
+    /// An entry of `kind` and `amount` about no record (a payout, an adjustment).
+    pub(crate) fn of(kind: EntryKind, amount: i64) -> Self {
+        Self {
             seq: 0,
             at: 0,
             kind,
             amount,
             balance: 0,
-            commission_id: Some(r.commission_id.clone()),
-            conversion_id: Some(r.conversion_id.clone()),
-            order_id: Some(r.order_id.clone()),
-            level: Some(r.level),
+            commission_id: None,
+            conversion_id: None,
+            order_id: None,
+            level: None,
             refund_id: None,
             payout_id: None,
             note: None,
