@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use serde_json::{Value, json};
 
-use super::fields::Fields;
+use super::fields::{CURRENCY_ERROR, Fields, is_currency};
 use super::{ApiResult, MAX_BODY_BYTES, ok_json, parse_object, query_pairs, read_body, require};
 use crate::app::App;
 use crate::attribution::binding::{Binding, BindingPolicy, takes_over};
@@ -188,34 +188,50 @@ pub(super) async fn audit_log(app: &App, key: &ApiKey, query: Option<&str>) -> A
     ok_json(StatusCode::OK, &json!({"entries": list, "next_cursor": next}))
 }
 
-/// Binds `candidate`'s customer to its owner if the campaign's policy lets this touch take them
-/// (compare and set: a racing touch is judged again on what it changed). Returns the binding
-/// now stored when it changed.
+/// Binds `candidate`'s customer to its owner if the campaign's policy lets this touch take them.
+/// Returns the binding now stored when it changed.
 pub(super) async fn bind(
     app: &App,
     candidate: Binding,
     campaign: Option<&Campaign>,
 ) -> Result<Option<Binding>, ApiError> {
     let policy = campaign.map(|c| c.binding).unwrap_or_default();
-    let protect = campaign.map_or(0, |c| c.binding_secs);
+    let changed = swap_binding(app, &candidate.customer_id, |current, now| {
+        takes_over(current, &candidate, policy, now).then(|| Binding {
+            protected_until: protected_until(campaign, candidate.since),
+            ..candidate.clone()
+        })
+    })
+    .await?;
+    Ok(changed.map(|(_, new)| new))
+}
+
+/// Until when a binding made at `since` under `campaign` is protected (`protected` campaigns).
+fn protected_until(campaign: Option<&Campaign>, since: i64) -> Option<i64> {
+    campaign
+        .filter(|c| c.binding == BindingPolicy::Protected)
+        .map(|c| since.saturating_add(i64::try_from(c.binding_secs).unwrap_or(i64::MAX)))
+}
+
+/// Replaces the customer's binding with what `decide` makes of the current one (`None`: keep
+/// it), compare and set: a racing change makes `decide` judge again what it changed. Returns the
+/// binding before and after when it changed.
+async fn swap_binding(
+    app: &App,
+    customer: &str,
+    decide: impl Fn(Option<&Binding>, i64) -> Option<Binding>,
+) -> Result<Option<(Option<Binding>, Binding)>, ApiError> {
     let store = app.store.as_ref();
     for _ in 0..16 {
-        let now = now_secs();
-        let current = store.get_binding(&candidate.customer_id).await?;
-        if !takes_over(current.as_ref(), &candidate, policy, now) {
+        let current = store.get_binding(customer).await?;
+        let Some(new) = decide(current.as_ref(), now_secs()) else {
             return Ok(None);
-        }
-        let mut new = candidate.clone();
-        new.protected_until = (policy == BindingPolicy::Protected)
-            .then(|| new.since.saturating_add(i64::try_from(protect).unwrap_or(i64::MAX)));
-        if store
-            .swap_binding(&candidate.customer_id, current.as_ref(), &new)
-            .await?
-        {
-            return Ok(Some(new));
+        };
+        if store.swap_binding(customer, current.as_ref(), &new).await? {
+            return Ok(Some((current, new)));
         }
     }
-    Err(StoreError::Contended(format!("the binding of `{}` kept changing", candidate.customer_id)).into())
+    Err(StoreError::Contended(format!("the binding of `{customer}` kept changing")).into())
 }
 
 /// `GET /v1/customers/{id}/binding`: who the customer is bound to, since when, and until when
@@ -257,51 +273,28 @@ where
         None => None,
     };
     let now = now_secs();
-    let store = app.store.as_ref();
-    for _ in 0..16 {
-        let before = store.get_binding(customer).await?;
-        let protect = campaign
-            .as_ref()
-            .filter(|c| c.binding == BindingPolicy::Protected)
-            .map(|c| now.saturating_add(i64::try_from(c.binding_secs).unwrap_or(i64::MAX)));
-        let new = Binding {
-            customer_id: customer.to_string(),
-            owner_id: owner.clone(),
-            campaign_id: campaign_id.clone(),
-            code: code.clone(),
-            since: now,
-            protected_until: protect,
-            source: "manual".to_string(),
-        };
-        if store.swap_binding(customer, before.as_ref(), &new).await? {
-            let status = if before.is_some() {
-                StatusCode::OK
-            } else {
-                StatusCode::CREATED
-            };
-            let after = new.to_api_json();
-            audit(
-                app,
-                key,
-                "binding.set",
-                customer,
-                before.map(|b| b.to_api_json()),
-                Some(after.clone()),
-            )
-            .await;
-            return ok_json(status, &after);
-        }
-    }
-    Err(StoreError::Contended(format!("the binding of `{customer}` kept changing")).into())
-}
-
-/// A currency as conversions take it: an ISO 4217 code (three capital letters).
-fn is_currency(c: &str) -> bool {
-    c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase())
-}
-
-fn currency_error() -> FieldError {
-    FieldError::new("currency", "must be an ISO 4217 code such as CNY or USD")
+    let new = Binding {
+        customer_id: customer.to_string(),
+        owner_id: owner,
+        campaign_id,
+        code,
+        since: now,
+        protected_until: protected_until(campaign.as_ref(), now),
+        source: "manual".to_string(),
+    };
+    // By hand: whatever the policy, so it always takes the customer.
+    let (before, new) = swap_binding(app, customer, |_, _| Some(new.clone()))
+        .await?
+        .ok_or_else(ApiError::internal)?;
+    let status = if before.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let after = new.to_api_json();
+    let before = before.map(|b| b.to_api_json());
+    audit(app, key, "binding.set", customer, before, Some(after.clone())).await;
+    ok_json(status, &after)
 }
 
 fn refused(r: Refusal) -> ApiError {
@@ -340,7 +333,7 @@ pub(super) async fn list(app: &App, key: &ApiKey, query: Option<&str>) -> ApiRes
             "partner_id" => partner = Some(v),
             "conversion_id" => conversion = Some(v),
             "currency" if is_currency(&v) => currency = Some(v),
-            "currency" => errors.push(currency_error()),
+            "currency" => errors.push(FieldError::new("currency", CURRENCY_ERROR)),
             "state" if matches!(v.as_str(), "pending" | "payable" | "held") => state = Some(v),
             "state" => errors.push(FieldError::new("state", "must be pending, payable or held")),
             other => errors.push(FieldError::new(other, "unknown parameter")),
@@ -607,11 +600,7 @@ where
             None
         }
     });
-    let currency = f.string("currency", 3, false);
-    if currency.as_deref().is_some_and(|c| !is_currency(c)) {
-        let e = currency_error();
-        f.error(&e.field, e.message);
-    }
+    let currency = f.currency("currency");
     f.finish()?;
     let (Some(payout_id), Some(partner)) = (payout_id, partner) else {
         unreachable!("checked by finish")
@@ -670,11 +659,7 @@ where
     if amount.is_none() && f.raw("amount").is_none() {
         f.error("amount", "is required");
     }
-    let currency = f.string("currency", 3, false);
-    if currency.as_deref().is_some_and(|c| !is_currency(c)) {
-        let e = currency_error();
-        f.error(&e.field, e.message);
-    }
+    let currency = f.currency("currency");
     let note = f.string("note", 256, false);
     f.finish()?;
     let (Some(adjustment_id), Some(amount)) = (adjustment_id, amount) else {
@@ -743,7 +728,7 @@ pub(super) async fn statement_of(app: &App, key: &ApiKey, partner: &str, query: 
                 )),
             },
             "currency" if is_currency(&v) => currency = Some(v),
-            "currency" => errors.push(currency_error()),
+            "currency" => errors.push(FieldError::new("currency", CURRENCY_ERROR)),
             "format" => match super::export::wants_csv(&v) {
                 Ok(c) => csv = c,
                 Err(e) => errors.push(e),

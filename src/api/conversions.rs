@@ -57,13 +57,8 @@ where
     let code = f.string("code", 64, false);
     let kind = f.string("type", 32, false).unwrap_or_else(|| "order".to_string());
     let amount = f.int("amount", 0, MAX_AMOUNT).unwrap_or(0);
-    let currency = f.string("currency", 3, false);
+    let currency = f.currency("currency");
     let customer_id = f.id("customer_id", false);
-    if let Some(c) = &currency
-        && (c.len() != 3 || !c.bytes().all(|b| b.is_ascii_uppercase()))
-    {
-        f.error("currency", "must be an ISO 4217 code such as CNY or USD");
-    }
     if amount > 0 && currency.is_none() {
         f.error("currency", "is required when amount is set");
     }

@@ -47,6 +47,16 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// An ISO 4217 currency code (three capital letters), such as `CNY`; a value that is not one
+    /// is recorded as this field's error (and `finish` then refuses the call).
+    pub(super) fn currency(&mut self, name: &str) -> Option<String> {
+        let c = self.string(name, 3, false);
+        if c.as_deref().is_some_and(|c| !is_currency(c)) {
+            self.error(name, CURRENCY_ERROR);
+        }
+        c
+    }
+
     /// A string of 1 to `max` bytes.
     pub(super) fn string(&mut self, name: &str, max: usize, required: bool) -> Option<String> {
         match self.present(name) {
@@ -94,4 +104,12 @@ impl<'a> Fields<'a> {
             Err(ApiError::validation(self.errors))
         }
     }
+}
+
+/// What a field or parameter that is not a currency code is told.
+pub(super) const CURRENCY_ERROR: &str = "must be an ISO 4217 code such as CNY or USD";
+
+/// Whether `c` is an ISO 4217 currency code as the API takes it: three capital letters.
+pub(super) fn is_currency(c: &str) -> bool {
+    c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase())
 }
